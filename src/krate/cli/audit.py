@@ -1,0 +1,138 @@
+"""`krate audit`: the tamper-evident record: note, list, show, head, verify."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from krate.cli.common import output_mode, paths
+
+app = typer.Typer(
+    help="The tamper-evident record of everything krate did.\n\nExample: krate audit list --since 1h",
+    no_args_is_help=True,
+)
+
+JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+@app.command()
+def note(message: str = typer.Argument(..., help="The text to record.")) -> None:
+    """Append a note of your own to the record (kind `user.note`); prints its seq.
+
+    Example: krate audit note "about to run the vendor's installer"
+    """
+    from krate.store import events, open_store
+
+    with open_store(paths()) as store:
+        event = events.append(store, "user.note", {"message": message})
+    typer.echo(event.seq)
+
+
+@app.command("list")
+def list_(
+    since: str = typer.Option(None, "--since", help="From this long ago (30m, 1h, 2d) or this date/time."),
+    until: str = typer.Option(None, "--until", help="Before this long ago or this date/time."),
+    kind: str = typer.Option(None, "--kind", help="Only kinds starting with this, e.g. `run.`."),
+    run: str = typer.Option(None, "--run", help="Only events of this run id."),
+    limit: int = typer.Option(None, "--limit", min=0, help="Only the newest N (still newest last)."),
+    json_: bool = JSON,
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per line."),
+) -> None:
+    """List events, newest last.
+
+    Example: krate audit list --since 1h --kind run. --jsonl | jq .data
+    """
+    from krate import render
+    from krate.store import events, open_store
+    from krate.store.connection import utc_now
+    from krate.timeparse import parse_moment
+
+    mode = output_mode(json_, jsonl)
+    now = utc_now()
+    bounds = {
+        name: events.format_ts(parse_moment(value, now, option=f"--{name}")) if value else None
+        for name, value in (("since", since), ("until", until))
+    }
+    with open_store(paths(), readonly=True) as store:
+        rows = events.query(
+            store, since=bounds["since"], until=bounds["until"], kind_prefix=kind, run_id=run, limit=limit
+        )
+    if mode == "json":
+        render.print_json([e.to_dict() for e in rows])
+    elif mode == "jsonl":
+        render.print_jsonl(e.to_dict() for e in rows)
+    else:
+        render.table(
+            ["seq", "time (UTC)", "kind", "run", "data"],
+            ((e.seq, e.ts[:19].replace("T", " "), e.kind, e.run_id or "", _brief(e.data)) for e in rows),
+        )
+
+
+def _brief(data: dict, width: int = 80) -> str:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def show(seq: int = typer.Argument(..., help="The event's sequence number."), json_: bool = JSON) -> None:
+    """Show one event in full.
+
+    Example: krate audit show 42 --json
+    """
+    from krate import render
+    from krate.errors import NotFound
+    from krate.store import events, open_store
+
+    with open_store(paths(), readonly=True) as store:
+        event = events.get(store, seq)
+        newest = events.head(store).seq
+    if event is None:
+        raise NotFound(f"no event {seq} (the record holds events 1..{newest})" if newest else "no events yet")
+    if json_:
+        render.print_json(event.to_dict())
+        return
+    for key, value in event.to_dict().items():
+        if key == "data":
+            value = json.dumps(value, ensure_ascii=False, indent=2)
+        typer.echo(f"{key}: {value if value is not None else ''}")
+
+
+@app.command()
+def head(json_: bool = JSON) -> None:
+    """Print the newest seq and hash: write it down or publish it to detect rewrites later.
+
+    Example: krate audit head --json
+    """
+    from krate import render
+    from krate.store import events, open_store
+
+    with open_store(paths(), readonly=True) as store:
+        current = events.head(store)
+    if json_:
+        render.print_json({"seq": current.seq, "hash": current.hash})
+    else:
+        typer.echo(f"{current.seq} {current.hash}")
+
+
+@app.command()
+def verify(json_: bool = JSON) -> None:
+    """Check that no event was edited, deleted, inserted, reordered or cut off the end.
+
+    Exit 0 when the chain is intact, 1 naming the first bad event otherwise.
+
+    Example: krate audit verify && echo ok
+    """
+    from krate import render
+    from krate.store import events, open_store
+
+    with open_store(paths(), readonly=True) as store:
+        result = events.verify(store)
+    if json_:
+        render.print_json(result.to_dict())
+    elif result.ok:
+        typer.echo(f"{result.events} events, chain intact, head {result.head}")
+    else:
+        render.message(f"krate: chain broken at event {result.first_bad_seq}: {result.reason}")
+    if not result.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,42 @@
+"""`krate info`: what this krate is and where it keeps things."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from krate.cli.common import paths
+
+
+def info(
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show version, folders, database, sandbox and keyring backends, and telemetry (none).
+
+    Example: krate info --json | jq .data_dir
+    """
+    from krate import info as domain
+    from krate import render
+
+    facts = domain.gather(paths(), os.environ)
+    if json_:
+        render.print_json(facts)
+        return
+    sandbox = facts["sandbox"]
+    rows = [
+        ("version", facts["version"]),
+        ("python", facts["python"]),
+        ("platform", facts["platform"]),
+        ("data folder", facts["data_dir"]),
+        ("config folder", facts["config_dir"]),
+        ("database", f"{facts['db_path']} ({facts['db_size']} bytes)"),
+        ("schema version", facts["schema_version"]),
+        ("events", facts["events"]),
+        ("sandbox", f"{sandbox['backend']} ({'available' if sandbox['available'] else 'not available'})"),
+        ("keyring backend", facts["keyring_backend"]),
+        ("telemetry", facts["telemetry"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")

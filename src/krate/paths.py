@@ -1,0 +1,85 @@
+"""Where krate keeps its data and configuration, and how they are kept private.
+
+`KRATE_HOME` replaces both folders with one (tests and portable installs use it);
+otherwise platformdirs decides. Folders are created 0700 and files 0600 whatever
+the umask, because the store holds a record of the user's activity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from krate.errors import StoreError
+
+APP = "krate"
+DB_NAME = "krate.db"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    config_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Paths:
+        env = os.environ if environ is None else environ
+        home = env.get("KRATE_HOME")
+        if home:
+            root = Path(home).expanduser().absolute()
+            return cls(data_dir=root, config_dir=root)
+        import platformdirs
+
+        return cls(
+            data_dir=Path(platformdirs.user_data_dir(APP, appauthor=False)),
+            config_dir=Path(platformdirs.user_config_dir(APP, appauthor=False)),
+        )
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_NAME
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def user_policy(self) -> Path:
+        return self.config_dir / "policy.toml"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed; leave it 0700 and usable, or say why not."""
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise StoreError(f"{path} exists but is not a folder; move it aside or set KRATE_HOME")
+        if path.stat().st_mode & 0o777 != DIR_MODE:
+            os.chmod(path, DIR_MODE)
+    except PermissionError as exc:
+        raise StoreError(
+            f"cannot use data folder {path}: permission denied; "
+            "fix its permissions or set KRATE_HOME to a writable folder"
+        ) from exc
+    except FileExistsError as exc:
+        raise StoreError(f"{path} exists but is not a folder; move it aside or set KRATE_HOME") from exc
+    except OSError as exc:
+        raise StoreError(f"cannot use data folder {path}: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"data folder {path} is not writable; fix its permissions or set KRATE_HOME"
+        )
+    return path
+
+
+def make_private_file(path: Path) -> None:
+    """Ensure an existing file is 0600 (SQLite creates files honouring the umask)."""
+    try:
+        if path.exists() and path.stat().st_mode & 0o777 != FILE_MODE:
+            os.chmod(path, FILE_MODE)
+    except OSError as exc:
+        raise StoreError(f"cannot set permissions on {path}: {exc.strerror or exc}") from exc

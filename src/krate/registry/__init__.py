@@ -1,0 +1,1 @@
+"""Registry transport, authentication and keychain credentials (login/push)."""

@@ -1,0 +1,66 @@
+"""Output for humans and for pipelines: tables on a TTY, plain columns, JSON, JSON Lines.
+
+stdout carries data only; messages go to stderr. rich is imported only when a
+table is drawn for a terminal, and colour follows NO_COLOR / FORCE_COLOR / TTY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False, default=_default)
+    sys.stdout.write("\n")
+
+
+def print_jsonl(rows: Iterable[Any]) -> None:
+    write = sys.stdout.write
+    for row in rows:
+        write(json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=_default))
+        write("\n")
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+    """A rich table on a terminal; tab-separated lines (with a header) on a pipe."""
+    rows = list(rows)
+    if not is_tty():
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in rows:
+            sys.stdout.write("\t".join("" if c is None else str(c) for c in row) + "\n")
+        return
+    from rich.table import Table
+
+    grid = Table(title=title, header_style="bold", box=None, pad_edge=False)
+    for name in columns:
+        grid.add_column(name)
+    for row in rows:
+        grid.add_row(*("" if c is None else str(c) for c in row))
+    console().print(grid)
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+
+
+def message(text: str) -> None:
+    """A line for the human, on stderr."""
+    sys.stderr.write(text + "\n")

@@ -1,0 +1,1 @@
+"""Sandbox backends: bubblewrap on Linux, Seatbelt (sandbox-exec) on macOS."""

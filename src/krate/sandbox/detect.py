@@ -1,0 +1,40 @@
+"""Which sandbox backend this platform uses, and whether it is installed.
+
+Cheap on purpose (no subprocess): `krate info` calls it; `krate doctor` runs a
+real sandboxed command to check that the backend works.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    backend: str
+    available: bool
+    executable: str | None
+    install_hint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect(path: str | None = None, platform: str = sys.platform) -> Backend:
+    if platform == "darwin":
+        exe = shutil.which("sandbox-exec", path=path) or (
+            "/usr/bin/sandbox-exec" if shutil.which("/usr/bin/sandbox-exec") else None
+        )
+        return Backend("seatbelt", exe is not None, exe, "sandbox-exec ships with macOS")
+    if platform.startswith("linux"):
+        exe = shutil.which("bwrap", path=path)
+        return Backend(
+            "bubblewrap",
+            exe is not None,
+            exe,
+            "install bubblewrap: `sudo apt-get install bubblewrap` (Debian/Ubuntu) or "
+            "`sudo dnf install bubblewrap` (Fedora)",
+        )
+    return Backend("none", False, None, f"krate has no sandbox backend for {platform}")

@@ -1,0 +1,210 @@
+"""Opening krate.db: WAL, busy timeout, foreign keys, migrations, private file modes.
+
+Also the write transaction every feature appends through (`Store.write()`): it
+takes the write lock up front (BEGIN IMMEDIATE) so the event chain stays linear
+when several krate processes run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlite_utils import Database
+
+from krate.errors import StoreError
+from krate.paths import FILE_MODE, Paths, ensure_private_dir, make_private_file
+from krate.store import migrations as schema
+
+if TYPE_CHECKING:
+    from krate.store.events import Writer
+
+BUSY_TIMEOUT_S = 60.0
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """An open krate database. Use `open_store()` to get one."""
+
+    def __init__(self, db: Database, path: Path | None, *, readonly: bool, clock: Clock) -> None:
+        self.db = db
+        self.path = path
+        self.readonly = readonly
+        self.clock = clock
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    @property
+    def schema_version(self) -> int:
+        return len(_applied(self.db))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Writer]:
+        """One write transaction holding the write lock; appends and index rows commit together."""
+        from krate.store.events import Writer
+
+        if self.readonly:
+            raise RuntimeError("write() on a read-only store")
+        with translate_errors(self.path):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                writer = Writer(self)
+                yield writer
+                writer.flush_head()
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+
+def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) -> Store:
+    """Open (creating and migrating when writing) the store under `paths`.
+
+    A read-only open never creates or changes anything: with no database yet it
+    returns an empty in-memory store, so read commands show "nothing yet".
+    """
+    path = paths.db_path
+    if readonly:
+        if not path.exists():
+            db = Database(memory=True, execute_plugins=False)
+            schema.migrations.apply(db)
+            return Store(db, None, readonly=True, clock=clock)
+        conn = _connect(f"file:{path}?mode=ro", path, uri=True)
+        db = Database(conn, execute_plugins=False)
+        _check_krate_db(db, path, allow_pending=False)
+        return Store(db, path, readonly=True, clock=clock)
+
+    ensure_private_dir(paths.data_dir)
+    _create_private(path)
+    conn = _connect(str(path), path)
+    db = Database(conn, execute_plugins=False)
+    with translate_errors(path):
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+    _check_krate_db(db, path, allow_pending=True)
+    _migrate(db, path)
+    for suffix in ("", "-wal", "-shm"):
+        make_private_file(Path(str(path) + suffix))
+    return Store(db, path, readonly=False, clock=clock)
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would honour the umask).
+
+    SQLite gives the -wal and -shm files the same mode as the database file.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
+        os.close(fd)
+    except PermissionError as exc:
+        raise StoreError(
+            f"cannot open {path}: permission denied; fix its permissions or set KRATE_HOME"
+        ) from exc
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from exc
+
+
+def _connect(target: str, path: Path, *, uri: bool = False) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(
+            target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    with translate_errors(path):
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def _applied(db: Database) -> list[str]:
+    return [m.name for m in schema.migrations.applied(db)]
+
+
+def _check_krate_db(db: Database, path: Path, *, allow_pending: bool) -> None:
+    with translate_errors(path):
+        tables = set(db.table_names())
+        if not tables:
+            if allow_pending:
+                return
+            raise StoreError(f"{path} is empty; run a krate command that records something first")
+        if schema.migrations.migrations_table not in tables:
+            raise StoreError(
+                f"{path} is not a krate database; move it aside or set KRATE_HOME to another folder"
+            )
+        applied = _applied(db)
+    known = schema.known_names()
+    newer = [name for name in applied if name not in known]
+    if newer:
+        raise StoreError(
+            f"{path} was written by a newer krate (schema {len(applied)}, this krate knows "
+            f"{len(known)}); upgrade krate to read it"
+        )
+    if not allow_pending and len(applied) < len(known):
+        raise StoreError(
+            f"{path} uses an older schema; run any recording krate command "
+            "(for example `krate audit note upgrade`) to upgrade it"
+        )
+
+
+def _migrate(db: Database, path: Path) -> None:
+    with translate_errors(path):
+        if not schema.migrations.pending(db):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            schema.migrations.apply(db)  # re-checks pending under the lock
+            db.execute("COMMIT")
+        except BaseException:
+            if db.conn.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+@contextlib.contextmanager
+def translate_errors(path: Path | None) -> Iterator[None]:
+    """Turn SQLite's errors into messages that say which file and what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        where = str(path) if path else "the database"
+        if "not a database" in text or "malformed" in text:
+            raise StoreError(
+                f"{where} is corrupt or not a krate database ({text}); "
+                "move it aside (krate starts afresh) or restore a backup"
+            ) from exc
+        if "locked" in text or "busy" in text:
+            raise StoreError(
+                f"{where} is locked by another process for over {BUSY_TIMEOUT_S:.0f} s; "
+                "wait for it to finish and try again"
+            ) from exc
+        if "readonly" in text or "read-only" in text:
+            raise StoreError(
+                f"{where} is read-only; fix its permissions or set KRATE_HOME"
+            ) from exc
+        if "unable to open" in text:
+            raise StoreError(f"cannot open {where}; check the folder's permissions") from exc
+        raise StoreError(f"{where}: {text}") from exc

@@ -1,0 +1,203 @@
+"""The event chain: one append-only table where each row hashes the one before.
+
+hash = SHA-256( prev_hash + "\\n" + JSON [seq, ts, kind, run_id, data] ), the JSON
+canonical (sorted keys, no spaces, UTF-8). The first event's prev_hash is 64
+zeros. `chain_head` repeats the newest seq and hash so that cutting the tail is
+detected. docs/audit.md shows how to check the chain with standard tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from krate.store.connection import translate_errors
+
+if TYPE_CHECKING:
+    from krate.store.connection import Store
+
+GENESIS = "0" * 64
+_COLUMNS = "seq, ts, kind, run_id, data, prev_hash, hash"
+_str = json.JSONEncoder(ensure_ascii=False).encode
+_data = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    ts: str
+    kind: str
+    run_id: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    events: int
+    head: str
+    first_bad_seq: int | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_ts(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_data(data: dict[str, Any]) -> str:
+    return _data(data)
+
+
+def row_hash(prev_hash: str, seq: int, ts: str, kind: str, run_id: str | None, data: str) -> str:
+    body = "[%d,%s,%s,%s,%s]" % (seq, _str(ts), _str(kind), _str(run_id), data)
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+class Writer:
+    """Appends inside one `Store.write()` transaction (the write lock is held)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+        row = store.conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+        self._head = Head(row[0], row[1]) if row else Head(0, GENESIS)
+        self._dirty = False
+
+    def append(self, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None) -> Event:
+        seq = self._head.seq + 1
+        ts = format_ts(self.store.clock())
+        text = encode_data(data or {})
+        digest = row_hash(self._head.hash, seq, ts, kind, run_id, text)
+        self.store.conn.execute(
+            f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, ts, kind, run_id, text, self._head.hash, digest),
+        )
+        event = Event(seq, ts, kind, run_id, json.loads(text), self._head.hash, digest)
+        self._head = Head(seq, digest)
+        self._dirty = True
+        return event
+
+    def flush_head(self) -> None:
+        if self._dirty:
+            self.store.conn.execute(
+                "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                (self._head.seq, self._head.hash),
+            )
+            self._dirty = False
+
+
+def append(store: Store, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None) -> Event:
+    """Append one event in its own transaction."""
+    with store.write() as writer:
+        return writer.append(kind, data, run_id)
+
+
+def _event(row: tuple) -> Event:
+    seq, ts, kind, run_id, data, prev_hash, digest = row
+    return Event(seq, ts, kind, run_id, json.loads(data), prev_hash, digest)
+
+
+def query(
+    store: Store,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    kind_prefix: str | None = None,
+    run_id: str | None = None,
+    limit: int | None = None,
+) -> list[Event]:
+    """Events matching every filter given, oldest first; `limit` keeps the newest N."""
+    where, params = [], []
+    if since:
+        where.append("ts >= ?")
+        params.append(since)
+    if until:
+        where.append("ts < ?")
+        params.append(until)
+    if kind_prefix:
+        # A range instead of LIKE so the kind index serves it and % or _ mean themselves.
+        where.append("kind >= ? AND kind < ?")
+        params += [kind_prefix, kind_prefix + "\U0010ffff"]
+    if run_id:
+        where.append("run_id = ?")
+        params.append(run_id)
+    sql = f"SELECT {_COLUMNS} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    with translate_errors(store.path):
+        rows = store.conn.execute(sql, params).fetchall()
+    return [_event(row) for row in reversed(rows)]
+
+
+def get(store: Store, seq: int) -> Event | None:
+    with translate_errors(store.path):
+        row = store.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+    return _event(row) if row else None
+
+
+def head(store: Store) -> Head:
+    with translate_errors(store.path):
+        row = store.conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+    return Head(row[0], row[1]) if row else Head(0, GENESIS)
+
+
+def count(store: Store) -> int:
+    with translate_errors(store.path):
+        return store.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def iter_all(store: Store) -> Iterator[Event]:
+    with translate_errors(store.path):
+        for row in store.conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq"):
+            yield _event(row)
+
+
+def verify(store: Store) -> Verification:
+    """Walk the whole chain; report the first event that does not check out."""
+    recorded = head(store)
+    expected_seq, last_hash, n = 1, GENESIS, 0
+
+    def bad(seq: int, reason: str) -> Verification:
+        return Verification(False, n, recorded.hash, seq, reason)
+
+    with translate_errors(store.path):
+        rows = store.conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")
+        for seq, ts, kind, run_id, data, prev_hash, digest in rows:
+            if seq != expected_seq:
+                return bad(expected_seq, f"event {expected_seq} is missing (deleted)")
+            if prev_hash != last_hash:
+                return bad(seq, f"event {seq} does not follow event {seq - 1} (inserted or reordered)")
+            if row_hash(prev_hash, seq, ts, kind, run_id, data) != digest:
+                return bad(seq, f"event {seq} does not match its hash (edited)")
+            last_hash, expected_seq, n = digest, seq + 1, n + 1
+    last_seq = expected_seq - 1
+    if recorded.seq > last_seq:
+        return bad(last_seq + 1, f"events {last_seq + 1}..{recorded.seq} are missing (tail removed)")
+    if recorded.seq < last_seq:
+        return bad(recorded.seq + 1, f"events after {recorded.seq} were added outside krate")
+    if recorded.hash != last_hash:
+        return bad(last_seq, f"event {last_seq} does not match the recorded chain head")
+    return Verification(True, n, last_hash, None, "chain intact")

@@ -1,0 +1,78 @@
+"""Shared fixtures: every test gets its own KRATE_HOME; helpers to run the real `krate`."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from krate.cli.main import main
+
+KRATE = shutil.which("krate", path=str(Path(sys.executable).parent)) or "krate"
+TEST_USER = "krate-test"
+
+
+@pytest.fixture(autouse=True)
+def krate_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "krate-home"
+    monkeypatch.setenv("KRATE_HOME", str(home))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    return home
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run krate's entry point in-process; returns code, stdout and stderr."""
+
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def run_krate(*args: str, env: dict | None = None, user: str | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `krate` executable as a real subprocess."""
+    full_env = dict(os.environ if env is None else env)
+    return subprocess.run(
+        [KRATE, *args], env=full_env, capture_output=True, text=True, user=user, timeout=120, **kw
+    )
+
+
+@pytest.fixture(scope="session")
+def ordinary_user() -> str | None:
+    """An unprivileged account for permission and sandbox tests (created when running as root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--create-home", "--shell", "/bin/sh", TEST_USER],
+            check=True,
+            capture_output=True,
+        )
+    return TEST_USER
+
+
+def chown_tree(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
