@@ -46,12 +46,17 @@ def cli(capsys):
     return invoke
 
 
-def run_krate(*args: str, env: dict | None = None, user: str | None = None, **kw) -> subprocess.CompletedProcess:
+def run_krate(
+    *args: str, env: dict | None = None, user: str | None = None, **kw
+) -> subprocess.CompletedProcess:
     """Run the installed `krate` executable as a real subprocess."""
     full_env = dict(os.environ if env is None else env)
-    return subprocess.run(
-        [KRATE, *args], env=full_env, capture_output=True, text=True, user=user, timeout=120, **kw
-    )
+    if user is not None:
+        # Drop the group and supplementary groups too, as a real login would have them.
+        kw.update(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
+        full_env.setdefault("HOME", pwd.getpwnam(user).pw_dir)
+    kw.setdefault("timeout", 120)
+    return subprocess.run([KRATE, *args], env=full_env, capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +73,19 @@ def ordinary_user() -> str | None:
             capture_output=True,
         )
     return TEST_USER
+
+
+@pytest.fixture
+def user_tmp(ordinary_user):
+    """A scratch folder the ordinary user owns (pytest's own tmp_path is private to root)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="krate-user-"))
+    path.chmod(0o755)
+    if ordinary_user:
+        chown_tree(path, ordinary_user)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def chown_tree(path: Path, user: str) -> None:

@@ -43,6 +43,7 @@ def test_read_only_commands_never_write(cli, krate_home):
         cli(*args)
     assert not krate_home.exists(), "a read-only command created the data folder"
     cli("audit", "note", "x")
+
     # SQLite's own shared-memory index and an empty WAL may appear on a read; no content may change.
     def snapshot():
         return {
@@ -60,7 +61,9 @@ def test_read_only_commands_never_write(cli, krate_home):
 def test_list_filters_and_limit(cli, krate_home):
     paths = Paths.from_env({"KRATE_HOME": str(krate_home)})
     now = datetime.now(UTC)
-    clock_values = iter([now - timedelta(days=3), now - timedelta(hours=2), now - timedelta(minutes=5)])
+    clock_values = iter(
+        [now - timedelta(days=3), now - timedelta(hours=2), now - timedelta(minutes=5)]
+    )
     with open_store(paths, clock=lambda: next(clock_values)) as store:
         events.append(store, "run.started", {}, run_id="01A")
         events.append(store, "run.finished", {}, run_id="01A")
@@ -93,7 +96,7 @@ def test_verify_failure_exit_code_and_json(cli, krate_home):
     for i in range(3):
         cli("audit", "note", f"n{i}")
     conn = sqlite3.connect(krate_home / "krate.db")
-    conn.execute("UPDATE events SET data = '{\"message\":\"forged\"}' WHERE seq = 2")
+    conn.execute('UPDATE events SET data = \'{"message":"forged"}\' WHERE seq = 2')
     conn.commit()
     conn.close()
     result = cli("audit", "verify")
@@ -107,14 +110,26 @@ def test_verify_failure_exit_code_and_json(cli, krate_home):
 def test_show_missing_event_is_a_clear_error(cli):
     cli("audit", "note", "x")
     result = cli("audit", "show", "99")
-    assert result.code == 1 and result.err.strip() == "krate: no event 99 (the record holds events 1..1)"
+    assert (
+        result.code == 1
+        and result.err.strip() == "krate: no event 99 (the record holds events 1..1)"
+    )
 
 
 def test_info_json_keys(cli, krate_home):
     cli("audit", "note", "x")
     facts = json.loads(cli("info", "--json").out)
-    for key in ("version", "data_dir", "config_dir", "db_path", "schema_version", "events",
-                "sandbox", "keyring_backend", "telemetry"):
+    for key in (
+        "version",
+        "data_dir",
+        "config_dir",
+        "db_path",
+        "schema_version",
+        "events",
+        "sandbox",
+        "keyring_backend",
+        "telemetry",
+    ):
         assert key in facts
     assert facts["telemetry"] == "none"
     assert facts["events"] == 1 and facts["schema_version"] >= 1
@@ -124,7 +139,9 @@ def test_info_json_keys(cli, krate_home):
 
 def test_info_honours_keyring_override(cli, monkeypatch):
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
-    assert json.loads(cli("info", "--json").out)["keyring_backend"] == "keyring.backends.null.Keyring"
+    assert (
+        json.loads(cli("info", "--json").out)["keyring_backend"] == "keyring.backends.null.Keyring"
+    )
 
 
 def test_files_private_whatever_the_umask(cli, krate_home):

@@ -66,7 +66,9 @@ def ensure_private_dir(path: Path) -> Path:
             "fix its permissions or set KRATE_HOME to a writable folder"
         ) from exc
     except FileExistsError as exc:
-        raise StoreError(f"{path} exists but is not a folder; move it aside or set KRATE_HOME") from exc
+        raise StoreError(
+            f"{path} exists but is not a folder; move it aside or set KRATE_HOME"
+        ) from exc
     except OSError as exc:
         raise StoreError(f"cannot use data folder {path}: {exc.strerror or exc}") from exc
     if not os.access(path, os.W_OK | os.X_OK):

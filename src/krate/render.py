@@ -37,7 +37,9 @@ def is_tty() -> bool:
     return sys.stdout.isatty()
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+def table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
+) -> None:
     """A rich table on a terminal; tab-separated lines (with a header) on a pipe."""
     rows = list(rows)
     if not is_tty():
@@ -58,7 +60,9 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
 def console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    return Console(
+        stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False
+    )
 
 
 def message(text: str) -> None:

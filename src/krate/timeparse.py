@@ -13,7 +13,10 @@ from krate.errors import UsageError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-ACCEPTED = "a duration such as 30s, 15m, 1h, 2d, 1w, or a date/time such as 2026-11-01 or 2026-11-01T14:30:00Z"
+ACCEPTED = (
+    "a duration such as 30s, 15m, 1h, 2d, 1w, "
+    "or a date/time such as 2026-11-01 or 2026-11-01T14:30:00Z"
+)
 
 
 def parse_duration(value: str) -> timedelta:

@@ -28,7 +28,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(
-        False, "--version", "-V", is_eager=True, callback=_version, help="Print the version and exit."
+        False,
+        "--version",
+        "-V",
+        is_eager=True,
+        callback=_version,
+        help="Print the version and exit.",
     ),
 ) -> None:
     """Run untrusted developer workloads isolated, with a tamper-evident local record.

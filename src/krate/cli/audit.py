@@ -9,7 +9,8 @@ import typer
 from krate.cli.common import output_mode, paths
 
 app = typer.Typer(
-    help="The tamper-evident record of everything krate did.\n\nExample: krate audit list --since 1h",
+    help="The tamper-evident record of everything krate did.\n\n"
+    "Example: krate audit list --since 1h",
     no_args_is_help=True,
 )
 
@@ -31,11 +32,15 @@ def note(message: str = typer.Argument(..., help="The text to record.")) -> None
 
 @app.command("list")
 def list_(
-    since: str = typer.Option(None, "--since", help="From this long ago (30m, 1h, 2d) or this date/time."),
+    since: str = typer.Option(
+        None, "--since", help="From this long ago (30m, 1h, 2d) or this date/time."
+    ),
     until: str = typer.Option(None, "--until", help="Before this long ago or this date/time."),
     kind: str = typer.Option(None, "--kind", help="Only kinds starting with this, e.g. `run.`."),
     run: str = typer.Option(None, "--run", help="Only events of this run id."),
-    limit: int = typer.Option(None, "--limit", min=0, help="Only the newest N (still newest last)."),
+    limit: int = typer.Option(
+        None, "--limit", min=0, help="Only the newest N (still newest last)."
+    ),
     json_: bool = JSON,
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per line."),
 ) -> None:
@@ -56,7 +61,12 @@ def list_(
     }
     with open_store(paths(), readonly=True) as store:
         rows = events.query(
-            store, since=bounds["since"], until=bounds["until"], kind_prefix=kind, run_id=run, limit=limit
+            store,
+            since=bounds["since"],
+            until=bounds["until"],
+            kind_prefix=kind,
+            run_id=run,
+            limit=limit,
         )
     if mode == "json":
         render.print_json([e.to_dict() for e in rows])
@@ -65,7 +75,10 @@ def list_(
     else:
         render.table(
             ["seq", "time (UTC)", "kind", "run", "data"],
-            ((e.seq, e.ts[:19].replace("T", " "), e.kind, e.run_id or "", _brief(e.data)) for e in rows),
+            (
+                (e.seq, e.ts[:19].replace("T", " "), e.kind, e.run_id or "", _brief(e.data))
+                for e in rows
+            ),
         )
 
 
@@ -75,7 +88,9 @@ def _brief(data: dict, width: int = 80) -> str:
 
 
 @app.command()
-def show(seq: int = typer.Argument(..., help="The event's sequence number."), json_: bool = JSON) -> None:
+def show(
+    seq: int = typer.Argument(..., help="The event's sequence number."), json_: bool = JSON
+) -> None:
     """Show one event in full.
 
     Example: krate audit show 42 --json
@@ -88,7 +103,8 @@ def show(seq: int = typer.Argument(..., help="The event's sequence number."), js
         event = events.get(store, seq)
         newest = events.head(store).seq
     if event is None:
-        raise NotFound(f"no event {seq} (the record holds events 1..{newest})" if newest else "no events yet")
+        held = f"the record holds events 1..{newest}" if newest else "the record is empty"
+        raise NotFound(f"no event {seq} ({held})")
     if json_:
         render.print_json(event.to_dict())
         return

@@ -33,7 +33,10 @@ def info(
         ("database", f"{facts['db_path']} ({facts['db_size']} bytes)"),
         ("schema version", facts["schema_version"]),
         ("events", facts["events"]),
-        ("sandbox", f"{sandbox['backend']} ({'available' if sandbox['available'] else 'not available'})"),
+        (
+            "sandbox",
+            f"{sandbox['backend']} ({'available' if sandbox['available'] else 'not available'})",
+        ),
         ("keyring backend", facts["keyring_backend"]),
         ("telemetry", facts["telemetry"]),
     ]

@@ -86,14 +86,15 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
     """
     path = paths.db_path
     if readonly:
-        if not path.exists():
-            db = Database(memory=True, execute_plugins=False)
-            schema.migrations.apply(db)
-            return Store(db, None, readonly=True, clock=clock)
-        conn = _connect(f"file:{path}?mode=ro", path, uri=True)
-        db = Database(conn, execute_plugins=False)
-        _check_krate_db(db, path, allow_pending=False)
-        return Store(db, path, readonly=True, clock=clock)
+        if path.exists():
+            conn = _connect(f"file:{path}?mode=ro", path, uri=True)
+            db = Database(conn, execute_plugins=False)
+            if _check_krate_db(db, path, allow_pending=False):
+                return Store(db, path, readonly=True, clock=clock)
+            db.close()  # created by a krate that has not written its schema yet
+        db = Database(memory=True, execute_plugins=False)
+        schema.migrations.apply(db)
+        return Store(db, None, readonly=True, clock=clock)
 
     ensure_private_dir(paths.data_dir)
     _create_private(path)
@@ -143,13 +144,12 @@ def _applied(db: Database) -> list[str]:
     return [m.name for m in schema.migrations.applied(db)]
 
 
-def _check_krate_db(db: Database, path: Path, *, allow_pending: bool) -> None:
+def _check_krate_db(db: Database, path: Path, *, allow_pending: bool) -> bool:
+    """Refuse foreign, corrupt or newer databases; False when the file has no schema yet."""
     with translate_errors(path):
         tables = set(db.table_names())
         if not tables:
-            if allow_pending:
-                return
-            raise StoreError(f"{path} is empty; run a krate command that records something first")
+            return False
         if schema.migrations.migrations_table not in tables:
             raise StoreError(
                 f"{path} is not a krate database; move it aside or set KRATE_HOME to another folder"
@@ -167,6 +167,7 @@ def _check_krate_db(db: Database, path: Path, *, allow_pending: bool) -> None:
             f"{path} uses an older schema; run any recording krate command "
             "(for example `krate audit note upgrade`) to upgrade it"
         )
+    return True
 
 
 def _migrate(db: Database, path: Path) -> None:

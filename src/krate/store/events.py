@@ -4,6 +4,11 @@ hash = SHA-256( prev_hash + "\\n" + JSON [seq, ts, kind, run_id, data] ), the JS
 canonical (sorted keys, no spaces, UTF-8). The first event's prev_hash is 64
 zeros. `chain_head` repeats the newest seq and hash so that cutting the tail is
 detected. docs/audit.md shows how to check the chain with standard tools.
+
+After `krate data prune` the oldest events are gone: the chain then starts at a
+`chain.checkpoint` event's `first_seq`, following its `prev_hash` (the hash of the
+last pruned event). The checkpoint is itself a link of the chain, so it cannot be
+forged or dropped without breaking the walk or the recorded head.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Verification:
     head: str
     first_bad_seq: int | None
     reason: str
+    # The seq the chain starts from: 1, or a prune checkpoint's first kept seq.
+    first_seq: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +74,7 @@ def encode_data(data: dict[str, Any]) -> str:
 
 
 def row_hash(prev_hash: str, seq: int, ts: str, kind: str, run_id: str | None, data: str) -> str:
-    body = "[%d,%s,%s,%s,%s]" % (seq, _str(ts), _str(kind), _str(run_id), data)
+    body = f"[{seq:d},{_str(ts)},{_str(kind)},{_str(run_id)},{data}]"
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
@@ -81,7 +88,9 @@ class Writer:
         self._head = Head(row[0], row[1]) if row else Head(0, GENESIS)
         self._dirty = False
 
-    def append(self, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None) -> Event:
+    def append(
+        self, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> Event:
         seq = self._head.seq + 1
         ts = format_ts(self.store.clock())
         text = encode_data(data or {})
@@ -105,7 +114,9 @@ class Writer:
             self._dirty = False
 
 
-def append(store: Store, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None) -> Event:
+def append(
+    store: Store, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None
+) -> Event:
     """Append one event in its own transaction."""
     with store.write() as writer:
         return writer.append(kind, data, run_id)
@@ -175,13 +186,49 @@ def iter_all(store: Store) -> Iterator[Event]:
             yield _event(row)
 
 
+CHECKPOINT_KIND = "chain.checkpoint"
+
+
+def latest_checkpoint(store: Store) -> tuple[int, str] | None:
+    """(first_seq, prev_hash) of the newest prune checkpoint, or None when nothing was pruned."""
+    with translate_errors(store.path):
+        row = store.conn.execute(
+            "SELECT data FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", (CHECKPOINT_KIND,)
+        ).fetchone()
+    if row is None:
+        return None
+    try:
+        data = json.loads(row[0])
+        first_seq, prev_hash = data["first_seq"], data["prev_hash"]
+    except (ValueError, KeyError, TypeError):
+        return None  # a malformed checkpoint vouches for nothing
+    if not isinstance(first_seq, int) or not isinstance(prev_hash, str):
+        return None
+    return first_seq, prev_hash
+
+
 def verify(store: Store) -> Verification:
-    """Walk the whole chain; report the first event that does not check out."""
+    """Walk the whole chain; report the first event that does not check out.
+
+    The walk starts at seq 1 from GENESIS, or, when the oldest rows were pruned,
+    at the newest checkpoint's first kept seq from the hash it names. The
+    checkpoint event is inside the walked range, so its own hash is checked too.
+    """
     recorded = head(store)
     expected_seq, last_hash, n = 1, GENESIS, 0
+    with translate_errors(store.path):
+        row = store.conn.execute("SELECT min(seq) FROM events").fetchone()
+    first_row = row[0] if row else None
+    if first_row is not None and first_row != 1:
+        checkpoint = latest_checkpoint(store)
+        if checkpoint is not None and checkpoint[0] == first_row:
+            expected_seq, last_hash = checkpoint
+        elif checkpoint is not None and checkpoint[0] < first_row:
+            expected_seq = checkpoint[0]  # rows the checkpoint kept are gone: reported below
+    first_seq = expected_seq
 
     def bad(seq: int, reason: str) -> Verification:
-        return Verification(False, n, recorded.hash, seq, reason)
+        return Verification(False, n, recorded.hash, seq, reason, first_seq)
 
     with translate_errors(store.path):
         rows = store.conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")
@@ -189,15 +236,22 @@ def verify(store: Store) -> Verification:
             if seq != expected_seq:
                 return bad(expected_seq, f"event {expected_seq} is missing (deleted)")
             if prev_hash != last_hash:
-                return bad(seq, f"event {seq} does not follow event {seq - 1} (inserted or reordered)")
+                return bad(
+                    seq, f"event {seq} does not follow event {seq - 1} (inserted or reordered)"
+                )
             if row_hash(prev_hash, seq, ts, kind, run_id, data) != digest:
                 return bad(seq, f"event {seq} does not match its hash (edited)")
             last_hash, expected_seq, n = digest, seq + 1, n + 1
     last_seq = expected_seq - 1
     if recorded.seq > last_seq:
-        return bad(last_seq + 1, f"events {last_seq + 1}..{recorded.seq} are missing (tail removed)")
+        return bad(
+            last_seq + 1, f"events {last_seq + 1}..{recorded.seq} are missing (tail removed)"
+        )
     if recorded.seq < last_seq:
         return bad(recorded.seq + 1, f"events after {recorded.seq} were added outside krate")
     if recorded.hash != last_hash:
         return bad(last_seq, f"event {last_seq} does not match the recorded chain head")
+    if first_seq > 1:
+        reason = f"chain intact from the prune checkpoint (events before {first_seq} were pruned)"
+        return Verification(True, n, last_hash, None, reason, first_seq)
     return Verification(True, n, last_hash, None, "chain intact")

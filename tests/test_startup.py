@@ -1,0 +1,51 @@
+"""Start-up stays light: no heavy imports at CLI load, completion never touches the store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from krate import __version__
+
+from .conftest import run_krate
+
+HEAVY = ("sqlite_utils", "keyring", "rich.table", "rich.console", "pydantic")
+
+
+def test_loading_the_cli_imports_nothing_heavy():
+    code = f"import sys, krate.cli.app; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_fast_path_imports_no_third_party_package():
+    code = (
+        "import sys; sys.argv = ['krate', '--version']; "
+        "from krate.cli.main import main; main(); "
+        "print(sorted(m for m in ('typer', 'rich', 'sqlite_utils', 'platformdirs') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [f"krate {__version__}", "[]"]
+
+
+def test_tab_completion_never_opens_the_database(krate_home):
+    krate_home.mkdir(mode=0o700)
+    db = krate_home / "krate.db"
+    db.write_bytes(b"not a database")  # opening it would fail loudly
+    env = dict(
+        os.environ, _KRATE_COMPLETE="complete_bash", COMP_WORDS="krate audit v", COMP_CWORD="2"
+    )
+    result = run_krate(env=env)
+    assert result.returncode == 0, result.stderr
+    assert "verify" in result.stdout
+    assert db.read_bytes() == b"not a database"
+    assert sorted(p.name for p in krate_home.iterdir()) == ["krate.db"]
+
+
+def test_python_dash_m_krate_works():
+    out = subprocess.run(
+        [sys.executable, "-m", "krate", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("krate ")
