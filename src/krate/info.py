@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from krate import __version__
+from krate.netguard import guard, lockdown
 from krate.paths import Paths
 from krate.registry.keychain import backend_name
 from krate.sandbox.detect import detect
@@ -34,4 +35,6 @@ def gather(paths: Paths, environ: Mapping[str, str]) -> dict[str, Any]:
         "sandbox": {"backend": backend.backend, "available": backend.available},
         "keyring_backend": backend_name(environ),
         "telemetry": "none",
+        "lockdown": lockdown.state(),
+        "network_guard": "installed" if guard.installed() else "not installed",
     }

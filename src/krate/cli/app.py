@@ -1,22 +1,35 @@
-"""The root `krate` app: mounts one Typer app per command group."""
+"""The root `krate` app: one Typer app or command per group, mounted on demand.
+
+`build(first)` mounts only the command the user named, so `krate run` does not
+import (or have Typer inspect) thirty other commands; help, completion and
+unknown commands get the whole tree. `app` is the whole tree, built on first use.
+"""
 
 from __future__ import annotations
+
+from importlib import import_module
 
 import typer
 
 from krate import __version__
-from krate.cli import audit, info
 
-app = typer.Typer(
-    name="krate",
-    help=(
-        "Run untrusted developer workloads isolated, under a policy you can read, "
-        "with a tamper-evident local record. Nothing leaves your machine unless you push."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# name -> (module under krate.cli, attribute, kind): "group" is a Typer app, "command" a function.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("run", "run", "command"),
+    "runs": ("runs", "app", "group"),
+    "build": ("build", "build", "command"),
+    "builds": ("builds", "app", "group"),
+    "artifacts": ("artifacts", "app", "group"),
+    "provenance": ("artifacts", "provenance", "command"),
+    "policy": ("policy", "app", "group"),
+    "audit": ("audit", "app", "group"),
+    "data": ("data", "app", "group"),
+    "login": ("registry", "login", "command"),
+    "logout": ("registry", "logout", "command"),
+    "push": ("registry", "push", "command"),
+    "info": ("info", "info", "command"),
+    "doctor": ("doctor", "doctor", "command"),
+}
 
 
 def _version(value: bool) -> None:
@@ -25,22 +38,57 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def root(
-    version: bool = typer.Option(
-        False,
-        "--version",
-        "-V",
-        is_eager=True,
-        callback=_version,
-        help="Print the version and exit.",
-    ),
-) -> None:
-    """Run untrusted developer workloads isolated, with a tamper-evident local record.
+def _root() -> typer.Typer:
+    root = typer.Typer(
+        name="krate",
+        help=(
+            "Run untrusted developer workloads isolated, under a policy you can read, "
+            "with a tamper-evident local record. Nothing leaves your machine unless you push.\n\n"
+            "Example: krate run -- npm install"
+        ),
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
-    Example: krate run -- npm install
-    """
+    @root.callback()
+    def main(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_version,
+            help="Print the version and exit. Example: krate --version",
+        ),
+    ) -> None:
+        """Run untrusted developer workloads isolated, with a tamper-evident local record.
+
+        Example: krate run -- npm install
+        """
+
+    return root
 
 
-app.command("info")(info.info)
-app.add_typer(audit.app, name="audit")
+def build(first: str | None = None) -> typer.Typer:
+    """The root app with only `first` mounted when it names a command, else everything."""
+    root = _root()
+    names = [first] if first in COMMANDS else list(COMMANDS)
+    for name in names:
+        module_name, attribute, kind = COMMANDS[name]
+        module = import_module(f"krate.cli.{module_name}")
+        target = getattr(module, attribute)
+        if kind == "group":
+            root.add_typer(target, name=name)
+        else:
+            settings = getattr(module, "CONTEXT", None) if name in ("run", "build") else None
+            root.command(name, context_settings=settings)(target)
+    return root
+
+
+def __getattr__(name: str) -> typer.Typer:
+    if name == "app":
+        full = build()
+        globals()["app"] = full
+        return full
+    raise AttributeError(f"module 'krate.cli.app' has no attribute {name!r}")

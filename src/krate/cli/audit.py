@@ -7,6 +7,7 @@ import json
 import typer
 
 from krate.cli.common import output_mode, paths
+from krate.cli.complete import run_ids
 
 app = typer.Typer(
     help="The tamper-evident record of everything krate did.\n\n"
@@ -14,7 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print JSON.")
+JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
 
 
 @app.command()
@@ -35,11 +36,18 @@ def list_(
     since: str = typer.Option(
         None, "--since", help="From this long ago (30m, 1h, 2d) or this date/time."
     ),
-    until: str = typer.Option(None, "--until", help="Before this long ago or this date/time."),
+    until: str = typer.Option(
+        None, "--until", help="Before this long ago or this date/time. Example: --until 2026-11-01"
+    ),
     kind: str = typer.Option(None, "--kind", help="Only kinds starting with this, e.g. `run.`."),
-    run: str = typer.Option(None, "--run", help="Only events of this run id."),
+    run: str = typer.Option(
+        None,
+        "--run",
+        autocompletion=run_ids,
+        help="Only events of this run id (TAB completes ids). Example: --run 01KB2X9Q7M4PTA3C",
+    ),
     limit: int = typer.Option(
-        None, "--limit", min=0, help="Only the newest N (still newest last)."
+        None, "--limit", min=0, help="Only the newest N (still newest last). Example: --limit 10"
     ),
     json_: bool = JSON,
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per line."),
@@ -151,4 +159,70 @@ def verify(json_: bool = JSON) -> None:
     else:
         render.message(f"krate: chain broken at event {result.first_bad_seq}: {result.reason}")
     if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def network(
+    prove: bool = typer.Option(
+        False,
+        "--prove",
+        help="Run the self-test: every command with no network purpose, watched by four layers "
+        "(kernel, guard, strace + empty network namespace, static checks). Exit 0 only when all "
+        "checked evidence agrees.",
+    ),
+    json_: bool = JSON,
+) -> None:
+    """Every outbound connection krate itself made, by the command that asked; and the lockdown.
+
+    Workload connections (through the egress proxy) are listed separately. With --prove,
+    demonstrate that commands without a network purpose open no IP socket at all.
+
+    Example: krate audit network --prove --json | jq .proven
+    """
+    from krate import render
+    from krate.netguard import lockdown, report
+
+    if prove:
+        _prove(json_)
+        return
+    from krate.store import open_store
+
+    with open_store(paths(), readonly=True) as store:
+        summary = report.summarize(store, lockdown.state())
+    if json_:
+        render.print_json(summary)
+        return
+    for line in report.lines(summary):
+        typer.echo(line)
+
+
+def _prove(json_: bool) -> None:
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import typer.main
+
+    import krate
+    from krate import render
+    from krate.cli.app import app as root_app
+    from krate.netguard import proof
+
+    script = shutil.which("krate", path=os.path.dirname(sys.executable))
+    result = proof.prove(
+        typer.main.get_command(root_app),
+        krate=[script] if script else [sys.executable, "-m", "krate"],
+        python=sys.executable,
+        environ=dict(os.environ),
+        package_dir=Path(krate.__file__).parent,
+        sys_path=list(sys.path),
+    )
+    if json_:
+        render.print_json(result)
+    else:
+        for line in proof.lines(result):
+            typer.echo(line)
+    if not result["ok"]:
         raise typer.Exit(1)

@@ -18,6 +18,7 @@ def info(
     """
     from krate import info as domain
     from krate import render
+    from krate.netguard.lockdown import describe as describe_lockdown
 
     facts = domain.gather(paths(), os.environ)
     if json_:
@@ -39,6 +40,8 @@ def info(
         ),
         ("keyring backend", facts["keyring_backend"]),
         ("telemetry", facts["telemetry"]),
+        ("network lockdown", describe_lockdown(facts["lockdown"])),
+        ("network guard", facts["network_guard"]),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -1,7 +1,14 @@
-"""Entry point: the fast `--version` path, then the Typer app behind one error boundary.
+"""Entry point: the fast `--version` path, the network lockdown, then the Typer app.
 
 Every user-caused problem leaves as one `krate: ...` line on stderr with the exit
 code from DESIGN.md; a traceback appears only for bugs, and only with KRATE_DEBUG=1.
+
+When krate runs as a program, the network guard is installed and the kernel
+lockdown applied here, before typer or any third-party package is imported
+(except for the commands that must first start unlocked children: they call
+`krate.netguard.lockdown.apply()` themselves). `main(argv)` called in-process
+(the tests' `cli` fixture) leaves the calling process alone: a lockdown cannot be
+undone.
 """
 
 from __future__ import annotations
@@ -12,15 +19,95 @@ import sys
 from krate import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
+    """Run one krate command; `protect` (default: when argv comes from sys.argv) locks down."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args in (["--version"], ["-V"]):
         sys.stdout.write(f"krate {__version__}\n")
         return 0
-    from krate.cli.app import app
+    if protect is None:
+        protect = argv is None
+    if protect:
+        _protect(args)
+    try:
+        code = _dispatch(args)
+    except SystemExit as exc:  # shell completion leaves through sys.exit()
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    if protect and _settle_guard(args):
+        return 1
+    return code
+
+
+def _protect(args: list[str]) -> None:
+    """Guard always; lockdown now unless the command must start unlocked children first."""
+    from krate.netguard import guard, lockdown
+
+    completing = "_KRATE_COMPLETE" in os.environ
+    guard.install(record=not completing)
+    if completing or not _starts_children(args, lockdown.DEFERRED_COMMANDS):
+        lockdown.apply()
+
+
+def _starts_children(args: list[str], deferred) -> bool:
+    """A deferred command that will really run (not only print its help)."""
+    index = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if index is None or args[index] not in deferred:
+        return False
+    for token in args[index + 1 :]:
+        if token in ("-h", "--help"):
+            return False
+        if token == "--" or not token.startswith("-"):
+            break  # the workload's own arguments (or an option value) from here on
+    return True
+
+
+def _settle_guard(args: list[str]) -> bool:
+    """Record what the guard refused (if anything) and tell the caller to exit 1."""
+    from krate.netguard import guard
+
+    found = guard.take_violations()
+    if not found:
+        return False
+    if guard.should_record():
+        try:
+            from krate.cli.common import paths
+            from krate.store import open_store
+
+            with open_store(paths()) as store:
+                guard.record(store, found, _command_name(args))
+        except Exception as exc:
+            _fail(f"could not record the refused network access: {exc}")
+    _fail(
+        f"stopped: code in this process tried to reach the network ({len(found)} attempt"
+        f"{'s' if len(found) != 1 else ''} refused, first: {found[0].describe()}); "
+        "see `krate audit list --kind guard.`"
+    )
+    return True
+
+
+def _command_name(args: list[str]) -> str:
+    try:
+        import typer
+
+        from krate.cli.app import app
+        from krate.netguard.commands import command_path
+
+        return " ".join(("krate", *command_path(typer.main.get_command(app), args)))
+    except Exception:
+        return "krate"
+
+
+def _dispatch(args: list[str]) -> int:
+    from krate.cli.app import build
     from krate.errors import EXIT_USAGE, KrateError
 
+    app = build(None if "_KRATE_COMPLETE" in os.environ else _first_word(args))
+
     try:
+        # `krate data` settles deletions itself (restore explains an expired one), and
+        # `krate doctor` reports them as they are.
+        if "_KRATE_COMPLETE" not in os.environ and _first_word(args) not in ("data", "doctor"):
+            _settle_deletions()
         result = app(args=args, prog_name="krate", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except KrateError as exc:
@@ -35,19 +122,42 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            # Typer's usage errors (unknown option, missing argument, bad value).
-            _fail(exc.format_message())
+            # Typer's usage errors (unknown option, missing argument, bad value): one line.
             ctx = getattr(exc, "ctx", None)
-            if ctx is not None:
-                sys.stderr.write(f"Try '{ctx.command_path} --help' for help.\n")
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _fail(" ".join(exc.format_message().split()) + hint)
             return exc.exit_code or EXIT_USAGE
         if type(exc).__name__ == "Abort":
             sys.stderr.write("krate: aborted\n")
             return 1
+        if type(exc).__name__ == "NetworkRefused":
+            return 1  # the guard has already said what was refused and who tried
         if os.environ.get("KRATE_DEBUG"):
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set KRATE_DEBUG=1 for the traceback)")
         return 1
+
+
+def _first_word(args: list[str]) -> str | None:
+    """The command named on the line (the first word that is not an option), if any."""
+    return next((arg for arg in args if not arg.startswith("-")), None)
+
+
+def _settle_deletions() -> None:
+    """Purge deleted data past its 7-day grace period: one stat when nothing is pending."""
+    from krate import privacy
+    from krate.cli.common import paths
+
+    where = paths()
+    if not os.path.lexists(privacy.pending_area(where)):
+        return
+    from datetime import UTC, datetime
+
+    from krate.privacy import keychain
+    from krate.registry.keychain import backend_name
+
+    keychain.configure(backend_name(os.environ))
+    privacy.purge_expired(where, datetime.now(UTC))
 
 
 def _fail(message: str) -> None:

@@ -1,20 +1,36 @@
-"""Which keyring backend krate uses, chosen explicitly per platform.
+"""Registry credentials in the OS keychain, through keyring, with the backend chosen explicitly.
 
-Naming it needs no import of keyring (about 0.1 s and, on Linux, a burst of
-subprocesses during auto-detection); only login/push/logout load keyring itself.
-PYTHON_KEYRING_BACKEND, keyring's standard override, is honoured and reported.
+krate keeps credentials nowhere else: not in the database, a config file, argv,
+a child's environment, a log line or an error message. One keychain entry per
+registry: service "krate", account = the registry (`ghcr.io`, `127.0.0.1:5000`),
+secret = a small JSON object with the user name and password.
+
+The backend is named per platform (macOS Keychain, Secret Service on Linux) or by
+keyring's standard PYTHON_KEYRING_BACKEND override, and loaded directly instead of
+letting keyring auto-detect (about 0.1 s and, on Linux, a burst of subprocesses
+probing for macOS frameworks). `backend_name()` needs no import of keyring, so
+`krate info` stays fast; keyring itself is imported only inside the functions
+that use it (login, logout, push). Backends that would keep the secret in a plain
+file, and keyring's "fail"/"null" placeholders, are refused.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from krate.errors import KrateError
 
 SERVICE = "krate"
 _PLATFORM_BACKENDS = {
     "darwin": "keyring.backends.macOS.Keyring",
     "linux": "keyring.backends.SecretService.Keyring",
 }
+_FAIL = "keyring.backends.fail.Keyring"
+_REFUSED = ("keyring.backends.fail.", "keyring.backends.null.")
 
 
 def backend_name(environ: Mapping[str, str], platform: str = sys.platform) -> str:
@@ -22,4 +38,116 @@ def backend_name(environ: Mapping[str, str], platform: str = sys.platform) -> st
     if override:
         return override
     key = "linux" if platform.startswith("linux") else platform
-    return _PLATFORM_BACKENDS.get(key, "keyring.backends.fail.Keyring")
+    return _PLATFORM_BACKENDS.get(key, _FAIL)
+
+
+def _install_hint(name: str) -> str:
+    if name.endswith("SecretService.Keyring"):
+        return (
+            "on Linux, install and start a Secret Service provider in a D-Bus session "
+            "(e.g. gnome-keyring, or KeePassXC with Secret Service integration), "
+            "or set PYTHON_KEYRING_BACKEND to another keyring backend"
+        )
+    if name.endswith("macOS.Keyring"):
+        return "unlock the login keychain (Keychain Access) and try again"
+    return "set PYTHON_KEYRING_BACKEND to a keyring backend that works on this system"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+
+class Keychain:
+    """One loaded keyring backend; every call names the registry, never logs the secret."""
+
+    def __init__(self, backend: Any, name: str) -> None:
+        self.backend = backend
+        self.name = name
+
+    @property
+    def label(self) -> str:
+        if self.name.endswith("macOS.Keyring"):
+            return "macOS Keychain"
+        if self.name.endswith("SecretService.Keyring"):
+            return "Secret Service keyring"
+        return f"keyring backend {self.name}"
+
+    def get(self, registry: str) -> Credentials | None:
+        raw = self._call("read", self.backend.get_password, SERVICE, registry)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            return Credentials(str(doc["username"]), str(doc["password"]))
+        except (ValueError, KeyError, TypeError):
+            raise KrateError(
+                f"the keychain entry for {registry} (service {SERVICE!r}) is not one krate "
+                f"wrote; run `krate logout {registry}` then `krate login {registry}`"
+            ) from None
+
+    def put(self, registry: str, credentials: Credentials) -> None:
+        secret = json.dumps({"username": credentials.username, "password": credentials.password})
+        self._call("store", self.backend.set_password, SERVICE, registry, secret)
+
+    def delete(self, registry: str) -> bool:
+        """True when an entry was removed; False when there was none."""
+        if self._call("read", self.backend.get_password, SERVICE, registry) is None:
+            return False
+        self._call("remove", self.backend.delete_password, SERVICE, registry)
+        return True
+
+    def _call(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # keyring's errors name no secret; we still print only the type
+            kind = type(exc).__name__
+            detail = _first_line(exc, secret=args[-1] if what == "store" else None)
+            raise KrateError(
+                f"cannot {what} the credentials of {args[1]} in the {self.label} "
+                f"({kind}{': ' + detail if detail else ''}); {_install_hint(self.name)}"
+            ) from None
+
+
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if secret and (text in secret or secret in text):
+        return ""
+    return text[:160]
+
+
+def open_keychain(name: str) -> Keychain:
+    """Load the named backend (importing keyring now) or say clearly why there is none.
+
+    Raises KrateError before anything is written anywhere.
+    """
+    if name.startswith(_REFUSED) or "plaintext" in name.lower():
+        raise KrateError(
+            f"keyring backend {name} does not keep secrets in an OS keychain; krate stores "
+            f"registry credentials only there: {_install_hint(name)}. Nothing was stored."
+        )
+    try:
+        from keyring.core import load_keyring
+
+        backend = load_keyring(name)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise KrateError(
+            f"keyring backend {name} cannot be loaded ({type(exc).__name__}: {exc}); "
+            "check PYTHON_KEYRING_BACKEND. Nothing was stored."
+        ) from None
+    except Exception as exc:  # RuntimeError from the backend's viability check, D-Bus errors
+        raise KrateError(
+            f"no usable keychain: {name} is not available ({_first_line(exc, None)}); "
+            f"{_install_hint(name)}. krate keeps registry credentials only in the OS "
+            "keychain. Nothing was stored."
+        ) from None
+    return Keychain(backend, name)
+
+
+def delete_entry(name: str, account: str) -> bool:
+    """Remove krate's entry for `account` (a registry) through backend `name`.
+
+    For `krate data delete` (privacy): True when removed, False when absent.
+    """
+    return open_keychain(name).delete(account)

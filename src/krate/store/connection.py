@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlite_utils import Database
-
 from krate.errors import StoreError
 from krate.paths import FILE_MODE, Paths, ensure_private_dir, make_private_file
 from krate.store import migrations as schema
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
     from krate.store.events import Writer
 
 BUSY_TIMEOUT_S = 60.0
@@ -33,24 +33,33 @@ def utc_now() -> datetime:
 
 
 class Store:
-    """An open krate database. Use `open_store()` to get one."""
+    """An open krate database. Use `open_store()` to get one.
 
-    def __init__(self, db: Database, path: Path | None, *, readonly: bool, clock: Clock) -> None:
-        self.db = db
+    `conn` is the plain sqlite3 connection the store modules query; `db` wraps it
+    in sqlite-utils on first use (migrations, table helpers).
+    """
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path | None, *, readonly: bool, clock: Clock
+    ) -> None:
+        self.conn = conn
         self.path = path
         self.readonly = readonly
         self.clock = clock
+        self._db: Database | None = None
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        return self.db.conn
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = _wrap(self.conn)
+        return self._db
 
     @property
     def schema_version(self) -> int:
-        return len(_applied(self.db))
+        return len(_applied(self.conn))
 
     def close(self) -> None:
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -88,26 +97,31 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
     if readonly:
         if path.exists():
             conn = _connect(f"file:{path}?mode=ro", path, uri=True)
-            db = Database(conn, execute_plugins=False)
-            if _check_krate_db(db, path, allow_pending=False):
-                return Store(db, path, readonly=True, clock=clock)
-            db.close()  # created by a krate that has not written its schema yet
-        db = Database(memory=True, execute_plugins=False)
-        schema.migrations.apply(db)
-        return Store(db, None, readonly=True, clock=clock)
+            if _check_krate_db(conn, path, allow_pending=False):
+                return Store(conn, path, readonly=True, clock=clock)
+            conn.close()  # created by a krate that has not written its schema yet
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        schema.migration_set().apply(_wrap(conn))
+        return Store(conn, None, readonly=True, clock=clock)
 
     ensure_private_dir(paths.data_dir)
     _create_private(path)
     conn = _connect(str(path), path)
-    db = Database(conn, execute_plugins=False)
     with translate_errors(path):
-        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            db.execute("PRAGMA journal_mode=WAL")
-    _check_krate_db(db, path, allow_pending=True)
-    _migrate(db, path)
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+    _check_krate_db(conn, path, allow_pending=True)
+    _migrate(conn, path)
     for suffix in ("", "-wal", "-shm"):
         make_private_file(Path(str(path) + suffix))
-    return Store(db, path, readonly=False, clock=clock)
+    return Store(conn, path, readonly=False, clock=clock)
+
+
+def _wrap(conn: sqlite3.Connection) -> Database:
+    from sqlite_utils import Database
+
+    # execute_plugins=False: sqlite-utils plugins would be a code-injection point.
+    return Database(conn, execute_plugins=False)
 
 
 def _create_private(path: Path) -> None:
@@ -140,21 +154,31 @@ def _connect(target: str, path: Path, *, uri: bool = False) -> sqlite3.Connectio
     return conn
 
 
-def _applied(db: Database) -> list[str]:
-    return [m.name for m in schema.migrations.applied(db)]
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {row[0] for row in rows}
 
 
-def _check_krate_db(db: Database, path: Path, *, allow_pending: bool) -> bool:
+def _applied(conn: sqlite3.Connection) -> list[str]:
+    if schema.TABLE not in _tables(conn):
+        return []
+    rows = conn.execute(
+        f"SELECT name FROM {schema.TABLE} WHERE migration_set = ? ORDER BY id", (schema.SET_NAME,)
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _check_krate_db(conn: sqlite3.Connection, path: Path, *, allow_pending: bool) -> bool:
     """Refuse foreign, corrupt or newer databases; False when the file has no schema yet."""
     with translate_errors(path):
-        tables = set(db.table_names())
+        tables = _tables(conn)
         if not tables:
             return False
-        if schema.migrations.migrations_table not in tables:
+        if schema.TABLE not in tables:
             raise StoreError(
                 f"{path} is not a krate database; move it aside or set KRATE_HOME to another folder"
             )
-        applied = _applied(db)
+        applied = _applied(conn)
     known = schema.known_names()
     newer = [name for name in applied if name not in known]
     if newer:
@@ -170,17 +194,17 @@ def _check_krate_db(db: Database, path: Path, *, allow_pending: bool) -> bool:
     return True
 
 
-def _migrate(db: Database, path: Path) -> None:
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     with translate_errors(path):
-        if not schema.migrations.pending(db):
+        if set(schema.known_names()) <= set(_applied(conn)):
             return
-        db.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            schema.migrations.apply(db)  # re-checks pending under the lock
-            db.execute("COMMIT")
+            schema.migration_set().apply(_wrap(conn))  # re-checks pending under the lock
+            conn.execute("COMMIT")
         except BaseException:
-            if db.conn.in_transaction:
-                db.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
 

@@ -83,7 +83,6 @@ class Writer:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.db = store.db
         row = store.conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
         self._head = Head(row[0], row[1]) if row else Head(0, GENESIS)
         self._dirty = False
@@ -189,17 +188,19 @@ def iter_all(store: Store) -> Iterator[Event]:
 CHECKPOINT_KIND = "chain.checkpoint"
 
 
-def latest_checkpoint(store: Store) -> tuple[int, str] | None:
-    """(first_seq, prev_hash) of the newest prune checkpoint, or None when nothing was pruned."""
+def _latest_checkpoint(store: Store) -> tuple | None:
     with translate_errors(store.path):
-        row = store.conn.execute(
-            "SELECT data FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", (CHECKPOINT_KIND,)
+        return store.conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+            (CHECKPOINT_KIND,),
         ).fetchone()
-    if row is None:
-        return None
+
+
+def checkpoint_start(data: str) -> tuple[int, str] | None:
+    """(first_seq, prev_hash) named by a checkpoint's data; None if malformed."""
     try:
-        data = json.loads(row[0])
-        first_seq, prev_hash = data["first_seq"], data["prev_hash"]
+        parsed = json.loads(data)
+        first_seq, prev_hash = parsed["first_seq"], parsed["prev_hash"]
     except (ValueError, KeyError, TypeError):
         return None  # a malformed checkpoint vouches for nothing
     if not isinstance(first_seq, int) or not isinstance(prev_hash, str):
@@ -212,23 +213,35 @@ def verify(store: Store) -> Verification:
 
     The walk starts at seq 1 from GENESIS, or, when the oldest rows were pruned,
     at the newest checkpoint's first kept seq from the hash it names. The
-    checkpoint event is inside the walked range, so its own hash is checked too.
+    checkpoint event is inside the walked range, so its own hash is checked too
+    (first, since where the walk starts depends on it).
     """
     recorded = head(store)
     expected_seq, last_hash, n = 1, GENESIS, 0
+    first_seq = 1
+
+    def bad(seq: int, reason: str) -> Verification:
+        return Verification(False, n, recorded.hash, seq, reason, first_seq)
+
     with translate_errors(store.path):
         row = store.conn.execute("SELECT min(seq) FROM events").fetchone()
     first_row = row[0] if row else None
     if first_row is not None and first_row != 1:
-        checkpoint = latest_checkpoint(store)
-        if checkpoint is not None and checkpoint[0] == first_row:
-            expected_seq, last_hash = checkpoint
-        elif checkpoint is not None and checkpoint[0] < first_row:
-            expected_seq = checkpoint[0]  # rows the checkpoint kept are gone: reported below
+        checkpoint = _latest_checkpoint(store)
+        start = None
+        if checkpoint is not None:
+            seq, ts, kind, run_id, data, prev_hash, digest = checkpoint
+            if row_hash(prev_hash, seq, ts, kind, run_id, data) != digest:
+                return bad(seq, f"event {seq} does not match its hash (edited)")
+            start = checkpoint_start(data)
+        if start is not None and start[0] == first_row:
+            expected_seq, last_hash = start
+        elif start is not None and start[0] < first_row:
+            expected_seq = start[0]  # rows the checkpoint kept are gone: reported below
+        else:
+            gap = "event 1 is" if first_row == 2 else f"events 1..{first_row - 1} are"
+            return bad(1, f"{gap} missing (deleted; no prune checkpoint accounts for them)")
     first_seq = expected_seq
-
-    def bad(seq: int, reason: str) -> Verification:
-        return Verification(False, n, recorded.hash, seq, reason, first_seq)
 
     with translate_errors(store.path):
         rows = store.conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq")

@@ -1,0 +1,151 @@
+"""`krate build`: run a command as `krate run` does, then record its outputs and provenance.
+
+Parses, calls `krate.provenance.build.run_build`, and exits with the workload's
+status (1 when it succeeded but left no file under --out). The workload's
+stdout is untouched; krate's own lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from krate.cli.common import lock_down, paths
+from krate.cli.policy_options import (
+    AllowHostOpt,
+    AllowWriteOpt,
+    DenyReadOpt,
+    EnvOpt,
+    NoNetworkOpt,
+    PolicyOpt,
+)
+
+CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
+
+
+CommandArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="-- CMD [ARGS]...",
+        help="The build command to run in the sandbox, after `--`.",
+        show_default=False,
+    ),
+]
+OutOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="PATH",
+        help="An output file or folder (repeatable; at least one). Every file under it is "
+        "stored and recorded. Example: --out dist/",
+    ),
+]
+InputOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        "-i",
+        metavar="GLOB",
+        help="Record the digests of the files matching this glob, before the build "
+        "(repeatable; ** for any depth). Example: --input 'src/**/*.py'",
+    ),
+]
+WorkdirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--workdir",
+        metavar="DIR",
+        help="Workspace (writable) and working directory; default: the current directory. "
+        "Example: --workdir ~/src/app",
+        file_okay=False,
+        exists=True,
+    ),
+]
+
+
+def build(
+    command: CommandArg = None,
+    out: OutOpt = None,
+    input_: InputOpt = None,
+    name: str = typer.Option(
+        None, "--name", "-n", help="A name for this build. Example: --name release-1.2"
+    ),
+    policy: PolicyOpt = None,
+    allow_host: AllowHostOpt = None,
+    allow_write: AllowWriteOpt = None,
+    deny_read: DenyReadOpt = None,
+    no_network: NoNetworkOpt = False,
+    env: EnvOpt = None,
+    workdir: WorkdirOpt = None,
+    allow_hardlinked_secrets: bool = typer.Option(
+        False,
+        "--allow-hardlinked-secrets",
+        help="Run even if a hidden file has other hard links (one of them may be readable). "
+        "Example: krate build --allow-hardlinked-secrets --out dist -- make",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Say what krate did (on stderr). Example: krate build -v"
+    ),
+) -> int:
+    """Run CMD as `krate run` does, then store every file under --out and record provenance.
+
+    The record is an in-toto Statement v1 with an SLSA Provenance v1 predicate
+    (`krate provenance NAME`). stdin, stdout, stderr and signals pass through; the
+    exit status is CMD's (1 if it succeeded but left no file under --out).
+
+    Example: krate build --out dist/ -- python -m build
+    """
+    from krate import render
+    from krate.cli.policy_options import flags_from, load_effective
+    from krate.errors import UsageError
+    from krate.provenance.build import run_build
+    from krate.runs import RunRequest
+
+    if not command:
+        raise UsageError("give the build command after `--`, e.g. krate build --out dist -- make")
+    if not out:
+        raise UsageError("name at least one output with --out PATH (a file or a folder)")
+    cwd = (workdir or Path.cwd()).absolute()
+    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
+    effective = load_effective(flags, cwd)
+    for note in effective.ignored:
+        render.message(f"krate: note: {note}")
+    request = RunRequest(
+        argv=tuple(command),
+        cwd=cwd,
+        workspace=cwd,
+        environ=dict(os.environ),
+        allow_hardlinked_secrets=allow_hardlinked_secrets,
+        after_start=lock_down,  # krate's own process leaves the network once the sandbox exists
+    )
+    try:
+        result, recorded = run_build(
+            paths(), effective, request, outs=out, input_globs=input_ or (), name=name
+        )
+    finally:
+        lock_down()  # also when the run was refused before anything started
+    if verbose:
+        render.message(
+            f"krate: run {result.run_id}: exit {result.exit_code} after "
+            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
+        )
+        if result.stripped:
+            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
+    if result.status != "finished":
+        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    if recorded.build is None:
+        render.message(f"krate: no build recorded: {recorded.failed_reason}")
+        return result.exit_code
+    for skipped in recorded.skipped:
+        render.message(f"krate: skipped {skipped} (not a regular file; links are not followed)")
+    build = recorded.build
+    label = f" ({build.name})" if build.name else ""
+    render.message(
+        f"krate: build {build.id}{label}: {build.subjects} output(s) recorded, "
+        f"{recorded.new_blobs} new in the store; `krate provenance` shows the record"
+    )
+    return 0

@@ -1,0 +1,230 @@
+"""`krate policy`: list, show, check, explain, init, trust, untrust.
+
+Commands parse, call one function of krate.policy, and render. The policy
+package is imported inside each command (start-up time).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from krate.cli.common import paths
+from krate.cli.policy_options import (
+    AllowHostOpt,
+    AllowWriteOpt,
+    DenyReadOpt,
+    EnvOpt,
+    NoNetworkOpt,
+    PolicyOpt,
+    flags_from,
+    load_effective,
+    read_trust,
+)
+
+app = typer.Typer(
+    help="The policy a workload runs under: what it may read, write, reach and inherit.\n\n"
+    "Example: krate policy explain net registry.npmjs.org",
+    no_args_is_help=True,
+)
+
+JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
+FileArg = Annotated[
+    Path | None,
+    typer.Argument(help="The policy file (default: the project's krate.toml)."),
+]
+
+
+@app.command("list")
+def list_(json_: bool = JSON) -> None:
+    """List the built-in profiles, your user policy and the project file with its trust state.
+
+    Example: krate policy list --json
+    """
+    from krate import render
+    from krate.policy.manage import list_policies
+
+    config = paths()
+    trusted, _ = read_trust(config)
+    rows = list_policies(workspace=Path.cwd(), user_policy_path=config.user_policy, trusted=trusted)
+    if json_:
+        render.print_json(rows)
+        return
+    render.table(
+        ["name", "kind", "state", "path", "description"],
+        ((r["name"], r["kind"], r["state"], r["path"] or "", r["description"]) for r in rows),
+    )
+
+
+@app.command()
+def show(
+    json_: bool = JSON,
+    policy: PolicyOpt = None,
+    allow_host: AllowHostOpt = None,
+    allow_write: AllowWriteOpt = None,
+    deny_read: DenyReadOpt = None,
+    no_network: NoNetworkOpt = False,
+    env: EnvOpt = None,
+) -> None:
+    """Show the effective policy here, each rule with its layer, and any ignored widenings.
+
+    Takes the same policy options as `krate run`, to preview a run.
+
+    Example: krate policy show --policy strict --allow-host api.example.com
+    """
+    from krate import render
+
+    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
+    effective = load_effective(flags, Path.cwd())
+    if json_:
+        render.print_json(effective.to_dict())
+        return
+    out = sys.stdout.write
+    data = effective.to_dict()
+    out(f"policy {effective.name}  sha256:{effective.hash}\n")
+    out(f"workspace {effective.workspace}\n")
+    for layer in data["layers"]:
+        if layer["source"]:
+            state = "trusted" if layer["trusted"] else "NOT trusted: may only narrow"
+            out(f"layer {layer['layer']}: {layer['source']} ({state})\n")
+    rows = []
+    for section in ("deny_read", "read_only", "allow_write"):
+        rows += [(section, r["path"], r["rule"], r["layer"]) for r in data["filesystem"][section]]
+    allow = data["network"]["allow"]
+    rows += [("network", r["pattern"], r["rule"], r["layer"]) for r in allow]
+    otherwise = data["network"]["otherwise"]
+    rows.append(
+        (
+            "network",
+            "(anything else)" if allow else "(no network)",
+            "deny: " + otherwise["rule"],
+            otherwise["layer"],
+        )
+    )
+    for layer in data["env"]:
+        rows += [("env pass", name, "", layer["layer"]) for name in layer["pass"]]
+        rows += [("env strip", name, "", layer["layer"]) for name in layer["strip"]]
+    for name, limit in data["limits"].items():
+        if limit["value"] is not None:
+            rows.append(("limits", f"{name} = {limit['value']}", "", limit["layer"]))
+    sys.stdout.flush()
+    render.table(["section", "value", "rule", "layer"], rows)
+    for note in effective.ignored:
+        out(f"ignored: {note}\n")
+
+
+@app.command()
+def check(file: Annotated[Path, typer.Argument(help="The policy file to check.")]) -> None:
+    """Check a policy file: exit 0 when valid, else 1 with `FILE:LINE: message` lines.
+
+    Example: krate policy check krate.toml
+    """
+    from krate.policy.load import check_file
+
+    problems = check_file(file)
+    if problems:
+        for line in problems:
+            sys.stderr.write(line + "\n")
+        raise typer.Exit(1)
+    typer.echo(f"{file}: ok")
+
+
+@app.command()
+def explain(
+    kind: str = typer.Argument(..., metavar="KIND", help="net, read, write or env."),
+    subject: str = typer.Argument(
+        ...,
+        metavar="SUBJECT",
+        help="HOST[:PORT] (port 443 if omitted), a PATH, or a variable NAME.",
+    ),
+    json_: bool = JSON,
+    policy: PolicyOpt = None,
+    allow_host: AllowHostOpt = None,
+    allow_write: AllowWriteOpt = None,
+    deny_read: DenyReadOpt = None,
+    no_network: NoNetworkOpt = False,
+    env: EnvOpt = None,
+) -> None:
+    """Say whether the policy here allows one thing, which rule decides and from which layer.
+
+    Exit 0 whatever the verdict.
+
+    Example: krate policy explain net github.com:22 --json
+    """
+    from krate import render
+    from krate.policy.manage import explain as decide
+
+    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
+    effective = load_effective(flags, Path.cwd())
+    decision = decide(effective, kind, subject, cwd=Path.cwd())
+    if json_:
+        render.print_json(decision.to_dict())
+    else:
+        typer.echo(f"{decision.verdict}\t{decision.subject}\t{decision.rule}\t[{decision.layer}]")
+
+
+@app.command()
+def init() -> None:
+    """Write a commented krate.toml template in this folder (never overwrites).
+
+    Example: krate policy init && $EDITOR krate.toml
+    """
+    from krate import render
+    from krate.policy.manage import init_template
+
+    target = init_template(Path.cwd())
+    render.message(f"wrote {target}; check it with `krate policy check {target.name}`")
+
+
+@app.command()
+def trust(
+    file: FileArg = None,
+) -> None:
+    """Trust a project policy file as it is now, so it may widen the policy; an edit revokes it.
+
+    Records the file's SHA-256 (event `policy.trusted`).
+
+    Example: krate policy trust
+    """
+    from krate import render
+    from krate.errors import KrateError
+    from krate.policy import Flags, find_project_file
+    from krate.policy.manage import project_or_file, trust_file, validate_for_trust
+    from krate.store import open_store
+
+    cwd = Path.cwd()
+    path = project_or_file(file, cwd)
+    digest = validate_for_trust(path)
+    accepted: tuple[str, ...] = ()
+    if find_project_file(cwd) == path:
+        try:
+            notes = load_effective(Flags(), cwd).ignored
+            accepted = tuple(n for n in notes if n.startswith(f"{path}:"))
+        except KrateError:
+            accepted = ()
+    with open_store(paths()) as store:
+        trust_file(store, path, digest)
+    render.message(f"trusted {path} (sha256 {digest}); any edit revokes this trust")
+    for note in accepted:
+        render.message(f"now in effect: {note.split(' ignored')[0]}")
+
+
+@app.command()
+def untrust(
+    file: FileArg = None,
+) -> None:
+    """Stop trusting a project policy file: it may only narrow again (event `policy.untrusted`).
+
+    Example: krate policy untrust
+    """
+    from krate import render
+    from krate.policy.manage import project_or_file, untrust_file
+    from krate.store import open_store
+
+    path = project_or_file(file, Path.cwd())
+    with open_store(paths()) as store:
+        untrust_file(store, path)
+    render.message(f"no longer trusted: {path}")

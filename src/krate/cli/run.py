@@ -1,0 +1,113 @@
+"""`krate run`: run a command isolated under the effective policy, and record it.
+
+Parses, calls `krate.runs.execute`, and exits with the workload's status. Silent
+on success unless `-v`; says why when the run was refused, timed out or cut short.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from krate.cli.common import lock_down, paths
+from krate.cli.policy_options import (
+    AllowHostOpt,
+    AllowWriteOpt,
+    DenyReadOpt,
+    EnvOpt,
+    NoNetworkOpt,
+    PolicyOpt,
+)
+
+CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
+
+
+COMMAND_OPT = typer.Argument(
+    None,
+    metavar="-- CMD [ARGS]...",
+    help="The command to run in the sandbox, after `--`.",
+    show_default=False,
+)
+
+WORKDIR_OPT = typer.Option(
+    None,
+    "--workdir",
+    metavar="DIR",
+    help="Workspace (writable) and working directory; default: the current directory. "
+    "Example: --workdir ~/src/app",
+    file_okay=False,
+    exists=True,
+)
+
+ALLOW_HARDLINKED_SECRETS_OPT = typer.Option(
+    False,
+    "--allow-hardlinked-secrets",
+    help="Run even if a hidden file has other hard links (one of them may be readable). "
+    "Example: krate run --allow-hardlinked-secrets -- make",
+)
+
+VERBOSE_OPT = typer.Option(
+    False, "--verbose", "-v", help="Say what krate did (on stderr). Example: krate run -v -- ls"
+)
+
+
+def run(
+    command: list[str] = COMMAND_OPT,
+    policy: PolicyOpt = None,
+    allow_host: AllowHostOpt = None,
+    allow_write: AllowWriteOpt = None,
+    deny_read: DenyReadOpt = None,
+    no_network: NoNetworkOpt = False,
+    env: EnvOpt = None,
+    workdir: Path = WORKDIR_OPT,
+    allow_hardlinked_secrets: bool = ALLOW_HARDLINKED_SECRETS_OPT,
+    verbose: bool = VERBOSE_OPT,
+) -> int:
+    """Run CMD isolated: read-only system, writable workspace, secrets hidden and stripped.
+
+    stdin, stdout, stderr and signals pass through; the exit status is CMD's
+    (125: krate failed before CMD started, 126: not executable, 127: not found).
+
+    Example: krate run -- npm install
+    """
+    from krate import render
+    from krate.cli.policy_options import flags_from, load_effective
+    from krate.errors import UsageError
+    from krate.runs import RunRequest, execute
+
+    if not command:
+        raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
+    cwd = (workdir or Path.cwd()).absolute()
+    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
+    effective = load_effective(flags, cwd)
+    for note in effective.ignored:
+        render.message(f"krate: note: {note}")
+    request = RunRequest(
+        argv=tuple(command),
+        cwd=cwd,
+        workspace=cwd,
+        environ=dict(os.environ),
+        allow_hardlinked_secrets=allow_hardlinked_secrets,
+        after_start=lock_down,  # krate's own process leaves the network once the sandbox exists
+    )
+    try:
+        result = execute(paths(), effective, request)
+    finally:
+        lock_down()  # also when the run was refused before anything started
+    if verbose:
+        render.message(
+            f"krate: run {result.run_id}: exit {result.exit_code} after "
+            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
+        )
+        if result.stripped:
+            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
+        if result.hidden:
+            render.message(f"krate: hidden: {', '.join(result.hidden)}")
+        for note in result.notes:
+            if note not in effective.ignored:
+                render.message(f"krate: note: {note}")
+    if result.status not in ("finished",):
+        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    return result.exit_code

@@ -1,0 +1,141 @@
+"""`krate runs`: what ran, under which policy, how it ended, and what the policy decided."""
+
+from __future__ import annotations
+
+import typer
+
+from krate.cli.common import paths
+from krate.cli.complete import run_refs
+
+app = typer.Typer(
+    help="Past `krate run`s: list them, show one with its decisions.\n\n"
+    "Example: krate runs show last",
+    no_args_is_help=True,
+)
+
+JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
+
+
+def _argv_text(argv: list[str], width: int = 60) -> str:
+    import shlex
+
+    text = shlex.join(argv)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(ts: str | None) -> str:
+    return (ts or "")[:19].replace("T", " ")
+
+
+@app.command("list")
+def list_(
+    limit: int = typer.Option(20, "--limit", min=1, help="Show the newest N runs."),
+    json_: bool = JSON,
+) -> None:
+    """List runs, newest first. A run whose krate was killed shows as `interrupted`.
+
+    Example: krate runs list --limit 5 --json | jq '.[].exit_code'
+    """
+    from krate import render
+    from krate.runs import list_runs
+
+    rows = list_runs(paths(), limit)
+    if json_:
+        render.print_json([r.to_dict() for r in rows])
+        return
+    render.table(
+        ["id", "started (UTC)", "status", "exit", "seconds", "denied", "command"],
+        (
+            (
+                r.id,
+                _when(r.started),
+                r.status,
+                "" if r.exit_code is None else r.exit_code,
+                "" if r.duration_s is None else f"{r.duration_s:.2f}",
+                r.denied,
+                _argv_text(r.argv),
+            )
+            for r in rows
+        ),
+    )
+
+
+@app.command()
+def show(
+    run: str = typer.Argument(
+        ...,
+        metavar="ID|last",
+        autocompletion=run_refs,
+        help="A run id, a unique prefix, or `last`.",
+    ),
+    json_: bool = JSON,
+) -> None:
+    """Show one run: command (secrets redacted), policy, outcome, and every decision.
+
+    Example: krate runs show last --json | jq .decisions
+    """
+    from krate import render
+    from krate.egress import summarize_hosts
+    from krate.runs import show_run
+
+    row, decisions, run_events = show_run(paths(), run)
+    started = next((e.data for e in run_events if e.kind == "run.started"), {})
+    if json_:
+        out = row.to_dict()
+        out["decision_counts"] = out.pop("decisions")
+        out["decisions"] = decisions
+        out["hosts"] = summarize_hosts(decisions)
+        out["limits"] = started.get("limits", {})
+        out["layout"] = started.get("layout", {})
+        out["ignored"] = started.get("ignored", [])
+        out["events"] = [e.seq for e in run_events]
+        render.print_json(out)
+        return
+    import shlex
+
+    lines = [
+        ("id", row.id),
+        ("command", shlex.join(row.argv)),
+        ("directory", row.cwd),
+        ("workspace", row.workspace),
+        ("backend", row.backend),
+        ("policy", f"{row.policy_name} {row.policy_hash or ''}".strip()),
+        ("started", row.started),
+        ("finished", row.finished or ""),
+        ("duration", "" if row.duration_s is None else f"{row.duration_s:.3f} s"),
+        ("status", row.status + (f" ({row.reason})" if row.reason else "")),
+        ("exit", "" if row.exit_code is None else str(row.exit_code)),
+        ("decisions", f"{row.allowed} allowed, {row.denied} denied"),
+    ]
+    layout = started.get("layout", {})
+    if layout.get("hidden"):
+        lines.append(("hidden", ", ".join(layout["hidden"])))
+    if layout.get("network"):
+        lines.append(("network", layout["network"]))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        typer.echo(f"{key:<{width}}  {value}")
+    hosts = summarize_hosts(decisions)
+    if hosts:
+        typer.echo("")
+        render.table(
+            ["host", "port", "verdict", "connections", "bytes up", "bytes down"],
+            ([h["host"], h["port"], h["verdict"], h["connections"], h["bytes_up"], h["bytes_down"]]
+             for h in hosts),
+        )  # fmt: skip
+    if decisions:
+        typer.echo("")
+        render.table(
+            ["seq", "area", "verdict", "subject", "rule", "layer"],
+            (
+                (
+                    d["seq"],
+                    d.get("area", ""),
+                    d.get("verdict", ""),
+                    d.get("subject", ""),
+                    d.get("rule", ""),
+                    d.get("layer", ""),
+                )
+                for d in decisions
+            ),  # fmt: skip
+        )

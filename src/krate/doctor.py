@@ -1,0 +1,404 @@
+"""`krate doctor`: is this install healthy, and when not, exactly what to do about it.
+
+Each check reports what it found and, for every problem, one fix the user can
+carry out. Checks only look: they never write to the store or the data folder and
+never migrate. The one exception is the keychain write test, run only when the
+user asks for it: it stores and removes one throwaway entry. Never prints and never
+reads os.environ: the CLI passes PATH, the keyring backend name and the platform.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from krate.errors import KrateError
+from krate.paths import Paths
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+TRIAL_MARKER = "krate-doctor-sandbox-ok"
+TRIAL_TIMEOUT_S = 20
+MAX_WALK = 200_000
+MAX_SHOWN = 3
+PROBE_ACCOUNT = "krate-doctor-probe"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != FAIL for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [c.to_dict() for c in self.checks]}
+
+
+def diagnose(
+    paths: Paths,
+    *,
+    path_env: str | None,
+    keyring_backend: str,
+    now: datetime,
+    platform: str = sys.platform,
+    keyring_write_test: bool = False,
+    proc: Path = Path("/proc"),
+) -> Report:
+    """Every check, in the order a user would fix them."""
+    database = check_database(paths)
+    return Report(
+        (
+            check_sandbox(path_env, platform, proc),
+            database,
+            check_chain(paths, database_ok=database.status != FAIL),
+            check_permissions(paths),
+            check_pending(paths, now),
+            check_keychain(paths, keyring_backend, write_test=keyring_write_test),
+        )
+    )
+
+
+# ---------------------------------------------------------------- sandbox
+
+
+def check_sandbox(path_env: str | None, platform: str, proc: Path = Path("/proc")) -> Check:
+    """The backend is installed and really runs a command in a sandbox."""
+    from krate.sandbox.detect import detect
+
+    found = detect(path=path_env, platform=platform)
+    if found.backend == "none":
+        return Check("sandbox", FAIL, found.install_hint, "run krate on macOS or Linux")
+    if not found.available:
+        what = (
+            "bubblewrap (bwrap) is not on PATH"
+            if found.backend == "bubblewrap"
+            else ("sandbox-exec was not found")
+        )
+        return Check("sandbox", FAIL, f"{what}: `krate run` cannot isolate", found.install_hint)
+    error = _trial(found.backend, found.executable)
+    if error is None:
+        return Check(
+            "sandbox", OK, f"{found.backend} ({found.executable}) ran a test command in a sandbox"
+        )
+    detail = f"{found.backend} ({found.executable}) could not run a test command: {error}"
+    if found.backend != "bubblewrap":
+        return Check(
+            "sandbox",
+            FAIL,
+            detail,
+            "check that sandbox-exec works: `sandbox-exec -n "
+            "no-network true`; a managed Mac may forbid it (ask its administrator)",
+        )
+    blockers = userns_blockers(proc)
+    if blockers:
+        reasons = "; ".join(reason for reason, _ in blockers)
+        return Check("sandbox", FAIL, f"{detail} ({reasons})", " and ".join(f for _, f in blockers))
+    return Check(
+        "sandbox",
+        FAIL,
+        detail,
+        "bubblewrap needs unprivileged user namespaces: inside a container, allow them "
+        "(e.g. docker run --security-opt seccomp=unconfined) or run krate on the host",
+    )
+
+
+def _trial(backend: str, executable: str) -> str | None:
+    """Run `echo` in the real backend with an empty workspace; None when it worked."""
+    from krate.sandbox import spec as spec_mod
+
+    with tempfile.TemporaryDirectory(prefix="krate-doctor-") as scratch:
+        workspace = Path(scratch) / "workspace"
+        workspace.mkdir()
+        spec = spec_mod.build(
+            argv=["/bin/sh", "-c", f"echo {TRIAL_MARKER}"],
+            cwd=workspace,
+            workspace=workspace,
+            allow_write=[],
+            read_only=[],
+            deny_read=[],
+            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+        )
+        fds: list[int] = []
+        if backend == "bubblewrap":
+            from krate.sandbox import bwrap
+
+            argv = bwrap.command(spec, executable, fds=fds)
+        else:
+            from krate.sandbox import seatbelt
+
+            tmp = Path(scratch) / "tmp"
+            tmp.mkdir(mode=0o700)
+            argv = seatbelt.command(seatbelt.with_tmpdir(spec, tmp), executable)
+        try:
+            done = subprocess.run(
+                argv,
+                env=dict(spec.env),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=TRIAL_TIMEOUT_S,
+                pass_fds=fds,
+            )
+        except subprocess.TimeoutExpired:
+            return f"no answer within {TRIAL_TIMEOUT_S} s"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    if done.returncode == 0 and TRIAL_MARKER in done.stdout:
+        return None
+    said = done.stderr.strip().splitlines()
+    return said[-1][:200] if said else f"exit status {done.returncode}"
+
+
+def userns_blockers(proc: Path) -> list[tuple[str, str]]:
+    """Kernel settings that stop unprivileged user namespaces, each with its fix."""
+    found = []
+    settings = (
+        (
+            "sys/kernel/unprivileged_userns_clone",
+            lambda v: v == 0,
+            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone = 0)",
+            "sudo sysctl -w kernel.unprivileged_userns_clone=1 (add it to /etc/sysctl.d/ to keep "
+            "it after a reboot)",
+        ),
+        (
+            "sys/user/max_user_namespaces",
+            lambda v: v == 0,
+            "user namespaces are disabled (user.max_user_namespaces = 0)",
+            "sudo sysctl -w user.max_user_namespaces=15000 (add it to /etc/sysctl.d/ to keep it "
+            "after a reboot)",
+        ),
+        (
+            "sys/kernel/apparmor_restrict_unprivileged_userns",
+            lambda v: v == 1,
+            "AppArmor restricts unprivileged user namespaces "
+            "(kernel.apparmor_restrict_unprivileged_userns = 1)",
+            "install your distribution's bubblewrap package (its AppArmor profile allows bwrap) "
+            "or run `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`",
+        ),
+    )
+    for name, bad, reason, fix in settings:
+        try:
+            value = int((proc / name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if bad(value):
+            found.append((reason, fix))
+    return found
+
+
+# ---------------------------------------------------------------- the store
+
+
+def check_database(paths: Paths) -> Check:
+    """SQLite's own integrity check over the whole file (read-only)."""
+    from krate.store.health import quick_check
+
+    db = paths.db_path
+    result = quick_check(db)
+    if not result.exists:
+        return Check("database", OK, f"no database yet at {db} (the first recording creates it)")
+    if result.ok:
+        return Check("database", OK, f"{db} passes SQLite's integrity check")
+    more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+    return Check(
+        "database",
+        FAIL,
+        f"{db} is damaged: {result.problems[0]}{more}",
+        f"move it aside (`mv '{db}' '{db}.damaged'`: krate starts a fresh record) or restore "
+        "it from a backup",
+    )
+
+
+def check_chain(paths: Paths, *, database_ok: bool) -> Check:
+    """The event chain verifies (no edit, deletion, insertion, reordering or cut tail)."""
+    if not paths.db_path.exists():
+        return Check("event chain", OK, "no events yet")
+    if not database_ok:
+        return Check(
+            "event chain",
+            FAIL,
+            "not checked: the database is damaged",
+            "fix the database first (see above)",
+        )
+    from krate.store import events, open_store
+
+    try:
+        with open_store(paths, readonly=True) as store:
+            result = events.verify(store)
+    except KrateError as exc:
+        detail, _, fix = str(exc).partition("; ")
+        return Check("event chain", FAIL, detail, fix)
+    if result.ok:
+        return Check(
+            "event chain", OK, f"{result.events} events, chain intact, head {result.head[:16]}…"
+        )
+    return Check(
+        "event chain",
+        FAIL,
+        f"chain broken at event {result.first_bad_seq}: {result.reason}; the record was "
+        "changed outside krate",
+        f"keep a copy for investigation (`cp '{paths.db_path}' ~/krate-evidence.db`), see "
+        f"`krate audit show {result.first_bad_seq}`; `krate data delete` then starts a fresh "
+        "record (restorable for 7 days)",
+    )
+
+
+# ---------------------------------------------------------------- files
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """`root` and everything under it, not following symlinks, at most MAX_WALK entries."""
+    yield root
+    count = 0
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            count += 1
+            if count > MAX_WALK:
+                return
+            yield Path(folder) / name
+
+
+def check_permissions(paths: Paths, uid: int | None = None) -> Check:
+    """Everything krate keeps is the user's own and closed to group and others (0700/0600)."""
+    from krate.privacy.deletion import pending_area
+
+    uid = os.getuid() if uid is None else uid
+    roots = [paths.data_dir]
+    if paths.config_dir != paths.data_dir:
+        roots.append(paths.config_dir)
+    roots.append(pending_area(paths))
+    open_to_others: list[Path] = []
+    foreign: list[Path] = []
+    seen = 0
+    for root in roots:
+        if not root.exists():
+            continue
+        for path in _walk(root):
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if path.is_symlink():
+                continue
+            seen += 1
+            if st.st_uid != uid:
+                foreign.append(path)
+            elif st.st_mode & 0o077:
+                open_to_others.append(path)
+    if not seen:
+        return Check("permissions", OK, "no data folder yet")
+    if not open_to_others and not foreign:
+        return Check(
+            "permissions", OK, f"{seen} folders and files, all private (folders 0700, files 0600)"
+        )
+    problems, fixes = [], []
+    if open_to_others:
+        problems.append(
+            f"{len(open_to_others)} readable by group or others: {_examples(open_to_others)}"
+        )
+        fixes.append("chmod -R go-rwx " + " ".join(f"'{r}'" for r in roots if r.exists()))
+    if foreign:
+        problems.append(f"{len(foreign)} not owned by you: {_examples(foreign)}")
+        fixes.append('sudo chown -R "$(id -un)" ' + " ".join(f"'{r}'" for r in roots if r.exists()))
+    return Check("permissions", FAIL, "; ".join(problems), " and ".join(fixes))
+
+
+def _examples(found: list[Path]) -> str:
+    shown = ", ".join(f"{p} ({oct(p.lstat().st_mode & 0o777)[2:]})" for p in found[:MAX_SHOWN])
+    return shown + (", …" if len(found) > MAX_SHOWN else "")
+
+
+def check_pending(paths: Paths, now: datetime) -> Check:
+    """Deletions waiting out their grace period; any that should already be gone."""
+    from krate.privacy.deletion import PURGING, list_pending, pending_area
+
+    area = pending_area(paths)
+    pending = list_pending(paths)
+    stuck = (
+        sorted(p.name for p in area.iterdir() if p.name.endswith(PURGING))
+        if (area.is_dir())
+        else []
+    )
+    overdue = [p for p in pending if now >= p.purge_after]
+    if stuck or overdue:
+        names = [*(s[: -len(PURGING)] for s in stuck), *(p.stamp for p in overdue)]
+        return Check(
+            "pending deletions",
+            FAIL,
+            f"{len(names)} deletion(s) past their grace period still on disk in {area}: "
+            + ", ".join(names),
+            "every krate command purges these, so the purge failed: check that you own "
+            f"{area} and can write it (`ls -la '{area}'`), then run `krate info` to purge",
+        )
+    if pending:
+        return Check(
+            "pending deletions",
+            OK,
+            f"{len(pending)} deletion(s) restorable until "
+            + ", ".join(p.purge_after.strftime("%Y-%m-%d %H:%M UTC") for p in pending)
+            + " (`krate data restore` brings one back)",
+        )
+    return Check("pending deletions", OK, "none")
+
+
+# ---------------------------------------------------------------- keychain
+
+
+def check_keychain(paths: Paths, backend: str, *, write_test: bool = False) -> Check:
+    """Which keyring backend krate uses and whether it answers (stores, when asked to test)."""
+    from krate.privacy.keychain import entries_in
+    from krate.registry.keychain import SERVICE, Credentials, open_keychain
+
+    try:
+        keychain = open_keychain(backend)
+        label = keychain.label
+        if write_test:
+            account = f"{PROBE_ACCOUNT}-{secrets.token_hex(4)}"
+            probe = Credentials("krate-doctor", secrets.token_hex(16))
+            keychain.put(account, probe)
+            try:
+                back = keychain.get(account)
+            finally:
+                keychain.delete(account)
+            if back != probe:
+                raise KrateError(f"the {label} returned something else than was stored")
+            how = "stored, read back and removed a test entry"
+        else:
+            keychain.get(PROBE_ACCOUNT)  # a read of an entry that does not exist: no prompt
+            how = "answers (pass --keyring-write-test to store and remove a test entry)"
+    except KrateError as exc:
+        detail, _, fix = str(exc).partition("; ")
+        needed = entries_in(paths.db_path)
+        status = FAIL if write_test or needed else WARN
+        why = (
+            f"your record names {len(needed)} stored login(s)"
+            if needed
+            else "only `krate login` and `krate push` need it"
+        )
+        return Check(
+            "keychain", status, f"{detail} ({why}; service {SERVICE!r})", fix or "see docs"
+        )
+    return Check("keychain", OK, f"{label} ({backend}) {how}")

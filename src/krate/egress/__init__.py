@@ -1,0 +1,363 @@
+"""Egress for one run: start the proxy helper, wire the sandbox to it, record its decisions.
+
+The run domain makes one call, `start_for_run(policy, run_id, paths)`, before it
+starts the sandbox (and before krate locks itself out of the network), and gets
+an `EgressSession` (or None when the policy allows no network at all):
+
+    session.bind_args()   bwrap arguments that mount the proxy's socket folder
+    session.env()         HTTP_PROXY, HTTPS_PROXY, ALL_PROXY (both cases), NO_PROXY
+    session.wrap_argv(a)  the command to run inside the sandbox (the bridge first)
+    session.close()       stop the proxy, record every decision, return counts
+
+This module never opens a socket itself: only the proxy process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.paths import Paths
+
+from .recorder import Recorder, journal_path, open_journal, reconcile, recover
+
+__all__ = [
+    "EgressSession",
+    "Limits",
+    "compile_rules",
+    "recover",
+    "spawn_with",
+    "start_for_run",
+    "summarize_hosts",
+]
+T = TypeVar("T")
+
+HERE = Path(__file__).resolve().parent
+PROXY = HERE / "proxy.py"
+BRIDGE = HERE / "bridge.py"
+KRATE_SRC = HERE.parent.parent
+SOCKET_NAME = "proxy.sock"
+DIR_PREFIX = "krate-egress-"
+HTTP_PORT, SOCKS_PORT = 3128, 1080
+READY_TIMEOUT_S = 15.0
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 256
+    connect_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    header_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    splice: bool = True  # Linux tunnels relay with splice(); False uses asyncio protocols
+
+
+@dataclass
+class Summary:
+    """What `close()` reports for the run record."""
+
+    connections: int
+    allowed: int
+    denied: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"connections": self.connections, "allowed": self.allowed, "denied": self.denied}
+
+
+def compile_rules(policy: Any) -> list[dict[str, Any]]:
+    """The policy's network rules as plain data the proxy rebuilds them from."""
+    return [
+        {
+            "kind": r.pattern.kind,
+            "host": r.pattern.host,
+            "ports": None if r.pattern.ports is None else sorted(r.pattern.ports),
+            "is_ip": r.pattern.is_ip,
+            "rule": r.rule,
+            "layer": r.layer,
+        }
+        for r in policy.net_rules
+    ]
+
+
+def loopback_forwards(rules: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """Host-loopback ports the policy names with a port (`localhost:5432`): (host, port)."""
+    seen: list[tuple[str, int]] = []
+    for r in rules:
+        if r["kind"] != "exact" or r["host"] not in LOOPBACK or r["ports"] is None:
+            continue
+        for port in r["ports"]:
+            if (r["host"], port) not in seen:
+                seen.append((r["host"], port))
+    return seen
+
+
+@dataclass
+class EgressSession:
+    run_id: str
+    paths: Paths
+    folder: Path
+    process: subprocess.Popen
+    recorder: Recorder
+    journal_fd: int
+    python: str
+    tcp_port: int | None = None  # macOS: the proxy's loopback port
+    forwards: list[tuple[str, int]] = field(default_factory=list)
+    http_port: int = HTTP_PORT
+    socks_port: int = SOCKS_PORT
+    summary: Summary | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.folder / SOCKET_NAME
+
+    def bind_args(self) -> list[str]:
+        """bwrap arguments: the folder with the socket and the bridge, read-only, same path.
+
+        Put them after any `--tmpfs /tmp` so the mount is not hidden.
+        """
+        if self.tcp_port is not None:
+            return []
+        return ["--ro-bind", str(self.folder), str(self.folder)]
+
+    def env(self) -> dict[str, str]:
+        """Proxy variables for the workload, both cases; NO_PROXY emptied so nothing bypasses."""
+        port = self.tcp_port if self.tcp_port is not None else self.http_port
+        socks = self.tcp_port if self.tcp_port is not None else self.socks_port
+        values = {
+            "HTTP_PROXY": f"http://127.0.0.1:{port}",
+            "HTTPS_PROXY": f"http://127.0.0.1:{port}",
+            "ALL_PROXY": f"socks5h://127.0.0.1:{socks}",
+            "NO_PROXY": "",
+        }
+        out = {}
+        for name, value in values.items():
+            out[name] = value
+            out[name.lower()] = value
+        return out
+
+    def wrap_argv(self, argv: list[str]) -> list[str]:
+        """The sandbox's command: the bridge, which starts its listeners and then runs argv."""
+        if self.tcp_port is not None:
+            return list(argv)
+        forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
+        return [
+            self.python,
+            "-I",
+            "-S",
+            str(self.folder / "bridge.py"),
+            "--socket",
+            str(self.socket_path),
+            "--http",
+            str(self.http_port),
+            "--socks",
+            str(self.socks_port),
+            *forwards,
+            "--",
+            *argv,
+        ]
+
+    def apply(self, spec: Any) -> Any:
+        """The sandbox spec with this session wired in: bridge first, proxy env, socket mount."""
+        from dataclasses import replace
+
+        from krate.sandbox.spec import Bind
+
+        binds = () if self.tcp_port is not None else (Bind(self.folder, self.folder),)
+        return replace(
+            spec,
+            argv=tuple(self.wrap_argv(list(spec.argv))),
+            env={**spec.env, **self.env()},
+            extra_binds=tuple(spec.extra_binds) + binds,
+            network="proxy",
+        )
+
+    def close(self, timeout: float = 10.0) -> Summary:
+        """Stop the proxy (open connections get a short grace), record everything, clean up."""
+        if self.summary is not None:
+            return self.summary
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.recorder.join(timeout)
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()
+        # Anything the stream did not deliver (or the recorder could not write) is in the
+        # journal: record the difference, then remove the journal.
+        from krate.store import open_store
+
+        with open_store(self.paths) as store:
+            late = reconcile(
+                store, self.run_id, journal_path(self.paths, self.run_id), self.recorder.recorded
+            )
+        os.close(self.journal_fd)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        counts = self.recorder.counts
+        closed = self.recorder.closed_line or {}
+        total = closed.get("connections", counts["allow"] + counts["deny"] + late)
+        self.summary = Summary(total, counts["allow"], total - counts["allow"])
+        return self.summary
+
+    def __enter__(self) -> EgressSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def spawn_with(
+    policy: Any,
+    run_id: str,
+    paths: Paths,
+    spec: Any,
+    launch: Callable[[Any], T],
+    *,
+    platform: str = sys.platform,
+) -> T:
+    """Run `launch(spec)` with egress wired in when the policy allows any network.
+
+    The run domain's single call: the proxy starts before the sandbox (and before
+    krate locks itself out of the network), and every decision is recorded before
+    this returns, so the run's record that follows counts them all.
+    """
+    recover(paths)
+    session = start_for_run(policy, run_id, paths, platform=platform)
+    if session is None:
+        return launch(spec)
+    try:
+        return launch(session.apply(spec))
+    finally:
+        session.close()
+
+
+def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hosts a run contacted, from its decision events: verdicts, connections, bytes."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for d in decisions:
+        if d.get("area") != "network":
+            continue
+        key = (d.get("host"), d.get("port"), d.get("verdict"))
+        row = rows.setdefault(
+            key,
+            {"host": key[0], "port": key[1], "verdict": key[2], "connections": 0,
+             "bytes_up": 0, "bytes_down": 0},
+        )  # fmt: skip
+        row["connections"] += 1
+        row["bytes_up"] += d.get("bytes_up") or 0
+        row["bytes_down"] += d.get("bytes_down") or 0
+    return list(rows.values())
+
+
+def clean_stale(tmp: str | None = None) -> None:
+    """Remove socket folders left by a krate that was killed with its proxy."""
+    base = Path(tmp or tempfile.gettempdir())
+    for folder in base.glob(DIR_PREFIX + "*"):
+        try:
+            pid = int(folder.name[len(DIR_PREFIX) :].split("-")[0])
+            if folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
+
+
+def start_for_run(
+    policy: Any,
+    run_id: str,
+    paths: Paths,
+    *,
+    python: str | None = None,
+    platform: str = sys.platform,
+    limits: Limits = Limits(),
+) -> EgressSession | None:
+    """Start the egress proxy for a run; None when the policy allows no network at all."""
+    rules = compile_rules(policy)
+    if not rules:
+        return None
+    clean_stale()
+    recover(paths)
+    python = python or os.path.realpath(sys.executable)
+    folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
+    os.chmod(folder, 0o700)
+    macos = platform == "darwin"
+    shutil.copyfile(BRIDGE, folder / "bridge.py")
+    os.chmod(folder / "bridge.py", 0o600)
+    forwards = [] if macos else loopback_forwards(rules)
+    ports = {port for _host, port in forwards}
+    http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
+    socks_port = next(p for p in range(SOCKS_PORT, 65536) if p not in ports | {http_port})
+    journal_fd = open_journal(paths, run_id)
+    config = {
+        "rules": rules,
+        "net_default": list(policy.net_default),
+        "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
+        "journal_fd": journal_fd,
+        "krate_src": str(KRATE_SRC),
+        **limits.__dict__,
+    }
+    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            process = subprocess.Popen(
+                [python, "-I", "-S", str(PROXY)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                pass_fds=(journal_fd,),
+                close_fds=True,
+                cwd="/",
+                env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
+                start_new_session=False,
+            )
+        except OSError as exc:
+            os.close(journal_fd)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise KrateError(
+                f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
+                exit_code=EXIT_KRATE_FAILED,
+            ) from exc
+        process.stdin.write((json.dumps(config) + "\n").encode())
+        process.stdin.flush()
+        recorder = Recorder(paths, run_id, process.stdout.fileno())
+        recorder.start()
+        session = EgressSession(
+            run_id=run_id,
+            paths=paths,
+            folder=folder,
+            process=process,
+            recorder=recorder,
+            journal_fd=journal_fd,
+            python=python,
+            forwards=forwards,
+            http_port=http_port,
+            socks_port=socks_port,
+        )
+        if not recorder.ready.wait(READY_TIMEOUT_S) or recorder.ready_line is None:
+            session.close(timeout=2)
+            stderr.seek(0)
+            detail = stderr.read().decode(errors="replace").strip().splitlines()
+            raise KrateError(
+                "the egress proxy did not start"
+                + (f": {detail[-1]}" if detail else "")
+                + "; run with KRATE_DEBUG=1 or report a bug",
+                exit_code=EXIT_KRATE_FAILED,
+            )
+    if macos:
+        session.tcp_port = int(recorder.ready_line["port"])
+    return session

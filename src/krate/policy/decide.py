@@ -1,0 +1,264 @@
+"""The compiled, immutable policy and its decisions: pure, fast, and self-explaining.
+
+The sandbox and the egress proxy ask `decide_*` for every access, so these
+functions do no I/O at all: symlinks were resolved when the policy was compiled,
+and a caller that holds a path from a workload resolves it (os.path.realpath)
+before asking. Network decisions use hash lookups (exact host, then each parent
+domain for `*.` patterns, then `*`), so the proxy's hot path stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from krate.policy import paths
+from krate.policy.hosts import HostPattern, normalize_subject
+from krate.policy.model import Decision, Limits
+
+ALLOW = "allow"
+DENY = "deny"
+NET_MEMO_SIZE = 65536
+
+# Decision is a frozen slotted dataclass; filling its slots directly is about twice as fast
+# as its generated __init__, which matters on the proxy's path for hosts not seen before.
+_new = object.__new__
+_set_verdict, _set_rule, _set_layer, _set_subject = (
+    Decision.__dict__[name].__set__ for name in ("verdict", "rule", "layer", "subject")
+)
+
+
+def _decision(verdict: str, rule: str, layer: str, subject: str) -> Decision:
+    d = _new(Decision)
+    _set_verdict(d, verdict)
+    _set_rule(d, rule)
+    _set_layer(d, layer)
+    _set_subject(d, subject)
+    return d
+
+
+@dataclass(frozen=True)
+class PathRule:
+    path: str  # absolute, normalised (and resolved, or the literal form of a symlink)
+    rule: str
+    layer: str
+
+
+@dataclass(frozen=True)
+class NetRule:
+    pattern: HostPattern
+    rule: str
+    layer: str
+
+
+@dataclass(frozen=True)
+class EnvLayer:
+    layer: str
+    strip: tuple[tuple[str, str, Callable[[str], object]], ...]  # (pattern, rule, match)
+    passes: tuple[tuple[str, str, Callable[[str], object]], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class EffectivePolicy:
+    """The result of layering; answer questions with `decide_*`, record it with `to_dict()`.
+
+    `env_strip`/`env_pass` list the patterns for display; decide per variable with
+    `decide_env`, which applies the layers in order (a higher layer wins).
+    """
+
+    name: str
+    hash: str
+    workspace: Path
+    deny_read: tuple[Path, ...]
+    allow_write: tuple[Path, ...]
+    read_only: tuple[Path, ...]
+    network_allow: tuple[str, ...]
+    env_strip: tuple[str, ...]
+    env_pass: tuple[str, ...]
+    limits: Limits
+    ignored: tuple[str, ...]
+    home: str = field(repr=False, default="/")
+    profile: str = field(repr=False, default="default")
+    deny_rules: tuple[PathRule, ...] = field(repr=False, default=())
+    read_only_rules: tuple[PathRule, ...] = field(repr=False, default=())
+    write_rules: tuple[PathRule, ...] = field(repr=False, default=())
+    net_rules: tuple[NetRule, ...] = field(repr=False, default=())
+    net_default: tuple[str, str] = field(repr=False, default=("default", "builtin:default"))
+    env_layers: tuple[EnvLayer, ...] = field(repr=False, default=())  # highest layer first
+    limit_layers: tuple[tuple[str, str], ...] = field(repr=False, default=())  # (name, layer)
+    layers: tuple[dict[str, Any], ...] = field(repr=False, default=())
+    _exact: dict = field(repr=False, default_factory=dict)
+    _suffix: dict = field(repr=False, default_factory=dict)
+    _any: tuple = field(repr=False, default=())
+    _memo: dict = field(repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, list] = {}
+        suffix: dict[str, list] = {}
+        anyhost = []
+        for rule in self.net_rules:
+            entry = (rule.pattern.ports, rule.rule, rule.layer)
+            if rule.pattern.kind == "exact":
+                exact.setdefault(rule.pattern.host, []).append(entry)
+            elif rule.pattern.kind == "suffix":
+                suffix.setdefault(rule.pattern.host, []).append(entry)
+            else:
+                anyhost.append(entry)
+        object.__setattr__(self, "_exact", {k: tuple(v) for k, v in exact.items()})
+        object.__setattr__(self, "_suffix", {k: tuple(v) for k, v in suffix.items()})
+        object.__setattr__(self, "_any", tuple(anyhost))
+
+    # -- network ---------------------------------------------------------------------------
+    def decide_net(self, host: str, port: int) -> Decision:
+        """May the workload connect to `host` on `port`? `host` as asked (name or IP literal).
+
+        Answers are memoised per (host, port): the policy is immutable, so this stays pure.
+        """
+        key = (host, port)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        decision = self._decide_net(host, port)
+        memo = self._memo
+        if len(memo) >= NET_MEMO_SIZE:
+            memo.clear()
+        memo[key] = decision
+        return decision
+
+    def _decide_net(self, host: str, port: int) -> Decision:
+        norm = normalize_subject(host)
+        if norm is None:
+            return _decision(DENY, "invalid host name", "input", f"{host}:{port}")
+        name, is_ip = norm
+        subject = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+        if not 0 < port < 65536:
+            return _decision(DENY, "invalid port", "input", subject)
+        for ports, rule, layer in self._exact.get(name, ()):
+            if ports is None or port in ports:
+                return _decision(ALLOW, rule, layer, subject)
+        if not is_ip and self._suffix:
+            suffixes = self._suffix
+            dot = name.find(".")
+            while dot >= 0:
+                for ports, rule, layer in suffixes.get(name[dot + 1 :], ()):
+                    if ports is None or port in ports:
+                        return _decision(ALLOW, rule, layer, subject)
+                dot = name.find(".", dot + 1)
+        for ports, rule, layer in self._any:
+            if ports is None or port in ports:
+                return _decision(ALLOW, rule, layer, subject)
+        rule, layer = self.net_default
+        return _decision(DENY, rule, layer, subject)
+
+    # -- filesystem ------------------------------------------------------------------------
+    def _norm(self, path: Path | str) -> str:
+        return paths.normalize(str(path), home=self.home, base=str(self.workspace))
+
+    def decide_read(self, path: Path | str) -> Decision:
+        """May the workload read `path`? Pass a resolved path (symlinks followed)."""
+        p = self._norm(path)
+        for rule in self.deny_rules:
+            if paths.under(p, rule.path):
+                return Decision(DENY, rule.rule, rule.layer, p)
+        return Decision(
+            ALLOW, "default: readable (no deny_read rule matches)", f"builtin:{self.profile}", p
+        )
+
+    def decide_write(self, path: Path | str) -> Decision:
+        """May the workload create or change `path`? deny_read and read_only beat allow_write."""
+        p = self._norm(path)
+        for rule in self.deny_rules:
+            if paths.under(p, rule.path):
+                return Decision(DENY, rule.rule, rule.layer, p)
+        for rule in self.read_only_rules:
+            if paths.under(p, rule.path):
+                return Decision(DENY, rule.rule, rule.layer, p)
+        for rule in self.write_rules:
+            if paths.under(p, rule.path):
+                return Decision(ALLOW, rule.rule, rule.layer, p)
+        return Decision(
+            DENY, "default: outside every allow_write path", f"builtin:{self.profile}", p
+        )
+
+    # -- environment -----------------------------------------------------------------------
+    def decide_env(self, name: str) -> Decision:
+        """Keep variable `name` ("allow") or strip it ("deny")? The highest layer naming it wins."""
+        upper = name.upper()
+        for layer in self.env_layers:
+            for _text, rule, match in layer.passes:
+                if match(upper):
+                    return Decision(ALLOW, rule, layer.layer, name)
+            for _text, rule, match in layer.strip:
+                if match(upper):
+                    return Decision(DENY, rule, layer.layer, name)
+        return Decision(
+            ALLOW,
+            "default: not secret-looking (no strip pattern matches)",
+            f"builtin:{self.profile}",
+            name,
+        )
+
+    # -- records ---------------------------------------------------------------------------
+    def rules_dict(self) -> dict[str, Any]:
+        """Every rule with its layer: what `policy show --json` prints and runs record."""
+
+        def path_rows(rules: tuple[PathRule, ...]) -> list[dict[str, str]]:
+            return [{"path": r.path, "rule": r.rule, "layer": r.layer} for r in rules]
+
+        limit_layer = dict(self.limit_layers)
+        return {
+            "filesystem": {
+                "deny_read": path_rows(self.deny_rules),
+                "read_only": path_rows(self.read_only_rules),
+                "allow_write": path_rows(self.write_rules),
+            },
+            "network": {
+                "allow": [
+                    {"pattern": r.pattern.render(), "rule": r.rule, "layer": r.layer}
+                    for r in self.net_rules
+                ],
+                "otherwise": {"rule": self.net_default[0], "layer": self.net_default[1]},
+            },
+            "env": [
+                {
+                    "layer": layer.layer,
+                    "pass": [text for text, _, _ in layer.passes],
+                    "strip": [text for text, _, _ in layer.strip],
+                }
+                for layer in self.env_layers
+            ],
+            "limits": {
+                name: {"value": value, "layer": limit_layer.get(name)}
+                for name, value in self.limits.to_dict().items()
+            },
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "hash": self.hash,
+            "profile": self.profile,
+            "workspace": str(self.workspace),
+            "layers": list(self.layers),
+            **self.rules_dict(),
+            "ignored": list(self.ignored),
+        }
+
+
+def canonical_hash(policy_rules: dict[str, Any], workspace: str) -> str:
+    """SHA-256 of the decision-relevant rules (paths, patterns, env order, limits)."""
+    body = {
+        "workspace": workspace,
+        "deny_read": sorted({r["path"] for r in policy_rules["filesystem"]["deny_read"]}),
+        "read_only": sorted({r["path"] for r in policy_rules["filesystem"]["read_only"]}),
+        "allow_write": sorted({r["path"] for r in policy_rules["filesystem"]["allow_write"]}),
+        "network": sorted({r["pattern"] for r in policy_rules["network"]["allow"]}),
+        "env": [[e["pass"], e["strip"]] for e in policy_rules["env"]],
+        "limits": {k: v["value"] for k, v in policy_rules["limits"].items()},
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,269 @@
+"""Host patterns for `[network] allow`: parsing, normalising, matching, and set algebra.
+
+A pattern is `host`, `*.suffix` (subdomains at any depth, never the apex), `*`
+(any host), an IPv4 or IPv6 literal (IPv6 in brackets when a port follows), each
+optionally with `:PORT` or `:*`. Without a port a pattern means the web ports 80
+and 443. Names compare case-insensitively, without a trailing dot, in IDNA
+(punycode) form; `localhost` also names 127.0.0.1 and ::1.
+
+`covers` and `intersect` let an untrusted project file narrow the network list
+without ever widening it. Nothing here does I/O or name resolution.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+WEB_PORTS = frozenset({80, 443})
+ANY = "any"
+SUFFIX = "suffix"
+EXACT = "exact"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    kind: str  # ANY | SUFFIX | EXACT
+    host: str  # normalized; for SUFFIX the parent domain (without "*."); "" for ANY
+    ports: frozenset[int] | None  # None = any port
+    is_ip: bool = False
+
+    def render(self) -> str:
+        """The canonical text of this pattern (what `policy show` prints)."""
+        if self.kind == ANY:
+            host = "*"
+        elif self.kind == SUFFIX:
+            host = "*." + self.host
+        else:
+            host = self.host
+        if self.ports == WEB_PORTS:
+            return host
+        if ":" in host:
+            host = f"[{host}]"
+        if self.ports is None:
+            return host + ":*"
+        return ",".join(f"{host}:{p}" for p in sorted(self.ports))
+
+    def matches(self, host: str, port: int, host_is_ip: bool) -> bool:
+        if self.ports is not None and port not in self.ports:
+            return False
+        if self.kind == ANY:
+            return True
+        if self.kind == EXACT:
+            return host == self.host
+        return not host_is_ip and host.endswith("." + self.host)
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case, no trailing dot, IDNA-encoded; raise ValueError if it is not a host name."""
+    if not name:
+        raise ValueError("empty host name")
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except (UnicodeError, ValueError) as exc:
+            raise ValueError(f"not a valid international host name ({exc})") from None
+    name = name.lower()
+    if len(name) > 253:
+        raise ValueError("host name longer than 253 characters")
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL.match(label):
+            if not label:
+                raise ValueError("empty label (two dots in a row, or a leading dot)")
+            raise ValueError(f"`{label}` is not a valid host name label")
+    if labels[-1].isdigit():
+        raise ValueError("looks like an IP address but is not a valid one")
+    return name
+
+
+def normalize_ip(text: str) -> str | None:
+    """The canonical text of an IP literal (IPv4-mapped IPv6 becomes IPv4), or None."""
+    if "%" in text:
+        return None  # zone ids are not supported
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+_PLAIN_CHARS = re.compile(r"[a-z0-9_.-]+\Z").match
+
+
+def _plain_name(name: str) -> bool:
+    """A quick yes for ordinary ASCII names (the slow path decides everything else)."""
+    return (
+        len(name) <= 63
+        and _PLAIN_CHARS(name) is not None
+        and ".." not in name
+        and name[0] not in ".-"
+        and name[-1] != "-"
+        and ".-" not in name
+        and "-." not in name
+        and not name.rpartition(".")[2].isdigit()
+    )
+
+
+@lru_cache(maxsize=8192)
+def normalize_subject(host: str) -> tuple[str, bool] | None:
+    """Normalise a host a workload asks for: (host, is_ip), or None when it is not a host."""
+    # Fast path: an ASCII name whose last label is not a number (so not an IPv4 address).
+    name = host.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if name and _plain_name(name):
+        return name, False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ip = normalize_ip(host)
+        return None if ip is None or ":" not in host else (ip, True)
+    ip = normalize_ip(host)
+    if ip is not None:
+        return ip, True
+    try:
+        return normalize_name(host), False
+    except ValueError:
+        return None
+
+
+def _parse_port(text: str) -> frozenset[int] | None:
+    if text == "*":
+        return None
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port `{text}` is not a number from 1 to 65535 or `*`")
+    return frozenset({int(text)})
+
+
+def parse_pattern(text: str) -> tuple[HostPattern, ...]:
+    """Parse one allow entry; raise ValueError with a message a user can act on.
+
+    Returns several patterns only for `localhost` (the name and both loopback addresses).
+    """
+    raw = text.strip()
+    if not raw:
+        raise ValueError("empty host pattern")
+    if "://" in raw or "/" in raw:
+        raise ValueError(f"`{text}` is a URL or path; write only the host, e.g. `example.com`")
+    if any(c.isspace() for c in raw):
+        raise ValueError(f"`{text}` contains spaces")
+    ports: frozenset[int] | None = WEB_PORTS
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise ValueError(f"`{text}`: missing `]` after an IPv6 address")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"`{text}`: expected `:PORT` after `]`")
+            ports = _parse_port(rest[1:])
+        ip = normalize_ip(host)
+        if ip is None or ":" not in host:
+            raise ValueError(f"`{host}` in brackets is not an IPv6 address")
+        return (HostPattern(EXACT, ip, ports, True),)
+    if raw.count(":") > 1:
+        ip = normalize_ip(raw)
+        if ip is None:
+            raise ValueError(
+                f"`{text}` is not a valid IPv6 address (use [ADDRESS]:PORT for a port)"
+            )
+        return (HostPattern(EXACT, ip, ports, True),)
+    host = raw
+    if ":" in raw:
+        host, port = raw.rsplit(":", 1)
+        ports = _parse_port(port)
+    if host == "*":
+        return (HostPattern(ANY, "", ports),)
+    if host.startswith("*."):
+        rest = host[2:]
+        if "*" in rest:
+            raise ValueError(f"`{text}`: only one leading `*.` wildcard is allowed")
+        if normalize_ip(rest) is not None:
+            raise ValueError(f"`{text}`: a wildcard cannot be used with an IP address")
+        return (HostPattern(SUFFIX, normalize_name(rest), ports),)
+    if "*" in host:
+        raise ValueError(f"`{text}`: `*` is allowed only as `*` or a leading `*.`")
+    ip = normalize_ip(host)
+    if ip is not None:
+        return (HostPattern(EXACT, ip, ports, True),)
+    name = normalize_name(host)
+    if name == "localhost":
+        return tuple(HostPattern(EXACT, n, ports, n != "localhost") for n in LOOPBACK_NAMES)
+    return (HostPattern(EXACT, name, ports),)
+
+
+def host_contains(outer: HostPattern, inner: HostPattern) -> bool:
+    """Does every host `inner` names also match `outer` (ports aside)?"""
+    if outer.kind == ANY:
+        return True
+    if inner.kind == ANY:
+        return False
+    if outer.kind == EXACT:
+        return inner.kind == EXACT and inner.host == outer.host
+    # outer is *.S: inner *.T is inside when T is S or under S; a name when it is under S.
+    if inner.is_ip:
+        return False
+    if inner.kind == SUFFIX and inner.host == outer.host:
+        return True
+    return inner.host.endswith("." + outer.host)
+
+
+def covers(rules: list[HostPattern] | tuple[HostPattern, ...], wanted: HostPattern) -> bool:
+    """Is everything `wanted` allows already allowed by `rules` together?"""
+    ports: set[int] = set()
+    for rule in rules:
+        if host_contains(rule, wanted):
+            if rule.ports is None:
+                return True
+            ports |= rule.ports
+    return wanted.ports is not None and wanted.ports <= ports
+
+
+def intersect(a: HostPattern, b: HostPattern) -> HostPattern | None:
+    """The pattern allowing exactly what both allow, or None when they share nothing."""
+    if a.ports is None:
+        ports = b.ports
+    elif b.ports is None:
+        ports = a.ports
+    else:
+        ports = a.ports & b.ports
+        if not ports:
+            return None
+    if host_contains(a, b):
+        host = b
+    elif host_contains(b, a):
+        host = a
+    else:
+        return None
+    return HostPattern(host.kind, host.host, ports, host.is_ip)
+
+
+def split_host_port(text: str, default_port: int = 443) -> tuple[str, int]:
+    """`HOST[:PORT]` or `[V6]:PORT` as typed on a command line; raise ValueError if malformed."""
+    raw = text.strip()
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise ValueError(f"`{text}`: missing `]` after an IPv6 address")
+        host, rest = raw[: end + 1], raw[end + 1 :]
+        if not rest:
+            return host, default_port
+        if not rest.startswith(":"):
+            raise ValueError(f"`{text}`: expected `:PORT` after `]`")
+        port = rest[1:]
+    elif raw.count(":") == 1:
+        host, port = raw.split(":")
+    else:
+        return raw, default_port
+    if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"`{port}` is not a port number")
+    return host, int(port)

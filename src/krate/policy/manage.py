@@ -1,0 +1,180 @@
+"""What the `krate policy` commands do: list, explain, init, trust and untrust.
+
+Kept out of the CLI so the commands stay thin; this module reads policy files and
+calls the store's trust functions, but never prints or reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from krate.errors import KrateError, NotFound, UsageError
+from krate.policy import hosts, paths
+from krate.policy.builtin import DESCRIPTIONS
+from krate.policy.decide import EffectivePolicy
+from krate.policy.layers import find_project_file
+from krate.policy.load import PROJECT_FILE, digest, load_file, read_bytes
+from krate.policy.model import Decision, PolicyError
+
+if TYPE_CHECKING:
+    from krate.store import Store
+
+KINDS = ("net", "read", "write", "env")
+
+TEMPLATE = """\
+# krate.toml: the krate policy for this project (docs: docs/policy.md).
+#
+# Until you run `krate policy trust`, this file may only NARROW the policy
+# (the built-in profile plus your user policy); anything that would widen it is
+# ignored and reported by `krate policy show` and by every run.
+# Check it with `krate policy check krate.toml`.
+
+# Start from a built-in profile: "strict" (no network), "default" (package
+# registries) or "open" (any host).
+# profile = "default"
+
+[filesystem]
+# Paths hidden from the workload (relative paths are relative to this folder).
+# deny_read = ["secrets", ".env"]
+# Extra places the workload may write (the workspace is always writable).
+# allow_write = ["~/.cache/pip"]
+# Paths that stay read-only even inside writable places.
+# read_only = ["package-lock.json"]
+
+[network]
+# Replace the allowed hosts (an empty list means no network at all):
+# allow = ["registry.npmjs.org", "*.example.com", "example.com:8443", "[::1]:5432"]
+# Or add hosts to those from the layers below:
+# add = ["api.example.com"]
+
+[env]
+# Variable name patterns removed from the workload's environment (added to the defaults).
+# strip = ["MY_COMPANY_*"]
+# Names kept even if they match a strip pattern.
+# pass = ["NPM_CONFIG_REGISTRY"]
+
+[limits]
+# cpu_seconds = 600
+# memory_mb = 4096
+# processes = 512
+# wall_seconds = 3600
+"""
+
+
+def trust_state(path: Path, trusted: Mapping[str, str]) -> str:
+    """`trusted`, `untrusted`, or `edited since trusted` (trust was revoked by the edit)."""
+    recorded = trusted.get(str(path))
+    if recorded is None:
+        return "untrusted"
+    try:
+        current = digest(read_bytes(path))
+    except PolicyError:
+        return "edited since trusted"
+    return "trusted" if current == recorded else "edited since trusted"
+
+
+def list_policies(
+    *, workspace: Path, user_policy_path: Path, trusted: Mapping[str, str]
+) -> list[dict]:
+    """Built-ins, the user policy and the project file, each with its state."""
+    rows = [
+        {"name": name, "kind": "builtin", "path": None, "state": "built in", "description": text}
+        for name, text in DESCRIPTIONS.items()
+    ]
+    user_exists = user_policy_path.is_file()
+    rows.append(
+        {
+            "name": "user",
+            "kind": "user",
+            "path": str(user_policy_path),
+            "state": "trusted (yours)" if user_exists else "absent",
+            "description": "your policy, applied to every run",
+        }
+    )
+    project = find_project_file(workspace)
+    rows.append(
+        {
+            "name": "project",
+            "kind": "project",
+            "path": str(project) if project else None,
+            "state": trust_state(project, trusted) if project else "absent",
+            "description": "krate.toml found above the working folder"
+            if project
+            else f"no {PROJECT_FILE} at or above {workspace}",
+        }
+    )
+    return rows
+
+
+def explain(policy: EffectivePolicy, kind: str, subject: str, *, cwd: Path) -> Decision:
+    """Ask the policy about one subject as a user typed it; paths are resolved first."""
+    if kind == "net":
+        try:
+            host, port = hosts.split_host_port(subject)
+        except ValueError as exc:
+            raise UsageError(f"explain net: {exc}") from None
+        return policy.decide_net(host, port)
+    if kind == "env":
+        return policy.decide_env(subject)
+    if kind in ("read", "write"):
+        why = paths.check_text(subject.replace("*", "x"))
+        if why and "NUL" in why:
+            raise UsageError(f"explain {kind}: {why}")
+        literal = paths.normalize(subject, home=policy.home, base=str(cwd))
+        resolved = paths.resolve(literal)
+        decide = policy.decide_read if kind == "read" else policy.decide_write
+        decision = decide(resolved)
+        if decision.allowed and resolved != literal:
+            # A denied symlink itself (or its folder) stays denied whatever it points at.
+            through = decide(literal)
+            if not through.allowed:
+                return through
+        return decision
+    raise UsageError(f"unknown kind {kind!r}; use one of: {', '.join(KINDS)}")
+
+
+def init_template(folder: Path) -> Path:
+    """Write the commented template as folder/krate.toml; never overwrite."""
+    target = folder / PROJECT_FILE
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise KrateError(f"{target} already exists; edit it, or remove it first") from None
+    except OSError as exc:
+        raise KrateError(f"cannot create {target}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(TEMPLATE)
+    return target
+
+
+def project_or_file(file: Path | None, cwd: Path) -> Path:
+    """The file a trust command is about: the one named, or the project file above cwd."""
+    if file is None:
+        found = find_project_file(cwd)
+        if found is None:
+            raise NotFound(f"no {PROJECT_FILE} at or above {cwd}; name the file to trust")
+        return found
+    path = file if file.is_absolute() else cwd / file
+    return Path(paths.resolve(str(path)))
+
+
+def validate_for_trust(path: Path) -> str:
+    """Refuse an invalid file (`FILE:LINE: ...`); return the SHA-256 of the bytes validated."""
+    return load_file(path, name="project", trusted=True).sha256
+
+
+def trust_file(store: Store, path: Path, sha256: str) -> None:
+    """Record `sha256` (from validate_for_trust: the exact bytes checked) as trusted."""
+    from krate.store import trust
+
+    trust.trust(store, str(path), sha256)
+
+
+def untrust_file(store: Store, path: Path) -> None:
+    from krate.store import trust
+
+    if trust.untrust(store, str(path)) is None:
+        raise NotFound(f"{path} is not trusted")

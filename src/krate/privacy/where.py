@@ -1,0 +1,148 @@
+"""`krate data where`: every place krate keeps anything, with sizes and counts per kind of record.
+
+Reads only (the store is opened read-only). Keychain entries are listed by service
+and account name from krate's own record; secrets are never read or shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from krate.paths import DB_NAME, Paths
+from krate.privacy import GRACE, pending_area
+from krate.privacy.deletion import list_pending, separate_config, tree_size
+from krate.privacy.export import EXPORTED_KIND, config_files
+from krate.privacy.keychain import REMOVAL_AVAILABLE
+from krate.registry.keychain import SERVICE
+
+
+@dataclass(frozen=True)
+class Place:
+    place: str
+    path: str | None
+    exists: bool
+    bytes: int
+    records: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _at(path: Path, place: str, note: str, records: dict[str, Any] | None = None) -> Place:
+    size, files = tree_size(path)
+    counts = {"files": files} if path.is_dir() else {}
+    counts.update(records or {})
+    return Place(place, str(path), path.exists(), size, counts, note)
+
+
+def where(paths: Paths) -> dict[str, Any]:
+    """The inventory, as plain data: {data_dir, config_dir, pending_area, places: [...]}."""
+    from krate.store import events, inventory, open_store
+
+    with open_store(paths, readonly=True) as store:
+        kinds = inventory.event_kind_counts(store.conn)
+        tables = inventory.table_counts(store.conn)
+        accounts = inventory.credential_accounts(store.conn)
+        exports = events.query(store, kind_prefix=EXPORTED_KIND)
+
+    places = [_at(paths.data_dir, "data folder", "everything krate records; private (0700)")]
+    db_files = {DB_NAME + s: Path(str(paths.db_path) + s) for s in ("", "-wal", "-shm")}
+    sizes = {name: p.stat().st_size for name, p in db_files.items() if p.exists()}
+    places.append(
+        Place(
+            "database",
+            str(paths.db_path),
+            paths.db_path.exists(),
+            sum(sizes.values()),
+            {
+                "events": sum(kinds.values()),
+                "events_by_kind": kinds,
+                "tables": tables,
+                "files": sizes,
+            },
+            "SQLite (WAL): the event chain and its index tables",
+        )
+    )
+    artifacts = paths.artifacts_dir / "sha256"
+    n_artifacts = sum(1 for p in artifacts.iterdir() if p.is_file()) if artifacts.is_dir() else 0
+    places.append(
+        _at(
+            paths.artifacts_dir,
+            "artifact store",
+            "build outputs by SHA-256",
+            {"artifacts": n_artifacts},
+        )
+    )
+    config = separate_config(paths)
+    if config is not None:
+        places.append(_at(config, "config folder", "your configuration"))
+    policy = paths.user_policy
+    places.append(_at(policy, "user policy", "your policy file (TOML)"))
+    for path in config_files(paths):
+        if path != policy:
+            places.append(_at(path, "config file", "a file in krate's config folder"))
+
+    pending = list_pending(paths)
+    for entry in pending:
+        places.append(
+            _at(
+                entry.path,
+                "pending deletion",
+                f"deleted {_short(entry.deleted_at)}; restorable with `krate data restore` until "
+                f"{_short(entry.purge_after)}, then purged",
+            )
+        )
+    if not pending:
+        places.append(
+            Place(
+                "pending deletions",
+                str(pending_area(paths)),
+                False,
+                0,
+                {"deletions": 0},
+                f"none (deleted data waits here {GRACE.days} days, then is purged)",
+            )
+        )
+
+    removal = "removed by `krate data delete --now`" if REMOVAL_AVAILABLE else "not removed"
+    places.append(
+        Place(
+            "keychain",
+            None,
+            bool(accounts),
+            0,
+            {
+                "entries": len(accounts),
+                "accounts": [{"service": SERVICE, "account": name} for name in accounts],
+            },
+            f"OS keychain, service {SERVICE!r}; names from krate's record "
+            f"(credential.stored/removed events), secrets never read; {removal}",
+        )
+    )
+    for event in exports:
+        target = Path(str(event.data.get("file", "")))
+        exists = target.is_file()
+        places.append(
+            Place(
+                "export",
+                str(target),
+                exists,
+                target.stat().st_size if exists else 0,
+                {"events": event.data.get("events", 0)},
+                f"a copy you exported {event.ts[:16].replace('T', ' ')} UTC; yours to keep or "
+                "delete (krate never touches it)",
+            )
+        )
+    return {
+        "data_dir": str(paths.data_dir),
+        "config_dir": str(paths.config_dir),
+        "pending_area": str(pending_area(paths)),
+        "places": [p.to_dict() for p in places],
+    }
+
+
+def _short(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,419 @@
+"""One `krate run`: effective policy -> sandbox spec -> launch -> records.
+
+The order matters and is the point of this module: every refusal (missing
+backend, hard-linked secret, command not found) is decided and recorded before
+anything runs; the workload is started in exactly one place (`_spawn`) so that
+later code can bracket it (krate locks its own network away only after the
+sandbox exists); `run.finished` is appended whatever happened. Runs whose krate
+was killed are marked `interrupted` at the next run and shown so by readers.
+
+Never prints and never reads os.environ: the CLI passes the environment in.
+Stores names, paths and a redacted argv only, never environment values or output.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
+from krate.paths import Paths
+from krate.redact import redact_argv
+from krate.sandbox import detect as detect_mod
+from krate.sandbox import supervise
+from krate.sandbox.env import Stripped, scrub
+from krate.sandbox.spec import Limits, SandboxSpec, build
+
+RUN_DIRS = "run"
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_run_id(now_ms: int | None = None, rand: int | None = None) -> str:
+    """16 characters, sortable by time: 10 of milliseconds, 6 random (Crockford base32)."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    r = secrets.randbits(30) if rand is None else rand
+    head = "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in range(9, -1, -1))
+    tail = "".join(_CROCKFORD[(r >> (5 * i)) & 31] for i in range(5, -1, -1))
+    return head + tail
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    argv: tuple[str, ...]
+    cwd: Path
+    workspace: Path
+    environ: Mapping[str, str]
+    allow_hardlinked_secrets: bool = False
+    # Called once the sandbox (and the egress proxy) exist: the CLI locks krate's own
+    # process out of the network there.
+    after_start: Callable[[], None] | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    exit_code: int
+    status: str
+    reason: str | None
+    duration_s: float
+    stripped: list[str]
+    hidden: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    spec: SandboxSpec
+    stripped: list[Stripped]
+    decisions: list[dict[str, Any]]
+    refusal: KrateError | None
+    notes: list[str]
+
+
+# ---------------------------------------------------------------- preparing
+
+
+def _env_decider(policy: Any):
+    """The policy's env decision, and "did the user pass this name explicitly" for value checks."""
+
+    def passed(name: str) -> bool:
+        decision = policy.decide_env(name)
+        return decision.verdict == "allow" and not decision.rule.startswith("default")
+
+    return policy.decide_env, passed
+
+
+def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
+    """The spec, the environment decisions and any refusal, before anything is recorded."""
+    from krate.sandbox import hardlinks
+
+    tmpdir = "/tmp"
+    decide, passed = _env_decider(policy)
+    env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir)
+    limits = Limits(**policy.limits.to_dict())
+    spec = build(
+        argv=request.argv,
+        cwd=request.cwd,
+        workspace=policy.workspace,
+        allow_write=policy.allow_write,
+        read_only=policy.read_only,
+        deny_read=policy.deny_read,
+        env=env,
+        limits=limits,
+    )
+    decisions = [s.to_decision() for s in stripped]
+    notes = list(policy.ignored)
+    refusal = None
+    scan = hardlinks.scan(spec.hidden)
+    if not scan.complete:
+        notes.append(
+            f"hard-link check stopped after {hardlinks.MAX_ENTRIES} files under hidden paths"
+        )
+    for path in scan.linked:
+        if request.allow_hardlinked_secrets:
+            decisions.append(_hardlink_decision(path, "allow", "--allow-hardlinked-secrets"))
+        else:
+            decisions.append(_hardlink_decision(path, "deny", "hidden file has other hard links"))
+    if scan.linked and not request.allow_hardlinked_secrets:
+        names = ", ".join(str(p) for p in scan.linked[:5])
+        more = f" and {len(scan.linked) - 5} more" if len(scan.linked) > 5 else ""
+        refusal = KrateError(
+            f"refusing to run: {names}{more} is hidden by the policy but has other hard links "
+            "(another name for the same file may be readable in the sandbox); remove the extra "
+            "links or pass --allow-hardlinked-secrets to accept the risk",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+    return _Prepared(spec, stripped, decisions, refusal, notes)
+
+
+def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
+    return {
+        "area": "filesystem",
+        "verdict": verdict,
+        "rule": rule,
+        "layer": "flags" if verdict == "allow" else "builtin",
+        "subject": str(path),
+    }
+
+
+# ---------------------------------------------------------------- running
+
+
+def execute(
+    paths: Paths,
+    policy: Any,
+    request: RunRequest,
+    *,
+    platform: str = sys.platform,
+    detect_path: str | None = None,
+) -> RunResult:
+    """Run `request.argv` under `policy`, recorded; return how it ended."""
+    from krate.store import open_store
+
+    if not request.argv:
+        raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
+    found = detect_mod.detect(path=detect_path, platform=platform)
+    if not found.available:
+        raise KrateError(
+            f"the {found.backend} sandbox is not available: {found.install_hint}",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+    supervise.sweep_stale(paths.data_dir / RUN_DIRS)
+    prepared = prepare(policy, request, found.backend)
+    spec = prepared.spec
+    run_id = new_run_id()
+    started_at = time.monotonic()
+    with open_store(paths) as store:
+        mark_interrupted(store)
+        _record_start(store, run_id, policy, request, found.backend, prepared)
+        if prepared.refusal is not None:
+            _record_finish(store, run_id, "refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
+            raise prepared.refusal
+        try:
+            _check_command(spec, found.backend)
+            from krate import egress  # the proxy starts (when the policy allows network) first
+
+            def spawn(s: SandboxSpec) -> supervise.Outcome:
+                return _spawn(s, found, run_id, paths, request.after_start)
+
+            outcome = egress.spawn_with(policy, run_id, paths, spec, spawn, platform=platform)
+        except KrateError as exc:
+            elapsed = time.monotonic() - started_at
+            _record_finish(store, run_id, "failed", exc.exit_code, str(exc), elapsed)
+            raise
+        except BaseException as exc:
+            elapsed = time.monotonic() - started_at
+            reason = f"krate stopped: {type(exc).__name__}"
+            _record_finish(store, run_id, "failed", EXIT_KRATE_FAILED, reason, elapsed)
+            raise
+        _record_finish(
+            store,
+            run_id,
+            outcome.status,
+            outcome.exit_code,
+            outcome.reason,
+            outcome.duration_s,
+            signals=supervise_names(outcome.forwarded),
+        )
+    return RunResult(
+        run_id=run_id,
+        exit_code=outcome.exit_code,
+        status=outcome.status,
+        reason=outcome.reason,
+        duration_s=outcome.duration_s,
+        stripped=[s.name for s in prepared.stripped],
+        hidden=[str(p) for p in spec.hidden],
+        notes=prepared.notes,
+    )
+
+
+def supervise_names(signals: Sequence[int]) -> list[str]:
+    import signal
+
+    return [signal.Signals(s).name for s in signals]
+
+
+def _check_command(spec: SandboxSpec, backend: str) -> None:
+    """126/127 before launching, as the sandbox will see the command."""
+    if backend == "bubblewrap":
+        from krate.sandbox.bwrap import visible_inside
+
+        def visible(path: Path) -> bool:
+            return visible_inside(path, spec)
+    else:
+        from krate.sandbox.seatbelt import visible_inside as seatbelt_visible
+
+        def visible(path: Path) -> bool:
+            return seatbelt_visible(path, spec)
+
+    supervise.find_command(spec.argv[0], spec.env.get("PATH"), spec.cwd, visible)
+
+
+def _spawn(
+    spec: SandboxSpec,
+    found: Any,
+    run_id: str,
+    paths: Paths,
+    after_start: Callable[[], None] | None = None,
+) -> supervise.Outcome:
+    """The one place the workload starts. Everything before it may still use the network."""
+    from krate.sandbox import limits
+
+    argv = limits.wrap_argv(spec.limits, list(spec.argv))
+    spec = _with_argv(spec, argv)
+    preexec = limits.preexec(spec.limits)
+    if found.backend == "bubblewrap":
+        from krate.sandbox import bwrap
+
+        return supervise.launch(
+            lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
+            dict(spec.env),
+            preexec=preexec,
+            wall_seconds=spec.limits.wall_seconds,
+            after_start=after_start,
+        )
+    from krate.sandbox import seatbelt
+
+    with supervise.run_folder(paths.data_dir / RUN_DIRS, run_id) as folder:
+        tmp = folder / "tmp"
+        tmp.mkdir(mode=0o700)
+        spec = seatbelt.with_tmpdir(spec, tmp)
+        return supervise.launch(
+            lambda _fd, _fds: seatbelt.command(spec, found.executable),
+            dict(spec.env),
+            preexec=preexec,
+            wall_seconds=spec.limits.wall_seconds,
+            status_stream=False,
+            after_start=after_start,
+        )
+
+
+def _with_argv(spec: SandboxSpec, argv: list[str]) -> SandboxSpec:
+    from dataclasses import replace
+
+    return replace(spec, argv=tuple(argv))
+
+
+# ---------------------------------------------------------------- records
+
+
+def _record_start(
+    store: Any, run_id: str, policy: Any, request: RunRequest, backend: str, prepared: _Prepared
+) -> None:
+    from krate.store import runs as runs_store
+
+    pid = os.getpid()
+    argv = redact_argv(request.argv)
+    data = {
+        "argv": argv,
+        "cwd": str(request.cwd),
+        "workspace": str(prepared.spec.workspace),
+        "backend": backend,
+        "policy": {"name": policy.name, "hash": policy.hash},
+        "limits": prepared.spec.limits.to_dict(),
+        "layout": {
+            **prepared.spec.layout(),
+            # the egress proxy (krate.egress) serves the workload when the policy allows hosts
+            "network": "proxy" if policy.network_allow else "none",
+        },
+        "ignored": list(policy.ignored),
+        "notes": prepared.notes,
+        "krate_pid": pid,
+    }
+    row = {
+        "argv": argv,
+        "cwd": str(request.cwd),
+        "workspace": str(prepared.spec.workspace),
+        "backend": backend,
+        "policy_name": policy.name,
+        "policy_hash": policy.hash,
+        "krate_pid": pid,
+        "krate_start": supervise.process_identity(pid),
+    }
+    with store.write() as writer:
+        event = writer.append("run.started", data, run_id)
+        runs_store.insert_started(writer, run_id, event, row)
+        for decision in prepared.decisions:
+            writer.append("policy.decision", decision, run_id)
+
+
+def _record_finish(
+    store: Any,
+    run_id: str,
+    status: str,
+    exit_code: int,
+    reason: str | None,
+    duration_s: float,
+    *,
+    signals: list[str] | None = None,
+) -> None:
+    from krate.store import runs as runs_store
+
+    data: dict[str, Any] = {
+        "status": status,
+        "exit_code": exit_code,
+        "duration_s": round(duration_s, 6),
+    }
+    if reason:
+        data["reason"] = reason
+    if signals:
+        data["signals_forwarded"] = signals
+    with store.write() as writer:
+        event = writer.append("run.finished", data, run_id)
+        runs_store.update_finished(
+            writer,
+            run_id,
+            event,
+            status=status,
+            exit_code=exit_code,
+            reason=reason,
+            duration_s=round(duration_s, 6),
+        )
+
+
+def mark_interrupted(store: Any) -> list[str]:
+    """Record `run.interrupted` for runs whose krate process is gone; return their ids."""
+    from krate.store import runs as runs_store
+
+    if not runs_store.running(store):
+        return []
+    marked = []
+    with store.write() as writer:
+        for row in runs_store.running(store):
+            if supervise.alive(row.krate_pid, row.krate_start):
+                continue
+            reason = "krate was killed before the run finished"
+            event = writer.append(
+                "run.interrupted", {"status": "interrupted", "reason": reason}, row.id
+            )
+            runs_store.update_finished(
+                writer, row.id, event, status="interrupted", exit_code=None, reason=reason,
+                duration_s=None,
+            )  # fmt: skip
+            marked.append(row.id)
+    return marked
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _effective(row: Any) -> Any:
+    from dataclasses import replace
+
+    if row.status == "running" and not supervise.alive(row.krate_pid, row.krate_start):
+        return replace(row, status="interrupted", reason="krate was killed before the run finished")
+    return row
+
+
+def list_runs(paths: Paths, limit: int | None = None) -> list[Any]:
+    """Newest first; runs whose krate is gone show as interrupted."""
+    from krate.store import open_store
+    from krate.store import runs as runs_store
+
+    with open_store(paths, readonly=True) as store:
+        return [_effective(r) for r in runs_store.list_runs(store, limit)]
+
+
+def show_run(paths: Paths, ref: str) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+    """One run (by id, unique id prefix or `last`), its decisions and its events."""
+    from krate.store import events, open_store
+    from krate.store import runs as runs_store
+
+    with open_store(paths, readonly=True) as store:
+        found = runs_store.find(store, ref)
+        if not found:
+            raise NotFound(
+                "no runs yet" if ref == "last" else f"no run {ref!r}; see `krate runs list`"
+            )
+        if len(found) > 1:
+            raise UsageError(f"run id prefix {ref!r} is ambiguous; give more characters")
+        row = _effective(found[0])
+        decisions = runs_store.decisions(store, row.id)
+        run_events = events.query(store, run_id=row.id)
+    return row, decisions, run_events

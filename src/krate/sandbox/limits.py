@@ -1,0 +1,63 @@
+"""`[limits]` as rlimits: CPU seconds and memory on the sandbox, processes inside it.
+
+CPU and memory are per-process rlimits set in the launcher just before bubblewrap
+starts, inherited by everything in the sandbox. The process limit must be set
+*inside* the sandbox's user namespace (RLIMIT_NPROC counts per user and
+namespace: set outside, it would count every process the user already runs), so
+the workload is started through util-linux `prlimit`. The wall-clock limit is
+the supervisor's (supervise.py). Never raises a limit, only lowers it.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+from collections.abc import Callable
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.sandbox.spec import Limits
+
+MB = 1024 * 1024
+
+
+def rlimit_pairs(limits: Limits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for CPU and memory; the CPU hard limit a second later (SIGKILL)."""
+    pairs = []
+    if limits.cpu_seconds is not None:
+        pairs.append((resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1))
+    if limits.memory_mb is not None:
+        size = limits.memory_mb * MB
+        pairs.append((resource.RLIMIT_DATA, size, size))
+    return pairs
+
+
+def preexec(limits: Limits) -> Callable[[], None] | None:
+    """A function for the launcher child (after fork, before exec); None: nothing to set."""
+    pairs = rlimit_pairs(limits)
+    if not pairs:
+        return None
+
+    def apply() -> None:
+        for which, soft, hard in pairs:
+            old_soft, old_hard = resource.getrlimit(which)
+            if old_hard != resource.RLIM_INFINITY:
+                hard = min(hard, old_hard)
+                soft = min(soft, hard)
+            resource.setrlimit(which, (soft, hard))
+
+    return apply
+
+
+def wrap_argv(limits: Limits, argv: list[str], path: str | None = None) -> list[str]:
+    """argv started through `prlimit --nproc` when a process limit is set."""
+    if limits.processes is None:
+        return argv
+    exe = shutil.which("prlimit", path=path or "/usr/bin:/bin:/usr/sbin:/sbin")
+    if exe is None:
+        raise KrateError(
+            "the policy sets limits.processes but `prlimit` (util-linux) is not installed; "
+            "install util-linux or remove the limit",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+    n = limits.processes
+    return [exe, f"--nproc={n}:{n}", "--", *argv]

@@ -1,0 +1,182 @@
+"""What one sandboxed run looks like, independent of the backend that enforces it.
+
+A `SandboxSpec` is plain data built from the effective policy: the command, the
+folders that are writable, read-only or hidden (resolved, existing, ordered so
+that the most specific rule wins), the scrubbed environment and the limits.
+bubblewrap (Linux) and Seatbelt (macOS) both translate this one description, so
+they cannot drift apart in what they allow.
+
+Never decides policy itself (the policy module does) and never touches the
+environment of the krate process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Host folders holding sockets of privileged daemons (Docker, D-Bus, the user's
+# session bus with the keyring): a Unix socket on a read-only mount can still
+# be connected to, so these are replaced by empty folders.
+SOCKET_DIRS = ("/run", "/var/run")
+PRIVATE_TMP = "/tmp"
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: int | None = None
+    memory_mb: int | None = None
+    processes: int | None = None
+    wall_seconds: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+    @property
+    def any_rlimit(self) -> bool:
+        return any(v is not None for v in (self.cpu_seconds, self.memory_mb, self.processes))
+
+
+@dataclass(frozen=True)
+class Bind:
+    """An extra mount for the egress bridge and later features: host `source` at `dest`."""
+
+    source: Path
+    dest: Path
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    argv: tuple[str, ...]
+    cwd: Path
+    workspace: Path
+    writable: tuple[Path, ...]
+    read_only: tuple[Path, ...]
+    hidden: tuple[Path, ...]
+    env: Mapping[str, str]
+    limits: Limits = Limits()
+    # "none": the workload's own loopback only. The egress issue adds "proxy".
+    network: str = "none"
+    extra_binds: tuple[Bind, ...] = ()
+    tmpdir: str = PRIVATE_TMP
+    notes: tuple[str, ...] = field(default=())
+    # The policy's lists resolved but not filtered by existence (Seatbelt can name
+    # paths that do not exist yet; bubblewrap can only mount existing ones).
+    declared_writable: tuple[Path, ...] = ()
+    declared_read_only: tuple[Path, ...] = ()
+    declared_hidden: tuple[Path, ...] = ()
+
+    def layout(self) -> dict[str, Any]:
+        """What the run record keeps about the filesystem view (paths only)."""
+        return {
+            "writable": [str(p) for p in self.writable],
+            "read_only": [str(p) for p in self.read_only],
+            "hidden": [str(p) for p in self.hidden],
+            "network": self.network,
+        }
+
+
+def resolve(paths: Iterable[Path | str]) -> list[Path]:
+    """Each path with symlinks resolved; order kept, no repeats."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(os.path.realpath(os.path.expanduser(str(raw))))
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def resolve_existing(paths: Iterable[Path | str]) -> list[Path]:
+    """Each path with symlinks resolved, kept only when it exists; order kept, no repeats."""
+    return [p for p in resolve(paths) if p.exists()]
+
+
+def is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def protect_ancestors(read_only: Iterable[Path], writable: Iterable[Path]) -> list[Path]:
+    """Folders between a writable root and each read-only path inside it.
+
+    Renaming `.git` away and creating a fresh `.git/hooks` would dodge a
+    read-only mount on `.git/hooks`; a folder that is itself a mount point
+    cannot be renamed or removed (EBUSY), so these get bound onto themselves.
+    """
+    roots = list(writable)
+    extra: list[Path] = []
+    for path in read_only:
+        owners = [root for root in roots if is_within(path, root) and path != root]
+        if not owners:
+            continue
+        root = max(owners, key=lambda r: len(r.parts))
+        parent = path.parent
+        while parent != root and is_within(parent, root):
+            if parent not in extra and parent not in roots:
+                extra.append(parent)
+            parent = parent.parent
+    return extra
+
+
+def build(
+    *,
+    argv: Iterable[str],
+    cwd: Path,
+    workspace: Path,
+    allow_write: Iterable[Path | str],
+    read_only: Iterable[Path | str],
+    deny_read: Iterable[Path | str],
+    env: Mapping[str, str],
+    limits: Limits = Limits(),
+    hide_also: Iterable[Path | str] = (),
+) -> SandboxSpec:
+    """A spec from the policy's lists: resolved paths; mounts only for existing ones."""
+    workspace = Path(os.path.realpath(workspace))
+    declared_writable = resolve([workspace, *allow_write])
+    declared_read_only = resolve(read_only)
+    declared_hidden = resolve([*deny_read, *hide_also])
+    writable = [p for p in declared_writable if p.exists()]
+    protected = [
+        p for p in declared_read_only if p.exists() and any(is_within(p, w) for w in writable)
+    ]
+    hidden_all = [p for p in declared_hidden if p.exists()]
+    # A hidden path that contains the workspace would hide the workspace itself: keep
+    # the deeper rule (the workspace) visible by ordering, see `mount_order`.
+    hidden = [p for p in hidden_all if _visible(p, writable)]
+    return SandboxSpec(
+        argv=tuple(argv),
+        cwd=Path(os.path.realpath(cwd)),
+        workspace=workspace,
+        writable=tuple(writable),
+        read_only=tuple(protected),
+        hidden=tuple(hidden),
+        env=dict(env),
+        limits=limits,
+        declared_writable=tuple(declared_writable),
+        declared_read_only=tuple(declared_read_only),
+        declared_hidden=tuple(declared_hidden),
+    )
+
+
+def _visible(path: Path, writable: list[Path]) -> bool:
+    """False for paths the private /tmp and socket folders already hide (nothing to mask)."""
+    covered = [Path(PRIVATE_TMP), *map(Path, SOCKET_DIRS)]
+    if any(is_within(path, c) for c in covered):
+        return any(is_within(path, w) for w in writable)
+    return True
+
+
+def mount_order(spec: SandboxSpec) -> list[tuple[str, Path]]:
+    """(kind, path) for every filesystem rule, shallow first so the most specific rule wins.
+
+    kinds: "bind" (writable), "ro" (read-only), "hide". At the same path, hiding wins.
+    """
+    rank = {"bind": 0, "ro": 1, "hide": 2}
+    rules = [("bind", p) for p in spec.writable]
+    rules += [("bind", p) for p in protect_ancestors(spec.read_only, spec.writable)]
+    rules += [("ro", p) for p in spec.read_only]
+    rules += [("hide", p) for p in spec.hidden]
+    return sorted(rules, key=lambda r: (len(r[1].parts), rank[r[0]], str(r[1])))

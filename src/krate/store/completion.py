@@ -1,0 +1,40 @@
+"""Run ids for shell completion, read straight from krate.db with the standard library.
+
+Every TAB runs krate, so this must stay cheap and must never change anything: no
+sqlite-utils, no migrations, never creates the database or its -wal/-shm files (when
+no -wal file exists the main file holds every committed row and is opened
+`immutable`; otherwise read-only). Any problem (no database, corrupt, locked, an
+older schema) means no suggestions, never an error: a TAB must not print one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+TIMEOUT_S = 0.2
+
+
+def run_ids(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str, str]]:
+    """(id, "started status") of the newest runs whose id starts with `prefix`."""
+    if not db_path.is_file():
+        return []
+    wal = Path(f"{db_path}-wal").exists()
+    mode = "mode=ro" if wal else "immutable=1"
+    try:
+        conn = sqlite3.connect(f"{db_path.absolute().as_uri()}?{mode}", uri=True, timeout=TIMEOUT_S)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = conn.execute(
+            "SELECT id, started, status FROM runs WHERE substr(id, 1, ?) = ? "
+            "ORDER BY started DESC LIMIT ?",
+            (len(prefix), prefix, limit),
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return [
+        (rid, f"{(started or '')[:19].replace('T', ' ')} {status}") for rid, started, status in rows
+    ]

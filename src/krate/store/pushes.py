@@ -1,0 +1,87 @@
+"""SQL for the `pushes` index: where each artifact was pushed (one row per finished push).
+
+A row is written only in the transaction of its `push.finished` event, i.e. only
+after the registry accepted the tagged manifest; failed pushes are events only.
+Never holds credentials. `pushes_for_digest()` is what `krate artifacts show`
+lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from krate.store.connection import translate_errors
+
+if TYPE_CHECKING:
+    from krate.store.connection import Store
+    from krate.store.events import Writer
+
+_COLUMNS = (
+    "push_id, artifact_digest, name, registry, repository, tag, manifest_digest, "
+    "provenance_digest, referrers, bytes_sent, pushed_at"
+)
+
+
+@dataclass(frozen=True)
+class PushRow:
+    push_id: str
+    artifact_digest: str
+    name: str
+    registry: str
+    repository: str
+    tag: str
+    manifest_digest: str
+    provenance_digest: str | None
+    referrers: str | None  # "api" or "tag": how the provenance is found from the artifact
+    bytes_sent: int
+    pushed_at: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.registry}/{self.repository}:{self.tag}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reference": self.reference}
+
+
+def insert(writer: Writer, row: PushRow) -> None:
+    """Inside the caller's `store.write()` transaction, next to the push.finished event."""
+    writer.store.conn.execute(
+        f"INSERT INTO pushes ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            row.push_id,
+            row.artifact_digest,
+            row.name,
+            row.registry,
+            row.repository,
+            row.tag,
+            row.manifest_digest,
+            row.provenance_digest,
+            row.referrers,
+            row.bytes_sent,
+            row.pushed_at,
+        ),
+    )
+
+
+def pushes_for_digest(store: Store, digest: str) -> list[PushRow]:
+    """Every finished push of this artifact digest, oldest first."""
+    with translate_errors(store.path):
+        rows = store.conn.execute(
+            f"SELECT {_COLUMNS} FROM pushes WHERE artifact_digest = ? ORDER BY pushed_at, rowid",
+            (digest,),
+        ).fetchall()
+    return [PushRow(*r) for r in rows]
+
+
+def list_pushes(store: Store, limit: int | None = None) -> list[PushRow]:
+    """Newest last; `limit` keeps the newest N."""
+    sql = f"SELECT {_COLUMNS} FROM pushes ORDER BY pushed_at DESC, rowid DESC"
+    params: list[Any] = []
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    with translate_errors(store.path):
+        rows = store.conn.execute(sql, params).fetchall()
+    return [PushRow(*r) for r in reversed(rows)]

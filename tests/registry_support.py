@@ -1,0 +1,77 @@
+"""Shared setup for the login/push tests: the fake keychain's environment and artifacts.
+
+The keychain in these tests is a FAKE standing in for the macOS Keychain
+(tests/fake_keychain.py), selected through keyring's standard
+PYTHON_KEYRING_BACKEND with the repository root on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_BACKEND = "tests.fake_keychain.FakeKeychain"
+
+
+def keychain_env(keychain_file: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHON_KEYRING_BACKEND"] = FAKE_BACKEND
+    env["PYTHONPATH"] = str(ROOT)
+    env["KRATE_TEST_KEYCHAIN"] = str(keychain_file)
+    env.update(extra)
+    return env
+
+
+def keychain_entries(keychain_file: Path) -> dict[str, dict]:
+    if not keychain_file.exists():
+        return {}
+    raw = json.loads(keychain_file.read_text())
+    return {key.split("\0", 1)[1]: json.loads(value) for key, value in raw.items()}
+
+
+def events(krate_home: Path, prefix: str = "") -> list[dict]:
+    db = krate_home / "krate.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT kind, data FROM events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [{"kind": kind, **json.loads(data)} for kind, data in rows if kind.startswith(prefix)]
+
+
+def make_artifact(
+    workdir: Path, name: str = "dist/app.tar.gz", content: bytes | None = None, size: int = 0
+):
+    """Record a build with one output through the artifact store's own API.
+
+    Returns (ArtifactRow, BuildRow). `size` writes a big file in bounded memory instead.
+    """
+    from tests.build_support import record_build
+
+    if size:
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        write_big(workdir / name, size)
+        files = None
+    else:
+        files = {name: content if content is not None else os.urandom(200_000)}
+    result = record_build(workdir, files, outs=(name.split("/")[0],))
+    (artifact,) = [a for a in result.artifacts if a.name == name]
+    return artifact, result.build
+
+
+def write_big(path: Path, size: int) -> None:
+    """A file of `size` pseudo-random bytes, written in 8 MiB pieces (bounded memory)."""
+    block = os.urandom(8 << 20)
+    with path.open("wb") as fh:
+        left = size
+        i = 0
+        while left:
+            piece = block[: min(len(block), left)]
+            fh.write(i.to_bytes(8, "big") + piece[8:] if len(piece) > 8 else piece)
+            left -= len(piece)
+            i += 1

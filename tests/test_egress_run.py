@@ -1,0 +1,108 @@
+"""Egress through the real `krate run`: allowed, denied, bypassed, recorded, and never lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from .egress_support import Server
+from .run_support import Box
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
+
+
+@pytest.fixture(params=["root", "user"])
+def box(request, ordinary_user):
+    if request.param == "user" and ordinary_user is None:
+        pytest.skip("the ordinary-user variant needs root to create the user")
+    b = Box(ordinary_user if request.param == "user" else None)
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def code(url: str, *curl: str) -> str:
+    return f"curl -sS --max-time 10 -o /dev/null -w '%{{http_code}}\\n' {' '.join(curl)} {url}"
+
+
+def test_run_reaches_allowed_hosts_only_and_show_lists_them(box, server):
+    p = server.port
+    script = "; ".join(
+        [
+            code(f"http://localhost:{p}/secret-path?q=1"),
+            code(f"http://127.0.0.1:{p}/", "--noproxy '*'"),  # a client without proxy support
+            code("http://example.com/"),
+            code(f"http://127.0.0.1:{p + 1}/", "--noproxy '*'") + " || true",
+            'test -z "$NO_PROXY" && echo "$HTTPS_PROXY $all_proxy"',
+        ]
+    )
+    out = box.sh(script, "--policy", "strict", "--allow-host", f"localhost:{p}")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines[:4] == ["200", "200", "403", "000"]
+    assert lines[4].startswith("http://127.0.0.1:") and lines[5].startswith("socks5h://127.0.0.1:")
+    shown = box.last_run()
+    assert shown["hosts"] == [
+        {"host": "localhost", "port": p, "verdict": "allow", "connections": 2,
+         "bytes_up": shown["hosts"][0]["bytes_up"], "bytes_down": shown["hosts"][0]["bytes_down"]},
+        {"host": "example.com", "port": 80, "verdict": "deny", "connections": 1,
+         "bytes_up": 0, "bytes_down": 0},
+    ]  # fmt: skip
+    assert shown["hosts"][0]["bytes_down"] > 0 and shown["hosts"][0]["bytes_up"] > 0
+    network = [d for d in shown["decisions"] if d.get("area") == "network"]
+    assert [d["verdict"] for d in network] == ["allow", "allow", "deny"]
+    assert "secret-path" not in str(network)  # (the argv itself is the run's own record)
+    text = box.krate("runs", "show", "last")
+    assert "example.com\t80\tdeny\t1\t0\t0" in text.stdout
+
+
+def test_no_allow_list_means_no_proxy_and_no_way_out(box, server):
+    out = box.sh(
+        code(f"http://127.0.0.1:{server.port}/", "--noproxy '*'") + "; echo ${HTTP_PROXY:-none}",
+        "--policy", "strict",
+    )  # fmt: skip
+    assert out.stdout.split() == ["000", "none"]
+    assert not [d for d in box.last_run()["decisions"] if d.get("area") == "network"]
+
+
+def test_a_killed_krate_loses_no_completed_connection(box, server):
+    script = (
+        f"for i in $(seq 25); do curl -sS -o /dev/null http://127.0.0.1:{server.port}/; done; "
+        "echo done; sleep 60"
+    )
+    proc = box.popen(
+        "run", "--policy", "strict", "--allow-host", f"127.0.0.1:{server.port}", "--",
+        "/bin/sh", "-c", script, stdout=__import__("subprocess").PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "done"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = box.last_run()
+    assert killed["status"] == "interrupted"
+    # The next run records what the killed one had not (once its proxy has gone).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert box.sh("true", "--policy", "strict").returncode == 0
+        shown = box.krate("runs", "show", killed["id"], "--json")
+        if '"connections": 25' in shown.stdout:
+            break
+        time.sleep(0.5)
+    import json
+
+    data = json.loads(shown.stdout)
+    assert data["hosts"] == [
+        {"host": "127.0.0.1", "port": server.port, "verdict": "allow", "connections": 25,
+         "bytes_up": data["hosts"][0]["bytes_up"], "bytes_down": data["hosts"][0]["bytes_down"]},
+    ]  # fmt: skip
+    ns = sorted(d["n"] for d in data["decisions"] if d.get("area") == "network")
+    assert ns == list(range(1, 26))
+    assert box.krate("audit", "verify").returncode == 0

@@ -1,0 +1,262 @@
+"""`krate audit network --prove`: its command list, its layers, and a clean install passing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from krate.cli.app import app
+from krate.netguard import ledger, lockdown, observer, proof, static
+from krate.netguard.commands import command_path, leaf_commands
+from krate.paths import Paths
+from krate.store import events, open_store
+
+from .conftest import run_krate
+
+LINUX = sys.platform.startswith("linux")
+
+
+def registered() -> set[tuple[str, ...]]:
+    return set(leaf_commands(typer.main.get_command(app)))
+
+
+def test_plan_covers_every_registered_command_exactly_once():
+    items = proof.plan(typer.main.get_command(app))
+    planned = [tuple(i.command.split()) for i in items if i.mode in ("safe", "help")]
+    planned = [p for p in planned if p != ("krate",)]
+    assert sorted(planned) == sorted(registered())
+    assert {i.mode for i in items} >= {"help", "fast path", "completion"}
+
+
+def test_every_command_has_a_safe_invocation_or_falls_back_to_help():
+    for item in proof.plan(typer.main.get_command(app)):
+        if item.mode == "safe":
+            path = tuple(item.command.split())
+            assert item.argv[: len(path)] == list(path)
+            assert path in proof.SAFE_INVOCATIONS
+            assert path[0] not in lockdown.DEFERRED_COMMANDS
+        elif item.mode == "help":
+            assert item.argv[-1] == "--help"
+
+
+def test_commands_with_a_network_purpose_are_checked_through_help_only():
+    class Group:
+        def __init__(self, commands):
+            self.commands = commands
+
+    class Leaf:
+        pass
+
+    root = Group({"push": Leaf(), "audit": Group({"head": Leaf()}), "run": Leaf()})
+    by_name = {i.command: i for i in proof.plan(root)}
+    assert by_name["push"].argv == ["push", "--help"] and "network purpose" in by_name["push"].note
+    assert by_name["run"].argv == ["run", "--help"]
+    assert by_name["audit head"].mode == "safe"
+    assert command_path(root, ["audit", "head", "--json"]) == ("audit", "head")
+    assert command_path(root, ["push", "dist/app.tar.gz"]) == ("push",)
+
+
+def test_a_new_command_is_covered_without_editing_the_proof():
+    extra = typer.Typer()
+
+    @extra.command("brand-new")
+    def brand_new() -> None:
+        """A command nobody told the proof about."""
+
+    root = typer.main.get_command(app)
+    root.commands["zz-new"] = typer.main.get_command(extra)
+    try:
+        items = {i.command: i for i in proof.plan(root)}
+    finally:
+        del root.commands["zz-new"]
+    assert items["zz-new"].argv == ["zz-new", "--help"]
+
+
+STRACE_LOG = """\
+100 execve("/venv/bin/krate", ["krate"], 0x7ff /* 3 vars */) = 0
+100 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=14, filter=0x7f}) = 0
+100 socket(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0) = 3<UNIX:[1]>
+100 connect(3<UNIX:[1]>, {sa_family=AF_UNIX, sun_path="/run/dbus"}, 20) = 0
+100 socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) = 4<NETLINK:[2]>
+100 socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_TCP) = -1 EACCES (Permission denied)
+101 execve("/usr/bin/curl", ["curl"], 0x7ff /* 3 vars */) = 0
+101 socket(AF_INET6, SOCK_DGRAM, IPPROTO_IP) = 5<UDPv6:[3]>
+101 connect(5<UDPv6:[3]>, {sa_family=AF_INET6, sin6_port=htons(53)}, 28 <unfinished ...>
+100 io_uring_setup(4, 0x7ffc) = -1 ENOSYS (Function not implemented)
+101 <... connect resumed>) = 0
+101 sendto(5<UDPv6:[3]>, ""..., 30, MSG_NOSIGNAL, NULL, 0) = 30
+100 +++ exited with 0 +++
+"""
+
+
+def test_strace_log_is_classified_none_refused_created_sent():
+    obs = observer.classify(STRACE_LOG)
+    got = [(a.pid, a.program, a.syscall, a.family, a.result, a.errno) for a in obs.attempts]
+    assert got == [
+        (100, "/venv/bin/krate", "socket", "AF_INET", "refused", "EACCES"),
+        (101, "/usr/bin/curl", "socket", "AF_INET6", "created", None),
+        (100, "/venv/bin/krate", "io_uring_setup", "io_uring", "refused", "ENOSYS"),
+        (101, "/usr/bin/curl", "connect", "UDPv6", "sent", None),  # joined when resumed
+        (101, "/usr/bin/curl", "sendto", "UDPv6", "sent", None),
+    ]
+    assert obs.classification == "sent"
+    assert obs.lockdown_calls == 1 and obs.processes == 2
+    quiet = observer.classify(STRACE_LOG.split("100 socket(AF_INET,")[0])
+    assert quiet.classification == "none" and quiet.attempts == []
+    refused = observer.classify(
+        "7 connect(3<TCP:[9]>, {sa_family=AF_INET, sin_port=htons(443)}, 16) = -1 ENETUNREACH (x)\n"
+    )
+    assert refused.classification == "refused"
+
+
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    root = tmp_path / "krate"
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_import_contract_allows_network_modules_only_in_the_helpers(tmp_path):
+    ok = _package(
+        tmp_path,
+        {
+            "egress/proxy.py": "import socket, ssl\n",
+            "registry/transport.py": "import http.client\n",
+            "store/x.py": "import sqlite3\nfrom urllib.parse import urlsplit\nimport http\n",
+        },
+    )
+    result = static.import_contract(ok)
+    assert result["ok"] and result["violations"] == []
+    assert "egress/proxy.py: socket" in result["helper_imports"]
+
+    for bad, module in (
+        ("import socket\n", "socket"),
+        ("from http import client\n", "http.client"),
+        ("from urllib.request import urlopen\n", "urllib.request"),
+        ("import importlib\nimportlib.import_module('ssl')\n", "ssl"),
+        ("def f():\n    import requests\n", "requests"),
+    ):
+        shutil.rmtree(tmp_path / "krate")
+        pkg = _package(tmp_path, {"cli/sneaky.py": bad})
+        result = static.import_contract(pkg)
+        assert not result["ok"], bad
+        assert module in {v["module"] for v in result["violations"]}
+        assert result["violations"][0]["file"] == "cli/sneaky.py"
+
+
+def test_krate_itself_keeps_the_import_contract():
+    import krate
+
+    result = static.import_contract(Path(krate.__file__).parent)
+    assert result["ok"], result["violations"]
+
+
+def _dist(site: Path, name: str, files: dict[str, bytes]) -> None:
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    lines = []
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        lines.append(f"{rel},sha256={digest},{len(data)}")
+    lines.append(f"{name}-1.0.dist-info/RECORD,,")
+    (info / "RECORD").write_text("\n".join(lines) + "\n")
+
+
+def test_record_hashes_catch_an_installed_file_edited_after_install(tmp_path):
+    site = tmp_path / "site"
+    _dist(site, "demo", {"demo/__init__.py": b"x = 1\n", "demo/util.py": b"y = 2\n"})
+    clean = static.record_hashes([str(site)])
+    assert clean["ok"] and clean["files_checked"] == 2
+    (site / "demo" / "util.py").write_bytes(b"import socket\n")
+    (site / "demo" / "__init__.py").unlink()
+    tampered = static.record_hashes([str(site)])
+    assert not tampered["ok"]
+    assert tampered["mismatched"] == [str(site / "demo" / "util.py")]
+    assert tampered["missing"] == [str(site / "demo" / "__init__.py")]
+
+
+def test_code_loading_hooks_are_listed(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("")
+    environ = {
+        "PYTHONPATH": "/opt/evil",
+        "LD_PRELOAD": "/opt/evil.so",
+        "DYLD_INSERT_LIBRARIES": "/opt/evil.dylib",
+        "PYTHON_KEYRING_BACKEND": "evil.Backend",
+        "HOME": str(tmp_path),
+    }
+    hooks = static.code_loading_hooks(environ, [str(tmp_path), *sys.path])
+    kinds = {h["kind"]: h["where"] for h in hooks}
+    assert kinds["$PYTHONPATH"] == "/opt/evil"
+    assert kinds["$LD_PRELOAD"] == "/opt/evil.so"
+    assert kinds["$DYLD_INSERT_LIBRARIES"] == "/opt/evil.dylib"
+    assert kinds["$PYTHON_KEYRING_BACKEND"] == "evil.Backend"
+    assert kinds["sitecustomize"] == str(tmp_path / "sitecustomize.py")
+    assert any(k == "entry point keyring.backends" for k in kinds)
+    assert any(h["kind"].startswith(".pth") for h in hooks)
+
+
+@pytest.mark.skipif(not LINUX, reason="the kernel layer is implemented for Linux here")
+def test_prove_passes_on_a_clean_install_even_with_egress_recorded(krate_home):
+    # krate's own helpers' egress and workload traffic are recorded, not failures.
+    with open_store(Paths(krate_home, krate_home)) as store:
+        events.append(
+            store,
+            ledger.EVENT_KIND,
+            ledger.Egress("ghcr.io", 443, "connected", None).event_data(
+                "krate push", "registry-transport"
+            ),
+        )
+        events.append(
+            store,
+            "policy.decision",
+            {"area": "network", "host": "x.example", "port": 443, "verdict": "allow"},
+        )
+    result = run_krate("audit", "network", "--prove", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    out = json.loads(result.stdout)
+    assert set(out) >= {"proven", "commands", "layers"}
+    assert set(out["layers"]) == {"kernel", "guard", "os", "static"}
+    layers = out["layers"]
+    assert all(layer["agrees"] for layer in layers.values() if layer["checked"])
+    assert layers["kernel"]["checked"] and layers["kernel"]["child_probe"]["result"] == "refused"
+    assert layers["guard"]["checked"] and layers["guard"]["attempts"] == 0
+    assert layers["static"]["import_contract"]["ok"]
+    assert all(c["outbound_attempts"] == 0 for c in out["commands"])
+    commands = {tuple(c["argv"][1:]) for c in out["commands"]}
+    for path in registered():
+        assert any(argv[: len(path)] == path for argv in commands), path
+    if shutil.which("strace") and shutil.which("bwrap"):
+        assert out["proven"] is True and out["verdict"] == "proven"
+        assert layers["os"]["checked"] and layers["os"]["inet_syscalls"] == 0
+        missing = layers["kernel"]["per_command"]["missing"]
+        assert missing == [], f"commands that did not apply their own lockdown: {missing}"
+    # The user's store was not touched by the proof.
+    with open_store(Paths(krate_home, krate_home), readonly=True) as store:
+        assert events.count(store) == 2
+
+
+@pytest.mark.skipif(not LINUX, reason="the kernel layer is implemented for Linux here")
+def test_prove_downgrades_the_verdict_when_a_layer_cannot_be_checked(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    env = dict(os.environ, PATH=str(bindir))  # no strace, no bwrap
+    result = run_krate("audit", "network", "--prove", "--json", env=env)
+    out = json.loads(result.stdout)
+    assert out["layers"]["os"]["checked"] is False
+    assert out["proven"] is False and out["verdict"] == "consistent"
+    assert result.returncode == 0  # nothing that was checked disagrees
+    first = proof.lines(out)[0]
+    assert first.startswith("consistent but not proven:") and "could not check: os" in first

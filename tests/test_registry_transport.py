@@ -1,0 +1,300 @@
+"""The registry transport helper on its own, and the names krate accepts.
+
+The helper runs exactly as krate starts it (`python -I -S transport.py`, job on
+stdin). A hostile registry that tries to send krate elsewhere is refused, and the
+refusal is on the record.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from krate.errors import UsageError
+from krate.registry import client
+from krate.registry.keychain import backend_name
+from tests.conftest import run_krate
+from tests.registry_server import Reader, Registry, free_port, needs_registry
+from tests.registry_support import events, make_artifact
+
+TRANSPORT = Path(client.__file__).with_name("transport.py")
+
+
+def load_transport():
+    spec = importlib.util.spec_from_file_location("krate_transport_under_test", TRANSPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_transport(job: dict) -> tuple[int, list[dict]]:
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(TRANSPORT)],
+        input=json.dumps(job).encode(),
+        capture_output=True,
+        env={},
+        timeout=120,
+    )
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_challenge_parsing_keeps_quoted_commas():
+    t = load_transport()
+    scheme, params = t.parse_challenge(
+        'Bearer realm="https://auth.example/token",service="reg",'
+        'scope="repository:a/b:pull,push",error="insufficient_scope"'
+    )
+    assert scheme == "bearer"
+    assert params == {
+        "realm": "https://auth.example/token",
+        "service": "reg",
+        "scope": "repository:a/b:pull,push",
+        "error": "insufficient_scope",
+    }
+    assert t.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+
+
+def test_upload_url_keeps_its_query_verbatim():
+    t = load_transport()
+    loc = "http://r:5000/v2/a/blobs/uploads/u?_state=abc%3D%3D"
+    assert t.with_digest(loc, "sha256:00") == loc + "&digest=sha256%3A00"
+
+
+def test_the_transport_imports_nothing_outside_the_standard_library():
+    """It runs without site-packages: prove it by running it with -I -S on an empty job."""
+    code, lines = run_transport({"op": "nothing", "registry": "x", "scheme": "https"})
+    assert code == 1 and lines[-1]["code"] == "bad_job"
+
+
+@needs_registry
+def test_large_blobs_go_up_in_chunks_and_arrive_intact(tmp_path):
+    reg = Registry(tmp_path / "registry").start()
+    try:
+        data = os.urandom((5 << 20) + 12345)
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(data)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        code, lines = run_transport(
+            {
+                "op": "push",
+                "registry": reg.name,
+                "scheme": "http",
+                "repository": "me/chunks",
+                "blobs": [{"digest": digest, "size": len(data), "path": str(blob)}],
+                "manifests": [],
+                "chunk_size": 1 << 20,
+                "chunk_threshold": 1 << 20,
+            }
+        )
+        assert code == 0, lines
+        progress = [m for m in lines if m["type"] == "progress"]
+        assert progress[-1] == {
+            "type": "progress",
+            "digest": digest,
+            "done": len(data),
+            "total": len(data),
+        }
+        assert Reader(reg).blob("me/chunks", digest) == data
+        (uploaded,) = [m for m in lines if m["type"] == "blob"]
+        assert uploaded["status"] == "uploaded" and uploaded["sent"] == len(data)
+    finally:
+        reg.kill()
+
+
+class Hostile(BaseHTTPRequestHandler):
+    """A 'registry' that tries to send the upload (and its Authorization) elsewhere."""
+
+    elsewhere = "http://203.0.113.7:80/v2/steal?x=1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self._reply(200)
+
+    def do_HEAD(self) -> None:
+        self._reply(404)
+
+    def do_POST(self) -> None:
+        self._reply(202, {"Location": self.elsewhere})
+
+
+@pytest.fixture
+def hostile():
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_registry_sending_krate_elsewhere_is_refused_and_recorded(tmp_path, hostile, krate_home):
+    make_artifact(tmp_path / "work")
+    result = run_krate("push", "app.tar.gz", f"127.0.0.1:{hostile}/me/app:1", "--plain-http")
+    assert result.returncode == 1
+    assert "sent krate to 203.0.113.7:80" in result.stderr and "refused" in result.stderr
+    egress = events(krate_home, "network.egress")
+    assert {"host": "203.0.113.7", "port": 80, "outcome": "refused"}.items() <= next(
+        e for e in egress if e["host"] == "203.0.113.7"
+    ).items()
+    assert all(e["outcome"] != "connected" or e["host"] == "127.0.0.1" for e in egress)
+    assert events(krate_home, "push.failed")[0]["error"] == "refused_destination"
+
+
+def test_a_plain_http_token_realm_elsewhere_is_refused():
+    t = load_transport()
+    c = t.Client({"registry": "ghcr.io", "scheme": "https", "username": "u", "password": "p"})
+
+    class R:
+        status = 401
+
+        def header(self, name):
+            return 'Bearer realm="http://evil.example/token",service="x"'
+
+    with pytest.raises(t.Failure) as caught:
+        c.learn(R())
+    assert caught.value.code == "protocol" and "plain-HTTP token service" in str(caught.value)
+    assert ("evil.example", 80) not in c.allowed
+
+
+def test_basic_credentials_are_never_put_in_the_output():
+    t = load_transport()
+    c = t.Client({"registry": "r.example", "scheme": "https", "username": "u", "password": "pw"})
+    assert c.basic() == "Basic " + base64.b64encode(b"u:pw").decode()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("ghcr.io/me/app:1.0", ("ghcr.io", "me/app", "1.0")),
+        ("localhost:5000/app", ("localhost:5000", "app", "latest")),
+        ("127.0.0.1:5000/a/b/c:v_1", ("127.0.0.1:5000", "a/b/c", "v_1")),
+        ("[::1]:5000/x:1", ("[::1]:5000", "x", "1")),
+        ("Registry.Example.com/x:1", ("registry.example.com", "x", "1")),
+    ],
+)
+def test_references(text, expected):
+    ref = client.parse_reference(text)
+    assert (ref.registry, ref.repository, ref.tag) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["app:1", "ghcr.io", "ghcr.io/", "ghcr.io/UPPER:1", "ghcr.io/a:b:c/d", "http://x.io/a"]
+)
+def test_bad_references(text):
+    with pytest.raises(UsageError):
+        client.parse_reference(text)
+
+
+def test_https_unless_loopback_or_asked():
+    assert client.connection_for("ghcr.io", False) == client.Connection("https", False, None)
+    local = client.connection_for("127.0.0.1:5000", False)
+    assert local.scheme == "https" and local.http_fallback  # falls back, and says so
+    assert client.connection_for("[::1]:5000", False).http_fallback
+    assert client.connection_for("localhost:5000", False).http_fallback
+    forced = client.connection_for("10.0.0.5:5000", True)
+    assert forced.scheme == "http" and "--plain-http" in forced.warning
+
+
+def test_the_helper_gets_no_environment_but_the_ca_overrides():
+    env = client.child_env(
+        {"SSL_CERT_FILE": "/ca.pem", "HOME": "/root", "PYTHONPATH": "/x", "TOKEN": "secret"}
+    )
+    assert env == {"SSL_CERT_FILE": "/ca.pem"}
+
+
+def test_keyring_backend_is_chosen_per_platform_and_overridable():
+    assert backend_name({}, "darwin") == "keyring.backends.macOS.Keyring"
+    assert backend_name({}, "linux") == "keyring.backends.SecretService.Keyring"
+    assert backend_name({"PYTHON_KEYRING_BACKEND": "a.B"}, "darwin") == "a.B"
+
+
+def test_plaintext_and_fail_backends_are_refused():
+    from krate.errors import KrateError
+    from krate.registry.keychain import open_keychain
+
+    for name in ("keyrings.alt.file.PlaintextKeyring", "keyring.backends.fail.Keyring"):
+        with pytest.raises(KrateError, match="only there"):
+            open_keychain(name)
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Answers 503 to the first two API checks, then behaves; counts what it saw."""
+
+    seen: list[str] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        Flaky.seen.append("GET " + self.path)
+        self._reply(503 if Flaky.seen.count("GET /v2/") <= 2 else 200)
+
+    def do_HEAD(self) -> None:
+        Flaky.seen.append("HEAD")
+        self._reply(200)
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Flaky.seen.append("PUT")
+        self._reply(201, {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()})
+
+
+def test_5xx_answers_are_retried_with_backoff_and_present_blobs_skipped():
+    port = free_port()
+    Flaky.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", port), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        manifest = b'{"schemaVersion":2}'
+        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        code, lines = run_transport(
+            {
+                "op": "push",
+                "registry": f"127.0.0.1:{port}",
+                "scheme": "http",
+                "repository": "me/app",
+                "backoff": 0.05,
+                "blobs": [{"digest": "sha256:" + "0" * 64, "size": 5, "path": "/nonexistent"}],
+                "manifests": [
+                    {
+                        "reference": "1",
+                        "digest": digest,
+                        "media_type": "application/vnd.oci.image.manifest.v1+json",
+                        "data": base64.b64encode(manifest).decode(),
+                    }
+                ],
+            }
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, lines
+    assert Flaky.seen[:3] == ["GET /v2/"] * 3 and Flaky.seen[3:] == ["HEAD", "PUT"]
+    assert [m["status"] for m in lines if m["type"] == "blob"] == ["present"]
+    assert lines[-1]["type"] == "done"
