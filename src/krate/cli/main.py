@@ -120,6 +120,14 @@ def _dispatch(args: list[str]) -> int:
         # The reader went away (`krate audit list | head`): not an error of ours.
         _silence_stdout()
         return 0
+    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        # A file or folder the user named (or KRATE_HOME) that cannot be used as it is.
+        if os.environ.get("KRATE_DEBUG"):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = (exc.strerror or type(exc).__name__).lower()
+        _fail(f"cannot use{where}: {reason}; check its permissions, or choose another path")
+        return 1
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             # Typer's usage errors (unknown option, missing argument, bad value): one line.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import csv
 import hashlib
 import json
 import os
@@ -142,18 +143,21 @@ def record_hashes(paths: Iterable[str]) -> dict[str, Any]:
     checked, mismatched, missing, editable = 0, [], [], []
     dists = _distributions(paths)
     for dist in dists:
-        for entry in dist.files or ():
-            if not entry.hash:
+        # RECORD read directly: `dist.files` from the importlib_metadata backport (which
+        # keyring's dependencies put on sys.meta_path) silently drops missing files.
+        for row in csv.reader((dist.read_text("RECORD") or "").splitlines()):
+            if len(row) < 2 or "=" not in row[1]:
                 continue
-            located = Path(str(entry.locate()))
+            mode, _, value = row[1].partition("=")
+            located = Path(str(dist.locate_file(row[0])))
             try:
                 data = located.read_bytes()
             except OSError:
                 missing.append(str(located))
                 continue
             checked += 1
-            digest = hashlib.new(entry.hash.mode, data).digest()
-            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != entry.hash.value:
+            digest = hashlib.new(mode, data).digest()
+            if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != value:
                 mismatched.append(str(located))
         direct = dist.read_text("direct_url.json")
         if direct:
