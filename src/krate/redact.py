@@ -11,6 +11,7 @@ Pure functions: no I/O, no environment. Must never return or log a value it matc
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -32,7 +33,14 @@ TOKEN_SHAPES: tuple[tuple[str, str], ...] = (
     ("hugging face token", r"hf_[A-Za-z0-9]{30,}"),
 )
 _TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(f"(?:{p})" for _, p in TOKEN_SHAPES) + r")")
-_LABELLED = [(label, re.compile(r"(?<![A-Za-z0-9])" + p)) for label, p in TOKEN_SHAPES]
+
+
+@functools.cache
+def _labelled() -> list[tuple[str, re.Pattern[str]]]:
+    """One pattern per shape, compiled only once a value matched one of them."""
+    return [(label, re.compile(r"(?<![A-Za-z0-9])" + p)) for label, p in TOKEN_SHAPES]
+
+
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 # scheme://user:password@host: the password part (user alone is not a secret).
 _URL_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>[^/\s@]+)(?=@)")
@@ -51,9 +59,10 @@ def credential_kind(value: str) -> str | None:
     """Which credential shape `value` contains, or None (never returns the match)."""
     if _PRIVATE_KEY.search(value):
         return "private key block"
-    for label, pattern in _LABELLED:
-        if pattern.search(value):
-            return label
+    if _TOKEN.search(value):
+        for label, pattern in _labelled():
+            if pattern.search(value):
+                return label
     if _URL_USERINFO.search(value):
         return "password in a URL"
     return None

@@ -14,7 +14,6 @@ Stores names, paths and a redacted argv only, never environment values or output
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +36,7 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 def new_run_id(now_ms: int | None = None, rand: int | None = None) -> str:
     """16 characters, sortable by time: 10 of milliseconds, 6 random (Crockford base32)."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    r = secrets.randbits(30) if rand is None else rand
+    r = int.from_bytes(os.urandom(4), "big") & (2**30 - 1) if rand is None else rand
     head = "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in range(9, -1, -1))
     tail = "".join(_CROCKFORD[(r >> (5 * i)) & 31] for i in range(5, -1, -1))
     return head + tail

@@ -98,16 +98,24 @@ def _command_name(args: list[str]) -> str:
 
 
 def _dispatch(args: list[str]) -> int:
-    from krate.cli.app import build
     from krate.errors import EXIT_USAGE, KrateError
 
-    app = build(None if "_KRATE_COMPLETE" in os.environ else _first_word(args))
-
+    completing = "_KRATE_COMPLETE" in os.environ
     try:
         # `krate data` settles deletions itself (restore explains an expired one), and
         # `krate doctor` reports them as they are.
-        if "_KRATE_COMPLETE" not in os.environ and _first_word(args) not in ("data", "doctor"):
+        if not completing and _first_word(args) not in ("data", "doctor"):
             _settle_deletions()
+        from krate.cli import fastrun
+
+        fast = None if completing else fastrun.parse(args)
+        if fast is not None:
+            from krate.cli.workload import run_workload
+
+            return run_workload(**fast)
+        from krate.cli.app import build
+
+        app = build(None if completing else _first_word(args))
         result = app(args=args, prog_name="krate", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except KrateError as exc:

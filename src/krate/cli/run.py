@@ -6,12 +6,10 @@ on success unless `-v`; says why when the run was refused, timed out or cut shor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from krate.cli.common import lock_down, paths
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -72,42 +70,9 @@ def run(
 
     Example: krate run -- npm install
     """
-    from krate import render
-    from krate.cli.policy_options import flags_from, load_effective
-    from krate.errors import UsageError
-    from krate.runs import RunRequest, execute
+    from krate.cli.workload import run_workload
 
-    if not command:
-        raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
-    cwd = (workdir or Path.cwd()).absolute()
-    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
-    effective = load_effective(flags, cwd)
-    for note in effective.ignored:
-        render.message(f"krate: note: {note}")
-    request = RunRequest(
-        argv=tuple(command),
-        cwd=cwd,
-        workspace=cwd,
-        environ=dict(os.environ),
-        allow_hardlinked_secrets=allow_hardlinked_secrets,
-        after_start=lock_down,  # krate's own process leaves the network once the sandbox exists
-    )
-    try:
-        result = execute(paths(), effective, request)
-    finally:
-        lock_down()  # also when the run was refused before anything started
-    if verbose:
-        render.message(
-            f"krate: run {result.run_id}: exit {result.exit_code} after "
-            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
-        )
-        if result.stripped:
-            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
-        if result.hidden:
-            render.message(f"krate: hidden: {', '.join(result.hidden)}")
-        for note in result.notes:
-            if note not in effective.ignored:
-                render.message(f"krate: note: {note}")
-    if result.status not in ("finished",):
-        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
-    return result.exit_code
+    return run_workload(
+        command, policy, allow_host, allow_write, deny_read, no_network, env, workdir,
+        allow_hardlinked_secrets, verbose,
+    )  # fmt: skip

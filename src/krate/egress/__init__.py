@@ -116,6 +116,9 @@ class EgressSession:
     http_port: int = HTTP_PORT
     socks_port: int = SOCKS_PORT
     summary: Summary | None = None
+    stderr: Any = None  # the proxy's own error output, read only if it fails to start
+    start_errors: str = ""
+    stopped_early: bool = False  # closed before the proxy was up: nothing can have used it
 
     @property
     def socket_path(self) -> Path:
@@ -182,10 +185,32 @@ class EgressSession:
             network="proxy",
         )
 
+    def require_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait for the proxy's ready line; KrateError (naming its own error) if none came."""
+        if self.recorder.ready.wait(timeout) and self.recorder.ready_line is not None:
+            return
+        self.close(timeout=2)
+        raise self.failure()
+
+    def failure(self) -> KrateError:
+        """Why the proxy never came up, from its own error output."""
+        detail = self.start_errors.strip().splitlines()
+        return KrateError(
+            "the egress proxy did not start"
+            + (f": {detail[-1]}" if detail else "")
+            + "; run with KRATE_DEBUG=1 or report a bug",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+
     def close(self, timeout: float = 10.0) -> Summary:
         """Stop the proxy (open connections get a short grace), record everything, clean up."""
         if self.summary is not None:
             return self.summary
+        if self.recorder.ready_line is None and self.process.poll() is None:
+            # The sandbox is gone and the proxy never listened: no connection went through
+            # it, so there is nothing to wait for (a quick `krate run -- true`).
+            self.stopped_early = True
+            self.process.kill()
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         try:
@@ -206,6 +231,11 @@ class EgressSession:
             )
         os.close(self.journal_fd)
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.stderr is not None:
+            if self.recorder.ready_line is None:
+                self.stderr.seek(0)
+                self.start_errors = self.stderr.read().decode(errors="replace")
+            self.stderr.close()
         counts = self.recorder.counts
         closed = self.recorder.closed_line or {}
         total = closed.get("connections", counts["allow"] + counts["deny"] + late)
@@ -239,9 +269,12 @@ def spawn_with(
     if session is None:
         return launch(spec)
     try:
-        return launch(session.apply(spec))
+        outcome = launch(session.apply(spec))
     finally:
         session.close()
+    if session.recorder.ready_line is None and not session.stopped_early:
+        raise session.failure()  # the workload ran, but its allowed network never existed
+    return outcome
 
 
 def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -312,7 +345,8 @@ def start_for_run(
         **limits.__dict__,
     }
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
-    with tempfile.TemporaryFile() as stderr:
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    try:
         try:
             process = subprocess.Popen(
                 [python, "-I", "-S", str(PROXY)],
@@ -326,6 +360,7 @@ def start_for_run(
                 start_new_session=False,
             )
         except OSError as exc:
+            stderr.close()
             os.close(journal_fd)
             shutil.rmtree(folder, ignore_errors=True)
             raise KrateError(
@@ -347,17 +382,15 @@ def start_for_run(
             forwards=forwards,
             http_port=http_port,
             socks_port=socks_port,
+            stderr=stderr,
         )
-        if not recorder.ready.wait(READY_TIMEOUT_S) or recorder.ready_line is None:
-            session.close(timeout=2)
-            stderr.seek(0)
-            detail = stderr.read().decode(errors="replace").strip().splitlines()
-            raise KrateError(
-                "the egress proxy did not start"
-                + (f": {detail[-1]}" if detail else "")
-                + "; run with KRATE_DEBUG=1 or report a bug",
-                exit_code=EXIT_KRATE_FAILED,
-            )
+    except BaseException:
+        stderr.close()
+        raise
+    # On Linux the socket's path is known in advance and the bridge waits for it, so the
+    # sandbox starts while the proxy does; `close()` reports a proxy that never came up.
+    # On macOS the workload needs the proxy's port first.
     if macos:
+        session.require_ready()
         session.tcp_port = int(recorder.ready_line["port"])
     return session

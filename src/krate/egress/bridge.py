@@ -23,8 +23,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 CHUNK = 256 * 1024
+PROXY_WAIT_S = 10.0
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
 
@@ -40,11 +42,29 @@ def relay(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
+def dial(path: str, wait: float = PROXY_WAIT_S) -> socket.socket:
+    """Connect to the proxy's socket, waiting while it starts (krate does not hold the
+    workload back until the proxy is up: that would add its start-up to every run)."""
+    deadline = time.monotonic() + wait
+    while True:
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.connect(path)
+            return upstream
+        except (FileNotFoundError, ConnectionRefusedError):
+            upstream.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def connect_proxy(path: str, target: str | None) -> socket.socket | None:
     """A connection to the proxy; for a forwarded port, already tunnelled to `target`."""
-    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        upstream.connect(path)
+        upstream = dial(path)
+    except OSError:
+        return None
+    try:
         if target is None:
             return upstream
         upstream.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())

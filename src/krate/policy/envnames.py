@@ -27,6 +27,22 @@ def is_literal(text: str) -> bool:
 
 
 def compile_pattern(text: str) -> Callable[[str], object]:
-    """A fast case-insensitive full-match test for one pattern."""
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text.upper())
+    """A fast case-insensitive full-match test for one pattern (names come upper-cased).
+
+    The common shapes (`NAME`, `AWS_*`, `*_TOKEN`, `*SECRET*`) are plain string tests:
+    every `krate run` compiles the whole strip list, and a regex each costs start-up.
+    """
+    upper = text.upper()
+    if "?" not in upper:
+        inner = upper.strip("*")
+        if "*" not in inner:
+            lead, trail = upper.startswith("*"), upper.endswith("*") and len(upper) > 1
+            if lead and trail:
+                return lambda name: inner in name
+            if lead:
+                return lambda name: name.endswith(inner)
+            if trail:
+                return lambda name: name.startswith(inner)
+            return lambda name: name == inner
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in upper)
     return re.compile(body + r"\Z", re.DOTALL).match

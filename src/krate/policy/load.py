@@ -8,10 +8,8 @@ but PolicyError, whatever the file holds (the loader is fuzzed in the tests).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +125,8 @@ def parse_text(
     """Validate `text`; return the layer (None on any problem) and the problems found."""
     if text.startswith("\ufeff"):
         text = text[1:]
+    import tomllib  # only when a policy file exists (start-up of every run)
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -148,6 +148,8 @@ def parse_text(
 
 
 def suggest(key: str, candidates: tuple[str, ...]) -> str:
+    import difflib  # only for an error message
+
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     if not close:
         # A key placed in the wrong table: `allow_write` at the top means filesystem.allow_write.

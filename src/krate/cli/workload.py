@@ -1,0 +1,67 @@
+"""What `krate run` does once its options are parsed, with no CLI framework imported.
+
+Both entries call `run_workload`: the Typer command (cli/run.py, for --help and
+anything unusual) and the fast path (cli/fastrun.py), which skips importing Typer
+because krate is called in shell loops and its start-up is the run's overhead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from krate.cli.common import lock_down, paths
+
+
+def run_workload(
+    command: list[str] | None,
+    policy: str | None,
+    allow_host: list[str] | None,
+    allow_write: list[str] | None,
+    deny_read: list[str] | None,
+    no_network: bool,
+    env: list[str] | None,
+    workdir: Path | None,
+    allow_hardlinked_secrets: bool,
+    verbose: bool,
+) -> int:
+    """Run the command under the effective policy; returns the workload's exit status."""
+    from krate import render
+    from krate.cli.policy_load import flags_from, load_effective
+    from krate.errors import UsageError
+    from krate.runs import RunRequest, execute
+
+    if not command:
+        raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
+    cwd = (workdir or Path.cwd()).absolute()
+    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
+    effective = load_effective(flags, cwd)
+    for note in effective.ignored:
+        render.message(f"krate: note: {note}")
+    request = RunRequest(
+        argv=tuple(command),
+        cwd=cwd,
+        workspace=cwd,
+        environ=dict(os.environ),
+        allow_hardlinked_secrets=allow_hardlinked_secrets,
+        after_start=lock_down,  # krate's own process leaves the network once the sandbox exists
+    )
+    try:
+        result = execute(paths(), effective, request)
+    finally:
+        lock_down()  # also when the run was refused before anything started
+    if verbose:
+        render.message(
+            f"krate: run {result.run_id}: exit {result.exit_code} after "
+            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
+        )
+        if result.stripped:
+            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
+        if result.hidden:
+            render.message(f"krate: hidden: {', '.join(result.hidden)}")
+        for note in result.notes:
+            if note not in effective.ignored:
+                render.message(f"krate: note: {note}")
+    if result.status not in ("finished",):
+        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    return result.exit_code
