@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import typer
@@ -71,7 +70,7 @@ def test_a_proxy_that_never_starts_is_reported_with_its_own_error(tmp_path, krat
     fake.chmod(0o755)
     paths = Paths(krate_home, krate_home)
     session = start_for_run(policy(tmp_path, "example.com"), "r1", paths, python=str(fake))
-    time.sleep(0.3)  # the sandbox would be running meanwhile
+    session.process.wait(timeout=30)  # the sandbox would be running meanwhile
     session.close()
     assert session.recorder.ready_line is None and not session.stopped_early
     message = str(session.failure())

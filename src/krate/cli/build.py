@@ -7,7 +7,6 @@ stdout is untouched; krate's own lines go to stderr.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -100,43 +99,23 @@ def build(
     Example: krate build --out dist/ -- python -m build
     """
     from krate import render
-    from krate.cli.policy_options import flags_from, load_effective
+    from krate.cli.workload import prepare, report
     from krate.errors import UsageError
     from krate.provenance.build import run_build
-    from krate.runs import RunRequest
 
     if not command:
         raise UsageError("give the build command after `--`, e.g. krate build --out dist -- make")
     if not out:
         raise UsageError("name at least one output with --out PATH (a file or a folder)")
-    cwd = (workdir or Path.cwd()).absolute()
-    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
-    effective = load_effective(flags, cwd)
-    for note in effective.ignored:
-        render.message(f"krate: note: {note}")
-    request = RunRequest(
-        argv=tuple(command),
-        cwd=cwd,
-        workspace=cwd,
-        environ=dict(os.environ),
-        allow_hardlinked_secrets=allow_hardlinked_secrets,
-        after_start=lock_down,  # krate's own process leaves the network once the sandbox exists
-    )
+    flags = (policy, allow_host, allow_write, deny_read, no_network, env)
+    effective, request = prepare(command, flags, workdir, allow_hardlinked_secrets)
     try:
         result, recorded = run_build(
             paths(), effective, request, outs=out, input_globs=input_ or (), name=name
         )
     finally:
         lock_down()  # also when the run was refused before anything started
-    if verbose:
-        render.message(
-            f"krate: run {result.run_id}: exit {result.exit_code} after "
-            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
-        )
-        if result.stripped:
-            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
-    if result.status != "finished":
-        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    report(result, effective, verbose)
     if recorded.build is None:
         render.message(f"krate: no build recorded: {recorded.failed_reason}")
         return result.exit_code

@@ -13,6 +13,56 @@ from pathlib import Path
 from krate.cli.common import lock_down, paths
 
 
+def prepare(
+    command: list[str],
+    flags: tuple,
+    workdir: Path | None,
+    allow_hardlinked_secrets: bool,
+):
+    """The effective policy and the run request shared by `krate run` and `krate build`.
+
+    `flags` are the policy options in `flags_from` order. The request locks krate's
+    own process out of the network once the sandbox exists.
+    """
+    from krate import render
+    from krate.cli.policy_load import flags_from, load_effective
+    from krate.runs import RunRequest
+
+    cwd = (workdir or Path.cwd()).absolute()
+    effective = load_effective(flags_from(*flags), cwd)
+    for note in effective.ignored:
+        render.message(f"krate: note: {note}")
+    request = RunRequest(
+        argv=tuple(command),
+        cwd=cwd,
+        workspace=cwd,
+        environ=dict(os.environ),
+        allow_hardlinked_secrets=allow_hardlinked_secrets,
+        after_start=lock_down,
+    )
+    return effective, request
+
+
+def report(result, effective, verbose: bool) -> None:
+    """What krate says about a run on stderr: only when asked, or when it did not finish."""
+    from krate import render
+
+    if verbose:
+        render.message(
+            f"krate: run {result.run_id}: exit {result.exit_code} after "
+            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
+        )
+        if result.stripped:
+            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
+        if result.hidden:
+            render.message(f"krate: hidden: {', '.join(result.hidden)}")
+        for note in result.notes:
+            if note not in effective.ignored:
+                render.message(f"krate: note: {note}")
+    if result.status != "finished":
+        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+
+
 def run_workload(
     command: list[str] | None,
     policy: str | None,
@@ -26,42 +76,16 @@ def run_workload(
     verbose: bool,
 ) -> int:
     """Run the command under the effective policy; returns the workload's exit status."""
-    from krate import render
-    from krate.cli.policy_load import flags_from, load_effective
     from krate.errors import UsageError
-    from krate.runs import RunRequest, execute
+    from krate.runs import execute
 
     if not command:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
-    cwd = (workdir or Path.cwd()).absolute()
-    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
-    effective = load_effective(flags, cwd)
-    for note in effective.ignored:
-        render.message(f"krate: note: {note}")
-    request = RunRequest(
-        argv=tuple(command),
-        cwd=cwd,
-        workspace=cwd,
-        environ=dict(os.environ),
-        allow_hardlinked_secrets=allow_hardlinked_secrets,
-        after_start=lock_down,  # krate's own process leaves the network once the sandbox exists
-    )
+    flags = (policy, allow_host, allow_write, deny_read, no_network, env)
+    effective, request = prepare(command, flags, workdir, allow_hardlinked_secrets)
     try:
         result = execute(paths(), effective, request)
     finally:
         lock_down()  # also when the run was refused before anything started
-    if verbose:
-        render.message(
-            f"krate: run {result.run_id}: exit {result.exit_code} after "
-            f"{result.duration_s:.3f} s (policy {effective.name} {effective.hash[:12]})"
-        )
-        if result.stripped:
-            render.message(f"krate: environment stripped: {', '.join(result.stripped)}")
-        if result.hidden:
-            render.message(f"krate: hidden: {', '.join(result.hidden)}")
-        for note in result.notes:
-            if note not in effective.ignored:
-                render.message(f"krate: note: {note}")
-    if result.status not in ("finished",):
-        render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    report(result, effective, verbose)
     return result.exit_code
