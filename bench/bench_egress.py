@@ -126,7 +126,7 @@ def main() -> None:
         "bench-portable",
         Paths(home, home),
         platform="darwin",
-        limits=Limits(splice=False),
+        limits=Limits(threads=False),
     )
     proxy = session.tcp_port
     url = f"http://127.0.0.1:{port}/"
@@ -143,7 +143,7 @@ def main() -> None:
         gib = total / (1024 * MIB)
         print(f"download {gib:g} GiB (curl, median of {args.repeat})")
         print(f"  direct loopback      {gib / direct * 1024:8.0f} MiB/s")
-        print(f"  CONNECT tunnel       {gib / tunnelled * 1024:8.0f} MiB/s  (splice relay)")
+        print(f"  CONNECT tunnel       {gib / tunnelled * 1024:8.0f} MiB/s  (thread relay)")
         print(f"  CONNECT, portable    {gib / other * 1024:8.0f} MiB/s  (asyncio relay)")
         print(f"  ratio tunnel/direct  {direct / tunnelled:8.2f}   (target >= 0.5)")
         print(f"  ratio portable/direct{direct / other:8.2f}")

@@ -261,13 +261,13 @@ def test_open_profile_still_refuses_loopback_private_and_metadata(tmp_path, path
 def test_half_close_through_both_relays(tmp_path, paths):
     echo = EchoCount()
     payload = os.urandom(3 * 1024 * 1024 + 17)
-    for splice in (True, False):
+    for threads in (True, False):
         session = start(
             tmp_path,
             paths,
             f"127.0.0.1:{echo.port}",
-            run_id=f"hc{int(splice)}",
-            limits=Limits(splice=splice),
+            run_id=f"hc{int(threads)}",
+            limits=Limits(threads=threads),
         )
         try:
             sock, head = tunnel(session.tcp_port, f"127.0.0.1:{echo.port}")
@@ -281,7 +281,7 @@ def test_half_close_through_both_relays(tmp_path, paths):
             assert answer == f"got {len(payload)}".encode()
         finally:
             session.close()
-        row = decisions(paths, f"hc{int(splice)}")[-1]
+        row = decisions(paths, f"hc{int(threads)}")[-1]
         assert row["bytes_up"] == len(payload) and row["bytes_down"] == len(answer)
     echo.close()
 

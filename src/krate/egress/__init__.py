@@ -60,7 +60,7 @@ class Limits:
     idle_timeout: float = 300.0
     header_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
-    splice: bool = True  # Linux tunnels relay with splice(); False uses asyncio protocols
+    threads: bool = True  # Linux tunnels relay in two threads; False uses asyncio protocols
 
 
 @dataclass

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 PROXY_WAIT_S = 10.0
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -42,8 +41,8 @@ import time
 from dataclasses import dataclass, field
 
 READ_CHUNK = 256 * 1024
-SPLICE_CHUNK = 1024 * 1024
-SPLICE_WAKE = 2  # seconds a blocked splice() sleeps before it looks at the idle clock
+RELAY_CHUNK = 1024 * 1024
+RELAY_WAKE = 2  # seconds a blocked read sleeps before it looks at the idle clock
 WRITE_HIGH = 4 * 1024 * 1024
 SOCKS_REPLY = {  # RFC 1928 reply codes
     "ok": 0,
@@ -83,7 +82,7 @@ class Config:
     header_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
     shutdown_grace: float = 2.0
-    splice: bool = True  # Linux: relay tunnels with splice() threads instead of asyncio
+    threads: bool = True  # Linux: relay tunnels with two blocking threads instead of asyncio
     journal_fd: int | None = None
     krate_src: str = ""  # the folder holding the `krate` package (for krate.policy only)
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
@@ -558,9 +557,9 @@ class Proxy:
             await self.relay_streams(reader, writer, upstream, record)
 
     async def tunnel(self, reader, writer, upstream, record: Record) -> None:
-        """CONNECT and SOCKS: bytes move without a coroutine per chunk (splice or `Pipe`)."""
-        if self.config.splice and hasattr(os, "splice"):
-            return await self.tunnel_splice(reader, writer, upstream, record)
+        """CONNECT and SOCKS: bytes move without a coroutine per chunk (threads or `Pipe`)."""
+        if self.config.threads and sys.platform.startswith("linux"):
+            return await self.tunnel_threads(reader, writer, upstream, record)
         tunnel = Tunnel(record, self.loop)
         client, server = writer.transport, upstream[1].transport
         tunnel.transports = (client, server)
@@ -578,8 +577,8 @@ class Proxy:
             while transport.get_write_buffer_size() and not transport.is_closing():
                 await asyncio.sleep(0.01)
 
-    async def tunnel_splice(self, reader, writer, upstream, record: Record) -> None:
-        """Linux: take both sockets out of asyncio; two threads splice() them in the kernel."""
+    async def tunnel_threads(self, reader, writer, upstream, record: Record) -> None:
+        """Linux: take both sockets out of asyncio; two blocking threads copy them."""
         for w in (writer, upstream[1]):
             while w.transport.get_write_buffer_size():
                 await asyncio.sleep(0.001)
@@ -591,7 +590,7 @@ class Proxy:
             fds.append(fd)
             w.transport.abort()  # closes asyncio's descriptor; the connection lives on in `fd`
         client, server = fds
-        timeout = struct.pack("ll", int(SPLICE_WAKE), 0)
+        timeout = struct.pack("ll", int(RELAY_WAKE), 0)
         for fd in fds:
             sock = socket.socket(fileno=os.dup(fd))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
@@ -681,7 +680,7 @@ class Proxy:
 
 
 class SpliceState:
-    """Shared by the two splice threads of one tunnel: byte counts, idle clock, stop flag."""
+    """Shared by the two relay threads of one tunnel: byte counts, idle clock, stop flag."""
 
     def __init__(self, record: Record, idle: float) -> None:
         self.record, self.idle = record, idle
@@ -696,19 +695,22 @@ class SpliceState:
                 socket.socket(fileno=os.dup(fd)).shutdown(socket.SHUT_RDWR)
 
     def move(self, src: int, dst: int, up: bool, leftover: bytes, eof: bool) -> None:
-        """Copy src to dst until EOF (then half-close dst), an error, idleness or stop."""
-        r, w = os.pipe()
+        """Copy src to dst until EOF (then half-close dst), an error, idleness or stop.
+
+        Plain reads and writes with a large buffer: measured here, faster than splice()
+        through a pipe (bench/bench_egress.py: 0.38 of direct against 0.32).
+        """
+        buffer = bytearray(RELAY_CHUNK)
+        view = memoryview(buffer)
         try:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, SPLICE_CHUNK)
             if leftover:
                 self.count(up, len(leftover))
-                view = memoryview(leftover)
-                while view:
-                    view = view[os.write(dst, view) :]
+                rest = memoryview(leftover)
+                while rest:
+                    rest = rest[os.write(dst, rest) :]
             while not eof and not self.stopped:
                 try:
-                    n = os.splice(src, w, SPLICE_CHUNK, flags=os.SPLICE_F_MOVE)
+                    n = os.readv(src, [buffer])
                 except BlockingIOError:  # SO_RCVTIMEO woke us: check the idle clock
                     if time.monotonic() - self.last >= self.idle:
                         self.record.reason = f"idle for {self.idle:g} s"
@@ -717,9 +719,10 @@ class SpliceState:
                 if n == 0:
                     break
                 self.count(up, n)
-                while n:
+                sent = 0
+                while sent < n:
                     try:
-                        n -= os.splice(r, dst, n, flags=os.SPLICE_F_MOVE)
+                        sent += os.write(dst, view[sent:n])
                     except BlockingIOError:
                         if self.stopped or time.monotonic() - self.last >= self.idle:
                             raise
@@ -729,9 +732,6 @@ class SpliceState:
                 return
         except OSError:
             self.stop((src, dst))
-        finally:
-            os.close(r)
-            os.close(w)
 
     def count(self, up: bool, n: int) -> None:
         with self.lock:
