@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -51,31 +49,6 @@ def compromised(tmp_path_factory) -> Path:
     return target
 
 
-@pytest.fixture
-def listener():
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted: list = []
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            accepted.append(conn)
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    host, port = server.getsockname()
-    yield f"{host}:{port}", accepted
-    stop.set()
-    thread.join()
-    server.close()
-
-
 def attack_env(compromised: Path, target: str, report: Path) -> dict:
     return dict(
         os.environ,
@@ -92,7 +65,8 @@ def attack_line(compromised: Path, marker: str) -> int:
 
 def test_fixture_really_attacks_when_krate_is_not_there(compromised, listener, tmp_path):
     """Control: the same import in an unguarded, unlocked Python does reach the listener."""
-    target, accepted = listener
+    (host, port), accepted = listener
+    target = f"{host}:{port}"
     report = tmp_path / "report.jsonl"
     env = attack_env(compromised, target, report)
     subprocess.run([sys.executable, "-c", "import annotated_doc"], env=env, check=True, timeout=60)
@@ -106,7 +80,8 @@ def test_fixture_really_attacks_when_krate_is_not_there(compromised, listener, t
 def test_all_three_ways_out_are_refused_and_the_python_one_is_recorded(
     compromised, listener, tmp_path, krate_home
 ):
-    target, accepted = listener
+    (host, port), accepted = listener
+    target = f"{host}:{port}"
     assert run_krate("audit", "note", "before").returncode == 0
     report = tmp_path / "report.jsonl"
     result = run_krate("audit", "head", env=attack_env(compromised, target, report))
@@ -129,7 +104,8 @@ def test_all_three_ways_out_are_refused_and_the_python_one_is_recorded(
 
 
 def test_prove_fails_while_the_compromised_dependency_is_installed(compromised, listener, tmp_path):
-    target, accepted = listener
+    (host, port), accepted = listener
+    target = f"{host}:{port}"
     report = tmp_path / "report.jsonl"
     result = run_krate(
         "audit", "network", "--prove", "--json", env=attack_env(compromised, target, report)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
-
-import pytest
 
 from krate.netguard import ledger
 from krate.paths import Paths
@@ -20,30 +16,6 @@ from krate.store import events, open_store
 from .conftest import run_krate
 
 HELPER = Path(__file__).parent / "fixtures" / "fake_helper.py"
-
-
-@pytest.fixture
-def listener():
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted: list = []
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            accepted.append(conn)
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname(), accepted
-    stop.set()
-    thread.join()
-    server.close()
 
 
 def test_parse_accepts_host_and_port_only():

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 
@@ -69,31 +67,6 @@ def python(code: str, **kw) -> subprocess.CompletedProcess:
         timeout=60,
         **kw,
     )
-
-
-@pytest.fixture
-def listener():
-    """A real TCP server in the (unlocked) test process; counts connections it accepts."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted: list = []
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            accepted.append(conn)
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname(), accepted
-    stop.set()
-    thread.join()
-    server.close()
 
 
 @needs_linux
