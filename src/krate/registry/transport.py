@@ -557,7 +557,9 @@ class Client:
         emit("auth", scheme=self.auth_scheme)
 
 
-class _ReportingHTTP(http.client.HTTPConnection):
+class _Reporting:
+    """Reports every connection attempt (host and port only) to krate's egress ledger."""
+
     def connect(self) -> None:
         try:
             super().connect()
@@ -567,14 +569,12 @@ class _ReportingHTTP(http.client.HTTPConnection):
         emit("egress", host=self.host, port=self.port, outcome="connected", at=now_ts())
 
 
-class _ReportingHTTPS(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        try:
-            super().connect()
-        except OSError:
-            emit("egress", host=self.host, port=self.port, outcome="failed", at=now_ts())
-            raise
-        emit("egress", host=self.host, port=self.port, outcome="connected", at=now_ts())
+class _ReportingHTTP(_Reporting, http.client.HTTPConnection):
+    pass
+
+
+class _ReportingHTTPS(_Reporting, http.client.HTTPSConnection):
+    pass
 
 
 # -- push ---------------------------------------------------------------------------------
