@@ -166,9 +166,7 @@ def world(tmp_path_factory):
     user_text = USER_POLICY
     user, problems = parse_text(user_text, source=home / "policy.toml", name="user", trusted=True)
     assert not problems
-    from dataclasses import replace
-
-    return {"home": home, "ws": ws, "user": replace(user, base_dir=ws)}
+    return {"home": home, "ws": ws, "user": user._replace(base_dir=ws)}
 
 
 def compile_with(world, project_text: str | None, *, trusted: bool):

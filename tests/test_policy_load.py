@@ -237,9 +237,7 @@ def assert_clean(text: str) -> None:
         return
     # A valid file must compile, trusted or not.
     for trusted in (False, True):
-        from dataclasses import replace
-
-        policy = compile_layers([replace(layer, trusted=trusted)], workspace=Path("/w"), home="/h")
+        policy = compile_layers([layer._replace(trusted=trusted)], workspace=Path("/w"), home="/h")
         policy.decide_net("example.com", 443)
         policy.decide_read("/h/.ssh")
         policy.to_dict()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from krate.errors import StoreError
 
@@ -20,8 +20,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     data_dir: Path
     config_dir: Path
 

@@ -17,9 +17,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
@@ -42,8 +41,7 @@ def new_run_id(now_ms: int | None = None, rand: int | None = None) -> str:
     return head + tail
 
 
-@dataclass(frozen=True)
-class RunRequest:
+class RunRequest(NamedTuple):
     argv: tuple[str, ...]
     cwd: Path
     workspace: Path
@@ -54,8 +52,7 @@ class RunRequest:
     after_start: Callable[[], None] | None = None
 
 
-@dataclass
-class RunResult:
+class RunResult(NamedTuple):
     run_id: str
     exit_code: int
     status: str
@@ -63,11 +60,10 @@ class RunResult:
     duration_s: float
     stripped: list[str]
     hidden: list[str]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
 
-@dataclass
-class _Prepared:
+class _Prepared(NamedTuple):
     spec: SandboxSpec
     stripped: list[Stripped]
     decisions: list[dict[str, Any]]
@@ -274,9 +270,7 @@ def _spawn(
 
 
 def _with_argv(spec: SandboxSpec, argv: list[str]) -> SandboxSpec:
-    from dataclasses import replace
-
-    return replace(spec, argv=tuple(argv))
+    return spec._replace(argv=tuple(argv))
 
 
 # ---------------------------------------------------------------- records
@@ -383,10 +377,8 @@ def mark_interrupted(store: Any) -> list[str]:
 
 
 def _effective(row: Any) -> Any:
-    from dataclasses import replace
-
     if row.status == "running" and not supervise.alive(row.krate_pid, row.krate_start):
-        return replace(row, status="interrupted", reason="krate was killed before the run finished")
+        return row._replace(status="interrupted", reason="krate was killed before the run finished")
     return row
 
 

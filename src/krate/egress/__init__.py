@@ -22,9 +22,8 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
@@ -53,8 +52,7 @@ READY_TIMEOUT_S = 15.0
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     max_connections: int = 256
     connect_timeout: float = 10.0
     idle_timeout: float = 300.0
@@ -63,8 +61,10 @@ class Limits:
     threads: bool = True  # Linux tunnels relay in two threads; False uses asyncio protocols
 
 
-@dataclass
-class Summary:
+DEFAULT_LIMITS = Limits()
+
+
+class Summary(NamedTuple):
     """What `close()` reports for the run record."""
 
     connections: int
@@ -72,7 +72,7 @@ class Summary:
     denied: int
 
     def to_dict(self) -> dict[str, int]:
-        return {"connections": self.connections, "allowed": self.allowed, "denied": self.denied}
+        return self._asdict()
 
 
 def compile_rules(policy: Any) -> list[dict[str, Any]]:
@@ -102,23 +102,33 @@ def loopback_forwards(rules: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return seen
 
 
-@dataclass
 class EgressSession:
-    run_id: str
-    paths: Paths
-    folder: Path
-    process: subprocess.Popen
-    recorder: Recorder
-    journal_fd: int
-    python: str
+    """One run's proxy: its process, socket folder, recorder and, once closed, its summary."""
+
     tcp_port: int | None = None  # macOS: the proxy's loopback port
-    forwards: list[tuple[str, int]] = field(default_factory=list)
-    http_port: int = HTTP_PORT
-    socks_port: int = SOCKS_PORT
     summary: Summary | None = None
-    stderr: Any = None  # the proxy's own error output, read only if it fails to start
     start_errors: str = ""
     stopped_early: bool = False  # closed before the proxy was up: nothing can have used it
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        paths: Paths,
+        folder: Path,
+        process: subprocess.Popen,
+        recorder: Recorder,
+        journal_fd: int,
+        python: str,
+        forwards: list[tuple[str, int]] | None = None,
+        http_port: int = HTTP_PORT,
+        socks_port: int = SOCKS_PORT,
+        stderr: Any = None,  # the proxy's own error output, read only if it fails to start
+    ) -> None:
+        self.run_id, self.paths, self.folder = run_id, paths, folder
+        self.process, self.recorder, self.journal_fd = process, recorder, journal_fd
+        self.python, self.forwards = python, forwards or []
+        self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
 
     @property
     def socket_path(self) -> Path:
@@ -172,13 +182,10 @@ class EgressSession:
 
     def apply(self, spec: Any) -> Any:
         """The sandbox spec with this session wired in: bridge first, proxy env, socket mount."""
-        from dataclasses import replace
-
         from krate.sandbox.spec import Bind
 
         binds = () if self.tcp_port is not None else (Bind(self.folder, self.folder),)
-        return replace(
-            spec,
+        return spec._replace(
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},
             extra_binds=tuple(spec.extra_binds) + binds,
@@ -317,7 +324,7 @@ def start_for_run(
     *,
     python: str | None = None,
     platform: str = sys.platform,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> EgressSession | None:
     """Start the egress proxy for a run; None when the policy allows no network at all."""
     rules = compile_rules(policy)
@@ -342,7 +349,7 @@ def start_for_run(
         "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
         "krate_src": str(KRATE_SRC),
-        **limits.__dict__,
+        **limits._asdict(),
     }
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())

@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from krate.policy import paths
 from krate.policy.hosts import HostPattern, normalize_subject
@@ -24,83 +23,77 @@ ALLOW = "allow"
 DENY = "deny"
 NET_MEMO_SIZE = 65536
 
-# Decision is a frozen slotted dataclass; filling its slots directly is about twice as fast
-# as its generated __init__, which matters on the proxy's path for hosts not seen before.
-_new = object.__new__
-_set_verdict, _set_rule, _set_layer, _set_subject = (
-    Decision.__dict__[name].__set__ for name in ("verdict", "rule", "layer", "subject")
-)
+# Decisions for hosts not seen before are built on the proxy's path: tuple.__new__
+# skips the NamedTuple's Python-level __new__ (about twice as fast).
+_tuple_new = tuple.__new__
 
 
 def _decision(verdict: str, rule: str, layer: str, subject: str) -> Decision:
-    d = _new(Decision)
-    _set_verdict(d, verdict)
-    _set_rule(d, rule)
-    _set_layer(d, layer)
-    _set_subject(d, subject)
-    return d
+    return _tuple_new(Decision, (verdict, rule, layer, subject))
 
 
-@dataclass(frozen=True)
-class PathRule:
+class PathRule(NamedTuple):
     path: str  # absolute, normalised (and resolved, or the literal form of a symlink)
     rule: str
     layer: str
 
 
-@dataclass(frozen=True)
-class NetRule:
+class NetRule(NamedTuple):
     pattern: HostPattern
     rule: str
     layer: str
 
 
-@dataclass(frozen=True)
-class EnvLayer:
+class EnvLayer(NamedTuple):
     layer: str
     strip: tuple[tuple[str, str, Callable[[str], object]], ...]  # (pattern, rule, match)
     passes: tuple[tuple[str, str, Callable[[str], object]], ...]
 
 
-@dataclass(frozen=True, eq=False)
 class EffectivePolicy:
     """The result of layering; answer questions with `decide_*`, record it with `to_dict()`.
 
     `env_strip`/`env_pass` list the patterns for display; decide per variable with
-    `decide_env`, which applies the layers in order (a higher layer wins).
+    `decide_env`, which applies the layers in order (a higher layer wins). Treat it
+    as immutable: `decide_net` memoises its answers.
     """
 
-    name: str
-    hash: str
-    workspace: Path
-    deny_read: tuple[Path, ...]
-    allow_write: tuple[Path, ...]
-    read_only: tuple[Path, ...]
-    network_allow: tuple[str, ...]
-    env_strip: tuple[str, ...]
-    env_pass: tuple[str, ...]
-    limits: Limits
-    ignored: tuple[str, ...]
-    home: str = field(repr=False, default="/")
-    profile: str = field(repr=False, default="default")
-    deny_rules: tuple[PathRule, ...] = field(repr=False, default=())
-    read_only_rules: tuple[PathRule, ...] = field(repr=False, default=())
-    write_rules: tuple[PathRule, ...] = field(repr=False, default=())
-    net_rules: tuple[NetRule, ...] = field(repr=False, default=())
-    net_default: tuple[str, str] = field(repr=False, default=("default", "builtin:default"))
-    env_layers: tuple[EnvLayer, ...] = field(repr=False, default=())  # highest layer first
-    limit_layers: tuple[tuple[str, str], ...] = field(repr=False, default=())  # (name, layer)
-    layers: tuple[dict[str, Any], ...] = field(repr=False, default=())
-    _exact: dict = field(repr=False, default_factory=dict)
-    _suffix: dict = field(repr=False, default_factory=dict)
-    _any: tuple = field(repr=False, default=())
-    _memo: dict = field(repr=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        hash: str,
+        workspace: Path,
+        deny_read: tuple[Path, ...],
+        allow_write: tuple[Path, ...],
+        read_only: tuple[Path, ...],
+        network_allow: tuple[str, ...],
+        env_strip: tuple[str, ...],
+        env_pass: tuple[str, ...],
+        limits: Limits,
+        ignored: tuple[str, ...],
+        home: str = "/",
+        profile: str = "default",
+        deny_rules: tuple[PathRule, ...] = (),
+        read_only_rules: tuple[PathRule, ...] = (),
+        write_rules: tuple[PathRule, ...] = (),
+        net_rules: tuple[NetRule, ...] = (),
+        net_default: tuple[str, str] = ("default", "builtin:default"),
+        env_layers: tuple[EnvLayer, ...] = (),  # highest layer first
+        limit_layers: tuple[tuple[str, str], ...] = (),  # (name, layer)
+        layers: tuple[dict[str, Any], ...] = (),
+    ) -> None:
+        self.name, self.hash, self.workspace = name, hash, workspace
+        self.deny_read, self.allow_write, self.read_only = deny_read, allow_write, read_only
+        self.network_allow, self.env_strip, self.env_pass = network_allow, env_strip, env_pass
+        self.limits, self.ignored, self.home, self.profile = limits, ignored, home, profile
+        self.deny_rules, self.read_only_rules = deny_rules, read_only_rules
+        self.write_rules, self.net_rules, self.net_default = write_rules, net_rules, net_default
+        self.env_layers, self.limit_layers, self.layers = env_layers, limit_layers, layers
         exact: dict[str, list] = {}
         suffix: dict[str, list] = {}
         anyhost = []
-        for rule in self.net_rules:
+        for rule in net_rules:
             entry = (rule.pattern.ports, rule.rule, rule.layer)
             if rule.pattern.kind == "exact":
                 exact.setdefault(rule.pattern.host, []).append(entry)
@@ -108,9 +101,13 @@ class EffectivePolicy:
                 suffix.setdefault(rule.pattern.host, []).append(entry)
             else:
                 anyhost.append(entry)
-        object.__setattr__(self, "_exact", {k: tuple(v) for k, v in exact.items()})
-        object.__setattr__(self, "_suffix", {k: tuple(v) for k, v in suffix.items()})
-        object.__setattr__(self, "_any", tuple(anyhost))
+        self._exact = {k: tuple(v) for k, v in exact.items()}
+        self._suffix = {k: tuple(v) for k, v in suffix.items()}
+        self._any = tuple(anyhost)
+        self._memo: dict[tuple[str, int], Decision] = {}
+
+    def __repr__(self) -> str:
+        return f"EffectivePolicy(name={self.name!r}, hash={self.hash!r})"
 
     # -- network ---------------------------------------------------------------------------
     def decide_net(self, host: str, port: int) -> Decision:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 WEB_PORTS = frozenset({80, 443})
 ANY = "any"
@@ -26,8 +26,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
-@dataclass(frozen=True)
-class HostPattern:
+class HostPattern(NamedTuple):
     kind: str  # ANY | SUFFIX | EXACT
     host: str  # normalized; for SUFFIX the parent domain (without "*."); "" for ANY
     ports: frozenset[int] | None  # None = any port

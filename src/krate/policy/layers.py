@@ -132,9 +132,7 @@ def effective_policy(
 
 def _rebase(layer: Layer, workspace: Path) -> Layer:
     """User-policy relative paths mean "in the workspace", not "in the config folder"."""
-    from dataclasses import replace
-
-    return replace(layer, base_dir=workspace)
+    return layer._replace(base_dir=workspace)
 
 
 class _Compiler:
@@ -383,7 +381,7 @@ class _Compiler:
             limit_layers=tuple((n, layer) for n, (_, layer) in self.limits.items()),
             layers=tuple(_describe(layer) for layer in stack),
         )
-        object.__setattr__(policy, "hash", canonical_hash(policy.rules_dict(), self.ws))
+        policy.hash = canonical_hash(policy.rules_dict(), self.ws)
         return policy
 
 

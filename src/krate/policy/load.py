@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from krate.policy import envnames, hosts, paths
 from krate.policy.builtin import PROFILES
@@ -32,14 +31,12 @@ TOP_KEYS = ("profile", *SCHEMA)
 ALL_DOTTED = ("profile", *(f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys))
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     line: int
     message: str
 
 
-@dataclass(frozen=True)
-class PolicyFile:
+class PolicyFile(NamedTuple):
     """A policy file as read: its bytes' digest and the validated layer."""
 
     path: Path

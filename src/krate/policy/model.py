@@ -1,13 +1,17 @@
 """The plain data a policy is made of: flags, limits, decisions, and one parsed layer.
 
 These are values only, so the sandbox and the egress proxy can pass them around
-and record them; this module must never read files or the environment.
+and record them; this module must never read files or the environment. They are
+NamedTuples rather than dataclasses because they are built on every `krate run`:
+the dataclasses module and its generated methods would cost a fifth of krate's
+start-up (see ARCHITECTURE.md, "Start-up budget").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from krate.errors import KrateError
 
@@ -18,8 +22,7 @@ class PolicyError(KrateError):
     """A policy file or flag is invalid; the message starts with `FILE:LINE:` when it can."""
 
 
-@dataclass(frozen=True)
-class Flags:
+class Flags(NamedTuple):
     """The command-line layer (`--policy`, `--allow-host`, ...), the highest and always trusted."""
 
     policy: str | None = None  # builtin name or a file path (--policy)
@@ -30,8 +33,7 @@ class Flags:
     env: tuple[str, ...] = ()  # --env NAME: pass this variable through even if it matches strip
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Resource limits; None means no limit from the policy."""
 
     cpu_seconds: int | None = None
@@ -40,11 +42,10 @@ class Limits:
     wall_seconds: int | None = None
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in LIMIT_NAMES}
+        return self._asdict()
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """One answer, naming the rule and the layer that gave it, so a user can see why."""
 
     verdict: str  # "allow" | "deny"
@@ -57,24 +58,17 @@ class Decision:
         return self.verdict == "allow"
 
     def to_dict(self) -> dict:
-        return {
-            "verdict": self.verdict,
-            "rule": self.rule,
-            "layer": self.layer,
-            "subject": self.subject,
-        }
+        return self._asdict()
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One value as written in a layer, with where it was written (for reports)."""
 
     text: str
     line: int | None = None
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     """One parsed, validated layer before it is combined with the others.
 
     `net_allow` None means "not set here" (keep the list from below); an empty
@@ -96,10 +90,10 @@ class Layer:
     env_pass: tuple[Item, ...] = ()
     limits: tuple[tuple[str, int, int | None], ...] = ()  # (name, value, line)
     # How rules are named in decisions: "network.allow" in a file, "--allow-host" for flags.
-    keys: dict[str, str] = field(default_factory=dict, compare=False)
+    keys: Mapping[str, str] | None = None
 
     def key(self, name: str) -> str:
-        return self.keys.get(name, name)
+        return self.keys.get(name, name) if self.keys else name
 
     def where(self, item: Item | None) -> str:
         """`FILE:LINE: ` for reports about this layer's items, or the layer name."""

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Backend:
+class Backend(NamedTuple):
     backend: str
     available: bool
     executable: str | None
     install_hint: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
 
 def detect(path: str | None = None, platform: str = sys.platform) -> Backend:

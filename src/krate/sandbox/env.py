@@ -13,8 +13,7 @@ Pure: the caller hands in the environment; this module never reads os.environ.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from krate.redact import credential_kind
 
@@ -22,8 +21,7 @@ from krate.redact import credential_kind
 TMP_VARS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR")
 
 
-@dataclass(frozen=True)
-class Stripped:
+class Stripped(NamedTuple):
     """One variable removed: its name and the rule that removed it (no value, ever)."""
 
     name: str

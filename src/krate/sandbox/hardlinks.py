@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 MAX_ENTRIES = 100_000
 
 
-@dataclass(frozen=True)
-class Scan:
+class Scan(NamedTuple):
     linked: tuple[Path, ...]
     complete: bool  # False when MAX_ENTRIES was reached before the end
 

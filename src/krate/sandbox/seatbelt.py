@@ -18,7 +18,6 @@ tests on macOS; never run it with a profile built from anything but a spec.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from krate.sandbox.spec import SandboxSpec, is_within
@@ -62,7 +61,7 @@ def with_tmpdir(spec: SandboxSpec, folder: Path) -> SandboxSpec:
         if name in env:
             env[name] = str(folder)
     env["TMPDIR"] = str(folder)
-    return replace(spec, env=env, tmpdir=str(folder))
+    return spec._replace(env=env, tmpdir=str(folder))
 
 
 def _ancestors(path: Path, root: Path) -> list[Path]:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Host folders holding sockets of privileged daemons (Docker, D-Bus, the user's
 # session bus with the keyring): a Unix socket on a read-only mount can still
@@ -25,23 +24,24 @@ SOCKET_DIRS = ("/run", "/var/run")
 PRIVATE_TMP = "/tmp"
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     cpu_seconds: int | None = None
     memory_mb: int | None = None
     processes: int | None = None
     wall_seconds: int | None = None
 
     def to_dict(self) -> dict[str, int | None]:
-        return asdict(self)
+        return self._asdict()
 
     @property
     def any_rlimit(self) -> bool:
         return any(v is not None for v in (self.cpu_seconds, self.memory_mb, self.processes))
 
 
-@dataclass(frozen=True)
-class Bind:
+NO_LIMITS = Limits()
+
+
+class Bind(NamedTuple):
     """An extra mount for the egress bridge and later features: host `source` at `dest`."""
 
     source: Path
@@ -49,8 +49,7 @@ class Bind:
     writable: bool = False
 
 
-@dataclass(frozen=True)
-class SandboxSpec:
+class SandboxSpec(NamedTuple):
     argv: tuple[str, ...]
     cwd: Path
     workspace: Path
@@ -58,12 +57,12 @@ class SandboxSpec:
     read_only: tuple[Path, ...]
     hidden: tuple[Path, ...]
     env: Mapping[str, str]
-    limits: Limits = Limits()
+    limits: Limits = NO_LIMITS
     # "none": the workload's own loopback only. The egress issue adds "proxy".
     network: str = "none"
     extra_binds: tuple[Bind, ...] = ()
     tmpdir: str = PRIVATE_TMP
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
     # The policy's lists resolved but not filtered by existence (Seatbelt can name
     # paths that do not exist yet; bubblewrap can only mount existing ones).
     declared_writable: tuple[Path, ...] = ()
@@ -130,7 +129,7 @@ def build(
     read_only: Iterable[Path | str],
     deny_read: Iterable[Path | str],
     env: Mapping[str, str],
-    limits: Limits = Limits(),
+    limits: Limits = NO_LIMITS,
     hide_also: Iterable[Path | str] = (),
 ) -> SandboxSpec:
     """A spec from the policy's lists: resolved paths; mounts only for existing ones."""

@@ -27,7 +27,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from krate.errors import EXIT_CANNOT_EXECUTE, EXIT_KRATE_FAILED, EXIT_NOT_FOUND, KrateError
@@ -40,16 +39,26 @@ FORWARDED = tuple(
 FORCE_AFTER_SIGINTS = 3
 
 
-@dataclass
 class Outcome:
     """How the run ended, for the record and for krate's own exit status."""
 
-    exit_code: int
-    status: str  # finished | timeout | failed | interrupted
-    reason: str | None = None
-    started: bool = True
-    duration_s: float = 0.0
-    forwarded: list[int] = field(default_factory=list)
+    __slots__ = ("exit_code", "status", "reason", "started", "duration_s", "forwarded")
+
+    def __init__(
+        self,
+        exit_code: int,
+        status: str,  # finished | timeout | failed | interrupted
+        reason: str | None = None,
+        started: bool = True,
+        duration_s: float = 0.0,
+        forwarded: list[int] | None = None,
+    ) -> None:
+        self.exit_code, self.status, self.reason = exit_code, status, reason
+        self.started, self.duration_s = started, duration_s
+        self.forwarded = [] if forwarded is None else forwarded
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.exit_code}, {self.status!r}, {self.reason!r})"
 
 
 # ---------------------------------------------------------------- the command

@@ -16,9 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from krate.store.connection import translate_errors
 
@@ -31,8 +30,7 @@ _str = json.JSONEncoder(ensure_ascii=False).encode
 _data = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     seq: int
     ts: str
     kind: str
@@ -42,17 +40,15 @@ class Event:
     hash: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     seq: int
     hash: str
 
 
-@dataclass(frozen=True)
-class Verification:
+class Verification(NamedTuple):
     ok: bool
     events: int
     head: str
@@ -62,7 +58,7 @@ class Verification:
     first_seq: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
 
 def format_ts(moment: datetime) -> str:

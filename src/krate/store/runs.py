@@ -11,8 +11,7 @@ workload output: the caller hands in a redacted argv.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from krate.store.connection import translate_errors
 
@@ -33,8 +32,7 @@ _COUNTS = (
 )
 
 
-@dataclass(frozen=True)
-class RunRow:
+class RunRow(NamedTuple):
     id: str
     started: str
     finished: str | None
@@ -52,10 +50,9 @@ class RunRow:
     krate_start: str | None
     allowed: int = 0
     denied: int = 0
-    decisions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = self._asdict()
         out["decisions"] = {"allowed": self.allowed, "denied": self.denied}
         del out["allowed"], out["denied"]
         return out

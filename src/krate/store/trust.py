@@ -7,8 +7,7 @@ disagree. Only the file's path and SHA-256 are kept, never its contents.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from krate.store.connection import translate_errors
 
@@ -17,8 +16,7 @@ if TYPE_CHECKING:
     from krate.store.events import Event
 
 
-@dataclass(frozen=True)
-class TrustRecord:
+class TrustRecord(NamedTuple):
     path: str
     sha256: str
     trusted_at: str
