@@ -200,8 +200,19 @@ def test_exit_status_and_signals_pass_through_the_bridge(tmp_path, paths):
     session = start_for_run(policy(tmp_path, f"127.0.0.1:{server.port}"), "sig", paths)
     try:
         assert run_in_sandbox(session, "exit 7").returncode == 7
-        assert run_in_sandbox(session, "kill -TERM $$").returncode == 128 + signal.SIGTERM
+        # Python (the bridge) ignores SIGPIPE; the workload must get the default back, or
+        # `yes | head -1` would end with "Broken pipe" errors instead of quietly.
+        ignored = run_in_sandbox(session, "grep SigIgn /proc/self/status").stdout.split()[-1]
+        assert int(ignored, 16) & (1 << (signal.SIGPIPE - 1)) == 0
+        piped = run_in_sandbox(session, "yes | head -1")
+        assert piped.stdout == "y\n" and piped.stderr == ""
         env = {"PATH": os.environ["PATH"], **session.env()}
+        missing = subprocess.run(
+            sandbox_argv(session, ["no-such-command-here"]), env=env, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert missing.returncode == 127 and "command not found" in missing.stderr
+        assert run_in_sandbox(session, "kill -TERM $$").returncode == 128 + signal.SIGTERM
         marker = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done"
         proc = subprocess.Popen(
             sandbox_argv(session, ["sh", "-c", marker]), env=env, stdout=subprocess.PIPE,

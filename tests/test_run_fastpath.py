@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
 
+import krate.egress
 from krate.cli import fastrun
 from krate.cli.app import build
 from krate.egress import start_for_run
@@ -52,16 +54,41 @@ def test_anything_unusual_goes_through_typer(args):
     assert fastrun.parse(args) is None
 
 
-def test_the_fast_path_runs_without_importing_typer(tmp_path, krate_home):
+# Modules `krate run` must not load: the CLI framework and its output stack, the
+# third-party store helper, and standard modules that cost milliseconds at import
+# (dataclasses pulls in inspect, ast and dis). A run without network does not load
+# the egress code at all. See ARCHITECTURE.md, "Start-up budget".
+NOT_ON_THE_RUN_PATH = (
+    "typer", "click", "rich", "sqlite_utils", "keyring", "dataclasses", "inspect", "asyncio",
+    "tomllib", "difflib", "krate.egress", "krate.cli.app",
+)  # fmt: skip
+
+
+def test_the_fast_path_runs_without_importing_heavy_modules(tmp_path, krate_home):
     code = (
         "import sys; from krate.cli.main import main; "
         "code = main(['run', '--no-network', '--', 'sh', '-c', 'exit 3']); "
-        "print(code, 'typer' in sys.modules)"
+        f"print(code, *[m for m in {NOT_ON_THE_RUN_PATH!r} if m in sys.modules])"
     )
+    for _ in range(2):  # the first run creates the store (migrations may load sqlite-utils)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+    assert done.stdout.split() == ["3"]
+
+
+def test_the_bridge_starts_the_workload_with_only_c_modules_loaded(tmp_path):
+    """The bridge sits before every networked workload: its start-up is kept minimal."""
+    bridge = Path(krate.egress.__file__).with_name("bridge.py")
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
-    )
-    assert done.stdout.split() == ["3", "False"]
+        [sys.executable, "-I", "-S", "-X", "importtime", str(bridge), "--socket",
+         str(tmp_path / "none"), "--http", "0", "--socks", "0", "--", "sh", "-c", "exit 4"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert {"_socket", "_signal"} <= loaded
+    assert not loaded & {"socket", "threading", "signal", "subprocess", "contextlib", "enum"}
 
 
 def test_a_proxy_that_never_starts_is_reported_with_its_own_error(tmp_path, krate_home):

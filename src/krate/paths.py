@@ -47,6 +47,11 @@ class Paths(NamedTuple):
         return self.data_dir / "artifacts"
 
     @property
+    def egress_journals(self) -> Path:
+        """Decisions of runs in progress; a killed run's are recorded by the next run."""
+        return self.data_dir / "egress"
+
+    @property
     def user_policy(self) -> Path:
         return self.config_dir / "policy.toml"
 

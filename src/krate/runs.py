@@ -172,12 +172,11 @@ def execute(
             raise prepared.refusal
         try:
             _check_command(spec, found.backend)
-            from krate import egress  # the proxy starts (when the policy allows network) first
 
             def spawn(s: SandboxSpec) -> supervise.Outcome:
                 return _spawn(s, found, run_id, paths, request.after_start)
 
-            outcome = egress.spawn_with(policy, run_id, paths, spec, spawn, platform=platform)
+            outcome = _with_egress(policy, run_id, paths, spec, spawn, platform)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
             _record_finish(store, run_id, "failed", exc.exit_code, str(exc), elapsed)
@@ -206,6 +205,34 @@ def execute(
         hidden=[str(p) for p in spec.hidden],
         notes=prepared.notes,
     )
+
+
+def _with_egress(
+    policy: Any,
+    run_id: str,
+    paths: Paths,
+    spec: SandboxSpec,
+    spawn: Callable[[SandboxSpec], supervise.Outcome],
+    platform: str,
+) -> supervise.Outcome:
+    """Spawn behind the egress proxy when the policy allows any host.
+
+    A run without network skips loading krate.egress unless a killed run left
+    decisions in a journal, which spawn_with records first.
+    """
+    if not policy.net_rules and not _has_entries(paths.egress_journals):
+        return spawn(spec)
+    from krate import egress
+
+    return egress.spawn_with(policy, run_id, paths, spec, spawn, platform=platform)
+
+
+def _has_entries(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
 
 
 def supervise_names(signals: Sequence[int]) -> list[str]:

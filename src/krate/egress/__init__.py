@@ -232,10 +232,12 @@ class EgressSession:
         # journal: record the difference, then remove the journal.
         from krate.store import open_store
 
-        with open_store(self.paths) as store:
-            late = reconcile(
-                store, self.run_id, journal_path(self.paths, self.run_id), self.recorder.recorded
-            )
+        late = reconcile(
+            lambda: open_store(self.paths),
+            self.run_id,
+            journal_path(self.paths, self.run_id),
+            self.recorder.recorded,
+        )
         os.close(self.journal_fd)
         shutil.rmtree(self.folder, ignore_errors=True)
         if self.stderr is not None:
@@ -374,8 +376,10 @@ def start_for_run(
                 f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
                 exit_code=EXIT_KRATE_FAILED,
             ) from exc
-        process.stdin.write((json.dumps(config) + "\n").encode())
-        process.stdin.flush()
+        # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write((json.dumps(config) + "\n").encode())
+            process.stdin.flush()
         recorder = Recorder(paths, run_id, process.stdout.fileno())
         recorder.start()
         session = EgressSession(

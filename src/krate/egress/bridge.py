@@ -8,46 +8,53 @@ forwards every connection over the bind-mounted Unix socket to the proxy
 outside, which decides and records it. Then it runs CMD, passes signals on,
 and exits with CMD's status (128+N when CMD was killed by signal N).
 
-Standard library only, threads rather than asyncio (it starts in a few
-milliseconds). It decides nothing and records nothing: a forwarded loopback
-port is sent to the proxy as `CONNECT host:port`, decided like any other.
-It must never connect anywhere but the proxy's socket.
+It stands between krate and every workload that may use the network, so it
+starts the workload as soon as its listeners exist: it uses the C modules
+`_socket`, `_thread` and `_signal` and `os.posix_spawnp`, because their
+public wrappers (socket, threading, signal, subprocess) build enums and
+helpers at import that would add about 20 ms to every such run. Threads, not
+asyncio. It decides nothing and records nothing: a forwarded loopback port is
+sent to the proxy as `CONNECT host:port`, decided like any other. It must
+never connect anywhere but the proxy's socket.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _signal
+import _socket
+import _thread
 import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 
 CHUNK = 1024 * 1024
 PROXY_WAIT_S = 10.0
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+# Python ignores these at start-up; the workload gets the default back (as subprocess does).
+RESTORED_SIGNALS = ("SIGPIPE", "SIGXFSZ")
+STREAM = _socket.SOCK_STREAM
 
 
-def relay(src: socket.socket, dst: socket.socket) -> None:
+def relay(src, dst) -> None:
     """Copy one direction until EOF, then half-close the other side."""
     try:
         while data := src.recv(CHUNK):
             dst.sendall(data)
-        dst.shutdown(socket.SHUT_WR)
+        dst.shutdown(_socket.SHUT_WR)
     except OSError:
         for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+            try:  # noqa: SIM105 (contextlib would add its imports to the start-up)
+                s.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
-def dial(path: str, wait: float = PROXY_WAIT_S) -> socket.socket:
+def dial(path: str, wait: float = PROXY_WAIT_S):
     """Connect to the proxy's socket, waiting while it starts (krate does not hold the
     workload back until the proxy is up: that would add its start-up to every run)."""
     deadline = time.monotonic() + wait
     while True:
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream = _socket.socket(_socket.AF_UNIX, STREAM)
         try:
             upstream.connect(path)
             return upstream
@@ -58,7 +65,7 @@ def dial(path: str, wait: float = PROXY_WAIT_S) -> socket.socket:
             time.sleep(0.005)
 
 
-def connect_proxy(path: str, target: str | None) -> socket.socket | None:
+def connect_proxy(path: str, target: str | None):
     """A connection to the proxy; for a forwarded port, already tunnelled to `target`."""
     try:
         upstream = dial(path)
@@ -82,34 +89,43 @@ def connect_proxy(path: str, target: str | None) -> socket.socket | None:
     return None
 
 
-def serve(listener: socket.socket, path: str, target: str | None) -> None:
+def serve(listener, path: str, target: str | None) -> None:
     while True:
         try:
-            client, _ = listener.accept()
+            fd, _address = listener._accept()
         except OSError:
             return
-        threading.Thread(target=handle, args=(client, path, target), daemon=True).start()
+        client = _socket.socket(listener.family, STREAM, 0, fd)
+        _thread.start_new_thread(handle, (client, path, target))
 
 
-def handle(client: socket.socket, path: str, target: str | None) -> None:
+def handle(client, path: str, target: str | None) -> None:
     upstream = connect_proxy(path, target)
     if upstream is None:
         client.close()
         return
-    back = threading.Thread(target=relay, args=(upstream, client), daemon=True)
-    back.start()
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def back() -> None:
+        try:
+            relay(upstream, client)
+        finally:
+            done.release()
+
+    _thread.start_new_thread(back, ())
     relay(client, upstream)
-    back.join()
+    done.acquire()
     client.close()
     upstream.close()
 
 
-def listen(host: str, port: int) -> socket.socket | None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+def listen(host: str, port: int):
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _socket.socket(family, STREAM)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    if family == _socket.AF_INET6:
+        sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
     try:
         sock.bind((host, port))
         sock.listen(512)
@@ -144,8 +160,8 @@ def main(argv: list[str]) -> int:
     path, http, socks, forwards, command = parse(argv)
     if not command:
         raise SystemExit("bridge: no command given")
-    threading.stack_size(256 * 1024)
-    listeners: list[tuple[socket.socket, str | None]] = []
+    _thread.stack_size(256 * 1024)
+    listeners: list[tuple[object, str | None]] = []
     for port in (http, socks):
         sock = listen("127.0.0.1", port)
         if sock is None:
@@ -159,27 +175,33 @@ def main(argv: list[str]) -> int:
             sock = listen(address, int(port))
             if sock is not None:
                 listeners.append((sock, target if host != "::1" else f"[::1]:{port}"))
-    for sock, target in listeners:
-        threading.Thread(target=serve, args=(sock, path, target), daemon=True).start()
 
     # Handlers first, so a signal that arrives while the workload starts is not lost
     # (it would otherwise kill the bridge); it is passed on once the workload exists.
-    child: subprocess.Popen | None = None
+    child: list[int] = []
     pending: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
-        if child is None:
+        if not child:
             pending.append(signum)
             return
-        with contextlib.suppress(OSError):
-            os.killpg(child.pid, signum)
+        try:  # noqa: SIM105
+            os.killpg(child[0], signum)
+        except OSError:
+            pass
 
     for name in FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
+        _signal.signal(getattr(_signal, name), forward)
     try:
         # Its own process group: krate signals the sandbox's first process group (the
         # bridge), and the bridge passes each signal on exactly once to the workload's group.
-        child = subprocess.Popen(command, process_group=0)
+        pid = os.posix_spawnp(
+            command[0],
+            command,
+            os.environ,
+            setpgroup=0,
+            setsigdef=[getattr(_signal, name) for name in RESTORED_SIGNALS],
+        )
     except FileNotFoundError:
         sys.stderr.write(f"krate: {command[0]}: command not found\n")
         return 127
@@ -189,11 +211,14 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         sys.stderr.write(f"krate: {command[0]}: cannot execute ({exc.strerror})\n")
         return 126
-
+    child.append(pid)
+    for sock, target in listeners:
+        _thread.start_new_thread(serve, (sock, path, target))
     for signum in pending:
         forward(signum, None)
-    status = child.wait()
-    return 128 - status if status < 0 else status
+    _pid, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
 
 
 if __name__ == "__main__":

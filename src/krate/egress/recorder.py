@@ -31,7 +31,6 @@ from krate.store import open_store
 
 BATCH_MAX = 200
 BATCH_SECONDS = 0.2
-JOURNAL_DIR = "egress"
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 FIELDS = (
     "n",
@@ -62,12 +61,12 @@ def event_data(line: dict[str, Any]) -> dict[str, Any]:
 def journal_path(paths: Paths, run_id: str) -> Path:
     if not RUN_ID.match(run_id):
         raise ValueError(f"unexpected run id {run_id!r}")
-    return paths.data_dir / JOURNAL_DIR / f"{run_id}.jsonl"
+    return paths.egress_journals / f"{run_id}.jsonl"
 
 
 def open_journal(paths: Paths, run_id: str) -> int:
     """Create the run's journal (0600) and lock it; the proxy inherits fd and lock."""
-    ensure_private_dir(paths.data_dir / JOURNAL_DIR)
+    ensure_private_dir(paths.egress_journals)
     fd = os.open(journal_path(paths, run_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd
@@ -88,11 +87,18 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 def reconcile(store, run_id: str, path: Path, recorded: set[int] | None = None) -> int:
-    """Record journal lines not yet in the store, then delete the journal."""
+    """Record journal lines not yet in the store, then delete the journal.
+
+    `store` may be a function that opens the store: it is called (and the store
+    closed again) only when something is missing, the rare case after a crash.
+    """
     if recorded is None:
         recorded = egress_store.recorded_numbers(store, run_id)
     missing = [event_data(x) for x in read_journal(path) if x.get("n") not in recorded]
-    if missing:
+    if missing and callable(store):
+        with store() as opened:
+            egress_store.append_decisions(opened, run_id, missing)
+    elif missing:
         egress_store.append_decisions(store, run_id, missing)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -101,7 +107,7 @@ def reconcile(store, run_id: str, path: Path, recorded: set[int] | None = None) 
 
 def recover(paths: Paths) -> int:
     """Record decisions left in journals of killed runs (whose proxy is gone too)."""
-    folder = paths.data_dir / JOURNAL_DIR
+    folder = paths.egress_journals
     if not folder.is_dir():
         return 0
     total = 0
