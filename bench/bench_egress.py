@@ -6,6 +6,12 @@ direct loopback download; added latency per new connection (connect + first
 byte) at most 5 ms median. The proxy is the real isolated helper process
 (`python -I -S proxy.py`), listening on a loopback port and, for the Linux
 path, on its Unix socket behind the in-sandbox bridge's relay code.
+
+`--one-cpu` pins the server, the proxy and curl to one CPU: the ratio then
+compares the work per byte of the two paths. Without it, on a machine with
+fewer than three CPUs, the tunnel's three busy processes (server, proxy, curl)
+share two CPUs while the direct download's two have one each; a relay with no
+logic at all measures about 0.4 there too.
 """
 
 from __future__ import annotations
@@ -83,6 +89,17 @@ def curl_seconds(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def sandboxed_seconds(port: int, url: str, home: Path) -> float:
+    """The same download from inside `krate run` (start-up included): two relays, in
+    the in-sandbox bridge and in the proxy, with the Unix socket between them."""
+    krate = Path(sys.executable).with_name("krate")
+    argv = [str(krate), "run", "--allow-host", f"127.0.0.1:{port}", "--",
+            "curl", "-sS", "-p", "-x", "http://127.0.0.1:3128", "-o", "/dev/null", url]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, cwd=home, env=dict(os.environ, KRATE_HOME=str(home / "k")))
+    return time.perf_counter() - start
+
+
 def first_byte_ms(connect) -> float:
     """Open a connection, send a request, wait for the first response byte."""
     start = time.perf_counter()
@@ -109,7 +126,11 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--one-cpu", action="store_true", help="pin everything to one CPU")
     args = parser.parse_args()
+    if args.one_cpu:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # children inherit it
+    print(f"CPUs used: {len(os.sched_getaffinity(0))}")
     total = int(args.gib * 1024 * MIB)
     listener, port = serve_bytes(total)
     small, small_port = serve_bytes(1)
@@ -147,6 +168,10 @@ def main() -> None:
         print(f"  CONNECT, portable    {gib / other * 1024:8.0f} MiB/s  (asyncio relay)")
         print(f"  ratio tunnel/direct  {direct / tunnelled:8.2f}   (target >= 0.5)")
         print(f"  ratio portable/direct{direct / other:8.2f}")
+        if sys.platform.startswith("linux") and shutil.which("bwrap"):
+            sandboxed = statistics.median(sandboxed_seconds(port, url, home) for _ in rows)
+            rate, ratio = gib / sandboxed * 1024, direct / sandboxed
+            print(f"  Linux sandbox path   {rate:8.0f} MiB/s  (bridge + proxy; ratio {ratio:.2f})")
 
         n = args.connections
         direct_ms, proxied_ms = [], []
