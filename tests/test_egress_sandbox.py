@@ -114,13 +114,77 @@ def test_only_the_proxy_leads_out_and_bypasses_fail(tmp_path, paths):
     assert seen == [
         ("localhost", p, "allow"),
         ("127.0.0.1", p, "allow"),
-        ("localhost", p, "allow"),  # forwarded: the bridge asks the proxy like any client
+        ("localhost", p, "allow"),  # forwarded: handed to the proxy, decided like any other
         ("localhost", p, "allow"),
         ("localhost", p, "allow"),
         ("127.0.0.1", q, "deny"),
         ("example.com", 443, "deny"),
     ]
-    assert {r["protocol"] for r in rows} == {"http", "connect", "socks5"}
+    assert [r["protocol"] for r in rows] == [
+        "http", "http", "forward", "forward", "socks5", "http", "connect"
+    ]  # fmt: skip
+
+
+FORGED_HANDOVERS = """
+import array, os, socket, sys
+path, allowed, denied = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def hand(head, fd):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendmsg([head], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    s.settimeout(10)
+    try:
+        return s.recv(100)  # the proxy closes a hand-over it refuses
+    except OSError as exc:
+        return type(exc).__name__.encode()
+
+def tcp_pair():
+    lis = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(lis.getsockname())
+    b, _ = lis.accept()
+    return a, b
+
+with open("/etc/hostname", "rb") as f:
+    print("file", hand(b"\\0P\\n", f.fileno()))
+x, y = socket.socketpair()
+print("unix", hand(b"\\0F 127.0.0.1:%d\\n" % allowed, x.fileno()))
+a, b = tcp_pair()
+print("garbled", hand(b"\\0Z nonsense\\n", a.fileno()))
+a, b = tcp_pair()
+hand(b"\\0F 127.0.0.1:%d\\n" % denied, a.fileno())
+a.close()
+b.settimeout(10)
+print("denied-forward", b.recv(100))
+"""
+
+
+def test_forged_hand_overs_are_closed_or_decided(tmp_path, paths):
+    """Whatever a workload sends over the Unix socket, only a TCP socket is served, and a
+    forwarded target is decided by the policy like any other connection."""
+    allowed, other = Server(), Server()
+    session = start_for_run(policy(tmp_path, f"localhost:{allowed.port}"), "forged", paths)
+    session.require_ready()  # the script dials the socket at once (the bridge would wait)
+    script = (
+        f"{PY} -I -S -c '{FORGED_HANDOVERS}' {session.socket_path} {allowed.port} {other.port}"
+        f"; curl -sS -o /dev/null -w 'after %{{http_code}}' http://localhost:{allowed.port}/"
+    )
+    try:
+        result = run_in_sandbox(session, script)
+    finally:
+        session.close()
+        allowed.close()
+        other.close()
+    out = result.stdout
+    for kind in ("file", "unix", "garbled"):
+        assert f"{kind} b''" in out, (kind, out, result.stderr)
+    assert "denied-forward b''" in out
+    assert out.strip().endswith("after 200")  # the proxy still serves everyone else
+    rows = decisions(paths, "forged")
+    assert [(r["host"], r["port"], r["verdict"], r["protocol"]) for r in rows] == [
+        ("127.0.0.1", other.port, "deny", "forward"),
+        ("localhost", allowed.port, "allow", "http"),
+    ]
 
 
 def test_200_connections_give_200_decisions(tmp_path, paths):

@@ -4,18 +4,19 @@ Why it exists: on Linux the sandbox has its own empty network namespace. This
 program runs as the sandbox's first process (`python -I -S bridge.py ... -- CMD`),
 listens on the sandbox's loopback (the HTTP proxy port, the SOCKS port, and each
 allowed host-loopback port such as `localhost:5432`, at the same address), and
-forwards every connection over the bind-mounted Unix socket to the proxy
-outside, which decides and records it. Then it runs CMD, passes signals on,
-and exits with CMD's status (128+N when CMD was killed by signal N).
+hands every connection it accepts to the proxy outside, over the bind-mounted
+Unix socket (SCM_RIGHTS): the proxy decides, records and relays it, so bytes
+are copied once. Then it runs CMD, passes signals on, and exits with CMD's
+status (128+N when CMD was killed by signal N).
 
 It stands between krate and every workload that may use the network, so it
 starts the workload as soon as its listeners exist: it uses the C modules
 `_socket`, `_thread` and `_signal` and `os.posix_spawnp`, because their
 public wrappers (socket, threading, signal, subprocess) build enums and
-helpers at import that would add about 20 ms to every such run. Threads, not
-asyncio. It decides nothing and records nothing: a forwarded loopback port is
-sent to the proxy as `CONNECT host:port`, decided like any other. It must
-never connect anywhere but the proxy's socket.
+helpers at import that would add about 20 ms to every such run. It decides
+nothing and records nothing: a forwarded loopback port is handed over as
+`F host:port`, decided like any other. It must never connect anywhere but the
+proxy's socket.
 """
 
 from __future__ import annotations
@@ -27,32 +28,12 @@ import os
 import sys
 import time
 
-CHUNK = 1024 * 1024
+HANDOFF = b"\x00"  # see proxy.py: a hand-over, not a client speaking HTTP or SOCKS5
 PROXY_WAIT_S = 10.0
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 # Python ignores these at start-up; the workload gets the default back (as subprocess does).
 RESTORED_SIGNALS = ("SIGPIPE", "SIGXFSZ")
 STREAM = _socket.SOCK_STREAM
-
-
-def relay(src, dst) -> None:
-    """Copy one direction until EOF, then half-close the other side.
-
-    One buffer per direction, reused: a fresh 1 MiB bytes object per read would be
-    mapped and unmapped by the allocator each time (page faults on every chunk).
-    """
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    try:
-        while n := src.recv_into(buffer):
-            dst.sendall(view[:n])
-        dst.shutdown(_socket.SHUT_WR)
-    except OSError:
-        for s in (src, dst):
-            try:  # noqa: SIM105 (contextlib would add its imports to the start-up)
-                s.shutdown(_socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def dial(path: str, wait: float = PROXY_WAIT_S):
@@ -71,30 +52,6 @@ def dial(path: str, wait: float = PROXY_WAIT_S):
             time.sleep(0.005)
 
 
-def connect_proxy(path: str, target: str | None):
-    """A connection to the proxy; for a forwarded port, already tunnelled to `target`."""
-    try:
-        upstream = dial(path)
-    except OSError:
-        return None
-    try:
-        if target is None:
-            return upstream
-        upstream.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            chunk = upstream.recv(1)  # byte by byte: nothing past the head may be consumed
-            if not chunk:
-                break
-            head += chunk
-        if head.startswith(b"HTTP/1.1 200"):
-            return upstream
-    except OSError:
-        pass
-    upstream.close()
-    return None
-
-
 def serve(listener, path: str, target: str | None) -> None:
     while True:
         try:
@@ -102,28 +59,28 @@ def serve(listener, path: str, target: str | None) -> None:
         except OSError:
             return
         client = _socket.socket(listener.family, STREAM, 0, fd)
-        _thread.start_new_thread(handle, (client, path, target))
+        _thread.start_new_thread(hand_over, (client, path, target))
 
 
-def handle(client, path: str, target: str | None) -> None:
-    upstream = connect_proxy(path, target)
-    if upstream is None:
+def hand_over(client, path: str, target: str | None) -> None:
+    """Pass the accepted client socket itself to the proxy, which serves it from there on.
+
+    `P`: the client speaks HTTP or SOCKS5 to the proxy. `F host:port`: a forwarded
+    loopback port, whose client speaks to `target` directly.
+    """
+    head = HANDOFF + (b"P\n" if target is None else f"F {target}\n".encode())
+    try:
+        upstream = dial(path)
+    except OSError:
         client.close()
         return
-    done = _thread.allocate_lock()
-    done.acquire()
-
-    def back() -> None:
-        try:
-            relay(upstream, client)
-        finally:
-            done.release()
-
-    _thread.start_new_thread(back, ())
-    relay(client, upstream)
-    done.acquire()
-    client.close()
+    try:
+        fd = client.fileno().to_bytes(4, sys.byteorder, signed=True)
+        upstream.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)])
+    except OSError:
+        pass
     upstream.close()
+    client.close()
 
 
 def listen(host: str, port: int):

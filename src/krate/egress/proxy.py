@@ -19,6 +19,13 @@ One listener (a Unix socket on Linux, bind-mounted into the sandbox; a loopback
 TCP port on macOS) serves HTTP CONNECT, plain HTTP with absolute URIs and
 SOCKS5, told apart by the first byte; all three go through `Proxy.open()`.
 
+On Linux the in-sandbox bridge does not relay: it hands each client socket it
+accepted over the Unix socket (SCM_RIGHTS, after a NUL byte and `P` or
+`F host:port`), so bytes are copied once, here, as on macOS. A handed-over
+descriptor must be a TCP socket (it lives in the sandbox's network namespace);
+anything else is closed unread. A connection that does not start with the NUL
+byte is served as a client itself.
+
 It must never: record or log a URL path, query, header or body; resolve a name
 before the decision; dial any address but the one it checked; connect to a
 loopback, private, link-local or metadata address unless a rule names that
@@ -40,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+HANDOFF = b"\x00"  # first byte of a bridge's hand-over; no HTTP or SOCKS5 client sends it
 READ_CHUNK = 256 * 1024
 RELAY_CHUNK = 1024 * 1024
 RELAY_WAKE = 2  # seconds a blocked read sleeps before it looks at the idle clock
@@ -272,7 +280,13 @@ class Proxy:
 
     # -- one client connection
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        forward: tuple[str, int] | None = None,
+    ) -> None:
+        """One client: HTTP, CONNECT or SOCKS5, or (`forward`) a raw stream to that target."""
         self.count += 1
         self.active += 1
         record = Record(self.count)
@@ -280,6 +294,11 @@ class Proxy:
         self.tasks.add(task)
         upstream = None
         try:
+            if forward is not None:
+                upstream = await self.forwarded(forward, record)
+                if upstream is not None:
+                    await self.relay(reader, writer, upstream, record)
+                return
             first = await asyncio.wait_for(reader.read(1), self.config.header_timeout)
             if not first:
                 record.reason = "client closed before a request"
@@ -304,6 +323,84 @@ class Proxy:
             self.active -= 1
             self.tasks.discard(task)
             self.emit(record.line())
+
+    async def forwarded(self, target: tuple[str, int], record: Record):
+        """A host-loopback port the bridge serves at its own address: the client speaks no
+        proxy protocol, so a refusal can only close the connection (it is recorded)."""
+        record.protocol = "forward"
+        try:
+            return await self.open(*target, record)
+        except Refused as refused:
+            record.reason = refused.reason
+            return None
+
+    # -- the Unix socket (Linux): clients handed over by the in-sandbox bridge
+
+    async def accept_unix(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = await self.loop.sock_accept(listener)
+            task = asyncio.ensure_future(self.take(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def take(self, conn: socket.socket) -> None:
+        """Serve a connection on the Unix socket: a handed-over client, or the caller itself."""
+        forward = None
+        try:
+            await asyncio.wait_for(self.readable(conn), self.config.header_timeout)
+            if conn.recv(1, socket.MSG_PEEK) == HANDOFF:
+                conn, forward = self.handed_over(conn)
+        except (TimeoutError, OSError, ValueError):
+            conn.close()
+            return
+        reader, writer = await asyncio.open_connection(
+            sock=conn, limit=self.config.max_header_bytes
+        )
+        await self.handle(reader, writer, forward)
+
+    async def readable(self, sock: socket.socket) -> None:
+        ready = self.loop.create_future()
+        self.loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            self.loop.remove_reader(sock.fileno())
+
+    def handed_over(self, conn: socket.socket) -> tuple[socket.socket, tuple[str, int] | None]:
+        """The client socket in a bridge's hand-over, and the forwarded target if any.
+
+        Raises ValueError (after closing everything) unless exactly one TCP socket came."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(conn, 512, 4, socket.MSG_CMSG_CLOEXEC)
+        finally:
+            conn.close()
+        client = None
+        for fd in fds:
+            if client is not None:
+                os.close(fd)
+                continue
+            try:
+                client = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                raise ValueError("not a socket") from None
+        if client is None:
+            raise ValueError("no socket handed over")
+        if client.family not in (socket.AF_INET, socket.AF_INET6) or client.type != (
+            socket.SOCK_STREAM
+        ):
+            client.close()
+            raise ValueError("not a TCP socket")
+        text = data[1:].decode("ascii", "replace").strip()
+        if text == "P":
+            return client, None
+        if text.startswith("F "):
+            try:
+                return client, split_hostport(text[2:], None)
+            except ValueError:
+                pass
+        client.close()
+        raise ValueError("malformed hand-over")
 
     async def open(self, host: str, port: int, record: Record):
         """Decide, resolve, check the addresses and dial exactly a checked one."""
@@ -845,16 +942,33 @@ def read_config_line() -> str:
     return b"".join(chunks).decode()
 
 
+class UnixServer:
+    """The Unix listener's accept loop, closed like an asyncio Server."""
+
+    def __init__(self, listener: socket.socket, accepting: asyncio.Future) -> None:
+        self.listener, self.accepting = listener, accepting
+
+    def close(self) -> None:
+        self.accepting.cancel()
+        self.listener.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.accepting
+
+
 async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     proxy = Proxy(config, decide, explicit, emit)
     kind, _, where = config.listen.partition(":")
     if kind == "unix":
-        server = await asyncio.start_unix_server(
-            proxy.handle, path=where, limit=config.max_header_bytes, backlog=512
-        )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(where)
         os.chmod(where, 0o600)
+        listener.listen(512)
+        listener.setblocking(False)
+        server = UnixServer(listener, asyncio.ensure_future(proxy.accept_unix(listener)))
         address: object = where
     else:
         host, _, port = where.rpartition(":")
