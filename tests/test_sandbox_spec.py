@@ -126,6 +126,25 @@ def test_hardlink_scan_finds_extra_links_under_hidden_paths(tmp_path):
     assert not hardlinks.scan([home], max_entries=2).complete
 
 
+def test_hardlink_scan_ignores_links_between_hidden_names(tmp_path):
+    """Applications link files inside their own (hidden) folders: not a way out."""
+    home, ws = _tree(tmp_path)
+    ssh = home / ".ssh"
+    os.link(ssh / "id", ssh / "id.bak")
+    os.link(ssh / "id", home / ".config" / "gh" / "copy")
+    hidden = [ssh, home / ".config" / "gh"]
+    assert hardlinks.scan(hidden).linked == ()
+    # one more name outside: now it is reported, whichever hidden name was seen first
+    os.link(ssh / "id", ws / "notes.txt")
+    [reported] = hardlinks.scan(hidden).linked
+    assert reported.name in ("id", "id.bak", "copy")
+    # a hidden path listed twice, or nested in another, does not count its names twice
+    assert len(hardlinks.scan([ssh, ssh, home / ".config", *hidden]).linked) == 1
+    # a scan cut short cannot tell: every multiply-linked file is reported
+    (ws / "notes.txt").unlink()
+    assert hardlinks.scan(hidden, max_entries=2).linked != ()
+
+
 def test_limits_translate_to_rlimits_and_prlimit():
     import resource
 

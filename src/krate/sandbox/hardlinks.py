@@ -3,8 +3,10 @@
 A hard link is the same file under another name. Hiding `~/.ssh/id_ed25519` by
 mounting over the path leaves a second name (say `~/project/notes.txt`, made
 earlier) readable. Finding that other name would need a scan of every visible
-file system; instead any hidden regular file with more than one link is
-reported, and the run is refused unless the user accepts the risk.
+file system; instead every hidden regular file whose link count is higher than
+the number of its names inside the hidden paths is reported (links between two
+hidden names, which some applications make in their own folders, are harmless),
+and the run is refused unless the user accepts the risk.
 
 Reads metadata only (lstat); never opens, follows symlinks out of, or changes a file.
 """
@@ -26,9 +28,25 @@ class Scan(NamedTuple):
 
 
 def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
-    """Regular files under the hidden paths with st_nlink > 1."""
-    found: list[Path] = []
+    """Hidden regular files that have a name outside the hidden paths (st_nlink too high).
+
+    A name is counted once as (folder's device and inode, entry name), so nested
+    hidden paths or a folder mounted twice cannot make an outside name look hidden.
+    """
+    names: dict[tuple[int, int], set] = {}  # file (dev, ino) -> its names seen here
+    links: dict[tuple[int, int], tuple[int, str]] = {}  # file (dev, ino) -> (nlink, a path)
     seen = 0
+
+    def note(path: str, name: tuple, st: os.stat_result) -> None:
+        key = (st.st_dev, st.st_ino)
+        names.setdefault(key, set()).add(name)
+        links.setdefault(key, (st.st_nlink, path))
+
+    def found(complete: bool) -> Scan:
+        # Without the whole picture, every multiply-linked file counts as linked from outside.
+        linked = [p for key, (n, p) in links.items() if n > len(names[key]) or not complete]
+        return Scan(tuple(sorted(Path(p) for p in linked)), complete)
+
     for root in hidden:
         try:
             st = os.lstat(root)
@@ -37,13 +55,17 @@ def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
         if stat.S_ISREG(st.st_mode):
             seen += 1
             if st.st_nlink > 1:
-                found.append(root)
+                try:
+                    parent = os.stat(os.path.dirname(root))
+                except OSError:
+                    continue
+                note(str(root), (parent.st_dev, parent.st_ino, os.path.basename(root)), st)
             continue
         if not stat.S_ISDIR(st.st_mode):
             continue
-        stack = [str(root)]
+        stack = [(str(root), st)]
         while stack:
-            folder = stack.pop()
+            folder, folder_st = stack.pop()
             try:
                 entries = os.scandir(folder)
             except OSError:
@@ -52,15 +74,15 @@ def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
                 for entry in entries:
                     seen += 1
                     if seen > max_entries:
-                        return Scan(tuple(found), False)
+                        return found(complete=False)
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif (
-                            entry.is_file(follow_symlinks=False)
-                            and entry.stat(follow_symlinks=False).st_nlink > 1
-                        ):
-                            found.append(Path(entry.path))
+                            stack.append((entry.path, entry.stat(follow_symlinks=False)))
+                        elif entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            if st.st_nlink > 1:
+                                name = (folder_st.st_dev, folder_st.st_ino, entry.name)
+                                note(entry.path, name, st)
                     except OSError:
                         continue
-    return Scan(tuple(sorted(found)), True)
+    return found(complete=True)
