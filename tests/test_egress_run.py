@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from krate.errors import EXIT_FAILURE
+
 from .egress_support import Server
 from .run_support import Box
 
@@ -106,3 +108,20 @@ def test_a_killed_krate_loses_no_completed_connection(box, server):
     ns = sorted(d["n"] for d in data["decisions"] if d.get("area") == "network")
     assert ns == list(range(1, 26))
     assert box.krate("audit", "verify").returncode == 0
+
+
+@pytest.mark.parametrize("network", [True, False], ids=["bridge", "no-network"])
+def test_a_run_that_cannot_be_recorded_never_runs(box, server, network):
+    """With network, the sandbox starts while run.started is recorded and the bridge
+    holds the workload until then: if the record fails, the workload must not run."""
+    box.krate_home.mkdir(mode=0o700, exist_ok=True)
+    (box.krate_home / "krate.db").write_bytes(b"this is not a database, " * 100)
+    if box.user:
+        from .run_support import chown_tree
+
+        chown_tree(box.krate_home, box.user)
+    flags = ["--allow-host", f"localhost:{server.port}"] if network else ["--no-network"]
+    out = box.sh("touch ran; echo ran", *flags)
+    assert out.returncode == EXIT_FAILURE  # a store problem (DESIGN.md), not the workload
+    assert "corrupt or not a krate database" in out.stderr
+    assert "ran" not in out.stdout and not (box.ws / "ran").exists()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -218,6 +219,7 @@ print(ok)
 KILLED_RUN = """
 import os, subprocess, sys
 from pathlib import Path
+from types import SimpleNamespace
 sys.path.insert(0, {tests!r})
 from krate.egress import start_for_run
 from krate.paths import Paths
@@ -320,3 +322,60 @@ def _ancestor(pid: int, wanted: int) -> bool:
         except (OSError, ValueError):
             return False
     return False
+
+
+def test_a_held_bridge_runs_the_workload_only_when_released(tmp_path, paths):
+    """The run is recorded while the sandbox starts; the bridge holds the workload until then."""
+    marker = tmp_path / "started"
+    env = {"PATH": os.environ["PATH"]}
+    results = []
+    for go in (True, False):
+        session = start_for_run(policy(tmp_path, "localhost:9"), f"held{int(go)}", paths)
+        gate = session.hold()
+        argv = sandbox_argv(session, ["sh", "-c", f"touch {marker}; exit 5"])
+        at = argv.index("--")  # after `--tmpfs /tmp`, which would hide it
+        argv[at:at] = ["--bind", str(tmp_path), str(tmp_path)]
+        try:
+            proc = subprocess.Popen(argv, env=env, pass_fds=(gate,))
+            os.close(gate)
+            time.sleep(1.0)
+            assert proc.poll() is None and not marker.exists()  # set up, and waiting
+            session.release(go=go)
+            results.append((proc.wait(timeout=30), marker.exists()))
+        finally:
+            session.close()
+        marker.unlink(missing_ok=True)
+    assert results == [(5, True), (125, False)]
+
+
+def test_spawn_with_records_the_start_before_it_releases_the_workload(tmp_path, paths, monkeypatch):
+    from krate import egress
+
+    calls = []
+    real_release = egress.EgressSession.release
+
+    def release(self, go=True):
+        calls.append(f"release go={go}")
+        real_release(self, go)
+
+    monkeypatch.setattr(egress.EgressSession, "release", release)
+
+    def launch(spec, go):
+        assert "--go" in spec.argv and spec.pass_fds
+        go()
+        return "done"
+
+    spec = SimpleNamespace(argv=("true",), env={}, extra_binds=(), pass_fds=())
+    spec._replace = lambda **kw: SimpleNamespace(**{**vars(spec), **kw})
+    rules = policy(tmp_path, "localhost:9")
+    assert egress.spawn_with(rules, "order1", paths, spec, launch,
+                             record_start=lambda: calls.append("record")) == "done"  # fmt: skip
+    assert calls[:2] == ["record", "release go=True"]
+
+    def failing() -> None:
+        raise RuntimeError("the store is locked")
+
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        egress.spawn_with(rules, "order2", paths, spec, launch, record_start=failing)
+    assert calls[0] == "release go=False"

@@ -2,7 +2,9 @@
 
 The order matters and is the point of this module: every refusal (missing
 backend, hard-linked secret, command not found) is decided and recorded before
-anything runs; the workload is started in exactly one place (`_spawn`) so that
+anything runs; `run.started` is committed before the workload runs (behind the
+Linux egress bridge, while the sandbox starts: the bridge holds the workload
+until then); the workload is started in exactly one place (`_spawn`) so that
 later code can bracket it (krate locks its own network away only after the
 sandbox exists); `run.finished` is appended whatever happened. Runs whose krate
 was killed are marked `interrupted` at the next run and shown so by readers.
@@ -149,8 +151,6 @@ def execute(
     detect_path: str | None = None,
 ) -> RunResult:
     """Run `request.argv` under `policy`, recorded; return how it ended."""
-    from krate.store import open_store
-
     if not request.argv:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     found = detect_mod.detect(path=detect_path, platform=platform)
@@ -164,37 +164,36 @@ def execute(
     spec = prepared.spec
     run_id = new_run_id()
     started_at = time.monotonic()
-    with open_store(paths) as store:
-        mark_interrupted(store)
-        _record_start(store, run_id, policy, request, found.backend, prepared)
+    record = _RunRecord(paths, run_id, policy, request, found.backend, prepared)
+    try:
         if prepared.refusal is not None:
-            _record_finish(store, run_id, "refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
+            record.finish("refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
             raise prepared.refusal
         try:
             _check_command(spec, found.backend)
 
-            def spawn(s: SandboxSpec) -> supervise.Outcome:
-                return _spawn(s, found, run_id, paths, request.after_start)
+            def spawn(s: SandboxSpec, go: Callable[[], None] | None = None) -> supervise.Outcome:
+                return _spawn(s, found, run_id, paths, _in_turn(go, request.after_start))
 
-            outcome = _with_egress(policy, run_id, paths, spec, spawn, platform)
+            outcome = _with_egress(policy, run_id, paths, spec, spawn, platform, record.start)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
-            _record_finish(store, run_id, "failed", exc.exit_code, str(exc), elapsed)
+            record.finish("failed", exc.exit_code, str(exc), elapsed)
             raise
         except BaseException as exc:
             elapsed = time.monotonic() - started_at
             reason = f"krate stopped: {type(exc).__name__}"
-            _record_finish(store, run_id, "failed", EXIT_KRATE_FAILED, reason, elapsed)
+            record.finish("failed", EXIT_KRATE_FAILED, reason, elapsed)
             raise
-        _record_finish(
-            store,
-            run_id,
+        record.finish(
             outcome.status,
             outcome.exit_code,
             outcome.reason,
             outcome.duration_s,
             signals=supervise_names(outcome.forwarded),
         )
+    finally:
+        record.close()
     return RunResult(
         run_id=run_id,
         exit_code=outcome.exit_code,
@@ -207,13 +206,66 @@ def execute(
     )
 
 
+class _RunRecord:
+    """The run's row and events, with the store opened on first use.
+
+    `start()` (run.started and the decisions made so far) always comes before the
+    workload runs: before the launch, or, for a run behind the Linux egress bridge,
+    while the sandbox starts, the bridge holding the workload until it returns.
+    """
+
+    def __init__(
+        self, paths: Paths, run_id: str, policy: Any, request: RunRequest, backend: str,
+        prepared: _Prepared,
+    ) -> None:  # fmt: skip
+        self.paths, self.run_id, self.policy, self.request = paths, run_id, policy, request
+        self.backend, self.prepared = backend, prepared
+        self.store: Any = None
+        self.state = "new"  # new | started | failed
+
+    def start(self) -> None:
+        if self.state != "new":
+            return
+        from krate.store import open_store
+
+        self.state = "failed"  # until it worked: a store that failed once is not retried
+        self.store = open_store(self.paths)
+        mark_interrupted(self.store)
+        _record_start(
+            self.store, self.run_id, self.policy, self.request, self.backend, self.prepared
+        )
+        self.state = "started"
+
+    def finish(self, status: str, exit_code: int, reason: str | None, duration_s: float,
+               *, signals: list[str] | None = None) -> None:  # fmt: skip
+        self.start()
+        if self.state == "started":
+            _record_finish(
+                self.store, self.run_id, status, exit_code, reason, duration_s, signals=signals
+            )
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def _in_turn(*steps: Callable[[], None] | None) -> Callable[[], None]:
+    def run() -> None:
+        for step in steps:
+            if step is not None:
+                step()
+
+    return run
+
+
 def _with_egress(
     policy: Any,
     run_id: str,
     paths: Paths,
     spec: SandboxSpec,
-    spawn: Callable[[SandboxSpec], supervise.Outcome],
+    spawn: Callable[..., supervise.Outcome],
     platform: str,
+    record_start: Callable[[], None],
 ) -> supervise.Outcome:
     """Spawn behind the egress proxy when the policy allows any host.
 
@@ -221,10 +273,13 @@ def _with_egress(
     decisions in a journal, which spawn_with records first.
     """
     if not policy.net_rules and not _has_entries(paths.egress_journals):
+        record_start()
         return spawn(spec)
     from krate import egress
 
-    return egress.spawn_with(policy, run_id, paths, spec, spawn, platform=platform)
+    return egress.spawn_with(
+        policy, run_id, paths, spec, spawn, platform=platform, record_start=record_start
+    )
 
 
 def _has_entries(folder: Path) -> bool:

@@ -129,6 +129,31 @@ class EgressSession:
         self.process, self.recorder, self.journal_fd = process, recorder, journal_fd
         self.python, self.forwards = python, forwards or []
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
+        self.gate: tuple[int, int] | None = None  # (read end for the bridge, krate's end)
+
+    def hold(self) -> int:
+        """Make the bridge wait for `release()` before it starts the workload.
+
+        The sandbox and the bridge then start while krate records the run's start:
+        their start-up leaves the run's critical path, and the workload still never
+        runs unrecorded. Returns the descriptor the sandbox must inherit.
+        """
+        if self.tcp_port is not None:
+            raise ValueError("only the Linux bridge can hold the workload")
+        if self.gate is None:
+            self.gate = os.pipe()
+        return self.gate[0]
+
+    def release(self, go: bool = True) -> None:
+        """Let the held workload start (`go`), or make the bridge exit without it."""
+        if self.gate is None or self.gate[1] < 0:
+            return
+        try:
+            if go:
+                os.write(self.gate[1], b"1")
+        finally:
+            os.close(self.gate[1])
+            self.gate = (self.gate[0], -1)
 
     @property
     def socket_path(self) -> Path:
@@ -164,6 +189,8 @@ class EgressSession:
         if self.tcp_port is not None:
             return list(argv)
         forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
+        if self.gate is not None:
+            forwards += ["--go", str(self.gate[0])]
         return [
             self.python,
             "-I",
@@ -189,6 +216,7 @@ class EgressSession:
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},
             extra_binds=tuple(spec.extra_binds) + binds,
+            pass_fds=tuple(spec.pass_fds) + ((self.gate[0],) if self.gate else ()),
             network="proxy",
         )
 
@@ -213,6 +241,7 @@ class EgressSession:
         """Stop the proxy (open connections get a short grace), record everything, clean up."""
         if self.summary is not None:
             return self.summary
+        self.release(go=False)  # a bridge still waiting exits without the workload
         if self.recorder.ready_line is None and self.process.poll() is None:
             # The sandbox is gone and the proxy never listened: no connection went through
             # it, so there is nothing to wait for (a quick `krate run -- true`).
@@ -263,22 +292,43 @@ def spawn_with(
     run_id: str,
     paths: Paths,
     spec: Any,
-    launch: Callable[[Any], T],
+    launch: Callable[..., T],
     *,
     platform: str = sys.platform,
+    record_start: Callable[[], None] = lambda: None,
 ) -> T:
-    """Run `launch(spec)` with egress wired in when the policy allows any network.
+    """Run `launch(spec[, go])` with egress wired in when the policy allows any network.
 
     The run domain's single call: the proxy starts before the sandbox (and before
     krate locks itself out of the network), and every decision is recorded before
     this returns, so the run's record that follows counts them all.
+
+    `record_start` records the run's start; the workload must not run before it has
+    returned. Behind the Linux bridge it runs while the sandbox starts: the bridge
+    holds the workload, and `launch` calls `go` once the sandbox exists, which
+    records and then releases it. Elsewhere it runs before the launch.
     """
     recover(paths)
     session = start_for_run(policy, run_id, paths, platform=platform)
     if session is None:
+        record_start()
         return launch(spec)
     try:
-        outcome = launch(session.apply(spec))
+        if session.tcp_port is None:
+            session.hold()
+
+            def go() -> None:
+                try:
+                    record_start()
+                except BaseException:
+                    session.release(go=False)  # the bridge exits; the workload never runs
+                    raise
+                session.release()
+
+            outcome = launch(session.apply(spec), go)
+        else:
+            record_start()
+            outcome = launch(session.apply(spec))
     finally:
         session.close()
     if session.recorder.ready_line is None and not session.stopped_early:

@@ -30,6 +30,7 @@ import time
 
 HANDOFF = b"\x00"  # see proxy.py: a hand-over, not a client speaking HTTP or SOCKS5
 PROXY_WAIT_S = 10.0
+GO = b"1"  # krate's go-ahead on the --go descriptor
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 # Python ignores these at start-up; the workload gets the default back (as subprocess does).
 RESTORED_SIGNALS = ("SIGPIPE", "SIGXFSZ")
@@ -98,14 +99,15 @@ def listen(host: str, port: int):
     return sock
 
 
-def parse(argv: list[str]) -> tuple[str, int, int, list[str], list[str]]:
+def parse(argv: list[str]) -> tuple[str, int, int, list[str], int | None, list[str]]:
     if "--" not in argv:
         raise SystemExit(
-            "bridge: usage: bridge.py --socket PATH --http P --socks P [--forward H:P]... -- CMD"
+            "bridge: usage: bridge.py --socket PATH --http P --socks P [--forward H:P]... "
+            "[--go FD] -- CMD"
         )
     split = argv.index("--")
     opts, command = argv[:split], argv[split + 1 :]
-    path, http, socks, forwards = "", 0, 0, []
+    path, http, socks, forwards, go = "", 0, 0, [], None
     for i in range(0, len(opts), 2):
         name, value = opts[i], opts[i + 1]
         if name == "--socket":
@@ -116,11 +118,24 @@ def parse(argv: list[str]) -> tuple[str, int, int, list[str], list[str]]:
             socks = int(value)
         elif name == "--forward":
             forwards.append(value)
-    return path, http, socks, forwards, command
+        elif name == "--go":
+            go = int(value)
+    return path, http, socks, forwards, go, command
+
+
+def wait_for_go(fd: int) -> bool:
+    """krate records the run's start while the sandbox and this bridge start up, then
+    writes one byte here. End of file without it means krate stopped: CMD never runs."""
+    try:
+        return os.read(fd, 1) == GO
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
-    path, http, socks, forwards, command = parse(argv)
+    path, http, socks, forwards, go, command = parse(argv)
     if not command:
         raise SystemExit("bridge: no command given")
     _thread.stack_size(256 * 1024)
@@ -155,6 +170,8 @@ def main(argv: list[str]) -> int:
 
     for name in FORWARDED_SIGNALS:
         _signal.signal(getattr(_signal, name), forward)
+    if go is not None and not wait_for_go(go):
+        return 125
     try:
         # Its own process group: krate signals the sandbox's first process group (the
         # bridge), and the bridge passes each signal on exactly once to the workload's group.

@@ -85,6 +85,7 @@ def command(
     for bind in spec.extra_binds:
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), str(bind.dest)]
     args += ["--chdir", str(spec.cwd)]
+    fds.extend(spec.pass_fds)  # not consumed by bubblewrap: they reach the command as they are
     if status_fd is not None:
         args += ["--json-status-fd", str(status_fd)]
     return [*args, "--", *spec.argv]

@@ -61,6 +61,9 @@ class SandboxSpec(NamedTuple):
     # "none": the workload's own loopback only. The egress issue adds "proxy".
     network: str = "none"
     extra_binds: tuple[Bind, ...] = ()
+    # Descriptors the sandbox's first process inherits (the egress bridge's go-ahead);
+    # the launcher closes krate's copies once the sandbox started.
+    pass_fds: tuple[int, ...] = ()
     tmpdir: str = PRIVATE_TMP
     notes: tuple[str, ...] = ()
     # The policy's lists resolved but not filtered by existence (Seatbelt can name

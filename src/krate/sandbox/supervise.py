@@ -306,7 +306,12 @@ def launch(
             for fd in (write_fd, *extra_fds):
                 os.close(fd)
         if after_start is not None:
-            after_start()
+            try:
+                after_start()
+            except BaseException:
+                kill_tree()  # e.g. the run could not be recorded: nothing may run on
+                proc.wait()
+                raise
         if state.get("pending"):
             state["killed_early"] = state["pending"]
             kill_tree()
