@@ -171,3 +171,26 @@ def test_stale_leftover_folder_is_cleaned_at_next_start(box):
     assert box.krate("run", "--", "true").returncode == 0
     assert not stale.exists()
     assert SECRET not in (box.krate_home / "krate.db").read_text(errors="ignore")
+
+
+@pytest.mark.parametrize("network", [False, True], ids=["no-network", "bridge"])
+def test_ctrl_c_while_the_run_starts_is_recorded_as_interrupted(tmp_path, network):
+    """A KeyboardInterrupt before the launcher forwards signals: krate exits 130, and the
+    record says interrupted with 130 (not a krate failure)."""
+    from krate.cli.policy_load import flags_from, load_effective
+    from krate.paths import Paths
+    from krate.runs import RunRequest, execute, list_runs
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    paths = Paths(tmp_path / "home", tmp_path / "home")
+    flags = flags_from(None, ["localhost:9"] if network else None, None, None, not network, None)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    request = RunRequest(("sleep", "30"), ws, ws, {"PATH": os.defpath}, after_start=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(paths, load_effective(flags, ws), request)
+    [row] = list_runs(paths)
+    assert (row.status, row.exit_code) == ("interrupted", 130)

@@ -180,6 +180,11 @@ def execute(
             elapsed = time.monotonic() - started_at
             record.finish("failed", exc.exit_code, str(exc), elapsed)
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C before the launcher took over signals: krate exits 130, and says so.
+            elapsed = time.monotonic() - started_at
+            record.finish("interrupted", 130, "SIGINT received while the run started", elapsed)
+            raise
         except BaseException as exc:
             elapsed = time.monotonic() - started_at
             reason = f"krate stopped: {type(exc).__name__}"
