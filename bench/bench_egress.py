@@ -4,8 +4,9 @@ Run: .venv/bin/python bench/bench_egress.py [--gib 1] [--connections 200]
 Targets (issue 5): a 1 GiB download through the CONNECT tunnel at least 0.5 of a
 direct loopback download; added latency per new connection (connect + first
 byte) at most 5 ms median. The proxy is the real isolated helper process
-(`python -I -S proxy.py`), listening on a loopback port and, for the Linux
-path, on its Unix socket behind the in-sandbox bridge's relay code.
+(`python -I -S proxy.py`), listening on a loopback port (as on macOS); on Linux
+the same download also runs from inside `krate run`, where the in-sandbox bridge
+hands each connection to the proxy over its Unix socket.
 
 `--one-cpu` pins the server, the proxy and curl to one CPU: the ratio then
 compares the work per byte of the two paths. Without it, on a machine with
@@ -90,8 +91,8 @@ def curl_seconds(args: list[str]) -> float:
 
 
 def sandboxed_seconds(port: int, url: str, home: Path) -> float:
-    """The same download from inside `krate run` (start-up included): two relays, in
-    the in-sandbox bridge and in the proxy, with the Unix socket between them."""
+    """The same download from inside `krate run` (start-up included): the bridge hands
+    curl's connection to the proxy, which relays it."""
     krate = Path(sys.executable).with_name("krate")
     argv = [str(krate), "run", "--allow-host", f"127.0.0.1:{port}", "--",
             "curl", "-sS", "-p", "-x", "http://127.0.0.1:3128", "-o", "/dev/null", url]  # fmt: skip
