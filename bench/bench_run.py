@@ -51,7 +51,7 @@ def timed(argvs: list[list[str]], env: dict, cwd: Path, runs: int) -> list[list[
 def bwrap_argv(workspace: Path, env: dict) -> list[str]:
     """The exact bubblewrap command krate builds for `true` in this workspace (no status fd)."""
     code = (
-        "import os, sys\n"
+        "import os, shutil, sys\n"
         "from pathlib import Path\n"
         "from krate.cli.policy_options import load_effective\n"
         "from krate.policy import Flags\n"
@@ -63,12 +63,10 @@ def bwrap_argv(workspace: Path, env: dict) -> list[str]:
         "spec = prepare(p, req, 'bubblewrap').spec\n"
         "print('\\0'.join(bwrap.command(spec, shutil.which('bwrap'), fds=[], empty=lambda: 0)))\n"
     )
-    code = "import shutil\n" + code
     out = subprocess.run([sys.executable, "-c", code, str(workspace)], env=env,
                          capture_output=True, text=True, check=True)  # fmt: skip
-    argv = out.stdout.rstrip("\n").split("\0")
-    # the hidden-file placeholders read from fd 0 in this copy: give them /dev/null
-    return [a if a != "0" else "0" for a in argv]
+    # The hidden-file placeholders read from fd 0 in this copy: timed() gives it /dev/null.
+    return out.stdout.rstrip("\n").split("\0")
 
 
 # cat between two clock readings: how long the stream itself took, wherever cat runs.

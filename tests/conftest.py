@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -75,6 +76,34 @@ def ordinary_user() -> str | None:
             capture_output=True,
         )
     return TEST_USER
+
+
+@pytest.fixture(params=["root", "user"])
+def box(request, ordinary_user):
+    """A home with secrets and a project (run_support.Box), run as root and as the ordinary user."""
+    from .run_support import Box
+
+    if request.param == "user" and ordinary_user is None:
+        pytest.skip("the ordinary-user variant needs root to create the user")
+    b = Box(ordinary_user if request.param == "user" else None)
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture
+def password() -> str:
+    return "pw-" + secrets.token_urlsafe(12)
+
+
+@pytest.fixture
+def registry(tmp_path, password):
+    """A real registry server on loopback with one account (registry_support.USER)."""
+    from .registry_server import Registry
+    from .registry_support import USER
+
+    reg = Registry(tmp_path / "registry", users={USER: password}).start()
+    yield reg
+    reg.kill()  # also ends a registry a test paused
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_BACKEND = "tests.fake_keychain.FakeKeychain"
+USER = "alice"  # the registry account of the `registry` fixture (conftest.py)
 
 
 def keychain_env(keychain_file: Path, **extra: str) -> dict[str, str]:

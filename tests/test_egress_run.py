@@ -11,18 +11,8 @@ import pytest
 from krate.errors import EXIT_FAILURE
 
 from .egress_support import Server
-from .run_support import Box
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
-
-
-@pytest.fixture(params=["root", "user"])
-def box(request, ordinary_user):
-    if request.param == "user" and ordinary_user is None:
-        pytest.skip("the ordinary-user variant needs root to create the user")
-    b = Box(ordinary_user if request.param == "user" else None)
-    yield b
-    b.cleanup()
 
 
 @pytest.fixture

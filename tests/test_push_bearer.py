@@ -88,6 +88,6 @@ def test_bearer_login_with_a_wrong_password_stores_nothing(tmp_path, token_regis
     keychain = tmp_path / "keychain.json"
     result = login(reg, keychain_env(keychain), "pusher", "not-it")
     assert result.returncode == 1
-    assert "refused the user name or password as pusher" in result.stderr
+    assert "refused the user name or password for user pusher" in result.stderr
     assert keychain_entries(keychain) == {}
     assert events(krate_home, "credential.") == []

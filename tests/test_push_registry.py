@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import secrets
 import sqlite3
 import subprocess
 import time
@@ -22,23 +21,10 @@ import pytest
 
 from tests.conftest import KRATE, run_krate
 from tests.registry_server import INDEX, MANIFEST, Reader, Registry, needs_registry
-from tests.registry_support import events, keychain_env, make_artifact
+from tests.registry_support import USER, events, keychain_env, make_artifact
 
 pytestmark = needs_registry
-USER = "alice"
 EMPTY = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-
-
-@pytest.fixture
-def password() -> str:
-    return "pw-" + secrets.token_urlsafe(12)
-
-
-@pytest.fixture
-def registry(tmp_path, password):
-    reg = Registry(tmp_path / "registry", users={USER: password}).start()
-    yield reg
-    reg.kill()
 
 
 @pytest.fixture

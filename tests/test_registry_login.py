@@ -12,23 +12,10 @@ import secrets
 import pytest
 
 from tests.conftest import run_krate
-from tests.registry_server import Registry, needs_registry
-from tests.registry_support import events, keychain_entries, keychain_env
+from tests.registry_server import needs_registry
+from tests.registry_support import USER, events, keychain_entries, keychain_env
 
 pytestmark = needs_registry
-USER = "alice"
-
-
-@pytest.fixture
-def password() -> str:
-    return "pw-" + secrets.token_urlsafe(12)
-
-
-@pytest.fixture
-def registry(tmp_path, password):
-    reg = Registry(tmp_path / "registry", users={USER: password}).start()
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture

@@ -111,10 +111,8 @@ def test_large_blobs_go_up_in_chunks_and_arrive_intact(tmp_path):
         reg.kill()
 
 
-class Hostile(BaseHTTPRequestHandler):
-    """A 'registry' that tries to send the upload (and its Authorization) elsewhere."""
-
-    elsewhere = "http://203.0.113.7:80/v2/steal?x=1"
+class Quiet(BaseHTTPRequestHandler):
+    """A test server's handler: no request log, empty replies."""
 
     def log_message(self, *args) -> None:
         pass
@@ -125,6 +123,12 @@ class Hostile(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+
+class Hostile(Quiet):
+    """A 'registry' that tries to send the upload (and its Authorization) elsewhere."""
+
+    elsewhere = "http://203.0.113.7:80/v2/steal?x=1"
 
     def do_GET(self) -> None:
         self._reply(200)
@@ -236,20 +240,10 @@ def test_plaintext_and_fail_backends_are_refused():
             open_keychain(name)
 
 
-class Flaky(BaseHTTPRequestHandler):
+class Flaky(Quiet):
     """Answers 503 to the first two API checks, then behaves; counts what it saw."""
 
     seen: list[str] = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _reply(self, status: int, headers: dict | None = None) -> None:
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
 
     def do_GET(self) -> None:
         Flaky.seen.append("GET " + self.path)

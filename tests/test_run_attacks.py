@@ -20,15 +20,6 @@ from .run_support import SECRET, Box, snapshot
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
 
 
-@pytest.fixture(params=["root", "user"])
-def box(request, ordinary_user):
-    if request.param == "user" and not ordinary_user:
-        pytest.skip("needs root to create the ordinary user")
-    b = Box(ordinary_user if request.param == "user" else None)
-    yield b
-    b.cleanup()
-
-
 def _hidden_recorded(box: Box, path) -> None:
     run = box.last_run()
     assert str(path) in run["layout"]["hidden"], run["layout"]

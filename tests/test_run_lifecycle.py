@@ -16,15 +16,6 @@ from .run_support import Box, snapshot
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
 
 
-@pytest.fixture(params=["root", "user"])
-def box(request, ordinary_user):
-    if request.param == "user" and not ordinary_user:
-        pytest.skip("needs root to create the ordinary user")
-    b = Box(ordinary_user if request.param == "user" else None)
-    yield b
-    b.cleanup()
-
-
 def _wait_for(path: Path, timeout: float = 20.0) -> None:
     end = time.monotonic() + timeout
     while not path.exists():

@@ -65,6 +65,11 @@ def console(stderr: bool = False):
     )
 
 
+def when(ts: str | None) -> str:
+    """An ISO timestamp from the store as tables show it: `2026-11-27 01:02:03` (UTC)."""
+    return (ts or "")[:19].replace("T", " ")
+
+
 def message(text: str) -> None:
     """A line for the human, on stderr."""
     sys.stderr.write(text + "\n")

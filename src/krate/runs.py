@@ -28,7 +28,7 @@ from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
 from krate.sandbox import supervise
 from krate.sandbox.env import Stripped, scrub
-from krate.sandbox.spec import Limits, SandboxSpec, build
+from krate.sandbox.spec import SandboxSpec, build
 
 RUN_DIRS = "run"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -93,7 +93,6 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
     tmpdir = "/tmp"
     decide, passed = _env_decider(policy)
     env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir)
-    limits = Limits(**policy.limits.to_dict())
     spec = build(
         argv=request.argv,
         cwd=request.cwd,
@@ -102,7 +101,7 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
         read_only=policy.read_only,
         deny_read=policy.deny_read,
         env=env,
-        limits=limits,
+        limits=policy.limits,
     )
     decisions = [s.to_decision() for s in stripped]
     notes = list(policy.ignored)

@@ -12,6 +12,7 @@ from importlib import import_module
 import typer
 
 from krate import __version__
+from krate.cli.options import WORKLOAD_CONTEXT
 
 # name -> (module under krate.cli, attribute, kind): "group" is a Typer app, "command" a function.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -81,7 +82,7 @@ def build(first: str | None = None) -> typer.Typer:
         if kind == "group":
             root.add_typer(target, name=name)
         else:
-            settings = getattr(module, "CONTEXT", None) if name in ("run", "build") else None
+            settings = WORKLOAD_CONTEXT if name in ("run", "build") else None
             root.command(name, context_settings=settings)(target)
     return root
 

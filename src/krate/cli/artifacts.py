@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from krate.cli.common import paths
+from krate.cli.options import JSON, NEWEST
 
 app = typer.Typer(
     help=(
@@ -21,7 +22,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
 REF_HELP = "A digest (sha256:<hex> or bare hex), a unique digest prefix, or a file name (newest)."
 
 
@@ -29,15 +29,9 @@ def _short(digest: str) -> str:
     return digest[: len("sha256:") + 12]
 
 
-def _when(ts: str) -> str:
-    return ts[:19].replace("T", " ")
-
-
 @app.command("list")
 def list_(
-    limit: int = typer.Option(
-        None, "--limit", min=0, help="Only the newest N (still newest last). Example: --limit 10"
-    ),
+    limit: int = NEWEST,
     json_: bool = JSON,
 ) -> None:
     """List stored outputs, newest last: digest, size, name, build, when.
@@ -55,7 +49,7 @@ def list_(
         return
     render.table(
         ["digest", "size", "name", "build", "stored (UTC)"],
-        ((_short(a.digest), a.size, a.name, a.build_id, _when(a.stored_at)) for a in found),
+        ((_short(a.digest), a.size, a.name, a.build_id, render.when(a.stored_at)) for a in found),
     )
 
 

@@ -8,14 +8,13 @@ import typer
 
 from krate.cli.common import output_mode, paths
 from krate.cli.complete import run_ids
+from krate.cli.options import JSON, NEWEST
 
 app = typer.Typer(
     help="The tamper-evident record of everything krate did.\n\n"
     "Example: krate audit list --since 1h",
     no_args_is_help=True,
 )
-
-JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
 
 
 @app.command()
@@ -46,9 +45,7 @@ def list_(
         autocompletion=run_ids,
         help="Only events of this run id (TAB completes ids). Example: --run 01KB2X9Q7M4PTA3C",
     ),
-    limit: int = typer.Option(
-        None, "--limit", min=0, help="Only the newest N (still newest last). Example: --limit 10"
-    ),
+    limit: int = NEWEST,
     json_: bool = JSON,
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON object per line."),
 ) -> None:
@@ -83,10 +80,7 @@ def list_(
     else:
         render.table(
             ["seq", "time (UTC)", "kind", "run", "data"],
-            (
-                (e.seq, e.ts[:19].replace("T", " "), e.kind, e.run_id or "", _brief(e.data))
-                for e in rows
-            ),
+            ((e.seq, render.when(e.ts), e.kind, e.run_id or "", _brief(e.data)) for e in rows),
         )
 
 

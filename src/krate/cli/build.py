@@ -22,9 +22,6 @@ from krate.cli.policy_options import (
     PolicyOpt,
 )
 
-CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
-
-
 CommandArg = Annotated[
     list[str] | None,
     typer.Argument(

@@ -9,20 +9,17 @@ from __future__ import annotations
 import typer
 
 from krate.cli.common import paths
+from krate.cli.options import JSON, NEWEST
 
 app = typer.Typer(
     help="Recorded builds and their provenance.\n\nExample: krate builds last",
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
-
 
 @app.command("list")
 def list_(
-    limit: int = typer.Option(
-        None, "--limit", min=0, help="Only the newest N (still newest last). Example: --limit 10"
-    ),
+    limit: int = NEWEST,
     json_: bool = JSON,
 ) -> None:
     """List builds, newest last: id, when, name, run, number of outputs.
@@ -40,10 +37,7 @@ def list_(
         return
     render.table(
         ["id", "time (UTC)", "name", "run", "outputs"],
-        (
-            (b.id, b.created[:19].replace("T", " "), b.name or "", b.run_id or "", b.subjects)
-            for b in found
-        ),
+        ((b.id, render.when(b.created), b.name or "", b.run_id or "", b.subjects) for b in found),
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from krate.cli.common import paths
+from krate.cli.options import JSON
 
 app = typer.Typer(
     help=(
@@ -24,7 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
 YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation. Example: --yes")
 
 

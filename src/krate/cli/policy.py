@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from krate.cli.common import paths
+from krate.cli.options import JSON
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -31,7 +32,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
 FileArg = Annotated[
     Path | None,
     typer.Argument(help="The policy file (default: the project's krate.toml)."),

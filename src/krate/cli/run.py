@@ -19,9 +19,6 @@ from krate.cli.policy_options import (
     PolicyOpt,
 )
 
-CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
-
-
 COMMAND_OPT = typer.Argument(
     None,
     metavar="-- CMD [ARGS]...",

@@ -6,6 +6,7 @@ import typer
 
 from krate.cli.common import paths
 from krate.cli.complete import run_refs
+from krate.cli.options import JSON
 
 app = typer.Typer(
     help="Past `krate run`s: list them, show one with its decisions.\n\n"
@@ -13,18 +14,12 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
-
 
 def _argv_text(argv: list[str], width: int = 60) -> str:
     import shlex
 
     text = shlex.join(argv)
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _when(ts: str | None) -> str:
-    return (ts or "")[:19].replace("T", " ")
 
 
 @app.command("list")
@@ -48,7 +43,7 @@ def list_(
         (
             (
                 r.id,
-                _when(r.started),
+                render.when(r.started),
                 r.status,
                 "" if r.exit_code is None else r.exit_code,
                 "" if r.duration_s is None else f"{r.duration_s:.2f}",

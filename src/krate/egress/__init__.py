@@ -129,31 +129,33 @@ class EgressSession:
         self.process, self.recorder, self.journal_fd = process, recorder, journal_fd
         self.python, self.forwards = python, forwards or []
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
-        self.gate: tuple[int, int] | None = None  # (read end for the bridge, krate's end)
+        self.go_read: int | None = None  # the bridge's end of the hold (see hold())
+        self.go_write: int | None = None
 
     def hold(self) -> int:
         """Make the bridge wait for `release()` before it starts the workload.
 
         The sandbox and the bridge then start while krate records the run's start:
         their start-up leaves the run's critical path, and the workload still never
-        runs unrecorded. Returns the descriptor the sandbox must inherit.
+        runs unrecorded. Returns the descriptor the sandbox must inherit (the
+        launcher closes krate's copy once the sandbox started).
         """
         if self.tcp_port is not None:
             raise ValueError("only the Linux bridge can hold the workload")
-        if self.gate is None:
-            self.gate = os.pipe()
-        return self.gate[0]
+        if self.go_read is None:
+            self.go_read, self.go_write = os.pipe()
+        return self.go_read
 
     def release(self, go: bool = True) -> None:
         """Let the held workload start (`go`), or make the bridge exit without it."""
-        if self.gate is None or self.gate[1] < 0:
+        if self.go_write is None:
             return
         try:
             if go:
-                os.write(self.gate[1], b"1")
+                os.write(self.go_write, b"1")
         finally:
-            os.close(self.gate[1])
-            self.gate = (self.gate[0], -1)
+            os.close(self.go_write)
+            self.go_write = None
 
     @property
     def socket_path(self) -> Path:
@@ -189,8 +191,8 @@ class EgressSession:
         if self.tcp_port is not None:
             return list(argv)
         forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
-        if self.gate is not None:
-            forwards += ["--go", str(self.gate[0])]
+        if self.go_read is not None:
+            forwards += ["--go", str(self.go_read)]
         return [
             self.python,
             "-I",
@@ -216,7 +218,7 @@ class EgressSession:
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},
             extra_binds=tuple(spec.extra_binds) + binds,
-            pass_fds=tuple(spec.pass_fds) + ((self.gate[0],) if self.gate else ()),
+            pass_fds=(*spec.pass_fds, *(() if self.go_read is None else (self.go_read,))),
             network="proxy",
         )
 

@@ -44,6 +44,11 @@ class Limits(NamedTuple):
     def to_dict(self) -> dict:
         return self._asdict()
 
+    @property
+    def any_rlimit(self) -> bool:
+        """Whether a limit other than wall-clock time applies (those are rlimits)."""
+        return any(v is not None for v in (self.cpu_seconds, self.memory_mb, self.processes))
+
 
 class Decision(NamedTuple):
     """One answer, naming the rule and the layer that gave it, so a user can see why."""

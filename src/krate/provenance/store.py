@@ -127,10 +127,6 @@ class ArtifactStore:
         the source changes while it is read. An existing blob is never replaced.
         """
         self._ensure_dirs()
-        digest = hashlib.sha256()
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
-        size = 0
         tmp_fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
         tmp = Path(tmp_name)
         try:
@@ -138,14 +134,9 @@ class ArtifactStore:
                 open(source_fd, "rb", buffering=0, closefd=False) as reader,
                 open(tmp_fd, "wb", buffering=0) as writer,
             ):
-                while n := reader.readinto(buf):
-                    chunk = view[:n]
-                    digest.update(chunk)
-                    _write_all(writer, chunk)
-                    size += n
+                hex_digest, size = _copy_hashing(reader, writer)
                 os.fchmod(writer.fileno(), BLOB_MODE)
                 os.fsync(writer.fileno())
-            hex_digest = digest.hexdigest()
             new = self._link_into_place(tmp, self.root / hex_digest)
         except OSError as exc:
             raise KrateError(
@@ -216,10 +207,6 @@ class ArtifactStore:
                 f"sha256:{hex_digest} is recorded but missing from the store {self.root}; "
                 "run `krate artifacts verify`"
             ) from None
-        digest = hashlib.sha256()
-        size = 0
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
         try:
             tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.krate-", dir=folder)
         except OSError as exc:
@@ -231,20 +218,16 @@ class ArtifactStore:
                 open(src_fd, "rb", buffering=0) as reader,
                 open(tmp_fd, "wb", buffering=0) as writer,
             ):
-                while n := reader.readinto(buf):
-                    chunk = view[:n]
-                    digest.update(chunk)
-                    _write_all(writer, chunk)
-                    size += n
+                copied, size = _copy_hashing(reader, writer)
                 # A normal file for the user, as `cp` would create it (umask applies).
                 umask = os.umask(0)
                 os.umask(umask)
                 os.fchmod(writer.fileno(), 0o666 & ~umask)
                 os.fsync(writer.fileno())
-            if digest.hexdigest() != hex_digest:
+            if copied != hex_digest:
                 raise KrateError(
                     f"the stored copy of sha256:{hex_digest} is corrupt (it hashes to "
-                    f"sha256:{digest.hexdigest()}); nothing was exported"
+                    f"sha256:{copied}); nothing was exported"
                 )
             try:
                 os.link(tmp, dest)
@@ -289,6 +272,20 @@ class ArtifactStore:
         for name in sorted(names):
             if _HEX.match(name):
                 yield name
+
+
+def _copy_hashing(reader, writer) -> tuple[str, int]:
+    """Copy reader to writer through one buffer; the SHA-256 (hex) and size of what was written."""
+    digest = hashlib.sha256()
+    buf = bytearray(BUFFER_SIZE)
+    view = memoryview(buf)
+    size = 0
+    while n := reader.readinto(buf):
+        chunk = view[:n]
+        digest.update(chunk)
+        _write_all(writer, chunk)
+        size += n
+    return digest.hexdigest(), size
 
 
 def _write_all(writer, chunk: memoryview) -> None:

@@ -378,6 +378,19 @@ class Client:
             )
         return scheme
 
+    def login_refused(self, detail: str = "") -> Failure:
+        """No credentials: say to log in; refused ones: say so and to log in again."""
+        if self.username is None:
+            return Failure(
+                "unauthorized",
+                f"{self.registry} requires a login: run `krate login {self.registry}`",
+            )
+        return Failure(
+            "unauthorized",
+            f"{self.registry} refused the user name or password for user {self.username}"
+            f"{detail}; run `krate login {self.registry}` again",
+        )
+
     def fetch_token(self, scope: str | None) -> None:
         assert self.realm is not None
         query = {}
@@ -388,18 +401,8 @@ class Client:
         _, _, _, realm = self.realm
         url = realm + ("&" if urlsplit(realm).query else "?") + urlencode(query)
         resp = self.retrying(lambda: self.send("GET", url, auth=self.basic()))
-        who = f" as {self.username}" if self.username else ""
         if resp.status in (401, 403):
-            if self.username is None:
-                raise Failure(
-                    "unauthorized",
-                    f"{self.registry} requires a login: run `krate login {self.registry}`",
-                )
-            raise Failure(
-                "unauthorized",
-                f"{self.registry} refused the user name or password{who} (token service "
-                f"answered {resp.status}); run `krate login {self.registry}` again",
-            )
+            raise self.login_refused(f" (token service answered {resp.status})")
         if resp.status != 200:
             raise Failure(
                 "protocol", f"the token service of {self.registry} answered {resp.status}"
@@ -487,16 +490,7 @@ class Client:
                 self.auth_scheme = "basic"
                 if self.basic() is not None:
                     return
-            if self.username is None:
-                raise Failure(
-                    "unauthorized",
-                    f"{self.registry} requires a login: run `krate login {self.registry}`",
-                )
-            raise Failure(
-                "unauthorized",
-                f"{self.registry} refused the user name or password{who}; "
-                f"run `krate login {self.registry}` again",
-            )
+            raise self.login_refused()
         raise Failure("unauthorized", f"{self.registry} refused the request (401)")
 
     def check(self, resp: Response, what: str, *ok: int) -> Response:
@@ -548,10 +542,7 @@ class Client:
                 self.asked_scopes.add(self.scope)
                 self.fetch_token(self.scope)
             elif self.basic() is None:
-                raise Failure(
-                    "unauthorized",
-                    f"{self.registry} requires a login: run `krate login {self.registry}`",
-                )
+                raise self.login_refused()
             resp = self.call("GET", "/v2/")
         self.check(resp, "the API version check", 200)
         emit("auth", scheme=self.auth_scheme)

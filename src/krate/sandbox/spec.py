@@ -17,25 +17,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from krate.policy.model import Limits  # the policy's own limits, enforced as they are
+
 # Host folders holding sockets of privileged daemons (Docker, D-Bus, the user's
 # session bus with the keyring): a Unix socket on a read-only mount can still
 # be connected to, so these are replaced by empty folders.
 SOCKET_DIRS = ("/run", "/var/run")
 PRIVATE_TMP = "/tmp"
-
-
-class Limits(NamedTuple):
-    cpu_seconds: int | None = None
-    memory_mb: int | None = None
-    processes: int | None = None
-    wall_seconds: int | None = None
-
-    def to_dict(self) -> dict[str, int | None]:
-        return self._asdict()
-
-    @property
-    def any_rlimit(self) -> bool:
-        return any(v is not None for v in (self.cpu_seconds, self.memory_mb, self.processes))
 
 
 NO_LIMITS = Limits()

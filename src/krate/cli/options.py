@@ -1,0 +1,12 @@
+"""Options and settings several commands share, so their names and help read the same."""
+
+from __future__ import annotations
+
+import typer
+
+JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
+NEWEST = typer.Option(
+    None, "--limit", min=0, help="Only the newest N (still newest last). Example: --limit 10"
+)
+# `krate run`/`krate build`: everything after CMD is CMD's own, never krate's.
+WORKLOAD_CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
