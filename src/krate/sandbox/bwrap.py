@@ -8,6 +8,16 @@ unshared (user and network always), all capabilities dropped, no new user
 namespaces (`--disable-userns`), a new terminal session (no TIOCSTI injection
 into the user's terminal) and death with krate (`--die-with-parent`).
 
+/proc's kernel knobs (`PROC_READ_ONLY`) are bound read-only and its leak files
+(`PROC_MASKED`) replaced by empty read-only files, always: bubblewrap does the
+first only when it keeps the caller's user namespace, and krate never does, so
+a root caller's sandbox (host uid 0) could otherwise write sysctls such as
+kernel.core_pattern. bubblewrap resolves bind sources on the host side, so the
+read-only copies come from the host's /proc; /proc/sys shows each reader its own
+namespaces' values whichever proc mount it is read through. Other entries are
+named only when the host has them (the kernel is the same, so the sandbox's /proc
+has them too); /proc/sys always is, so a host /proc without it fails the run.
+
 Builds argv only; launching is supervise.py's job. Never passes environment
 values on the command line (other users can read /proc/PID/cmdline).
 """
@@ -20,6 +30,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from krate.sandbox.spec import SOCKET_DIRS, SandboxSpec, mount_order
+
+# Writable kernel settings (sysctls, SysRq, IRQ affinity, PCI config, ACPI wakeup, ...).
+PROC_READ_ONLY = (
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/acpi",
+    "/proc/scsi",
+    "/proc/asound",
+)
+# What the kernel leaks about the host: memory, keys, timers, symbols, scheduler state.
+PROC_MASKED = (
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/kallsyms",
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,7 +99,16 @@ def command(
     ]
     if supports(exe, "--disable-userns"):
         args.append("--disable-userns")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", spec.tmpdir]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for path in PROC_READ_ONLY:
+        if path == "/proc/sys" or os.path.lexists(path):  # no /proc/sys: fail, never skip
+            args += ["--ro-bind", path, path]
+    for path in PROC_MASKED:
+        if os.path.lexists(path):
+            fd = empty()
+            fds.append(fd)
+            args += ["--perms", "0444", "--ro-bind-data", str(fd), path]
+    args += ["--tmpfs", spec.tmpdir]
     for folder in SOCKET_DIRS:
         if os.path.isdir(folder) and not os.path.islink(folder):
             args += ["--tmpfs", folder]
