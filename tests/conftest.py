@@ -18,6 +18,17 @@ from krate.cli.main import main
 
 KRATE = shutil.which("krate", path=str(Path(sys.executable).parent)) or "krate"
 TEST_USER = "krate-test"
+# krate as root refuses a workload in a root-owned folder unless told to run it as host root:
+# tests that run as root in their own tmp folders do so on purpose, and say so.
+AS_ROOT = ("--as-root",) if os.geteuid() == 0 else ()
+
+
+def as_root(args) -> list[str]:
+    """`args` with --as-root after `run`/`build` when the tests run as root."""
+    args = list(args)
+    if AS_ROOT and args[:1] in (["run"], ["build"]):
+        return [args[0], *AS_ROOT, *args[1:]]
+    return args
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +91,10 @@ def ordinary_user() -> str | None:
 
 @pytest.fixture(params=["root", "user"])
 def box(request, ordinary_user):
-    """A home with secrets and a project (run_support.Box), run as root and as the ordinary user."""
+    """A home with secrets and a project (run_support.Box), run as root and as the ordinary user.
+
+    The root box passes `--as-root` to run and build: it tests a root workload on purpose.
+    """
     from .run_support import Box
 
     if request.param == "user" and ordinary_user is None:

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .conftest import KRATE, chown_tree, run_krate
+from .conftest import KRATE, as_root, chown_tree, run_krate
 
 SECRET = "SECRET-KEY-0f9a8b7c"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -24,6 +24,8 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class Box:
     def __init__(self, user: str | None) -> None:
         self.user = user
+        # krate as root refuses a root-owned workspace unless told to run the workload as root.
+        self.as_root = user is None
         self.base = Path(tempfile.mkdtemp(prefix="krate-box-", dir="/var/tmp"))
         os.chmod(self.base, 0o755)
         self.home = self.base / "home"
@@ -53,7 +55,12 @@ class Box:
         env.update(extra)
         return env
 
+    def args(self, args: tuple[str, ...]) -> list[str]:
+        """`args`, with --as-root after `run`/`build` when this box runs as root on purpose."""
+        return as_root(args) if self.as_root else list(args)
+
     def krate(self, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        args = tuple(self.args(args))
         kw.setdefault("cwd", self.ws)
         if self.user:
             kw.setdefault("group", pwd.getpwnam(self.user).pw_gid)
@@ -65,7 +72,8 @@ class Box:
         if self.user:
             kw.setdefault("group", pwd.getpwnam(self.user).pw_gid)
             kw.setdefault("extra_groups", [])
-        return subprocess.Popen([KRATE, *args], env=env or self.env(), user=self.user, **kw)
+        argv = [KRATE, *self.args(args)]
+        return subprocess.Popen(argv, env=env or self.env(), user=self.user, **kw)
 
     def sh(self, script: str, *krate_args: str, **kw) -> subprocess.CompletedProcess:
         return self.krate("run", *krate_args, "--", "/bin/sh", "-c", script, **kw)

@@ -13,7 +13,7 @@ import pytest
 
 from krate.provenance import statement as st
 
-from .conftest import KRATE, run_krate
+from .conftest import KRATE, as_root, run_krate
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
@@ -27,7 +27,7 @@ def sha(data: bytes) -> str:
 
 
 def krate(ws: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_krate(*args, cwd=ws)
+    return run_krate(*as_root(args), cwd=ws)
 
 
 def jsonout(ws: Path, *args: str):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import KRATE
+from .conftest import AS_ROOT, KRATE
 from .run_support import SECRET, Box
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
@@ -70,8 +70,8 @@ def test_usage_error_without_a_command(box):
 def test_binary_stdin_stdout_pass_through_untouched(box):
     data = os.urandom(8 << 20) + bytes(range(256)) * 100
     out = subprocess.run(
-        [KRATE, "run", "--", "cat"], input=data, capture_output=True, env=box.env(), cwd=box.ws,
-        timeout=60,
+        [KRATE, "run", *AS_ROOT, "--", "cat"], input=data, capture_output=True, env=box.env(),
+        cwd=box.ws, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0
     assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(data).digest()
@@ -79,7 +79,7 @@ def test_binary_stdin_stdout_pass_through_untouched(box):
 
 
 def test_pipelines_and_closed_stdout(box):
-    cmd = f"{KRATE} run -- sh -c 'seq 1 100000' | head -3"
+    cmd = f"{KRATE} run {' '.join(AS_ROOT)} -- sh -c 'seq 1 100000' | head -3"
     out = subprocess.run(
         ["sh", "-c", cmd], capture_output=True, text=True, env=box.env(), cwd=box.ws
     )
@@ -91,7 +91,7 @@ def test_a_tty_passes_through(box):
     if pid == 0:  # child: krate with the pty as stdin/stdout/stderr
         os.chdir(box.ws)
         script = "test -t 0 && test -t 1 && echo on-a-tty"
-        os.execve(KRATE, [KRATE, "run", "--", "sh", "-c", script], box.env())
+        os.execve(KRATE, [KRATE, "run", *AS_ROOT, "--", "sh", "-c", script], box.env())
     output = b""
     while True:
         try:
@@ -189,7 +189,9 @@ def test_ctrl_c_while_the_run_starts_is_recorded_as_interrupted(tmp_path, networ
     def interrupt() -> None:
         raise KeyboardInterrupt
 
-    request = RunRequest(("sleep", "30"), ws, ws, {"PATH": os.defpath}, after_start=interrupt)
+    request = RunRequest(
+        ("sleep", "30"), ws, ws, {"PATH": os.defpath}, as_root=True, after_start=interrupt
+    )
     with pytest.raises(KeyboardInterrupt):
         execute(paths, load_effective(flags, ws), request)
     [row] = list_runs(paths)

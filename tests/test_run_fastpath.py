@@ -67,7 +67,7 @@ NOT_ON_THE_RUN_PATH = (
 def test_the_fast_path_runs_without_importing_heavy_modules(tmp_path, krate_home):
     code = (
         "import sys; from krate.cli.main import main; "
-        "code = main(['run', '--no-network', '--', 'sh', '-c', 'exit 3']); "
+        "code = main(['run', '--as-root', '--no-network', '--', 'sh', '-c', 'exit 3']); "
         f"print(code, *[m for m in {NOT_ON_THE_RUN_PATH!r} if m in sys.modules])"
     )
     for _ in range(2):  # the first run creates the store (migrations may load sqlite-utils)

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import KRATE
+from .conftest import AS_ROOT, KRATE
 
 WORKLOAD = (
     "grep '^Seccomp:' /proc/self/status; "
@@ -29,7 +29,7 @@ def status_of(pid: int) -> dict[str, str]:
 def test_krate_locks_itself_after_starting_the_sandbox(tmp_path, krate_home):
     env = dict(os.environ, KRATE_HOME=str(krate_home))
     proc = subprocess.Popen(
-        [KRATE, "run", "--no-network", "--", "sh", "-c", WORKLOAD],
+        [KRATE, "run", *AS_ROOT, "--no-network", "--", "sh", "-c", WORKLOAD],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from krate.sandbox import bwrap, hardlinks, limits
+from krate.sandbox import bwrap, hardlinks, identity, limits
 from krate.sandbox.spec import Limits, build, mount_order, protect_ancestors
 
 
@@ -104,17 +104,27 @@ def test_hidden_file_becomes_an_empty_file_from_its_own_descriptor(tmp_path):
     home, ws = _tree(tmp_path)
     spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".ssh"])
     fds: list[int] = []
-    counter = iter(range(50, 60))
+    counter = iter(range(50, 80))
     argv = bwrap.command(spec, "/usr/bin/bwrap", fds=fds, empty=lambda: next(counter))
-    assert fds == [50]
-    at = argv.index("--ro-bind-data")
-    assert argv[at - 2 : at + 3] == [
-        "--perms",
-        "0444",
-        "--ro-bind-data",
-        "50",
-        str(home / ".ssh/id"),
-    ]
+    # one descriptor each: the /proc files masked on this host, then the hidden file
+    masked = [p for p in bwrap.PROC_MASKED if os.path.lexists(p)]
+    assert fds == list(range(50, 51 + len(masked)))
+    data = [i for i, arg in enumerate(argv) if arg == "--ro-bind-data"]
+    assert [argv[i + 2] for i in data] == [*masked, str(home / ".ssh/id")]
+    at = data[-1]
+    assert argv[at - 2 : at + 3] == ["--perms", "0444", "--ro-bind-data", str(fds[-1]),
+                                     str(home / ".ssh/id")]  # fmt: skip
+
+
+def test_proc_knobs_are_read_only_and_leak_files_masked_after_the_fresh_proc(tmp_path):
+    home, ws = _tree(tmp_path)
+    argv = bwrap.command(_spec(home, ws), "/usr/bin/bwrap", fds=[], empty=lambda: 9)
+    proc = argv.index("--proc")
+    ro = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--ro-bind" and i > proc]
+    expected = [p for p in bwrap.PROC_READ_ONLY if p == "/proc/sys" or os.path.lexists(p)]
+    assert ro[: len(expected)] == expected and "/proc/sys" in expected
+    assert all(argv[argv.index(p) - 1] == "--ro-bind" for p in expected)
+    assert argv.index("/proc/sys") > proc
 
 
 def test_hardlink_scan_finds_extra_links_under_hidden_paths(tmp_path):
@@ -154,3 +164,53 @@ def test_limits_translate_to_rlimits_and_prlimit():
     assert limits.preexec(Limits()) is None
     wrapped = limits.wrap_argv(Limits(processes=7), ["make"])
     assert wrapped[1:] == ["--nproc=7:7", "--", "make"] and wrapped[0].endswith("prlimit")
+
+
+# ---------------------------------------------------------------- identity (root runs)
+
+
+def test_identity_choice_for_root_and_for_everyone_else(tmp_path):
+    ws = Path(os.path.realpath(tmp_path))
+    assert identity.choose(ws, ws, as_root=True, euid=1000, backend="bubblewrap") == (
+        identity.Choice()
+    )  # --as-root means nothing without root
+    chosen = identity.choose(ws, ws, as_root=True, euid=0, backend="bubblewrap")
+    assert chosen.run_as is None and chosen.refusal is None and chosen.record == {"as_root": True}
+    assert chosen.decision == {"area": "identity", "verdict": "allow", "rule": "--as-root",
+                               "layer": "flags", "subject": "root"}  # fmt: skip
+    root_owned = identity.choose(Path("/"), Path("/"), as_root=False, euid=0, backend="bubblewrap")
+    assert root_owned.refusal.exit_code == 125 and root_owned.decision["verdict"] == "deny"
+    assert "belongs to root" in str(root_owned.refusal) and "--as-root" in str(root_owned.refusal)
+    seatbelt = identity.choose(ws, ws, as_root=False, euid=0, backend="seatbelt")
+    assert seatbelt.refusal is not None and seatbelt.run_as is None
+
+
+def test_identity_reaches_only_what_the_mode_bits_open_to_it(tmp_path):
+    base = Path(os.path.realpath(tmp_path))
+    base.chmod(0o755)
+    gid = base.stat().st_gid
+    stranger = identity.Identity("stranger", 54321, 54321, (54321,))
+    member = stranger._replace(groups=(54321, gid))
+    for name, mode in (("open", 0o755), ("closed", 0o700), ("group", 0o750), ("other", 0o701)):
+        (base / name / "x").mkdir(parents=True)
+        (base / name).chmod(mode)
+    assert stranger.reaches(base / "open" / "x") and stranger.reaches(base / "other" / "x")
+    assert not stranger.reaches(base / "closed" / "x")
+    assert not stranger.reaches(base / "group" / "x")
+    assert member.reaches(base / "group" / "x")
+    assert not member.reaches(base / "other" / "x")  # its group class has no search bit
+    assert stranger.reaches(base / "closed") and not stranger.reaches(base / "closed", inside=True)
+
+
+def test_hidden_paths_the_owner_cannot_reach_get_no_mount(tmp_path):
+    tmp_path.chmod(0o755)
+    home, ws = _tree(tmp_path)
+    (home / ".config").chmod(0o700)
+    owner = identity.Identity("owner", 54321, 54321, (54321,))
+    spec = _spec(home, ws)._replace(run_as=owner)
+    joined = " ".join(bwrap.command(spec, "/usr/bin/bwrap", fds=[], empty=lambda: 9))
+    assert f"--tmpfs {home / '.ssh'}" in joined  # reachable: hidden by a mount
+    assert str(home / ".config" / "gh") not in joined  # closed to the owner: nothing to hide
+    mapped = identity.home_equivalents((home / ".ssh", Path("/etc/x")), home, owner._replace(
+        home=Path("/home/owner")))  # fmt: skip
+    assert mapped == [Path("/home/owner/.ssh")]

@@ -49,6 +49,8 @@ class RunRequest(NamedTuple):
     workspace: Path
     environ: Mapping[str, str]
     allow_hardlinked_secrets: bool = False
+    # `--as-root`: a root krate runs the workload as host root (sandbox/identity.py).
+    as_root: bool = False
     # Called once the sandbox (and the egress proxy) exist: the CLI locks krate's own
     # process out of the network there.
     after_start: Callable[[], None] | None = None
@@ -71,6 +73,7 @@ class _Prepared(NamedTuple):
     decisions: list[dict[str, Any]]
     refusal: KrateError | None
     notes: list[str]
+    identity: dict[str, Any] = {}  # for run.started: {"as_root": true} or {"run_as": {...}}
 
 
 # ---------------------------------------------------------------- preparing
@@ -86,13 +89,24 @@ def _env_decider(policy: Any):
     return policy.decide_env, passed
 
 
-def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
+def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = None) -> _Prepared:
     """The spec, the environment decisions and any refusal, before anything is recorded."""
-    from krate.sandbox import hardlinks
+    from krate.sandbox import hardlinks, identity
 
     tmpdir = "/tmp"
     decide, passed = _env_decider(policy)
     env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir)
+    who = identity.choose(
+        Path(os.path.realpath(policy.workspace)),
+        Path(os.path.realpath(request.cwd)),
+        as_root=request.as_root,
+        euid=os.geteuid() if euid is None else euid,
+        backend=backend,
+    )
+    hide_also = ()
+    if who.run_as is not None:  # the owner's own secret stores too, not only the caller's
+        home = Path(os.path.realpath(policy.home))
+        hide_also = identity.home_equivalents(policy.deny_read, home, who.run_as)
     spec = build(
         argv=request.argv,
         cwd=request.cwd,
@@ -102,10 +116,13 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
         deny_read=policy.deny_read,
         env=env,
         limits=policy.limits,
-    )
+        hide_also=hide_also,
+    )._replace(run_as=who.run_as)
     decisions = [s.to_decision() for s in stripped]
+    if who.decision is not None:
+        decisions.append(who.decision)
     notes = list(policy.ignored)
-    refusal = None
+    refusal = who.refusal
     scan = hardlinks.scan(spec.hidden)
     if not scan.complete:
         notes.append(
@@ -116,7 +133,7 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
             decisions.append(_hardlink_decision(path, "allow", "--allow-hardlinked-secrets"))
         else:
             decisions.append(_hardlink_decision(path, "deny", "hidden file has other hard links"))
-    if scan.linked and not request.allow_hardlinked_secrets:
+    if scan.linked and not request.allow_hardlinked_secrets and refusal is None:
         names = ", ".join(str(p) for p in scan.linked[:5])
         more = f" and {len(scan.linked) - 5} more" if len(scan.linked) > 5 else ""
         refusal = KrateError(
@@ -125,7 +142,7 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
             "links or pass --allow-hardlinked-secrets to accept the risk",
             exit_code=EXIT_KRATE_FAILED,
         )
-    return _Prepared(spec, stripped, decisions, refusal, notes)
+    return _Prepared(spec, stripped, decisions, refusal, notes, who.record)
 
 
 def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
@@ -338,6 +355,7 @@ def _spawn(
             preexec=preexec,
             wall_seconds=spec.limits.wall_seconds,
             after_start=after_start,
+            run_as=spec.run_as,
         )
     from krate.sandbox import seatbelt
 
@@ -384,6 +402,7 @@ def _record_start(
         "ignored": list(policy.ignored),
         "notes": prepared.notes,
         "krate_pid": pid,
+        **prepared.identity,
     }
     row = {
         "argv": argv,

@@ -24,6 +24,7 @@ REPEATED = {
 FLAGS = {
     "--no-network": "no_network",
     "--allow-hardlinked-secrets": "allow_hardlinked_secrets",
+    "--as-root": "as_root",
     "--verbose": "verbose",
     "-v": "verbose",
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from krate.cli.options import as_root_option
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -43,6 +44,8 @@ ALLOW_HARDLINKED_SECRETS_OPT = typer.Option(
     "Example: krate run --allow-hardlinked-secrets -- make",
 )
 
+AS_ROOT_OPT = as_root_option("sudo krate run --as-root -- make install")
+
 VERBOSE_OPT = typer.Option(
     False, "--verbose", "-v", help="Say what krate did (on stderr). Example: krate run -v -- ls"
 )
@@ -58,6 +61,7 @@ def run(
     env: EnvOpt = None,
     workdir: Path = WORKDIR_OPT,
     allow_hardlinked_secrets: bool = ALLOW_HARDLINKED_SECRETS_OPT,
+    as_root: bool = AS_ROOT_OPT,
     verbose: bool = VERBOSE_OPT,
 ) -> int:
     """Run CMD isolated: read-only system, writable workspace, secrets hidden and stripped.
@@ -71,5 +75,5 @@ def run(
 
     return run_workload(
         command, policy, allow_host, allow_write, deny_read, no_network, env, workdir,
-        allow_hardlinked_secrets, verbose,
+        allow_hardlinked_secrets, verbose, as_root,
     )  # fmt: skip

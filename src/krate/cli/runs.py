@@ -83,6 +83,8 @@ def show(
         out["limits"] = started.get("limits", {})
         out["layout"] = started.get("layout", {})
         out["ignored"] = started.get("ignored", [])
+        out["run_as"] = started.get("run_as")
+        out["as_root"] = bool(started.get("as_root"))
         out["events"] = [e.seq for e in run_events]
         render.print_json(out)
         return
@@ -94,6 +96,7 @@ def show(
         ("directory", row.cwd),
         ("workspace", row.workspace),
         ("backend", row.backend),
+        *_identity(started),
         ("policy", f"{row.policy_name} {row.policy_hash or ''}".strip()),
         ("started", row.started),
         ("finished", row.finished or ""),
@@ -134,3 +137,13 @@ def show(
                 for d in decisions
             ),  # fmt: skip
         )
+
+
+def _identity(started: dict) -> list[tuple[str, str]]:
+    """Whom a root krate ran the workload as (nothing for an ordinary user's run)."""
+    who = started.get("run_as")
+    if who:
+        return [("runs as", f"{who['user']} (uid {who['uid']}), the workspace's owner")]
+    if started.get("as_root"):
+        return [("runs as", "root (uid 0), --as-root")]
+    return []

@@ -311,7 +311,10 @@ def spawn_with(
     records and then releases it. Elsewhere it runs before the launch.
     """
     recover(paths)
-    session = start_for_run(policy, run_id, paths, platform=platform)
+    run_as = getattr(spec, "run_as", None)
+    session = start_for_run(
+        policy, run_id, paths, platform=platform, run_as=None if run_as is None else run_as.uid
+    )
     if session is None:
         record_start()
         return launch(spec)
@@ -379,8 +382,14 @@ def start_for_run(
     python: str | None = None,
     platform: str = sys.platform,
     limits: Limits = DEFAULT_LIMITS,
+    run_as: int | None = None,
 ) -> EgressSession | None:
-    """Start the egress proxy for a run; None when the policy allows no network at all."""
+    """Start the egress proxy for a run; None when the policy allows no network at all.
+
+    `run_as`: the uid the sandbox runs as when krate runs as root. The socket folder
+    stays root's but that user may pass through it (0711) and read the bridge (0644);
+    the proxy hands its socket to that uid alone.
+    """
     rules = compile_rules(policy)
     if not rules:
         return None
@@ -388,10 +397,10 @@ def start_for_run(
     recover(paths)
     python = python or os.path.realpath(sys.executable)
     folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
-    os.chmod(folder, 0o700)
+    os.chmod(folder, 0o700 if run_as is None else 0o711)
     macos = platform == "darwin"
     shutil.copyfile(BRIDGE, folder / "bridge.py")
-    os.chmod(folder / "bridge.py", 0o600)
+    os.chmod(folder / "bridge.py", 0o600 if run_as is None else 0o644)
     forwards = [] if macos else loopback_forwards(rules)
     ports = {port for _host, port in forwards}
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
@@ -403,6 +412,7 @@ def start_for_run(
         "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
         "krate_src": str(KRATE_SRC),
+        "socket_uid": run_as,
         **limits._asdict(),
     }
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).

@@ -93,6 +93,7 @@ class Config:
     threads: bool = True  # Linux: relay tunnels with two blocking threads instead of asyncio
     journal_fd: int | None = None
     krate_src: str = ""  # the folder holding the `krate` package (for krate.policy only)
+    socket_uid: int | None = None  # the sandbox's uid when it is not krate's (a root krate)
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
 
     @classmethod
@@ -964,9 +965,15 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
     kind, _, where = config.listen.partition(":")
     if kind == "unix":
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(where)
-        os.chmod(where, 0o600)
+        # Made under another name and renamed once it has its owner: the bridge, waiting
+        # for the name, never finds a socket it may not connect to yet.
+        making = where + ".new"
+        listener.bind(making)
+        os.chmod(making, 0o600)
+        if config.socket_uid is not None:
+            os.chown(making, config.socket_uid, -1)
         listener.listen(512)
+        os.rename(making, where)
         listener.setblocking(False)
         server = UnixServer(listener, asyncio.ensure_future(proxy.accept_unix(listener)))
         address: object = where

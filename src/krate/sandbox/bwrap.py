@@ -18,6 +18,10 @@ namespaces' values whichever proc mount it is read through. Other entries are
 named only when the host has them (the kernel is the same, so the sandbox's /proc
 has them too); /proc/sys always is, so a host /proc without it fails the run.
 
+When a root krate runs the sandbox as the workspace's owner (`spec.run_as`,
+sandbox/identity.py), bubblewrap runs as that user: a path the user cannot
+reach gets no mount (bubblewrap could not make it, the workload cannot reach it).
+
 Builds argv only; launching is supervise.py's job. Never passes environment
 values on the command line (other users can read /proc/PID/cmdline).
 """
@@ -113,6 +117,8 @@ def command(
         if os.path.isdir(folder) and not os.path.islink(folder):
             args += ["--tmpfs", folder]
     for kind, path in mount_order(spec):
+        if spec.run_as is not None and not spec.run_as.reaches(path):
+            continue  # bubblewrap runs as that user: neither it nor the workload can get there
         p = str(path)
         if kind == "bind":
             args += ["--bind", p, p]

@@ -59,6 +59,8 @@ class SandboxSpec(NamedTuple):
     declared_writable: tuple[Path, ...] = ()
     declared_read_only: tuple[Path, ...] = ()
     declared_hidden: tuple[Path, ...] = ()
+    # Whom the sandbox runs as when krate runs as root (sandbox/identity.py); None: krate's own.
+    run_as: Any = None
 
     def layout(self) -> dict[str, Any]:
         """What the run record keeps about the filesystem view (paths only)."""

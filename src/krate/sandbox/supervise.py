@@ -28,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from krate.errors import EXIT_CANNOT_EXECUTE, EXIT_KRATE_FAILED, EXIT_NOT_FOUND, KrateError
 
@@ -220,8 +221,12 @@ def launch(
     status_stream: bool = True,
     clock: Callable[[], float] = time.monotonic,
     after_start: Callable[[], None] | None = None,
+    run_as: Any = None,
 ) -> Outcome:
     """Run the sandbox to completion; `build_argv(status_fd, fds)` gives the sandbox's argv.
+
+    `run_as` (an identity.Identity, for a root krate): the child takes that user's
+    groups, gid and uid before it executes the sandbox (in C, before `preexec`).
 
     `build_argv` appends to `fds` any descriptor the sandbox must inherit; they are
     closed here once it started.
@@ -239,6 +244,9 @@ def launch(
     state = {"sigints": 0, "timed_out": False, "killed_early": None}
     forwarded: list[int] = []
     proc: subprocess.Popen | None = None
+    who = {} if run_as is None else {
+        "user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)
+    }  # fmt: skip
 
     def init_pid() -> int | None:
         if not status_stream:
@@ -296,6 +304,7 @@ def launch(
                 process_group=0,
                 preexec_fn=preexec,
                 close_fds=True,
+                **who,
             )
         except OSError as exc:
             raise KrateError(
