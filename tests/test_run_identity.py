@@ -158,3 +158,10 @@ def test_as_root_does_nothing_for_an_ordinary_user(ordinary_user):
         assert "as_root" not in started["data"] and "run_as" not in started["data"]
     finally:
         box.cleanup()
+
+
+def test_the_process_limit_binds_a_root_run_as_the_owner(owned_box):
+    owned_box.krate_home.mkdir()
+    (owned_box.krate_home / "policy.toml").write_text("[limits]\nprocesses = 4\n")
+    out = owned_box.sh("for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait; echo done")
+    assert "fork" in out.stderr.lower() or out.returncode != 0, out

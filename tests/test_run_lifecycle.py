@@ -143,7 +143,7 @@ def test_process_limit_applies_inside_the_sandbox(box):
     _user_policy(box, "[limits]\nprocesses = 4\n")
     out = box.sh("for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait; echo done")
     if box.user is None:
-        # RLIMIT_NPROC does not bind root (the kernel exempts uid 0): documented in docs/run.md
+        # RLIMIT_NPROC does not bind root (the kernel exempts uid 0): --as-root, docs/run.md
         assert out.returncode == 0
     else:
         assert "fork" in out.stderr.lower() or out.returncode != 0
