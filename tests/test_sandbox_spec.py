@@ -154,3 +154,17 @@ def test_limits_translate_to_rlimits_and_prlimit():
     assert limits.preexec(Limits()) is None
     wrapped = limits.wrap_argv(Limits(processes=7), ["make"])
     assert wrapped[1:] == ["--nproc=7:7", "--", "make"] and wrapped[0].endswith("prlimit")
+
+
+def test_hardlink_scan_checks_files_past_the_entry_cap(tmp_path):
+    """A link placed after the cap was never looked at: a big hidden folder let it through."""
+    home, ws = _tree(tmp_path)
+    for i in range(20):
+        (home / ".ssh" / f"other{i}").write_text("")
+    os.link(home / ".ssh" / "id", ws / "notes.txt")
+    for cap in (0, 5, 100):
+        found = hardlinks.scan([home / ".ssh"], max_entries=cap)
+        assert home / ".ssh" / "id" in found.linked, cap
+        assert found.complete == (cap == 100)
+    (ws / "notes.txt").unlink()
+    assert hardlinks.scan([home / ".ssh"], max_entries=0).linked == ()

@@ -106,10 +106,11 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
     decisions = [s.to_decision() for s in stripped]
     notes = list(policy.ignored)
     refusal = None
-    scan = hardlinks.scan(spec.hidden)
+    scan = hardlinks.scan(spec.hidden, hardlinks.MAX_ENTRIES)
     if not scan.complete:
         notes.append(
-            f"hard-link check stopped after {hardlinks.MAX_ENTRIES} files under hidden paths"
+            f"hard-link check: more than {hardlinks.MAX_ENTRIES} entries under hidden paths; "
+            "past them every file with more than one link counts as linked"
         )
     for path in scan.linked:
         if request.allow_hardlinked_secrets:
