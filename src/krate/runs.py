@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from krate.errors import EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
+from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
+from krate.printable import printable
 from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
 from krate.sandbox import supervise
@@ -173,11 +174,13 @@ def execute(
             _check_command(spec, found.backend)
 
             def spawn(s: SandboxSpec, go: Callable[[], None] | None = None) -> supervise.Outcome:
-                return _spawn(s, found, run_id, paths, _in_turn(go, request.after_start))
+                with supervise.terminal_kept():
+                    return _spawn(s, found, run_id, paths, _in_turn(go, request.after_start))
 
             outcome = _with_egress(policy, run_id, paths, spec, spawn, platform, record.start)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
+            _krate_failed(exc)  # e.g. the egress journal's folder cannot be made
             record.finish("failed", exc.exit_code, str(exc), elapsed)
             raise
         except KeyboardInterrupt:
@@ -211,6 +214,12 @@ def execute(
     )
 
 
+def _krate_failed(exc: KrateError) -> None:
+    """A failure of krate's own around the workload exits 125, not 1 (DESIGN.md)."""
+    if exc.exit_code == EXIT_FAILURE:
+        exc.exit_code = EXIT_KRATE_FAILED
+
+
 class _RunRecord:
     """The run's row and events, with the store opened on first use.
 
@@ -234,11 +243,15 @@ class _RunRecord:
         from krate.store import open_store
 
         self.state = "failed"  # until it worked: a store that failed once is not retried
-        self.store = open_store(self.paths)
-        mark_interrupted(self.store)
-        _record_start(
-            self.store, self.run_id, self.policy, self.request, self.backend, self.prepared
-        )
+        try:
+            self.store = open_store(self.paths)
+            mark_interrupted(self.store)
+            _record_start(
+                self.store, self.run_id, self.policy, self.request, self.backend, self.prepared
+            )
+        except KrateError as exc:  # e.g. a data folder that cannot be written: 125
+            _krate_failed(exc)
+            raise
         self.state = "started"
 
     def finish(self, status: str, exit_code: int, reason: str | None, duration_s: float,
@@ -396,11 +409,12 @@ def _record_start(
         "krate_pid": pid,
         "krate_start": supervise.process_identity(pid),
     }
+    data, row = printable(data), printable(row)
     with store.write() as writer:
         event = writer.append("run.started", data, run_id)
         runs_store.insert_started(writer, run_id, event, row)
         for decision in prepared.decisions:
-            writer.append("policy.decision", decision, run_id)
+            writer.append("policy.decision", printable(decision), run_id)
 
 
 def _record_finish(
@@ -421,7 +435,7 @@ def _record_finish(
         "duration_s": round(duration_s, 6),
     }
     if reason:
-        data["reason"] = reason
+        data["reason"] = reason = printable(reason)
     if signals:
         data["signals_forwarded"] = signals
     with store.write() as writer:

@@ -81,9 +81,13 @@ def find_command(
     not_executable = None
     for candidate in candidates:
         real = Path(os.path.realpath(candidate))
-        if not real.exists() or not visible(real):
+        try:
+            if not real.exists() or not visible(real):
+                continue
+            runnable = real.is_file() and os.access(real, os.X_OK)
+        except OSError:  # a PATH folder krate may not search: the shell skips it too
             continue
-        if real.is_file() and os.access(real, os.X_OK):
+        if runnable:
             return str(candidate)
         not_executable = not_executable or candidate
     if not_executable is not None:
@@ -162,6 +166,37 @@ def run_folder(base: Path, run_id: str):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the terminal
+
+
+@contextlib.contextmanager
+def terminal_kept(fd: int = 0):
+    """Give the terminal on `fd` its modes (termios) back after the run, whatever happened.
+
+    A workload that switched it to raw mode or turned echo off and then exited or was
+    killed would otherwise leave the user's shell unusable.
+    """
+    saved = None
+    if os.isatty(fd):
+        import termios
+
+        with contextlib.suppress(termios.error):
+            saved = termios.tcgetattr(fd)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            import termios
+
+            # A background krate (job control) may still set them: ignore SIGTTOU meanwhile.
+            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                with contextlib.suppress(termios.error):
+                    termios.tcsetattr(fd, termios.TCSANOW, saved)
+            finally:
+                signal.signal(signal.SIGTTOU, previous)
 
 
 # ---------------------------------------------------------------- launching
@@ -252,10 +287,14 @@ def launch(
                     os.killpg(proc.pid, signal.SIGKILL)
             return
         init = init_pid()
-        for pid in (init, proc.pid if proc else None):
-            if pid:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+        if init:
+            with contextlib.suppress(OSError):
+                os.kill(init, signal.SIGKILL)
+        if proc is not None:
+            # bubblewrap's whole group: a setup child that has not reported its pid yet
+            # would otherwise wait forever for its killed parent.
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def on_signal(signum: int, _frame: object) -> None:
         forwarded.append(signum)
