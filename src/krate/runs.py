@@ -72,6 +72,7 @@ class _Prepared(NamedTuple):
     decisions: list[dict[str, Any]]
     refusal: KrateError | None
     notes: list[str]
+    memory: Any = None  # where limits.memory_mb is enforced (a cgroup.Place), if set
 
 
 # ---------------------------------------------------------------- preparing
@@ -127,7 +128,31 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
             "links or pass --allow-hardlinked-secrets to accept the risk",
             exit_code=EXIT_KRATE_FAILED,
         )
-    return _Prepared(spec, stripped, decisions, refusal, notes)
+    memory = None
+    if spec.limits.memory_mb is not None and backend == "bubblewrap" and refusal is None:
+        memory, refusal = _memory_place(policy, spec.limits.memory_mb)
+        if memory is not None:
+            notes.append(f"limits.memory_mb enforced by a per-run {memory.describe()}")
+    return _Prepared(spec, stripped, decisions, refusal, notes, memory)
+
+
+def _memory_place(policy: Any, limit_mb: int) -> tuple[Any, KrateError | None]:
+    """The cgroup place for the memory limit, or the refusal: a limit krate cannot enforce."""
+    from krate.sandbox import cgroup
+
+    place = cgroup.find()
+    if place is not None:
+        return place, None
+    layer = dict(getattr(policy, "limit_layers", ())).get("memory_mb")
+    where = f" (from the {layer} layer)" if layer else ""
+    return None, KrateError(
+        f"refusing to run: limits.memory_mb = {limit_mb}{where} cannot be enforced here: no "
+        "cgroup with the memory controller is delegated to this user, and a per-process "
+        "limit does not count tmpfs files or shared memory; remove limits.memory_mb, or run "
+        "krate where a cgroup is delegated (as root, or in a systemd user session: "
+        "`systemd-run --user --scope krate run ...`); `krate doctor` checks it",
+        exit_code=EXIT_KRATE_FAILED,
+    )
 
 
 def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
@@ -175,7 +200,8 @@ def execute(
 
             def spawn(s: SandboxSpec, go: Callable[[], None] | None = None) -> supervise.Outcome:
                 with supervise.terminal_kept():
-                    return _spawn(s, found, run_id, paths, _in_turn(go, request.after_start))
+                    after = _in_turn(go, request.after_start)
+                    return _spawn(s, found, run_id, paths, after, memory=prepared.memory)
 
             outcome = _with_egress(policy, run_id, paths, spec, spawn, platform, record.start)
         except KrateError as exc:
@@ -336,6 +362,8 @@ def _spawn(
     run_id: str,
     paths: Paths,
     after_start: Callable[[], None] | None = None,
+    *,
+    memory: Any = None,
 ) -> supervise.Outcome:
     """The one place the workload starts. Everything before it may still use the network."""
     from krate.sandbox import limits
@@ -346,13 +374,18 @@ def _spawn(
     if found.backend == "bubblewrap":
         from krate.sandbox import bwrap
 
-        return supervise.launch(
-            lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
-            dict(spec.env),
-            preexec=preexec,
-            wall_seconds=spec.limits.wall_seconds,
-            after_start=after_start,
-        )
+        def launch(preexec: Callable[[], None] | None) -> supervise.Outcome:
+            return supervise.launch(
+                lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
+                dict(spec.env),
+                preexec=preexec,
+                wall_seconds=spec.limits.wall_seconds,
+                after_start=after_start,
+            )
+
+        if memory is None:
+            return launch(preexec)
+        return limits.in_memory_cgroup(memory, run_id, spec.limits.memory_mb, preexec, launch)
     from krate.sandbox import seatbelt
 
     with supervise.run_folder(paths.data_dir / RUN_DIRS, run_id) as folder:

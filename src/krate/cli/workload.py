@@ -65,7 +65,7 @@ def report(result, effective, verbose: bool) -> None:
         for note in result.notes:
             if note not in effective.ignored:
                 render.message(f"krate: note: {note}")
-    if result.status != "finished":
+    if result.status != "finished" or result.reason:  # e.g. the memory limit was reached
         render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
 
 

@@ -66,10 +66,16 @@ def command(
     ]
     if supports(exe, "--disable-userns"):
         args.append("--disable-userns")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", spec.tmpdir]
+    # The writable tmpfs mounts hold at most limits.memory_mb (their pages count in the
+    # memory cgroup too; the size makes a full /tmp an ordinary "no space left" error).
+    size = []
+    if spec.limits.memory_mb is not None and supports(exe, "--size"):
+        size = ["--size", str(spec.limits.memory_mb * 1024 * 1024)]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *size, "--tmpfs"]
+    args.append(spec.tmpdir)
     for folder in SOCKET_DIRS:
         if os.path.isdir(folder) and not os.path.islink(folder):
-            args += ["--tmpfs", folder]
+            args += [*size, "--tmpfs", folder]
     for kind, path in mount_order(spec):
         p = str(path)
         if kind == "bind":
