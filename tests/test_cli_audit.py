@@ -114,6 +114,12 @@ def test_show_missing_event_is_a_clear_error(cli):
         result.code == 1
         and result.err.strip() == "krate: no event 99 (the record holds events 1..1)"
     )
+    # a number too big for SQLite used to be an internal error (OverflowError)
+    for seq in ("1000000000000000000000000000000", str(2**63), "0"):
+        result = cli("audit", "show", seq)
+        assert result.code == 1 and result.err.strip() == (
+            f"krate: no event {seq} (the record holds events 1..1)"
+        ), result
 
 
 def test_info_json_keys(cli, krate_home):

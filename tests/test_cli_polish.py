@@ -164,7 +164,7 @@ def test_unreadable_files_are_one_line_errors(ordinary_user, user_tmp):
         (["policy", "check", str(secret)], 2, "is not readable"),
         (["policy", "trust", str(secret)], 2, "is not readable"),
         (["policy", "show", "--policy", str(secret)], 1, "cannot read: Permission denied"),
-        (["run", "--policy", str(secret), "--", "true"], 1, "cannot read: Permission denied"),
+        (["run", "--policy", str(secret), "--", "true"], 125, "cannot read: Permission denied"),
     ):
         done = run_krate(*args, env=env, user=ordinary_user, cwd=user_tmp)
         line = one_line_error(_Result(done), code)

@@ -33,6 +33,29 @@ def run_doctor(*args: str, env: dict | None = None):
     return done, {c["name"]: c for c in report["checks"]}, report
 
 
+def _memory_cgroup() -> bool:
+    from krate.sandbox import cgroup
+
+    return cgroup.find() is not None
+
+
+def test_doctor_says_whether_memory_limits_can_be_enforced(ordinary_user, user_tmp):
+    done, checks, _ = run_doctor()
+    memory = checks["memory limits"]
+    if _memory_cgroup():
+        assert memory["status"] == "ok" and "enforced by a per-run cgroup" in memory["detail"]
+    else:
+        assert memory["status"] == "warn" and "refused" in memory["detail"]
+    if ordinary_user is None:
+        return
+    env = {"PATH": os.environ["PATH"], "KRATE_HOME": str(user_tmp / "k"), "HOME": str(user_tmp)}
+    done = run_krate("doctor", "--json", env=env, user=ordinary_user)
+    memory = {c["name"]: c for c in json.loads(done.stdout)["checks"]}["memory limits"]
+    # this machine delegates no cgroup to an ordinary user
+    assert memory["status"] == "warn", memory
+    assert "cannot be enforced" in memory["detail"] and "systemd-run --user" in memory["fix"]
+
+
 def healthy_home(env: dict | None = None) -> None:
     for text in ("first", "second", "third"):
         assert run_krate("audit", "note", text, env=env).returncode == 0
@@ -48,6 +71,7 @@ def test_doctor_passes_on_a_healthy_install(krate_home, tmp_path):
     assert report["ok"] is True
     assert {name: c["status"] for name, c in checks.items()} == {
         "sandbox": "ok",
+        "memory limits": "ok" if _memory_cgroup() else "warn",
         "database": "ok",
         "event chain": "ok",
         "permissions": "ok",
@@ -59,7 +83,8 @@ def test_doctor_passes_on_a_healthy_install(krate_home, tmp_path):
     # Human output: one line per check, nothing on stderr, and doctor recorded nothing.
     human = run_krate("doctor", env=env)
     assert human.returncode == 0 and human.stderr == ""
-    assert [line.split()[0] for line in human.stdout.splitlines()] == ["ok"] * 6
+    statuses = [line.split()[0] for line in human.stdout.splitlines()]
+    assert statuses == ["ok", "ok" if _memory_cgroup() else "warn", *["ok"] * 5]
     assert run_krate("audit", "head", env=env).stdout == head
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
 import pytest
 
-from krate.errors import EXIT_FAILURE
+from krate.errors import EXIT_KRATE_FAILED
 
 from .egress_support import Server
 
@@ -112,6 +113,54 @@ def test_a_run_that_cannot_be_recorded_never_runs(box, server, network):
         chown_tree(box.krate_home, box.user)
     flags = ["--allow-host", f"localhost:{server.port}"] if network else ["--no-network"]
     out = box.sh("touch ran; echo ran", *flags)
-    assert out.returncode == EXIT_FAILURE  # a store problem (DESIGN.md), not the workload
+    assert out.returncode == EXIT_KRATE_FAILED  # krate failed before the workload (DESIGN.md)
     assert "corrupt or not a krate database" in out.stderr
     assert "ran" not in out.stdout and not (box.ws / "ran").exists()
+
+
+FLOOD = """
+import os, socket, sys
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+denied = 0
+for target, times in ((b"denied.example:443", 1500), (b"denied.example:80", 400),
+                      (b"other.example:443", 100)):
+    for _ in range(times):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"CONNECT " + target + b" HTTP/1.1\\r\\nHost: " + target + b"\\r\\n\\r\\n")
+            denied += b" 403 " in s.recv(200).split(b"\\r\\n")[0]
+print(denied)
+"""
+
+
+def test_a_flood_of_denied_connections_is_coalesced_and_counted(box, server):
+    """2,000 denied connections used to write 2,000 events: now one per host and port, and
+    a count recorded when the run ends."""
+    out = box.krate(
+        "run", "--policy", "strict", "--allow-host", f"localhost:{server.port}", "--",
+        "python3", "-c", FLOOD,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2000"]
+    run = box.last_run()
+    network = [d for d in run["decisions"] if d.get("area") == "network"]
+    assert len(network) <= 6, len(network)  # the first of each, then one count each
+    hosts = {(h["host"], h["port"]): h["connections"] for h in run["hosts"]}
+    assert hosts == {
+        ("denied.example", 443): 1500, ("denied.example", 80): 400, ("other.example", 443): 100
+    }  # fmt: skip
+    assert run["decision_counts"]["denied"] == 2000
+    firsts = [d for d in network if "repeats" not in d]
+    assert [(d["host"], d["port"], d["verdict"]) for d in firsts] == [
+        ("denied.example", 443, "deny"), ("denied.example", 80, "deny"),
+        ("other.example", 443, "deny"),
+    ]  # fmt: skip
+    counts = {(d["host"], d["port"]): d["repeats"] for d in network if "repeats" in d}
+    assert counts == {
+        ("denied.example", 443): 1499, ("denied.example", 80): 399, ("other.example", 443): 99
+    }  # fmt: skip
+    text = box.krate("runs", "show", "last").stdout
+    assert "denied.example\t443\tdeny\t1500\t0\t0" in text
+    assert "1499 more" in text
+    listed = box.krate("runs", "list", "--json")
+    assert json.loads(listed.stdout)[0]["decisions"]["denied"] == 2000
+    assert box.krate("audit", "verify").returncode == 0

@@ -76,6 +76,11 @@ def test_wrong_types_name_their_line():
         (6, "`limits.processes` must be between 1 and 1099511627776"),
     ]
     assert problems("network = 5\n") == [(1, "`network` must be a table ([network]), not a number")]
+    # a time the kernel's timers cannot hold used to pass, then fail once the workload ran
+    assert problems("[limits]\nmemory_mb = 5\nwall_seconds = 10000000000\n") == [
+        (3, "`limits.wall_seconds` must be between 1 and 315360000 (10 years)")
+    ]
+    assert problems("[limits]\ncpu_seconds = 9300000000\n")[0][0] == 2
     assert problems("[env]\nstrip = [1]\n") == [
         (2, "`env.strip` entries must be strings, not a number")
     ]

@@ -67,6 +67,37 @@ def test_hard_link_to_a_secret_refuses_the_run_and_records_it(box):
     assert decision["verdict"] == "allow" and decision["rule"] == "--allow-hardlinked-secrets"
 
 
+def test_hard_link_past_the_scan_cap_still_refuses_the_run(box):
+    """The scan used to stop at its entry cap and let a link placed after it through."""
+    import sys
+
+    for i in range(30):
+        (box.key.parent / f"cache{i}").write_text("")
+    if box.user:
+        _chown_all(box.key.parent, box.user)
+    os.link(box.key, box.ws / "notes.txt")
+    code = (
+        "import sys; from krate.sandbox import hardlinks; hardlinks.MAX_ENTRIES = 0; "
+        "from krate.cli.main import main; sys.exit(main())"
+    )
+    kw = {"group": _ids(box.user)[1], "extra_groups": []} if box.user else {}
+    out = subprocess.run(
+        [sys.executable, "-c", code, "run", "--", "cat", "notes.txt"], cwd=box.ws,
+        env=box.env(), user=box.user, capture_output=True, text=True, timeout=120, **kw,
+    )  # fmt: skip
+    assert out.returncode == 125, out.stderr
+    assert SECRET not in out.stdout and str(box.key) in out.stderr
+    run = box.last_run()
+    assert run["status"] == "refused" and run["exit_code"] == 125
+    denied = [d["subject"] for d in run["decisions"] if d["area"] == "filesystem"]
+    assert str(box.key) in denied
+
+
+def _chown_all(folder, user: str) -> None:
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, *_ids(user))
+
+
 # ---------------------------------------------------------------- writing outside / protected files
 
 

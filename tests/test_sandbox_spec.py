@@ -214,3 +214,81 @@ def test_hidden_paths_the_owner_cannot_reach_get_no_mount(tmp_path):
     mapped = identity.home_equivalents((home / ".ssh", Path("/etc/x")), home, owner._replace(
         home=Path("/home/owner")))  # fmt: skip
     assert mapped == [Path("/home/owner/.ssh")]
+
+
+def test_hardlink_scan_checks_files_past_the_entry_cap(tmp_path):
+    """A link placed after the cap was never looked at: a big hidden folder let it through."""
+    home, ws = _tree(tmp_path)
+    for i in range(20):
+        (home / ".ssh" / f"other{i}").write_text("")
+    os.link(home / ".ssh" / "id", ws / "notes.txt")
+    for cap in (0, 5, 100):
+        found = hardlinks.scan([home / ".ssh"], max_entries=cap)
+        assert home / ".ssh" / "id" in found.linked, cap
+        assert found.complete == (cap == 100)
+    (ws / "notes.txt").unlink()
+    assert hardlinks.scan([home / ".ssh"], max_entries=0).linked == ()
+
+
+def test_writable_tmpfs_mounts_are_no_bigger_than_the_memory_limit(tmp_path):
+    home, ws = _tree(tmp_path)
+    spec = _spec(home, ws)._replace(limits=Limits(memory_mb=64))
+    argv = bwrap.command(spec, "/usr/bin/bwrap", empty=lambda: 42)
+    if not bwrap.supports("/usr/bin/bwrap", "--size"):
+        pytest.skip("this bubblewrap has no --size")
+    size = str(64 << 20)
+    at = argv.index("/tmp")
+    assert argv[at - 3 : at] == ["--size", size, "--tmpfs"]
+    assert argv.count("--size") == 1 + sum(
+        os.path.isdir(d) and not os.path.islink(d) for d in ("/run", "/var/run")
+    )
+    # hidden folders are read-only tmpfs: no size needed; no limit, no size
+    assert argv[argv.index(str(home / ".ssh")) - 1] == "--tmpfs"
+    assert "--size" not in bwrap.command(_spec(home, ws), "/usr/bin/bwrap", empty=lambda: 42)
+
+
+def _fake_cgroups(tmp_path: Path, mountinfo: str, membership: str) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_text(mountinfo)
+    (proc / "self" / "cgroup").write_text(membership)
+    return proc
+
+
+def test_cgroup_place_is_the_nearest_usable_ancestor(tmp_path):
+    from krate.sandbox import cgroup
+
+    v2 = tmp_path / "unified"
+    user = v2 / "user.slice" / "user-1000.slice"
+    own = user / "user@1000.service" / "app.slice" / "term.scope"
+    own.mkdir(parents=True)
+    enabled = {v2: "cpu memory pids", user: "memory pids", own.parent.parent: "memory pids"}
+    enabled[own.parent] = "pids"
+    for folder, controllers in enabled.items():
+        (folder / "cgroup.subtree_control").write_text(controllers + "\n")
+    v1 = tmp_path / "memory"
+    (v1 / "job").mkdir(parents=True)
+    mountinfo = (
+        f"35 31 0:32 / {v1} rw,relatime - cgroup cgroup rw,memory\n"
+        f"41 31 0:38 / {v2} rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n"
+    )
+    membership = (
+        "4:memory:/job\n0::/user.slice/user-1000.slice/user@1000.service/app.slice/term.scope\n"
+    )
+    proc = _fake_cgroups(tmp_path, mountinfo, membership)
+    delegated = own.parent.parent  # user@1000.service: the user's own, memory enabled
+
+    def mine(folder: Path) -> bool:
+        return folder in (delegated, own.parent, own, v1 / "job")
+
+    assert cgroup.find(proc, mine) == cgroup.Place(2, delegated)
+    # a login session outside the delegated subtree: nothing in v2; v1 as a fallback
+    assert cgroup.find(proc, lambda f: f == v1 / "job") == cgroup.Place(1, v1 / "job")
+    assert cgroup.find(proc, lambda f: False) is None
+    # root may use the top of the v2 hierarchy
+    assert cgroup.find(proc, lambda f: True) == cgroup.Place(2, delegated)
+    (delegated / "cgroup.subtree_control").write_text("pids\n")
+    assert cgroup.find(proc, lambda f: True) == cgroup.Place(2, user)
+    # a mount whose root does not hold krate's cgroup (another cgroup namespace): unusable
+    proc = _fake_cgroups(tmp_path / "ns", mountinfo.replace(" / ", " /elsewhere ", 1), membership)
+    assert cgroup.find(proc, lambda f: f == v1 / "job") is None

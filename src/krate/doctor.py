@@ -69,6 +69,7 @@ def diagnose(
     return Report(
         (
             check_sandbox(path_env, platform, proc),
+            check_memory_limits(platform, proc),
             database,
             check_chain(paths, database_ok=database.status != FAIL),
             check_permissions(paths),
@@ -120,6 +121,46 @@ def check_sandbox(path_env: str | None, platform: str, proc: Path = Path("/proc"
         "bubblewrap needs unprivileged user namespaces: inside a container, allow them "
         "(e.g. docker run --security-opt seccomp=unconfined) or run krate on the host",
     )
+
+
+def check_memory_limits(platform: str, proc: Path = Path("/proc")) -> Check:
+    """Whether `limits.memory_mb` can be enforced: a real per-run cgroup, joined by `true`."""
+    name = "memory limits"
+    if platform != "linux":
+        return Check(
+            name,
+            WARN,
+            f"on {platform} limits.memory_mb is a per-process limit (RLIMIT_DATA) that does not "
+            "count shared memory",
+            "keep that in mind when you rely on limits.memory_mb there",
+        )
+    from krate.sandbox import cgroup
+
+    place = cgroup.find(proc)
+    if place is None:
+        return Check(
+            name,
+            WARN,
+            "limits.memory_mb cannot be enforced: no cgroup with the memory controller is "
+            "delegated to you, so runs whose policy sets it are refused (exit 125)",
+            "run krate as root, or from a systemd user session (`systemd-run --user --scope "
+            "krate run ...`), or leave limits.memory_mb unset",
+        )
+    try:
+        group = cgroup.RunCgroup.create(place, "doctor", 16)
+        try:
+            subprocess.run(["true"], preexec_fn=group.join(), check=True, timeout=TRIAL_TIMEOUT_S)
+        finally:
+            group.remove()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check(
+            name,
+            WARN,
+            f"a memory cgroup in {place.parent} could not be used ({exc}), so runs whose "
+            "policy sets limits.memory_mb fail (exit 125)",
+            "check that the cgroup file system is writable by you, or leave limits.memory_mb unset",
+        )
+    return Check(name, OK, f"limits.memory_mb is enforced by a per-run {place.describe()}")
 
 
 def _trial(backend: str, executable: str) -> str | None:

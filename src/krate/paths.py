@@ -74,7 +74,10 @@ def ensure_private_dir(path: Path) -> Path:
             f"{path} exists but is not a folder; move it aside or set KRATE_HOME"
         ) from exc
     except OSError as exc:
-        raise StoreError(f"cannot use data folder {path}: {exc.strerror or exc}") from exc
+        raise StoreError(
+            f"cannot use data folder {path}: {(exc.strerror or str(exc)).lower()}; "
+            "fix it or set KRATE_HOME to a writable folder"
+        ) from exc
     if not os.access(path, os.W_OK | os.X_OK):
         raise StoreError(
             f"data folder {path} is not writable; fix its permissions or set KRATE_HOME"

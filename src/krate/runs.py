@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from krate.errors import EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
+from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
+from krate.printable import printable
 from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
 from krate.sandbox import supervise
@@ -74,6 +75,7 @@ class _Prepared(NamedTuple):
     refusal: KrateError | None
     notes: list[str]
     identity: dict[str, Any] = {}  # for run.started: {"as_root": true} or {"run_as": {...}}
+    memory: Any = None  # where limits.memory_mb is enforced (a cgroup.Place), if set
 
 
 # ---------------------------------------------------------------- preparing
@@ -123,10 +125,11 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
         decisions.append(who.decision)
     notes = list(policy.ignored)
     refusal = who.refusal
-    scan = hardlinks.scan(spec.hidden)
+    scan = hardlinks.scan(spec.hidden, hardlinks.MAX_ENTRIES)
     if not scan.complete:
         notes.append(
-            f"hard-link check stopped after {hardlinks.MAX_ENTRIES} files under hidden paths"
+            f"hard-link check: more than {hardlinks.MAX_ENTRIES} entries under hidden paths; "
+            "past them every file with more than one link counts as linked"
         )
     for path in scan.linked:
         if request.allow_hardlinked_secrets:
@@ -142,7 +145,31 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
             "links or pass --allow-hardlinked-secrets to accept the risk",
             exit_code=EXIT_KRATE_FAILED,
         )
-    return _Prepared(spec, stripped, decisions, refusal, notes, who.record)
+    memory = None
+    if spec.limits.memory_mb is not None and backend == "bubblewrap" and refusal is None:
+        memory, refusal = _memory_place(policy, spec.limits.memory_mb)
+        if memory is not None:
+            notes.append(f"limits.memory_mb enforced by a per-run {memory.describe()}")
+    return _Prepared(spec, stripped, decisions, refusal, notes, who.record, memory)
+
+
+def _memory_place(policy: Any, limit_mb: int) -> tuple[Any, KrateError | None]:
+    """The cgroup place for the memory limit, or the refusal: a limit krate cannot enforce."""
+    from krate.sandbox import cgroup
+
+    place = cgroup.find()
+    if place is not None:
+        return place, None
+    layer = dict(getattr(policy, "limit_layers", ())).get("memory_mb")
+    where = f" (from the {layer} layer)" if layer else ""
+    return None, KrateError(
+        f"refusing to run: limits.memory_mb = {limit_mb}{where} cannot be enforced here: no "
+        "cgroup with the memory controller is delegated to this user, and a per-process "
+        "limit does not count tmpfs files or shared memory; remove limits.memory_mb, or run "
+        "krate where a cgroup is delegated (as root, or in a systemd user session: "
+        "`systemd-run --user --scope krate run ...`); `krate doctor` checks it",
+        exit_code=EXIT_KRATE_FAILED,
+    )
 
 
 def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
@@ -189,11 +216,14 @@ def execute(
             _check_command(spec, found.backend)
 
             def spawn(s: SandboxSpec, go: Callable[[], None] | None = None) -> supervise.Outcome:
-                return _spawn(s, found, run_id, paths, _in_turn(go, request.after_start))
+                with supervise.terminal_kept():
+                    after = _in_turn(go, request.after_start)
+                    return _spawn(s, found, run_id, paths, after, memory=prepared.memory)
 
             outcome = _with_egress(policy, run_id, paths, spec, spawn, platform, record.start)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
+            _krate_failed(exc)  # e.g. the egress journal's folder cannot be made
             record.finish("failed", exc.exit_code, str(exc), elapsed)
             raise
         except KeyboardInterrupt:
@@ -227,6 +257,12 @@ def execute(
     )
 
 
+def _krate_failed(exc: KrateError) -> None:
+    """A failure of krate's own around the workload exits 125, not 1 (DESIGN.md)."""
+    if exc.exit_code == EXIT_FAILURE:
+        exc.exit_code = EXIT_KRATE_FAILED
+
+
 class _RunRecord:
     """The run's row and events, with the store opened on first use.
 
@@ -250,11 +286,15 @@ class _RunRecord:
         from krate.store import open_store
 
         self.state = "failed"  # until it worked: a store that failed once is not retried
-        self.store = open_store(self.paths)
-        mark_interrupted(self.store)
-        _record_start(
-            self.store, self.run_id, self.policy, self.request, self.backend, self.prepared
-        )
+        try:
+            self.store = open_store(self.paths)
+            mark_interrupted(self.store)
+            _record_start(
+                self.store, self.run_id, self.policy, self.request, self.backend, self.prepared
+            )
+        except KrateError as exc:  # e.g. a data folder that cannot be written: 125
+            _krate_failed(exc)
+            raise
         self.state = "started"
 
     def finish(self, status: str, exit_code: int, reason: str | None, duration_s: float,
@@ -339,6 +379,8 @@ def _spawn(
     run_id: str,
     paths: Paths,
     after_start: Callable[[], None] | None = None,
+    *,
+    memory: Any = None,
 ) -> supervise.Outcome:
     """The one place the workload starts. Everything before it may still use the network."""
     from krate.sandbox import limits
@@ -349,14 +391,19 @@ def _spawn(
     if found.backend == "bubblewrap":
         from krate.sandbox import bwrap
 
-        return supervise.launch(
-            lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
-            dict(spec.env),
-            preexec=preexec,
-            wall_seconds=spec.limits.wall_seconds,
-            after_start=after_start,
-            run_as=spec.run_as,
-        )
+        def launch(preexec: Callable[[], None] | None) -> supervise.Outcome:
+            return supervise.launch(
+                lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
+                dict(spec.env),
+                preexec=preexec,
+                wall_seconds=spec.limits.wall_seconds,
+                after_start=after_start,
+                run_as=spec.run_as,
+            )
+
+        if memory is None:
+            return launch(preexec)
+        return limits.in_memory_cgroup(memory, run_id, spec.limits.memory_mb, preexec, launch)
     from krate.sandbox import seatbelt
 
     with supervise.run_folder(paths.data_dir / RUN_DIRS, run_id) as folder:
@@ -414,11 +461,12 @@ def _record_start(
         "krate_pid": pid,
         "krate_start": supervise.process_identity(pid),
     }
+    data, row = printable(data), printable(row)
     with store.write() as writer:
         event = writer.append("run.started", data, run_id)
         runs_store.insert_started(writer, run_id, event, row)
         for decision in prepared.decisions:
-            writer.append("policy.decision", decision, run_id)
+            writer.append("policy.decision", printable(decision), run_id)
 
 
 def _record_finish(
@@ -439,7 +487,7 @@ def _record_finish(
         "duration_s": round(duration_s, 6),
     }
     if reason:
-        data["reason"] = reason
+        data["reason"] = reason = printable(reason)
     if signals:
         data["signals_forwarded"] = signals
     with store.write() as writer:

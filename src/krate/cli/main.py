@@ -13,6 +13,7 @@ undone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
         protect = argv is None
     if protect:
         _protect(args)
+        import atexit
+
+        atexit.register(_settle_at_exit, args)
     try:
         code = _dispatch(args)
     except SystemExit as exc:  # shell completion leaves through sys.exit()
@@ -85,6 +89,23 @@ def _settle_guard(args: list[str]) -> bool:
     return True
 
 
+def _settle_at_exit(args: list[str]) -> None:
+    """A refusal after main() returned (a thread, an exit handler) still makes krate exit 1.
+
+    Runs once the other threads were joined; from then on the guard ends the process
+    with 1 at the first refusal itself (a daemon thread may still run briefly).
+    """
+    from krate.netguard import guard
+
+    failed = _settle_guard(args)
+    guard.seal()
+    if failed:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)
+
+
 def _command_name(args: list[str]) -> str:
     try:
         import typer
@@ -135,7 +156,7 @@ def _dispatch(args: list[str]) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         reason = (exc.strerror or type(exc).__name__).lower()
         _fail(f"cannot use{where}: {reason}; check its permissions, or choose another path")
-        return 1
+        return _failed(args, 1)
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             # Typer's usage errors (unknown option, missing argument, bad value): one line.
@@ -151,7 +172,12 @@ def _dispatch(args: list[str]) -> int:
         if os.environ.get("KRATE_DEBUG"):
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set KRATE_DEBUG=1 for the traceback)")
-        return 1
+        return _failed(args, 1)
+
+
+def _failed(args: list[str], code: int) -> int:
+    """The exit code for an unexpected error: 125 (krate failed) for `run` and `build`."""
+    return 125 if code == 1 and _first_word(args) in ("run", "build") else code
 
 
 def _first_word(args: list[str]) -> str | None:

@@ -22,6 +22,13 @@ def _argv_text(argv: list[str], width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _subject(decision: dict) -> str:
+    """The decision's subject; a count of coalesced denials says how many more there were."""
+    subject = decision.get("subject") or ""
+    repeats = decision.get("repeats")
+    return f"{subject} ({repeats} more, counted)" if repeats else subject
+
+
 @app.command("list")
 def list_(
     limit: int = typer.Option(20, "--limit", min=1, help="Show the newest N runs."),
@@ -130,7 +137,7 @@ def show(
                     d["seq"],
                     d.get("area", ""),
                     d.get("verdict", ""),
-                    d.get("subject", ""),
+                    _subject(d),
                     d.get("rule", ""),
                     d.get("layer", ""),
                 )

@@ -27,10 +27,16 @@ def prepare(
     """
     from krate import render
     from krate.cli.policy_load import flags_from, load_effective
+    from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError
     from krate.runs import RunRequest
 
     cwd = (workdir or Path.cwd()).absolute()
-    effective = load_effective(flags_from(*flags), cwd)
+    try:
+        effective = load_effective(flags_from(*flags), cwd)
+    except KrateError as exc:  # a bad policy file: krate failed before the workload, 125
+        if exc.exit_code == EXIT_FAILURE:
+            exc.exit_code = EXIT_KRATE_FAILED
+        raise
     for note in effective.ignored:
         render.message(f"krate: note: {note}")
     request = RunRequest(
@@ -61,7 +67,7 @@ def report(result, effective, verbose: bool) -> None:
         for note in result.notes:
             if note not in effective.ignored:
                 render.message(f"krate: note: {note}")
-    if result.status != "finished":
+    if result.status != "finished" or result.reason:  # e.g. the memory limit was reached
         render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
 
 

@@ -268,6 +268,7 @@ class EgressSession:
             self.run_id,
             journal_path(self.paths, self.run_id),
             self.recorder.recorded,
+            self.recorder.coalescer,
         )
         os.close(self.journal_fd)
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -353,7 +354,7 @@ def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
             {"host": key[0], "port": key[1], "verdict": key[2], "connections": 0,
              "bytes_up": 0, "bytes_down": 0},
         )  # fmt: skip
-        row["connections"] += 1
+        row["connections"] += d.get("repeats") or 1  # a count event stands for its repeats
         row["bytes_up"] += d.get("bytes_up") or 0
         row["bytes_down"] += d.get("bytes_down") or 0
     return list(rows.values())

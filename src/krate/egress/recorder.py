@@ -7,6 +7,13 @@ appends every decision line to a per-run journal file whose lock both
 processes hold; when krate is killed, the next krate start (`recover`) records
 whatever the killed one had not, so no completed connection is lost.
 
+Why coalescing: a workload can open thousands of connections the policy
+refuses (3,000 in 5 s took 3,001 events), flooding the record. The first denial
+of each host and port in a run is recorded as it happens; the ones after it
+are counted, and the count is recorded as one more decision event (`repeats`)
+when the run ends. Past `DENIED_KEYS_MAX` distinct hosts and ports, new ones
+are counted together (host None). Allowed connections are recorded one by one.
+
 Runs in a thread of krate's own process with its own store connection. It
 must never touch the network (it reads a pipe) or record more than the
 metadata the proxy reports.
@@ -31,6 +38,8 @@ from krate.store import open_store
 
 BATCH_MAX = 200
 BATCH_SECONDS = 0.2
+DENIED_KEYS_MAX = 256
+FURTHER = (object(), None)  # the key denials of further hosts are counted under
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 FIELDS = (
     "n",
@@ -56,6 +65,45 @@ def event_data(line: dict[str, Any]) -> dict[str, Any]:
     host, port = line.get("host"), line.get("port")
     data["subject"] = f"{host}:{port}" if host is not None else None
     return data
+
+
+class Coalescer:
+    """Which denials to record now (the first per host and port) and how many repeated."""
+
+    def __init__(self, firsts: dict[tuple, Any] | None = None) -> None:
+        self.firsts: dict[tuple, Any] = dict(firsts or {})  # key -> `n` of the recorded one
+        self.repeats: dict[tuple, dict[str, Any]] = {}  # key -> the count event's data
+
+    def take(self, line: dict[str, Any]) -> bool:
+        """True: record this decision line now; False: it was counted."""
+        if line.get("verdict") == "allow":
+            return True
+        key = (line.get("host"), line.get("port"))
+        if key not in self.firsts and len(self.firsts) >= DENIED_KEYS_MAX:
+            key = FURTHER
+        first = self.firsts.setdefault(key, line.get("n"))
+        if first == line.get("n"):
+            return True  # the first one (or the same line again, from the journal)
+        count = self.repeats.get(key)
+        if count is None:
+            count = self.repeats[key] = {
+                **event_data(line), "n": None, "repeats": 0, "first_n": line.get("n")
+            }  # fmt: skip
+            if key == FURTHER:
+                count.update(host=None, port=None, subject="(further denied hosts)")
+        count["repeats"] += 1
+        count.update(last_n=line.get("n"), last_started=line.get("started"))
+        return False
+
+    def counted(self) -> list[dict[str, Any]]:
+        """One decision event per host and port whose denials repeated: the final count."""
+        out = []
+        for data in self.repeats.values():
+            row = {k: v for k, v in data.items() if k not in ("bytes_up", "bytes_down")}
+            row.pop("duration_ms", None)
+            out.append(row)
+        self.repeats = {}
+        return out
 
 
 def journal_path(paths: Paths, run_id: str) -> Path:
@@ -86,20 +134,31 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def reconcile(store, run_id: str, path: Path, recorded: set[int] | None = None) -> int:
-    """Record journal lines not yet in the store, then delete the journal.
+def reconcile(
+    store, run_id: str, path: Path, recorded: set[int] | None = None,
+    coalescer: Coalescer | None = None,
+) -> int:  # fmt: skip
+    """Record journal lines not yet in the store and the final counts, then delete the journal.
 
     `store` may be a function that opens the store: it is called (and the store
     closed again) only when something is missing, the rare case after a crash.
+    Without `recorded` and `coalescer` (a killed run), both are read from the store.
     """
-    if recorded is None:
+    lines = read_journal(path)
+    if coalescer is None:
+        recorded, firsts, counted = egress_store.recorded_state(store, run_id)
+        if counted:  # the run's counts were recorded: so was everything else in its journal
+            lines = []
+        coalescer = Coalescer(firsts)
+    elif recorded is None:
         recorded = egress_store.recorded_numbers(store, run_id)
-    missing = [event_data(x) for x in read_journal(path) if x.get("n") not in recorded]
-    if missing and callable(store):
+    missing = [x for x in lines if x.get("n") not in recorded]
+    rows = [event_data(x) for x in missing if coalescer.take(x)] + coalescer.counted()
+    if rows and callable(store):
         with store() as opened:
-            egress_store.append_decisions(opened, run_id, missing)
-    elif missing:
-        egress_store.append_decisions(store, run_id, missing)
+            egress_store.append_decisions(opened, run_id, rows)
+    elif rows:
+        egress_store.append_decisions(store, run_id, rows)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return len(missing)
@@ -144,8 +203,9 @@ class Recorder:
         self.ready = threading.Event()
         self.ready_line: dict[str, Any] | None = None
         self.closed_line: dict[str, Any] | None = None
-        self.recorded: set[int] = set()
+        self.recorded: set[int] = set()  # the proxy's `n` of every line recorded or counted
         self.counts = {"allow": 0, "deny": 0}
+        self.coalescer = Coalescer()
         self.error: BaseException | None = None
         self._pending: list[dict[str, Any]] = []
         self._store = None
@@ -196,7 +256,11 @@ class Recorder:
             return
         kind = line.get("type") if isinstance(line, dict) else None
         if kind == "decision":
-            self._pending.append(line)
+            if self.coalescer.take(line):
+                self._pending.append(line)
+            else:  # a repeated denial: counted, its count recorded when the run ends
+                self.recorded.add(line.get("n"))
+                self.counts["deny"] += 1
         elif kind == "ready":
             self.ready_line = line
             self.ready.set()

@@ -83,7 +83,7 @@ class Violation:
         return f"{what}, attempted by {self.file}:{self.line} ({self.function})"
 
 
-_state = {"installed": False, "record": True}
+_state = {"installed": False, "record": True, "sealed": False}
 _violations: list[Violation] = []
 _lock = allocate_lock()
 
@@ -99,6 +99,11 @@ def install(*, record: bool = True) -> None:
         return
     _state["installed"] = True
     sys.addaudithook(_hook)
+
+
+def seal() -> None:
+    """The CLI boundary has settled for the last time: a later refusal exits 1 at once."""
+    _state["sealed"] = True
 
 
 def installed() -> bool:
@@ -146,6 +151,8 @@ def _hook(event: str, args: tuple) -> None:
         sys.stderr.flush()
     except Exception:
         pass
+    if _state["sealed"]:
+        os._exit(1)  # nothing is left to report it to: the process is exiting
     raise NetworkRefused(13, f"krate refused network access ({event}); see `krate audit network`")
 
 

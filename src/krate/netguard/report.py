@@ -48,9 +48,11 @@ def summarize(store: Any, lockdown_state: dict[str, Any]) -> dict[str, Any]:
         )
     commands.sort(key=lambda c: -c["connections"])
 
-    workload = Counter(
-        (_dest(e.data), e.data.get("verdict") or e.data.get("decision")) for e in decisions
-    )
+    workload: Counter = Counter()
+    for e in decisions:  # a count event (`repeats`) stands for that many denials
+        workload[(_dest(e.data), e.data.get("verdict") or e.data.get("decision"))] += (
+            e.data.get("repeats") or 1
+        )
     return {
         "claim": claim(commands, len(violations)),
         "egress": {
@@ -73,7 +75,7 @@ def summarize(store: Any, lockdown_state: dict[str, Any]) -> dict[str, Any]:
             ],
         },
         "workload": {
-            "decisions": len(decisions),
+            "decisions": sum(workload.values()),
             "by_destination": [
                 {"destination": d, "verdict": v, "connections": n}
                 for (d, v), n in workload.most_common()
@@ -86,7 +88,7 @@ def summarize(store: Any, lockdown_state: dict[str, Any]) -> dict[str, Any]:
 def _dest(data: dict[str, Any]) -> str:
     host, port = data.get("host"), data.get("port")
     if host is None:
-        return "(unreadable report)"
+        return data.get("subject") if data.get("repeats") else "(unreadable report)"
     return f"{host}:{port}" if port is not None else str(host)
 
 

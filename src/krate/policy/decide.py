@@ -258,4 +258,5 @@ def canonical_hash(policy_rules: dict[str, Any], workspace: str) -> str:
         "limits": {k: v["value"] for k, v in policy_rules["limits"].items()},
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    # surrogateescape: a workspace path that is not UTF-8 is hashed as its bytes
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()

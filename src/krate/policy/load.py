@@ -20,6 +20,9 @@ from krate.policy.model import LIMIT_NAMES, Item, Layer, PolicyError
 PROJECT_FILE = "krate.toml"
 MAX_FILE_BYTES = 1 << 20
 MAX_LIMIT = 2**40
+# Time limits above this overflow the kernel's timers (setitimer takes ~9.2e9 s at most).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+LIMIT_MAX = {"cpu_seconds": MAX_SECONDS, "wall_seconds": MAX_SECONDS}
 
 SCHEMA: dict[str, tuple[str, ...]] = {
     "filesystem": ("deny_read", "allow_write", "read_only"),
@@ -219,8 +222,10 @@ class _Checker:
                     self.problem(
                         where, f"`{dotted}` must be a whole number, not {_type_name(value)}"
                     )
-                elif not 1 <= value <= MAX_LIMIT:
-                    self.problem(where, f"`{dotted}` must be between 1 and {MAX_LIMIT}")
+                elif not 1 <= value <= LIMIT_MAX.get(key, MAX_LIMIT):
+                    top = LIMIT_MAX.get(key, MAX_LIMIT)
+                    years = " (10 years)" if top == MAX_SECONDS else ""
+                    self.problem(where, f"`{dotted}` must be between 1 and {top}{years}")
                 else:
                     fields.setdefault("limits", ())
                     fields["limits"] += ((key, value, self.locator.line(where)),)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from krate import __version__
 from krate.errors import KrateError, NotFound, UsageError
+from krate.printable import printable
 from krate.provenance import statement as st
 from krate.provenance.collect import Output, collect, match_inputs
 from krate.provenance.git import GitState, workspace_state
@@ -116,7 +117,7 @@ def prepare(
         workdir=workdir,
         outs=tuple(outs),
         input_globs=tuple(input_globs),
-        name=name,
+        name=printable(name),
         inputs=inputs,
         git=workspace_state(workdir, environ),
     )
@@ -208,8 +209,8 @@ def record(store: Store, paths: Paths, prepared: Prepared, facts: RunFacts) -> B
         )
     blobs = ArtifactStore(paths.artifacts_dir)
     blobs.sweep_temps()
-    stored = [(out.name, _store_output(blobs, out)) for out in found.files]
-    statement = statement_for(prepared, facts, [(n, s.hex) for n, s in stored])
+    stored = [(printable(out.name), _store_output(blobs, out)) for out in found.files]
+    statement = printable(statement_for(prepared, facts, [(n, s.hex) for n, s in stored]))
     problems = st.validate(statement)
     if problems:  # a bug of ours, never the user's: refuse to record an invalid statement
         raise RuntimeError("invalid provenance statement: " + "; ".join(problems))
@@ -224,7 +225,7 @@ def record(store: Store, paths: Paths, prepared: Prepared, facts: RunFacts) -> B
             name=prepared.name,
             created=format_ts(now),
             exit_status=facts.exit_status,
-            workdir=str(prepared.workdir),
+            workdir=printable(str(prepared.workdir)),
             subjects=len(stored),
             statement=payload.decode("utf-8"),
             statement_sha256=statement_sha256,
@@ -274,7 +275,7 @@ def _failed(store: Store, prepared: Prepared, facts: RunFacts, reason: str) -> N
     events.append(
         store,
         "build.failed",
-        {"name": prepared.name, "exit_status": facts.exit_status, "reason": reason},
+        printable({"name": prepared.name, "exit_status": facts.exit_status, "reason": reason}),
         run_id=facts.run_id,
     )
 

@@ -103,6 +103,11 @@ def command(
     ]
     if supports(exe, "--disable-userns"):
         args.append("--disable-userns")
+    # The writable tmpfs mounts hold at most limits.memory_mb (their pages count in the
+    # memory cgroup too; the size makes a full /tmp an ordinary "no space left" error).
+    size = []
+    if spec.limits.memory_mb is not None and supports(exe, "--size"):
+        size = ["--size", str(spec.limits.memory_mb * 1024 * 1024)]
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for path in PROC_READ_ONLY:
         if path == "/proc/sys" or os.path.lexists(path):  # no /proc/sys: fail, never skip
@@ -112,10 +117,10 @@ def command(
             fd = empty()
             fds.append(fd)
             args += ["--perms", "0444", "--ro-bind-data", str(fd), path]
-    args += ["--tmpfs", spec.tmpdir]
+    args += [*size, "--tmpfs", spec.tmpdir]
     for folder in SOCKET_DIRS:
         if os.path.isdir(folder) and not os.path.islink(folder):
-            args += ["--tmpfs", folder]
+            args += [*size, "--tmpfs", folder]
     for kind, path in mount_order(spec):
         if spec.run_as is not None and not spec.run_as.reaches(path):
             continue  # bubblewrap runs as that user: neither it nor the workload can get there

@@ -8,6 +8,13 @@ the number of its names inside the hidden paths is reported (links between two
 hidden names, which some applications make in their own folders, are harmless),
 and the run is refused unless the user accepts the risk.
 
+Every entry is checked, however many there are: counting names stops after
+`MAX_ENTRIES` (to bound the work and memory for huge folders), and from there a
+file with more than one link counts as linked on its `st_nlink` alone. Stopping
+there instead would let a link placed past the limit through; refusing instead
+would refuse every run of a user with a large hidden folder (a browser profile).
+The check costs one `lstat` per entry either way (`bench/bench_hardlinks.py`).
+
 Reads metadata only (lstat); never opens, follows symlinks out of, or changes a file.
 """
 
@@ -24,7 +31,7 @@ MAX_ENTRIES = 100_000
 
 class Scan(NamedTuple):
     linked: tuple[Path, ...]
-    complete: bool  # False when MAX_ENTRIES was reached before the end
+    complete: bool  # False when past MAX_ENTRIES files counted on st_nlink alone
 
 
 def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
@@ -36,8 +43,12 @@ def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
     names: dict[tuple[int, int], set] = {}  # file (dev, ino) -> its names seen here
     links: dict[tuple[int, int], tuple[int, str]] = {}  # file (dev, ino) -> (nlink, a path)
     seen = 0
+    beyond: list[str] = []  # past max_entries: multiply-linked files, on st_nlink alone
 
     def note(path: str, name: tuple, st: os.stat_result) -> None:
+        if seen > max_entries:
+            beyond.append(path)
+            return
         key = (st.st_dev, st.st_ino)
         names.setdefault(key, set()).add(name)
         links.setdefault(key, (st.st_nlink, path))
@@ -45,7 +56,7 @@ def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
     def found(complete: bool) -> Scan:
         # Without the whole picture, every multiply-linked file counts as linked from outside.
         linked = [p for key, (n, p) in links.items() if n > len(names[key]) or not complete]
-        return Scan(tuple(sorted(Path(p) for p in linked)), complete)
+        return Scan(tuple(sorted({Path(p) for p in (*linked, *beyond)})), complete)
 
     for root in hidden:
         try:
@@ -73,8 +84,6 @@ def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
             with entries:
                 for entry in entries:
                     seen += 1
-                    if seen > max_entries:
-                        return found(complete=False)
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append((entry.path, entry.stat(follow_symlinks=False)))
@@ -85,4 +94,4 @@ def scan(hidden: Iterable[Path], max_entries: int = MAX_ENTRIES) -> Scan:
                                 note(entry.path, name, st)
                     except OSError:
                         continue
-    return found(complete=True)
+    return found(complete=seen <= max_entries)

@@ -1,8 +1,10 @@
-"""`[limits]` as rlimits: CPU seconds and memory on the sandbox, processes inside it.
+"""`[limits]` as rlimits and a cgroup: CPU seconds and memory, processes inside the sandbox.
 
 CPU and memory are per-process rlimits set in the launcher just before bubblewrap
-starts, inherited by everything in the sandbox. The process limit must be set
-*inside* the sandbox's user namespace (RLIMIT_NPROC counts per user and
+starts, inherited by everything in the sandbox. With bubblewrap, memory is also,
+and above all, a cgroup for the whole sandbox (cgroup.py): an rlimit counts neither
+tmpfs files nor shared mappings, so without a cgroup the run is refused. The
+process limit must be set *inside* the sandbox's user namespace (RLIMIT_NPROC counts per user and
 namespace: set outside, it would count every process the user already runs), so
 the workload is started through util-linux `prlimit`. The wall-clock limit is
 the supervisor's (supervise.py). Never raises a limit, only lowers it.
@@ -13,11 +15,13 @@ from __future__ import annotations
 import resource
 import shutil
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.sandbox.spec import Limits
 
 MB = 1024 * 1024
+T = TypeVar("T")
 
 
 def rlimit_pairs(limits: Limits) -> list[tuple[int, int, int]]:
@@ -61,3 +65,56 @@ def wrap_argv(limits: Limits, argv: list[str], path: str | None = None) -> list[
         )
     n = limits.processes
     return [exe, f"--nproc={n}:{n}", "--", *argv]
+
+
+def in_memory_cgroup(
+    place: Any,
+    run_id: str,
+    limit_mb: int,
+    preexec: Callable[[], None] | None,
+    launch: Callable[[Callable[[], None]], T],
+) -> T:
+    """`launch(preexec)` with the sandbox in its own cgroup of `limit_mb`; removed afterwards.
+
+    The launcher's child joins the cgroup before it executes the sandbox, so nothing of
+    the workload runs outside it. When the kernel killed processes for the limit, the
+    outcome's reason says so.
+    """
+    import subprocess
+
+    from krate.sandbox import cgroup
+
+    try:
+        group = cgroup.RunCgroup.create(place, run_id, limit_mb)
+    except OSError as exc:
+        raise KrateError(
+            f"cannot make the memory cgroup for limits.memory_mb in {place.parent}: "
+            f"{exc.strerror or exc}; remove limits.memory_mb or see `krate doctor`",
+            exit_code=EXIT_KRATE_FAILED,
+        ) from exc
+    join = group.join()
+
+    def both() -> None:
+        join()
+        if preexec is not None:
+            preexec()
+
+    try:
+        try:
+            outcome = launch(both)
+        except subprocess.SubprocessError as exc:  # the child could not join: it never ran
+            raise KrateError(
+                f"cannot put the sandbox into its memory cgroup {group.path}; "
+                "remove limits.memory_mb or see `krate doctor`",
+                exit_code=EXIT_KRATE_FAILED,
+            ) from exc
+        kills = group.oom_kills()
+        if kills:
+            said = f"; {outcome.reason}" if outcome.reason else ""
+            outcome.reason = (
+                f"memory limit of {limit_mb} MB reached: the kernel killed {kills} "
+                f"process{'es' if kills != 1 else ''} in the sandbox{said}"
+            )
+        return outcome
+    finally:
+        group.remove()

@@ -82,9 +82,13 @@ def find_command(
     not_executable = None
     for candidate in candidates:
         real = Path(os.path.realpath(candidate))
-        if not real.exists() or not visible(real):
+        try:
+            if not real.exists() or not visible(real):
+                continue
+            runnable = real.is_file() and os.access(real, os.X_OK)
+        except OSError:  # a PATH folder krate may not search: the shell skips it too
             continue
-        if real.is_file() and os.access(real, os.X_OK):
+        if runnable:
             return str(candidate)
         not_executable = not_executable or candidate
     if not_executable is not None:
@@ -165,6 +169,37 @@ def run_folder(base: Path, run_id: str):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- the terminal
+
+
+@contextlib.contextmanager
+def terminal_kept(fd: int = 0):
+    """Give the terminal on `fd` its modes (termios) back after the run, whatever happened.
+
+    A workload that switched it to raw mode or turned echo off and then exited or was
+    killed would otherwise leave the user's shell unusable.
+    """
+    saved = None
+    if os.isatty(fd):
+        import termios
+
+        with contextlib.suppress(termios.error):
+            saved = termios.tcgetattr(fd)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            import termios
+
+            # A background krate (job control) may still set them: ignore SIGTTOU meanwhile.
+            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            try:
+                with contextlib.suppress(termios.error):
+                    termios.tcsetattr(fd, termios.TCSANOW, saved)
+            finally:
+                signal.signal(signal.SIGTTOU, previous)
+
+
 # ---------------------------------------------------------------- launching
 
 
@@ -212,6 +247,19 @@ class _Status:
         return None
 
 
+def _then_become(preexec: Callable[[], None] | None, who: Any) -> Callable[[], None]:
+    """`preexec`, then drop to `who` for good (groups, then gid, then uid: all three ids)."""
+
+    def child() -> None:
+        if preexec is not None:
+            preexec()
+        os.setgroups(list(who.groups))
+        os.setresgid(who.gid, who.gid, who.gid)
+        os.setresuid(who.uid, who.uid, who.uid)
+
+    return child
+
+
 def launch(
     build_argv: Callable[[int, list[int]], list[str]],
     env: dict[str, str],
@@ -226,7 +274,8 @@ def launch(
     """Run the sandbox to completion; `build_argv(status_fd, fds)` gives the sandbox's argv.
 
     `run_as` (an identity.Identity, for a root krate): the child takes that user's
-    groups, gid and uid before it executes the sandbox (in C, before `preexec`).
+    groups, gid and uid before it executes the sandbox, after `preexec` (which may
+    still need root, e.g. to join the run's memory cgroup).
 
     `build_argv` appends to `fds` any descriptor the sandbox must inherit; they are
     closed here once it started.
@@ -244,9 +293,8 @@ def launch(
     state = {"sigints": 0, "timed_out": False, "killed_early": None}
     forwarded: list[int] = []
     proc: subprocess.Popen | None = None
-    who = {} if run_as is None else {
-        "user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)
-    }  # fmt: skip
+    if run_as is not None:
+        preexec = _then_become(preexec, run_as)
 
     def init_pid() -> int | None:
         if not status_stream:
@@ -260,10 +308,14 @@ def launch(
                     os.killpg(proc.pid, signal.SIGKILL)
             return
         init = init_pid()
-        for pid in (init, proc.pid if proc else None):
-            if pid:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+        if init:
+            with contextlib.suppress(OSError):
+                os.kill(init, signal.SIGKILL)
+        if proc is not None:
+            # bubblewrap's whole group: a setup child that has not reported its pid yet
+            # would otherwise wait forever for its killed parent.
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def on_signal(signum: int, _frame: object) -> None:
         forwarded.append(signum)
@@ -304,7 +356,6 @@ def launch(
                 process_group=0,
                 preexec_fn=preexec,
                 close_fds=True,
-                **who,
             )
         except OSError as exc:
             raise KrateError(

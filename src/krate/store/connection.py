@@ -96,7 +96,7 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
     path = paths.db_path
     if readonly:
         if path.exists():
-            conn = _connect(f"file:{path}?mode=ro", path, uri=True)
+            conn = _connect_readonly(path)
             if _check_krate_db(conn, path, allow_pending=False):
                 return Store(conn, path, readonly=True, clock=clock)
             conn.close()  # created by a krate that has not written its schema yet
@@ -152,6 +152,36 @@ def _connect(target: str, path: Path, *, uri: bool = False) -> sqlite3.Connectio
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also where krate may not write (a read-only data folder).
+
+    Reading a WAL database needs its `-shm` file, which SQLite cannot create in a
+    folder it may not write. With no WAL content pending (the normal state after
+    krate exits), the main file is complete: it is then opened `immutable`.
+    """
+    conn = None
+    try:
+        conn = _connect(f"file:{path}?mode=ro", path, uri=True)
+        with translate_errors(path):
+            _tables(conn)  # the first read: it needs the -shm file
+        return conn
+    except StoreError:
+        if conn is not None:
+            conn.close()
+        if not _wal_empty(path):
+            raise
+    return _connect(f"file:{path}?mode=ro&immutable=1", path, uri=True)
+
+
+def _wal_empty(path: Path) -> bool:
+    try:
+        return os.stat(f"{path}-wal").st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -230,6 +260,19 @@ def translate_errors(path: Path | None) -> Iterator[None]:
             raise StoreError(
                 f"{where} is read-only; fix its permissions or set KRATE_HOME"
             ) from exc
+        if "full" in text or ("I/O error" in text and path and _no_space(path.parent)):
+            raise StoreError(
+                f"{where}: the disk is full; free some space or set KRATE_HOME to another folder"
+            ) from exc
         if "unable to open" in text:
             raise StoreError(f"cannot open {where}; check the folder's permissions") from exc
         raise StoreError(f"{where}: {text}") from exc
+
+
+def _no_space(folder: Path) -> bool:
+    """Whether `folder`'s file system has no room left (SQLite reports that as an I/O error)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024

@@ -2,7 +2,9 @@
 
 Network decisions are ordinary chain events (kind `policy.decision`, data
 `area: "network"`); this module only appends them in batches and reads them
-back. It must never store anything beyond the metadata the proxy reports.
+back. An event with `repeats: K` stands for K more denials of the same host
+and port (egress/recorder.py coalesces them). It must never store anything
+beyond the metadata the proxy reports.
 """
 
 from __future__ import annotations
@@ -40,12 +42,32 @@ def recorded_numbers(store: Store, run_id: str) -> set[int]:
     return {row[0] for row in rows if row[0] is not None}
 
 
+def recorded_state(store: Store, run_id: str) -> tuple[set[int], dict[tuple, Any], bool]:
+    """For a killed run's journal: the `n` recorded, the first denial of each host and port,
+    and whether the counts of repeated denials were recorded (the run ended normally)."""
+    with translate_errors(store.path):
+        rows = store.conn.execute(
+            "SELECT json_extract(data, '$.n'), json_extract(data, '$.host'), "
+            "json_extract(data, '$.port'), json_extract(data, '$.verdict'), "
+            "json_extract(data, '$.repeats') FROM events "
+            "WHERE run_id = ? AND kind = ? AND json_extract(data, '$.area') = ? ORDER BY seq",
+            (run_id, KIND, AREA),
+        ).fetchall()
+    numbers = {n for n, *_ in rows if n is not None}
+    firsts: dict[tuple, Any] = {}
+    for n, host, port, verdict, repeats in rows:
+        if verdict != "allow" and repeats is None:
+            firsts.setdefault((host, port), n)
+    return numbers, firsts, any(row[4] is not None for row in rows)
+
+
 def host_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
     """Hosts a run contacted: one row per host, port and verdict, with counts and bytes."""
     with translate_errors(store.path):
         rows = store.conn.execute(
             "SELECT json_extract(data, '$.host') AS host, json_extract(data, '$.port') AS port, "
-            "json_extract(data, '$.verdict') AS verdict, count(*), "
+            "json_extract(data, '$.verdict') AS verdict, "
+            "sum(coalesce(json_extract(data, '$.repeats'), 1)), "
             "sum(json_extract(data, '$.bytes_up')), sum(json_extract(data, '$.bytes_down')), "
             "min(json_extract(data, '$.rule')) "
             "FROM events WHERE run_id = ? AND kind = ? AND json_extract(data, '$.area') = ? "

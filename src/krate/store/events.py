@@ -159,6 +159,8 @@ def query(
 
 
 def get(store: Store, seq: int) -> Event | None:
+    if not 0 < seq < 2**63:  # not a seq SQLite can hold: no such event
+        return None
     with translate_errors(store.path):
         row = store.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
     return _event(row) if row else None

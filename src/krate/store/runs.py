@@ -24,10 +24,12 @@ _COLUMNS = (
     "id, started, finished, duration_s, status, exit_code, reason, argv, cwd, workspace, "
     "backend, policy_name, policy_hash, krate_pid, krate_start"
 )
+# An event with `repeats: K` (coalesced denials, egress/recorder.py) stands for K decisions.
+_WEIGHT = "sum(coalesce(json_extract(e.data, '$.repeats'), 1))"
 _COUNTS = (
-    "(SELECT count(*) FROM events e WHERE e.run_id = runs.id AND e.kind = 'policy.decision' "
+    f"(SELECT {_WEIGHT} FROM events e WHERE e.run_id = runs.id AND e.kind = 'policy.decision' "
     "AND json_extract(e.data, '$.verdict') = 'allow'), "
-    "(SELECT count(*) FROM events e WHERE e.run_id = runs.id AND e.kind = 'policy.decision' "
+    f"(SELECT {_WEIGHT} FROM events e WHERE e.run_id = runs.id AND e.kind = 'policy.decision' "
     "AND json_extract(e.data, '$.verdict') != 'allow')"
 )
 
