@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
+from krate.policy import watch
 from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
 from krate.sandbox import supervise
@@ -63,6 +64,9 @@ class RunResult(NamedTuple):
     stripped: list[str]
     hidden: list[str]
     notes: list[str]
+    # krate.toml files written while the workload ran (they apply to later runs there)
+    policy_files_changed: tuple[str, ...] = ()
+    policy_files_checked: bool = True
 
 
 class _Prepared(NamedTuple):
@@ -159,6 +163,7 @@ def execute(
             exit_code=EXIT_KRATE_FAILED,
         )
     supervise.sweep_stale(paths.data_dir / RUN_DIRS)
+    since = watch.clock()
     prepared = prepare(policy, request, found.backend)
     spec = prepared.spec
     run_id = new_run_id()
@@ -189,12 +194,14 @@ def execute(
             reason = f"krate stopped: {type(exc).__name__}"
             record.finish("failed", EXIT_KRATE_FAILED, reason, elapsed)
             raise
+        written = watch.written_since(spec.writable, since)
         record.finish(
             outcome.status,
             outcome.exit_code,
             outcome.reason,
             outcome.duration_s,
             signals=supervise_names(outcome.forwarded),
+            written=written,
         )
     finally:
         record.close()
@@ -207,6 +214,8 @@ def execute(
         stripped=[s.name for s in prepared.stripped],
         hidden=[str(p) for p in spec.hidden],
         notes=prepared.notes,
+        policy_files_changed=tuple(written.paths),
+        policy_files_checked=written.complete,
     )
 
 
@@ -241,12 +250,13 @@ class _RunRecord:
         self.state = "started"
 
     def finish(self, status: str, exit_code: int, reason: str | None, duration_s: float,
-               *, signals: list[str] | None = None) -> None:  # fmt: skip
+               *, signals: list[str] | None = None, written: Any = None) -> None:  # fmt: skip
         self.start()
         if self.state == "started":
             _record_finish(
-                self.store, self.run_id, status, exit_code, reason, duration_s, signals=signals
-            )
+                self.store, self.run_id, status, exit_code, reason, duration_s, signals=signals,
+                written=written,
+            )  # fmt: skip
 
     def close(self) -> None:
         if self.store is not None:
@@ -411,6 +421,7 @@ def _record_finish(
     duration_s: float,
     *,
     signals: list[str] | None = None,
+    written: watch.Written | None = None,
 ) -> None:
     from krate.store import runs as runs_store
 
@@ -423,6 +434,12 @@ def _record_finish(
         data["reason"] = reason
     if signals:
         data["signals_forwarded"] = signals
+    # In run.finished, not an event of its own: found by the same look that ends the run,
+    # committed with its outcome, and shown by `runs show` beside it.
+    if written is not None and written.paths:
+        data["policy_files_changed"] = written.paths
+    if written is not None and not written.complete:
+        data["policy_files_checked"] = f"only the first {watch.MAX_ENTRIES} entries"
     with store.write() as writer:
         event = writer.append("run.finished", data, run_id)
         runs_store.update_finished(

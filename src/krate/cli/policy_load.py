@@ -52,11 +52,11 @@ def load_effective(flags: Flags, workspace: Path) -> EffectivePolicy:
     """The effective policy for a run in `workspace` under these flags."""
     from krate.paths import Paths
     from krate.policy import effective_policy
-    from krate.policy.layers import find_project_file
+    from krate.policy.layers import find_project_files
 
     paths = Paths.from_env(os.environ)
-    # Trust matters only for a project file; without one, the store is not opened.
-    if find_project_file(workspace.absolute()) is None:
+    # Trust matters only for project files; without one, the store is not opened.
+    if not find_project_files(workspace.absolute()):
         trusted, notes = {}, []
     else:
         trusted, notes = read_trust(paths)

@@ -75,6 +75,8 @@ def show(
 
     row, decisions, run_events = show_run(paths(), run)
     started = next((e.data for e in run_events if e.kind == "run.started"), {})
+    finished = next((e.data for e in run_events if e.kind == "run.finished"), {})
+    written = finished.get("policy_files_changed", [])
     if json_:
         out = row.to_dict()
         out["decision_counts"] = out.pop("decisions")
@@ -83,6 +85,7 @@ def show(
         out["limits"] = started.get("limits", {})
         out["layout"] = started.get("layout", {})
         out["ignored"] = started.get("ignored", [])
+        out["policy_files_changed"] = written
         out["events"] = [e.seq for e in run_events]
         render.print_json(out)
         return
@@ -107,6 +110,8 @@ def show(
         lines.append(("hidden", ", ".join(layout["hidden"])))
     if layout.get("network"):
         lines.append(("network", layout["network"]))
+    if written:
+        lines.append(("krate.toml written", ", ".join(written)))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")

@@ -1,4 +1,4 @@
-"""Layering: builtin → user → project krate.toml → --policy FILE → flags, and the trust rule.
+"""Layering: builtin → user → project krate.toml files → --policy FILE → flags, and trust.
 
 A project file comes with the repository, so until the user trusts its exact
 bytes (SHA-256) it may only narrow: everything it would widen is dropped and
@@ -36,15 +36,40 @@ def rule_text(key: str, text: str) -> str:
     return f"{key} {text}" if key.startswith("--") else f"{key}: {text}"
 
 
-def find_project_file(start: Path) -> Path | None:
-    """The nearest krate.toml at or above `start`, stopping at the filesystem root."""
+def find_project_files(start: Path) -> list[Path]:
+    """Every krate.toml at or above `start`, outermost first, up to the filesystem root.
+
+    All of them apply, each as its own layer (an untrusted one only narrows), so a file
+    planted in a subfolder can add restrictions but never undo the project's. The walk
+    does not stop at a repository root: a workload can create `sub/.git` as easily as
+    `sub/krate.toml`, so no marker in a writable folder may decide where the search ends.
+    A file is named by its resolved folder plus `krate.toml`, never by what a symlink
+    there points at: trust belongs to the file where it acts (a planted link to a trusted
+    file elsewhere is not trusted).
+    """
     here = Path(paths.resolve(str(start.absolute())))
+    found = []
     for folder in (here, *here.parents):
         candidate = folder / PROJECT_FILE
-        if candidate.is_file():
-            # Resolved, so trust recorded for `krate policy trust FILE` matches it.
-            return Path(paths.resolve(str(candidate)))
-    return None
+        try:
+            if candidate.is_file():
+                found.append(candidate)
+        except OSError:  # an unsearchable folder on the way up holds no policy we can read
+            continue
+    found.reverse()
+    return found
+
+
+def find_project_file(start: Path) -> Path | None:
+    """The nearest krate.toml at or above `start` (see find_project_files for all of them)."""
+    found = find_project_files(start)
+    return found[-1] if found else None
+
+
+def project_layer_name(path: Path, outermost: Path) -> str:
+    """`project` for the outermost file, `project:SUB/DIR` for one below it."""
+    relative = path.parent.relative_to(outermost.parent)
+    return "project" if relative == Path() else f"project:{relative.as_posix()}"
 
 
 def flags_layer(flags: Flags, workspace: Path) -> Layer:
@@ -111,21 +136,25 @@ def effective_policy(
     if user_policy_path.is_file():
         user = load_file(user_policy_path, name="user", trusted=True).layer
         stack.append(_rebase(user, ws))
-    project_path = find_project_file(ws)
-    if project_path is not None:
-        stack.append(load_file(project_path, name="project", trusted_digests=dict(trusted)).layer)
+    project_files = find_project_files(ws)
+    for path in project_files:
+        name = project_layer_name(path, project_files[0])
+        stack.append(load_file(path, name=name, trusted_digests=dict(trusted)).layer)
     if flags.policy and flags.policy not in PROFILES:
         stack.append(
             load_file(policy_file_path(flags.policy, ws), name="policy-file", trusted=True).layer
         )
     stack.append(flags_layer(flags, ws))
-    extra = [(str(project_path), "the project policy file")] if project_path else []
+    extra: dict[str, str] = {}
+    for path in project_files:  # the link where it acts and the file it points at
+        for where in (str(path), paths.resolve(str(path))):
+            extra.setdefault(where, "a project policy file")
     return compile_layers(
         stack,
         workspace=ws,
         home=str(home),
         private_dirs=private_dirs,
-        extra_read_only=extra,
+        extra_read_only=list(extra.items()),
         notes=notes,
     )
 
