@@ -125,11 +125,15 @@ def effective_policy(
     flags: Flags,
     private_dirs: Sequence[Path] = (),
     notes: Iterable[str] = (),
+    real_home: Path | None = None,
 ) -> EffectivePolicy:
     """Compile the layers for a run in `workspace`; raise PolicyError (`FILE:LINE: ...`).
 
     `trusted` maps project file paths to the SHA-256 the user trusted. `private_dirs`
     (krate's own data and config folders) are hidden from the workload like secrets.
+    `home` is $HOME, what `~` means; `real_home` is the account's home from the password
+    database: when it differs, every `~/...` deny_read and read_only rule applies under
+    both, so `HOME=/elsewhere krate run` cannot move the secret stores out of the way.
     """
     ws = Path(paths.resolve(str(workspace.absolute())))
     stack: list[Layer] = [builtin_layer(BASE, ws)]
@@ -156,6 +160,7 @@ def effective_policy(
         private_dirs=private_dirs,
         extra_read_only=list(extra.items()),
         notes=notes,
+        real_home=str(real_home) if real_home else None,
     )
 
 
@@ -165,9 +170,11 @@ def _rebase(layer: Layer, workspace: Path) -> Layer:
 
 
 class _Compiler:
-    def __init__(self, workspace: Path, home: str) -> None:
+    def __init__(self, workspace: Path, home: str, real_home: str | None = None) -> None:
         self.ws = str(workspace)
         self.home = home
+        # Homes a narrowing `~/...` rule applies under: $HOME, and the real one when it differs.
+        self.narrow_homes = list(dict.fromkeys([home, real_home or home]))
         self.deny: list[PathRule] = []
         self.read_only: list[PathRule] = []
         self.write: list[PathRule] = [
@@ -186,6 +193,15 @@ class _Compiler:
     def _paths(self, layer: Layer, item: Item) -> tuple[str, str]:
         literal = paths.normalize(item.text, home=self.home, base=str(layer.base_dir))
         return literal, paths.resolve(literal)
+
+    def _narrow_paths(self, layer: Layer, item: Item) -> list[str]:
+        """Literal and resolved paths of a narrowing rule, under every home for `~/...`."""
+        homes = self.narrow_homes if item.text.startswith("~") else [self.home]
+        out: list[str] = []
+        for home in homes:
+            literal = paths.normalize(item.text, home=home, base=str(layer.base_dir))
+            out += [literal, paths.resolve(literal)]
+        return out
 
     def _ignore(
         self, layer: Layer, item: Item | None, what: str, why: str = "", partly: bool = False
@@ -227,7 +243,7 @@ class _Compiler:
         ):
             for item in items:
                 rule = rule_text(layer.key(key), item.text)
-                for path in dict.fromkeys(self._paths(layer, item)):
+                for path in dict.fromkeys(self._narrow_paths(layer, item)):
                     target.append(PathRule(path, rule, name))
         if layer.profile is not None:
             profile = layer.profile.text
@@ -465,9 +481,11 @@ def compile_layers(
     private_dirs: Sequence[Path] = (),
     extra_read_only: Sequence[tuple[str, str]] = (),
     notes: Iterable[str] = (),
+    real_home: str | None = None,
 ) -> EffectivePolicy:
     """Combine parsed layers (lowest first) into one compiled policy."""
     try:
-        return _Compiler(workspace, home).build(stack, private_dirs, extra_read_only, notes)
+        compiler = _Compiler(workspace, home, real_home)
+        return compiler.build(stack, private_dirs, extra_read_only, notes)
     except ValueError as exc:  # a pattern that passed validation but not compilation: a bug guard
         raise PolicyError(f"invalid policy: {exc}") from None
