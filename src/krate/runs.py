@@ -84,8 +84,9 @@ def _env_decider(policy: Any):
     """The policy's env decision, and "did the user pass this name explicitly" for value checks."""
 
     def passed(name: str) -> bool:
+        # A built-in keep (CA bundle paths) is not the user's say-so: values are still checked.
         decision = policy.decide_env(name)
-        return decision.verdict == "allow" and not decision.rule.startswith("default")
+        return decision.verdict == "allow" and not decision.layer.startswith("builtin")
 
     return policy.decide_env, passed
 
@@ -103,9 +104,10 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
         workspace=policy.workspace,
         allow_write=policy.allow_write,
         read_only=policy.read_only,
-        deny_read=policy.deny_read,
+        deny_read=[rule.path for rule in policy.deny_rules],
         env=env,
         limits=policy.limits,
+        resolver=getattr(policy, "resolver", None),
     )
     decisions = [s.to_decision() for s in stripped]
     notes = list(policy.ignored)

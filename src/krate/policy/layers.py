@@ -175,6 +175,7 @@ class _Compiler:
         self.home = home
         # Homes a narrowing `~/...` rule applies under: $HOME, and the real one when it differs.
         self.narrow_homes = list(dict.fromkeys([home, real_home or home]))
+        self.resolve = paths.Resolver()
         self.deny: list[PathRule] = []
         self.read_only: list[PathRule] = []
         self.write: list[PathRule] = [
@@ -192,7 +193,7 @@ class _Compiler:
     # -- helpers ---------------------------------------------------------------------------
     def _paths(self, layer: Layer, item: Item) -> tuple[str, str]:
         literal = paths.normalize(item.text, home=self.home, base=str(layer.base_dir))
-        return literal, paths.resolve(literal)
+        return literal, self.resolve(literal)
 
     def _narrow_paths(self, layer: Layer, item: Item) -> list[str]:
         """Literal and resolved paths of a narrowing rule, under every home for `~/...`."""
@@ -200,7 +201,7 @@ class _Compiler:
         out: list[str] = []
         for home in homes:
             literal = paths.normalize(item.text, home=home, base=str(layer.base_dir))
-            out += [literal, paths.resolve(literal)]
+            out += [literal, self.resolve(literal)]
         return out
 
     def _ignore(
@@ -368,7 +369,15 @@ class _Compiler:
                 (item.text, rule_text(pass_key, item.text), envnames.compile_pattern(item.text))
             )
         if strip or passes:
-            self.env.append(EnvLayer(layer.name, strip, tuple(passes)))
+            self.env.append(
+                EnvLayer(
+                    layer.name,
+                    strip,
+                    tuple(passes),
+                    envnames.compile_any(text for text, _, _ in strip),
+                    envnames.compile_any(text for text, _, _ in passes),
+                )
+            )
 
     # -- result ----------------------------------------------------------------------------
     def build(
@@ -403,7 +412,7 @@ class _Compiler:
             name=name,
             hash="",
             workspace=Path(self.ws),
-            deny_read=tuple(dict.fromkeys(Path(r.path) for r in self.deny)),
+            deny_read=tuple(dict.fromkeys(r.path for r in self.deny)),
             allow_write=tuple(dict.fromkeys(Path(r.path) for r in self.write)),
             read_only=tuple(dict.fromkeys(Path(r.path) for r in self.read_only)),
             network_allow=tuple(dict.fromkeys(r.pattern.render() for r in self.net)),
@@ -427,6 +436,7 @@ class _Compiler:
             layers=tuple(_describe(layer) for layer in stack),
         )
         policy.hash = canonical_hash(policy.rules_dict(), self.ws)
+        policy.resolver = self.resolve
         return policy
 
 
