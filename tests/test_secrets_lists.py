@@ -205,6 +205,7 @@ KEPT = {
     "KUBECONFIG": "/etc/kubernetes/admin.conf",
     "GIT_ASKPASS": "/usr/lib/git-core/git-gui--askpass",
     "TOKENIZERS_PARALLELISM": "false",
+    "COOKIECUTTER_CONFIG": "/etc/cookiecutter.yaml",
     "PWD": "/somewhere",
     "OLDPWD": "/elsewhere",
 }
@@ -328,3 +329,11 @@ def test_the_resolver_gives_realpaths_answer_for_links_missing_paths_and_loops(t
     for name in ("real/sub/f", "link/sub/f", "missing/a/b", "real/sub/f/x"):
         real = resolver(f"{tmp_path}/{name}")
         assert resolver.exists(real) == os.path.exists(real), name
+
+
+def test_docs_policy_md_lists_every_builtin_entry():
+    from krate.policy.builtin import KEEP_ENV
+
+    text = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    missing = [e for e in (*SECRET_STORES, *SECRET_ENV, *KEEP_ENV) if f"`{e}`" not in text]
+    assert missing == []

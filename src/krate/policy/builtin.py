@@ -206,7 +206,9 @@ SECRET_ENV = (
     "*_AUTH",  # NPM_CONFIG__AUTH, npm_config_//host/:_auth
     "*_AUTH_CONFIG",  # DOCKER_AUTH_CONFIG
     "*AUTHORIZATION*",
-    "*COOKIE*",
+    "COOKIE",
+    "*_COOKIE",  # SESSION_COOKIE (not *COOKIE*: COOKIECUTTER_CONFIG is a path)
+    "*_COOKIE_*",
     "*WEBHOOK*",
     "SSH_AUTH_SOCK",
     # connection strings that carry passwords
