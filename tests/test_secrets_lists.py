@@ -187,6 +187,20 @@ SHAPES = {
     "sendgrid key": "SG." + "a" * 22 + "." + "b" * 43,
     "age secret key": "AGE-SECRET-KEY-1" + "Q" * 58,
     "google oauth refresh token": "1//0" + "gX" * 20,
+    "slack token": "xoxe-1-" + "Ab3" * 5,
+    "slack app token": "xapp-1-" + "A1b2C3d4E5f6",
+    "gitlab token": "glptt-" + "x1" * 12,
+    "digitalocean token": "dop_v1_" + "a1" * 32,
+    "shopify token": "shpat_" + "0a" * 16,
+    "atlassian api token": "ATATT3xFfGF0" + "a" * 20,
+    "databricks token": "dapi" + "0123456789abcdef" * 2,
+    "grafana token": "glsa_" + "A" * 32,
+    "terraform cloud token": "AbCdEfGhIjKlMn.atlasv1." + "z" * 64,
+    "pulumi token": "pul-" + "0123456789" * 4,
+    "doppler token": "dp.pt." + "a" * 43,
+    "linear api key": "lin_api_" + "a" * 40,
+    "postman api key": "PMAK-" + "0" * 24 + "-" + "a" * 34,
+    "azure storage key": "AccountKey=" + "A" * 86 + "==",
 }
 # Path-like variables that TLS and tools need: kept, values untouched.
 KEPT = {
@@ -294,6 +308,15 @@ def test_flags_are_matched_as_a_suffix_and_ordinary_ones_stay_readable():
         assert not secret_name(flag), flag
     for name in KEPT:
         assert not secret_name(name), name
+
+
+def test_every_shape_in_the_list_is_tested():
+    from krate.redact import TOKEN_SHAPES
+
+    old = {"github token", "github fine-grained token", "openai/anthropic-style key",
+           "stripe key", "aws access key id", "google api key", "npm token", "pypi token",
+           "hugging face token"}  # fmt: skip
+    assert {label for label, _, _ in TOKEN_SHAPES} - old == set(SHAPES)
 
 
 @pytest.mark.parametrize(("kind", "value"), list(SHAPES.items()))
