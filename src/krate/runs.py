@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
 from krate.printable import printable
+from krate.policy import watch
 from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
 from krate.sandbox import supervise
@@ -66,6 +67,9 @@ class RunResult(NamedTuple):
     stripped: list[str]
     hidden: list[str]
     notes: list[str]
+    # krate.toml files written while the workload ran (they apply to later runs there)
+    policy_files_changed: tuple[str, ...] = ()
+    policy_files_checked: bool = True
 
 
 class _Prepared(NamedTuple):
@@ -85,8 +89,9 @@ def _env_decider(policy: Any):
     """The policy's env decision, and "did the user pass this name explicitly" for value checks."""
 
     def passed(name: str) -> bool:
+        # A built-in keep (CA bundle paths) is not the user's say-so: values are still checked.
         decision = policy.decide_env(name)
-        return decision.verdict == "allow" and not decision.rule.startswith("default")
+        return decision.verdict == "allow" and not decision.layer.startswith("builtin")
 
     return policy.decide_env, passed
 
@@ -115,10 +120,11 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
         workspace=policy.workspace,
         allow_write=policy.allow_write,
         read_only=policy.read_only,
-        deny_read=policy.deny_read,
+        deny_read=[rule.path for rule in policy.deny_rules],
         env=env,
         limits=policy.limits,
         hide_also=hide_also,
+        resolver=getattr(policy, "resolver", None),
     )._replace(run_as=who.run_as)
     decisions = [s.to_decision() for s in stripped]
     if who.decision is not None:
@@ -203,6 +209,7 @@ def execute(
             exit_code=EXIT_KRATE_FAILED,
         )
     supervise.sweep_stale(paths.data_dir / RUN_DIRS)
+    since = watch.clock()
     prepared = prepare(policy, request, found.backend)
     spec = prepared.spec
     run_id = new_run_id()
@@ -236,12 +243,14 @@ def execute(
             reason = f"krate stopped: {type(exc).__name__}"
             record.finish("failed", EXIT_KRATE_FAILED, reason, elapsed)
             raise
+        written = watch.written_since(spec.writable, since)
         record.finish(
             outcome.status,
             outcome.exit_code,
             outcome.reason,
             outcome.duration_s,
             signals=supervise_names(outcome.forwarded),
+            written=written,
         )
     finally:
         record.close()
@@ -254,6 +263,8 @@ def execute(
         stripped=[s.name for s in prepared.stripped],
         hidden=[str(p) for p in spec.hidden],
         notes=prepared.notes,
+        policy_files_changed=tuple(written.paths),
+        policy_files_checked=written.complete,
     )
 
 
@@ -298,12 +309,13 @@ class _RunRecord:
         self.state = "started"
 
     def finish(self, status: str, exit_code: int, reason: str | None, duration_s: float,
-               *, signals: list[str] | None = None) -> None:  # fmt: skip
+               *, signals: list[str] | None = None, written: Any = None) -> None:  # fmt: skip
         self.start()
         if self.state == "started":
             _record_finish(
-                self.store, self.run_id, status, exit_code, reason, duration_s, signals=signals
-            )
+                self.store, self.run_id, status, exit_code, reason, duration_s, signals=signals,
+                written=written,
+            )  # fmt: skip
 
     def close(self) -> None:
         if self.store is not None:
@@ -478,6 +490,7 @@ def _record_finish(
     duration_s: float,
     *,
     signals: list[str] | None = None,
+    written: watch.Written | None = None,
 ) -> None:
     from krate.store import runs as runs_store
 
@@ -490,6 +503,12 @@ def _record_finish(
         data["reason"] = reason = printable(reason)
     if signals:
         data["signals_forwarded"] = signals
+    # In run.finished, not an event of its own: found by the same look that ends the run,
+    # committed with its outcome, and shown by `runs show` beside it.
+    if written is not None and written.paths:
+        data["policy_files_changed"] = written.paths
+    if written is not None and not written.complete:
+        data["policy_files_checked"] = f"only the first {watch.MAX_ENTRIES} entries"
     with store.write() as writer:
         event = writer.append("run.finished", data, run_id)
         runs_store.update_finished(

@@ -34,13 +34,13 @@ app = typer.Typer(
 
 FileArg = Annotated[
     Path | None,
-    typer.Argument(help="The policy file (default: the project's krate.toml)."),
+    typer.Argument(help="The policy file (default: the krate.toml here, when only one applies)."),
 ]
 
 
 @app.command("list")
 def list_(json_: bool = JSON) -> None:
-    """List the built-in profiles, your user policy and the project file with its trust state.
+    """List the built-in profiles, your user policy and each project file with its trust state.
 
     Example: krate policy list --json
     """
@@ -191,7 +191,7 @@ def trust(
     """
     from krate import render
     from krate.errors import KrateError
-    from krate.policy import Flags, find_project_file
+    from krate.policy import Flags, find_project_files
     from krate.policy.manage import project_or_file, trust_file, validate_for_trust
     from krate.store import open_store
 
@@ -199,7 +199,7 @@ def trust(
     path = project_or_file(file, cwd)
     digest = validate_for_trust(path)
     accepted: tuple[str, ...] = ()
-    if find_project_file(cwd) == path:
+    if path in find_project_files(cwd):
         try:
             notes = load_effective(Flags(), cwd).ignored
             accepted = tuple(n for n in notes if n.startswith(f"{path}:"))

@@ -52,20 +52,37 @@ def load_effective(flags: Flags, workspace: Path) -> EffectivePolicy:
     """The effective policy for a run in `workspace` under these flags."""
     from krate.paths import Paths
     from krate.policy import effective_policy
-    from krate.policy.layers import find_project_file
+    from krate.policy.layers import find_project_files
 
     paths = Paths.from_env(os.environ)
-    # Trust matters only for a project file; without one, the store is not opened.
-    if find_project_file(workspace.absolute()) is None:
+    # Trust matters only for project files; without one, the store is not opened.
+    if not find_project_files(workspace.absolute()):
         trusted, notes = {}, []
     else:
         trusted, notes = read_trust(paths)
     return effective_policy(
         workspace=workspace,
         home=Path(os.path.expanduser("~")),
+        real_home=account_home(),
         user_policy_path=paths.user_policy,
         trusted=trusted,
         flags=flags,
         private_dirs=(paths.data_dir, paths.config_dir),
         notes=notes,
     )
+
+
+def account_home() -> Path | None:
+    """The home folder of the real user in the password database, whatever $HOME says.
+
+    Secret stores are hidden under it as well as under $HOME: `HOME=/var/tmp/x krate run`
+    must not leave the real `~/.ssh` readable. None when the uid has no entry (a
+    container with an arbitrary uid): then $HOME is all there is.
+    """
+    import pwd  # a built-in C module: nothing to load on the run path
+
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (KeyError, OSError):
+        return None
+    return Path(home) if home.startswith("/") and home != "/" else None

@@ -82,6 +82,8 @@ def show(
 
     row, decisions, run_events = show_run(paths(), run)
     started = next((e.data for e in run_events if e.kind == "run.started"), {})
+    finished = next((e.data for e in run_events if e.kind == "run.finished"), {})
+    written = finished.get("policy_files_changed", [])
     if json_:
         out = row.to_dict()
         out["decision_counts"] = out.pop("decisions")
@@ -92,6 +94,7 @@ def show(
         out["ignored"] = started.get("ignored", [])
         out["run_as"] = started.get("run_as")
         out["as_root"] = bool(started.get("as_root"))
+        out["policy_files_changed"] = written
         out["events"] = [e.seq for e in run_events]
         render.print_json(out)
         return
@@ -117,6 +120,8 @@ def show(
         lines.append(("hidden", ", ".join(layout["hidden"])))
     if layout.get("network"):
         lines.append(("network", layout["network"]))
+    if written:
+        lines.append(("krate.toml written", ", ".join(written)))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")

@@ -52,7 +52,8 @@ def prepare(
 
 
 def report(result, effective, verbose: bool) -> None:
-    """What krate says about a run on stderr: only when asked, or when it did not finish."""
+    """What krate says about a run on stderr: when asked, when it did not finish, or when it
+    wrote a krate.toml (always: that file shapes later runs)."""
     from krate import render
 
     if verbose:
@@ -69,6 +70,16 @@ def report(result, effective, verbose: bool) -> None:
                 render.message(f"krate: note: {note}")
     if result.status != "finished" or result.reason:  # e.g. the memory limit was reached
         render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    for path in result.policy_files_changed:
+        render.message(
+            f"krate: warning: {path} appeared or changed during this run; it applies to "
+            "later runs in its folder: read it before you trust it"
+        )
+    if not result.policy_files_checked:
+        render.message(
+            "krate: note: looked for krate.toml files written by this run in part of the "
+            "writable folders only (too many entries)"
+        )
 
 
 def run_workload(

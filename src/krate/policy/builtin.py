@@ -14,23 +14,129 @@ from pathlib import Path
 from krate.policy.model import Item, Layer
 
 # Secret stores hidden from every workload (read denied; writing there is denied too).
+# `~` is $HOME and, when it differs, also the account's home (policy.layers). A `*` may
+# end the last component: bubblewrap hides what matches when the run starts, Seatbelt
+# the pattern itself (sandbox.spec, sandbox.seatbelt).
 SECRET_STORES = (
+    # keys and cloud credentials
     "~/.ssh",
-    "~/.aws",
     "~/.gnupg",
-    "~/.config/gh",
-    "~/.netrc",
-    "~/.docker/config.json",
+    "~/.aws",
+    "~/.azure",
+    "~/.config/gcloud",
+    "~/.oci",
     "~/.kube",
+    "~/.docker/config.json",
+    "~/.vault-token",
+    "~/.config/sops",
+    "~/.terraform.d/credentials*",
+    "~/.terraformrc",
+    "~/.pulumi/credentials.json",
+    "~/.fly/config.yml",
+    "~/.cache/huggingface/token",
+    "~/.huggingface/token",
+    "~/.pki",
+    # git, forges and package registries
+    "~/.netrc",
+    "~/.git-credentials",
+    "~/.config/git/credentials",
+    "~/.config/gh",
+    "~/.config/hub",
+    "~/.config/glab-cli",
     "~/.npmrc",
+    "~/.yarnrc.yml",
     "~/.pypirc",
+    "~/.cargo/credentials*",
+    "~/.gem/credentials",
+    "~/.composer/auth.json",
+    "~/.config/composer/auth.json",
+    "~/.m2/settings-security.xml",
+    # databases
+    "~/.pgpass",
+    "~/.my.cnf",
+    "~/.mylogin.cnf",
+    # keyrings and password managers
     "~/Library/Keychains",
+    "~/.local/share/keyrings",
+    "~/.local/share/kwalletd",
+    "~/.password-store",
+    "~/.config/op",
+    "~/.op",
+    "~/.config/Bitwarden CLI",
+    # shell and REPL histories: commands typed with passwords and tokens in them
+    "~/.bash_history",
+    "~/.zsh_history",
+    "~/.zhistory",
+    "~/.histfile",
+    "~/.sh_history",
+    "~/.bash_sessions",
+    "~/.zsh_sessions",
+    "~/.local/share/fish/fish_history",
+    "~/.config/fish/fish_history",
+    "~/.local/share/atuin",
+    "~/.python_history",
+    "~/.ipython/profile_default/history.sqlite",
+    "~/.node_repl_history",
+    "~/.psql_history",
+    "~/.mysql_history",
+    "~/.sqlite_history",
+    "~/.rediscli_history",
+    "~/.mongodb",
+    "~/.dbshell",
+    "~/.irb_history",
+    "~/.lesshst",
+    "~/.viminfo",
+    # browsers and mail (cookies, saved passwords, sessions): Linux, snap, Flatpak
+    "~/.mozilla",
+    "~/snap/firefox/common/.mozilla",
+    "~/.var/app/org.mozilla.firefox/.mozilla",
+    "~/.config/google-chrome",
+    "~/.config/google-chrome-beta",
+    "~/.config/google-chrome-unstable",
+    "~/.var/app/com.google.Chrome",
+    "~/.config/chromium",
+    "~/snap/chromium/common/chromium",
+    "~/.var/app/org.chromium.Chromium",
+    "~/.config/BraveSoftware",
+    "~/snap/brave",
+    "~/.var/app/com.brave.Browser",
+    "~/.config/microsoft-edge",
+    "~/.config/microsoft-edge-beta",
+    "~/.config/microsoft-edge-dev",
+    "~/.var/app/com.microsoft.Edge",
+    "~/.config/vivaldi",
+    "~/.config/opera",
+    "~/.thunderbird",
+    "~/snap/thunderbird/common/.thunderbird",
+    # ... and macOS
     "~/Library/Application Support/Google/Chrome",
+    "~/Library/Application Support/Google/Chrome Beta",
+    "~/Library/Application Support/Google/Chrome Canary",
+    "~/Library/Application Support/Chromium",
+    "~/Library/Application Support/BraveSoftware",
+    "~/Library/Application Support/Microsoft Edge",
+    "~/Library/Application Support/Microsoft Edge Beta",
+    "~/Library/Application Support/Vivaldi",
+    "~/Library/Application Support/com.operasoftware.Opera",
+    "~/Library/Application Support/Arc",
     "~/Library/Application Support/Firefox",
     "~/Library/Safari",
-    "~/.mozilla",
-    "~/.config/google-chrome",
-    "~/.config/chromium",
+    "~/Library/Containers/com.apple.Safari",
+    "~/Library/Cookies",
+    "~/Library/Thunderbird",
+    # crypto wallets (a favourite target of malicious packages)
+    "~/.bitcoin/wallets",
+    "~/.bitcoin/wallet.dat",
+    "~/.electrum",
+    "~/.ethereum/keystore",
+    "~/.config/solana",
+    "~/.config/Exodus",
+    "~/Library/Application Support/Exodus",
+    # krate's own data and configuration in their default places (also hidden wherever
+    # KRATE_HOME puts them, and under the real home when $HOME was changed)
+    "~/.local/share/krate",
+    "~/.config/krate",
+    "~/Library/Application Support/krate",
 )
 
 # Inside the workspace: files that git, the shell or krate itself act on later, outside the sandbox.
@@ -60,29 +166,67 @@ PACKAGE_REGISTRIES = (
     "*.githubusercontent.com",
 )
 
-# Secret-looking variable names stripped from the workload's environment.
+# Secret-looking variable names: stripped from the workload's environment, and the
+# same list names the flags and NAME=VALUE arguments whose values krate.redact masks in
+# recorded command lines, so the two cannot drift. Case is ignored. A flag is matched
+# as `_NAME` (`--token` as `_TOKEN`), so `*_TOKEN` covers it and `AWS_*` does not
+# cover `--aws-region`.
 SECRET_ENV = (
+    # cloud credential families
     "AWS_*",
     "AZURE_*",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-    "GITHUB_TOKEN",
-    "GH_TOKEN",
-    "TOKEN",
-    "*_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",  # a path, but to a key file: the pointer goes too
+    # tokens
+    "TOKEN_*",
+    "*TOKEN",  # GITHUB_TOKEN, AUTHTOKEN, npm_config_//host/:_authToken
     "*_TOKEN_*",
-    "SECRET*",
-    "*_SECRET*",
+    "*_PAT",  # GH_PAT: personal access tokens
+    # passwords and passphrases
+    "PASS",
+    "*_PASS",  # DB_PASS
+    "*_PASS_*",
+    "*_PWD",  # DB_PWD, MYSQL_PWD (PWD and OLDPWD, the working folders, do not match)
     "*PASSWORD*",
     "*PASSWD*",
-    "API_KEY",
-    "*_API_KEY",
-    "*_APIKEY",
-    "*_ACCESS_KEY*",
-    "*_PRIVATE_KEY*",
-    "*_CREDENTIALS*",
+    "*PASSPHRASE*",
+    # secrets, keys and credentials
+    "*SECRET*",
+    "*APIKEY*",
+    "*API_KEY*",
+    "*ACCESS_KEY*",
+    "*ACCESSKEY*",
+    "*PRIVATE_KEY*",
+    "*PRIVATEKEY*",
+    "*SIGNING_KEY*",
+    "*ENCRYPTION_KEY*",
+    "*MASTER_KEY*",
+    "*CREDENTIAL*",  # CREDENTIALS, GOOGLE_CREDENTIALS, *_CREDENTIALS_FILE
+    # authentication
+    "AUTH",
+    "*_AUTH",  # NPM_CONFIG__AUTH, npm_config_//host/:_auth
+    "*_AUTH_CONFIG",  # DOCKER_AUTH_CONFIG
+    "*AUTHORIZATION*",
+    "COOKIE",
+    "*_COOKIE",  # SESSION_COOKIE (not *COOKIE*: COOKIECUTTER_CONFIG is a path)
+    "*_COOKIE_*",
+    "*WEBHOOK*",
     "SSH_AUTH_SOCK",
-    "DATABASE_URL",
+    # connection strings that carry passwords
+    "*DATABASE_URL",
     "*_DSN",
+)
+
+# Names kept even when a pattern above matches (`AWS_CA_BUNDLE`): paths to CA
+# certificates, which TLS needs and which are public. Their values are still checked
+# against the credential shapes, unlike a name the user passes.
+KEEP_ENV = (
+    "*_CA_BUNDLE",
+    "*_CA_CERTS",
+    "*_CAINFO",
+    "*_CAFILE",
+    "*_CAPATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 )
 
 PROFILES: dict[str, tuple[str, ...]] = {
@@ -114,4 +258,5 @@ def builtin_layer(name: str, workspace: Path) -> Layer:
         read_only=tuple(Item(p) for p in WORKSPACE_READ_ONLY),
         net_allow=network_items(name),
         env_strip=tuple(Item(p) for p in SECRET_ENV),
+        env_pass=tuple(Item(p) for p in KEEP_ENV),
     )

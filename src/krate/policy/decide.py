@@ -48,6 +48,9 @@ class EnvLayer(NamedTuple):
     layer: str
     strip: tuple[tuple[str, str, Callable[[str], object]], ...]  # (pattern, rule, match)
     passes: tuple[tuple[str, str, Callable[[str], object]], ...]
+    # Whether any pattern of `strip` / `passes` matches: asked first (envnames.compile_any).
+    strip_any: Callable[[str], bool] | None = None
+    pass_any: Callable[[str], bool] | None = None
 
 
 class EffectivePolicy:
@@ -64,7 +67,7 @@ class EffectivePolicy:
         name: str,
         hash: str,
         workspace: Path,
-        deny_read: tuple[Path, ...],
+        deny_read: tuple[Path | str, ...],
         allow_write: tuple[Path, ...],
         read_only: tuple[Path, ...],
         network_allow: tuple[str, ...],
@@ -84,12 +87,14 @@ class EffectivePolicy:
         layers: tuple[dict[str, Any], ...] = (),
     ) -> None:
         self.name, self.hash, self.workspace = name, hash, workspace
-        self.deny_read, self.allow_write, self.read_only = deny_read, allow_write, read_only
+        self._deny_read, self.allow_write, self.read_only = deny_read, allow_write, read_only
         self.network_allow, self.env_strip, self.env_pass = network_allow, env_strip, env_pass
         self.limits, self.ignored, self.home, self.profile = limits, ignored, home, profile
         self.deny_rules, self.read_only_rules = deny_rules, read_only_rules
         self.write_rules, self.net_rules, self.net_default = write_rules, net_rules, net_default
         self.env_layers, self.limit_layers, self.layers = env_layers, limit_layers, layers
+        # The compile's path lookups (policy.paths.Resolver), reused by the run's sandbox spec.
+        self.resolver: Any = None
         exact: dict[str, list] = {}
         suffix: dict[str, list] = {}
         anyhost = []
@@ -108,6 +113,14 @@ class EffectivePolicy:
 
     def __repr__(self) -> str:
         return f"EffectivePolicy(name={self.name!r}, hash={self.hash!r})"
+
+    @property
+    def deny_read(self) -> tuple[Path, ...]:
+        """Hidden paths as Paths, made on first use: the built-in list is long, and a run
+        hands the sandbox the rule paths (`deny_rules`) as text instead."""
+        if self._deny_read and not isinstance(self._deny_read[0], Path):
+            self._deny_read = tuple(map(Path, self._deny_read))
+        return self._deny_read
 
     # -- network ---------------------------------------------------------------------------
     def decide_net(self, host: str, port: int) -> Decision:
@@ -186,12 +199,14 @@ class EffectivePolicy:
         """Keep variable `name` ("allow") or strip it ("deny")? The highest layer naming it wins."""
         upper = name.upper()
         for layer in self.env_layers:
-            for _text, rule, match in layer.passes:
-                if match(upper):
-                    return Decision(ALLOW, rule, layer.layer, name)
-            for _text, rule, match in layer.strip:
-                if match(upper):
-                    return Decision(DENY, rule, layer.layer, name)
+            if layer.passes and (layer.pass_any is None or layer.pass_any(upper)):
+                for _text, rule, match in layer.passes:
+                    if match(upper):
+                        return Decision(ALLOW, rule, layer.layer, name)
+            if layer.strip and (layer.strip_any is None or layer.strip_any(upper)):
+                for _text, rule, match in layer.strip:
+                    if match(upper):
+                        return Decision(DENY, rule, layer.layer, name)
         return Decision(
             ALLOW,
             "default: not secret-looking (no strip pattern matches)",

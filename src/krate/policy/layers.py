@@ -1,4 +1,4 @@
-"""Layering: builtin → user → project krate.toml → --policy FILE → flags, and the trust rule.
+"""Layering: builtin → user → project krate.toml files → --policy FILE → flags, and trust.
 
 A project file comes with the repository, so until the user trusts its exact
 bytes (SHA-256) it may only narrow: everything it would widen is dropped and
@@ -36,15 +36,40 @@ def rule_text(key: str, text: str) -> str:
     return f"{key} {text}" if key.startswith("--") else f"{key}: {text}"
 
 
-def find_project_file(start: Path) -> Path | None:
-    """The nearest krate.toml at or above `start`, stopping at the filesystem root."""
+def find_project_files(start: Path) -> list[Path]:
+    """Every krate.toml at or above `start`, outermost first, up to the filesystem root.
+
+    All of them apply, each as its own layer (an untrusted one only narrows), so a file
+    planted in a subfolder can add restrictions but never undo the project's. The walk
+    does not stop at a repository root: a workload can create `sub/.git` as easily as
+    `sub/krate.toml`, so no marker in a writable folder may decide where the search ends.
+    A file is named by its resolved folder plus `krate.toml`, never by what a symlink
+    there points at: trust belongs to the file where it acts (a planted link to a trusted
+    file elsewhere is not trusted).
+    """
     here = Path(paths.resolve(str(start.absolute())))
+    found = []
     for folder in (here, *here.parents):
         candidate = folder / PROJECT_FILE
-        if candidate.is_file():
-            # Resolved, so trust recorded for `krate policy trust FILE` matches it.
-            return Path(paths.resolve(str(candidate)))
-    return None
+        try:
+            if candidate.is_file():
+                found.append(candidate)
+        except OSError:  # an unsearchable folder on the way up holds no policy we can read
+            continue
+    found.reverse()
+    return found
+
+
+def find_project_file(start: Path) -> Path | None:
+    """The nearest krate.toml at or above `start` (see find_project_files for all of them)."""
+    found = find_project_files(start)
+    return found[-1] if found else None
+
+
+def project_layer_name(path: Path, outermost: Path) -> str:
+    """`project` for the outermost file, `project:SUB/DIR` for one below it."""
+    relative = path.parent.relative_to(outermost.parent)
+    return "project" if relative == Path() else f"project:{relative.as_posix()}"
 
 
 def flags_layer(flags: Flags, workspace: Path) -> Layer:
@@ -100,33 +125,42 @@ def effective_policy(
     flags: Flags,
     private_dirs: Sequence[Path] = (),
     notes: Iterable[str] = (),
+    real_home: Path | None = None,
 ) -> EffectivePolicy:
     """Compile the layers for a run in `workspace`; raise PolicyError (`FILE:LINE: ...`).
 
     `trusted` maps project file paths to the SHA-256 the user trusted. `private_dirs`
     (krate's own data and config folders) are hidden from the workload like secrets.
+    `home` is $HOME, what `~` means; `real_home` is the account's home from the password
+    database: when it differs, every `~/...` deny_read and read_only rule applies under
+    both, so `HOME=/elsewhere krate run` cannot move the secret stores out of the way.
     """
     ws = Path(paths.resolve(str(workspace.absolute())))
     stack: list[Layer] = [builtin_layer(BASE, ws)]
     if user_policy_path.is_file():
         user = load_file(user_policy_path, name="user", trusted=True).layer
         stack.append(_rebase(user, ws))
-    project_path = find_project_file(ws)
-    if project_path is not None:
-        stack.append(load_file(project_path, name="project", trusted_digests=dict(trusted)).layer)
+    project_files = find_project_files(ws)
+    for path in project_files:
+        name = project_layer_name(path, project_files[0])
+        stack.append(load_file(path, name=name, trusted_digests=dict(trusted)).layer)
     if flags.policy and flags.policy not in PROFILES:
         stack.append(
             load_file(policy_file_path(flags.policy, ws), name="policy-file", trusted=True).layer
         )
     stack.append(flags_layer(flags, ws))
-    extra = [(str(project_path), "the project policy file")] if project_path else []
+    extra: dict[str, str] = {}
+    for path in project_files:  # the link where it acts and the file it points at
+        for where in (str(path), paths.resolve(str(path))):
+            extra.setdefault(where, "a project policy file")
     return compile_layers(
         stack,
         workspace=ws,
         home=str(home),
         private_dirs=private_dirs,
-        extra_read_only=extra,
+        extra_read_only=list(extra.items()),
         notes=notes,
+        real_home=str(real_home) if real_home else None,
     )
 
 
@@ -136,9 +170,12 @@ def _rebase(layer: Layer, workspace: Path) -> Layer:
 
 
 class _Compiler:
-    def __init__(self, workspace: Path, home: str) -> None:
+    def __init__(self, workspace: Path, home: str, real_home: str | None = None) -> None:
         self.ws = str(workspace)
         self.home = home
+        # Homes a narrowing `~/...` rule applies under: $HOME, and the real one when it differs.
+        self.narrow_homes = list(dict.fromkeys([home, real_home or home]))
+        self.resolve = paths.Resolver()
         self.deny: list[PathRule] = []
         self.read_only: list[PathRule] = []
         self.write: list[PathRule] = [
@@ -156,7 +193,16 @@ class _Compiler:
     # -- helpers ---------------------------------------------------------------------------
     def _paths(self, layer: Layer, item: Item) -> tuple[str, str]:
         literal = paths.normalize(item.text, home=self.home, base=str(layer.base_dir))
-        return literal, paths.resolve(literal)
+        return literal, self.resolve(literal)
+
+    def _narrow_paths(self, layer: Layer, item: Item) -> list[str]:
+        """Literal and resolved paths of a narrowing rule, under every home for `~/...`."""
+        homes = self.narrow_homes if item.text.startswith("~") else [self.home]
+        out: list[str] = []
+        for home in homes:
+            literal = paths.normalize(item.text, home=home, base=str(layer.base_dir))
+            out += [literal, self.resolve(literal)]
+        return out
 
     def _ignore(
         self, layer: Layer, item: Item | None, what: str, why: str = "", partly: bool = False
@@ -198,7 +244,7 @@ class _Compiler:
         ):
             for item in items:
                 rule = rule_text(layer.key(key), item.text)
-                for path in dict.fromkeys(self._paths(layer, item)):
+                for path in dict.fromkeys(self._narrow_paths(layer, item)):
                     target.append(PathRule(path, rule, name))
         if layer.profile is not None:
             profile = layer.profile.text
@@ -323,7 +369,15 @@ class _Compiler:
                 (item.text, rule_text(pass_key, item.text), envnames.compile_pattern(item.text))
             )
         if strip or passes:
-            self.env.append(EnvLayer(layer.name, strip, tuple(passes)))
+            self.env.append(
+                EnvLayer(
+                    layer.name,
+                    strip,
+                    tuple(passes),
+                    envnames.compile_any(text for text, _, _ in strip),
+                    envnames.compile_any(text for text, _, _ in passes),
+                )
+            )
 
     # -- result ----------------------------------------------------------------------------
     def build(
@@ -358,7 +412,7 @@ class _Compiler:
             name=name,
             hash="",
             workspace=Path(self.ws),
-            deny_read=tuple(dict.fromkeys(Path(r.path) for r in self.deny)),
+            deny_read=tuple(dict.fromkeys(r.path for r in self.deny)),
             allow_write=tuple(dict.fromkeys(Path(r.path) for r in self.write)),
             read_only=tuple(dict.fromkeys(Path(r.path) for r in self.read_only)),
             network_allow=tuple(dict.fromkeys(r.pattern.render() for r in self.net)),
@@ -382,6 +436,7 @@ class _Compiler:
             layers=tuple(_describe(layer) for layer in stack),
         )
         policy.hash = canonical_hash(policy.rules_dict(), self.ws)
+        policy.resolver = self.resolve
         return policy
 
 
@@ -436,9 +491,11 @@ def compile_layers(
     private_dirs: Sequence[Path] = (),
     extra_read_only: Sequence[tuple[str, str]] = (),
     notes: Iterable[str] = (),
+    real_home: str | None = None,
 ) -> EffectivePolicy:
     """Combine parsed layers (lowest first) into one compiled policy."""
     try:
-        return _Compiler(workspace, home).build(stack, private_dirs, extra_read_only, notes)
+        compiler = _Compiler(workspace, home, real_home)
+        return compiler.build(stack, private_dirs, extra_read_only, notes)
     except ValueError as exc:  # a pattern that passed validation but not compilation: a bug guard
         raise PolicyError(f"invalid policy: {exc}") from None

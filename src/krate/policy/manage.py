@@ -15,7 +15,7 @@ from krate.errors import KrateError, NotFound, UsageError
 from krate.policy import hosts, paths
 from krate.policy.builtin import DESCRIPTIONS
 from krate.policy.decide import EffectivePolicy
-from krate.policy.layers import find_project_file
+from krate.policy.layers import find_project_files, project_layer_name
 from krate.policy.load import PROJECT_FILE, digest, load_file, read_bytes
 from krate.policy.model import Decision, PolicyError
 
@@ -79,7 +79,7 @@ def trust_state(path: Path, trusted: Mapping[str, str]) -> str:
 def list_policies(
     *, workspace: Path, user_policy_path: Path, trusted: Mapping[str, str]
 ) -> list[dict]:
-    """Built-ins, the user policy and the project file, each with its state."""
+    """Built-ins, the user policy and every project file that applies, each with its state."""
     rows = [
         {"name": name, "kind": "builtin", "path": None, "state": "built in", "description": text}
         for name, text in DESCRIPTIONS.items()
@@ -94,18 +94,27 @@ def list_policies(
             "description": "your policy, applied to every run",
         }
     )
-    project = find_project_file(workspace)
-    rows.append(
-        {
-            "name": "project",
-            "kind": "project",
-            "path": str(project) if project else None,
-            "state": trust_state(project, trusted) if project else "absent",
-            "description": "krate.toml found above the working folder"
-            if project
-            else f"no {PROJECT_FILE} at or above {workspace}",
-        }
-    )
+    projects = find_project_files(workspace)
+    for project in projects:
+        rows.append(
+            {
+                "name": project_layer_name(project, projects[0]),
+                "kind": "project",
+                "path": str(project),
+                "state": trust_state(project, trusted),
+                "description": "krate.toml at or above the working folder",
+            }
+        )
+    if not projects:
+        rows.append(
+            {
+                "name": "project",
+                "kind": "project",
+                "path": None,
+                "state": "absent",
+                "description": f"no {PROJECT_FILE} at or above {workspace}",
+            }
+        )
     return rows
 
 
@@ -151,14 +160,21 @@ def init_template(folder: Path) -> Path:
 
 
 def project_or_file(file: Path | None, cwd: Path) -> Path:
-    """The file a trust command is about: the one named, or the project file above cwd."""
+    """The file a trust command is about: the one named, or the only project file above cwd.
+
+    A named file keeps its own name (only its folder is resolved): trust is recorded for
+    the place a krate.toml acts, not for what a symlink there points at.
+    """
     if file is None:
-        found = find_project_file(cwd)
-        if found is None:
+        found = find_project_files(cwd)
+        if not found:
             raise NotFound(f"no {PROJECT_FILE} at or above {cwd}; name the file to trust")
-        return found
+        if len(found) > 1:
+            names = ", ".join(str(p) for p in found)
+            raise UsageError(f"several {PROJECT_FILE} files apply here ({names}); name one")
+        return found[0]
     path = file if file.is_absolute() else cwd / file
-    return Path(paths.resolve(str(path)))
+    return Path(paths.resolve(str(path.parent))) / path.name
 
 
 def validate_for_trust(path: Path) -> str:

@@ -54,6 +54,22 @@ def quote(path: Path | str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_REGEX_SPECIAL = set(".^$*+?()[]{}|\\")
+
+
+def glob_regex(path: Path | str) -> str:
+    """An SBPL regex for a built-in glob entry: `*` within one component, and what is inside.
+
+    Seatbelt, unlike bubblewrap, can name paths that do not exist yet, so the pattern
+    itself is denied rather than today's matches.
+    """
+    text = str(path)
+    if '"' in text or len(text.encode()) > SEATBELT_LIMIT:
+        raise ValueError(f"cannot write a Seatbelt pattern for {text[:60]}")
+    body = "".join("[^/]*" if c == "*" else "\\" + c if c in _REGEX_SPECIAL else c for c in text)
+    return f'#"^{body}(/.*)?$"'
+
+
 def with_tmpdir(spec: SandboxSpec, folder: Path) -> SandboxSpec:
     """The spec with its private TMPDIR set to `folder` (created by the caller, removed after)."""
     env = dict(spec.env)
@@ -127,6 +143,8 @@ def profile(spec: SandboxSpec, *, title: str = "") -> str:
             lines.append(f"(deny file-write* (subpath {q}))")
         elif kind == "pin":
             lines.append(f"(deny file-write-unlink (literal {q}))")
+        elif "*" in path.name:
+            lines.append(f"(deny file-read* file-write* (regex {glob_regex(path)}))")
         else:
             lines.append(f"(deny file-read* file-write* (subpath {q}))")
     pinned: list[Path] = []
@@ -147,5 +165,7 @@ def command(spec: SandboxSpec, exe: str) -> list[str]:
 
 
 def visible_inside(path: Path, spec: SandboxSpec) -> bool:
+    from krate.policy.paths import under
+
     hidden = spec.declared_hidden or spec.hidden
-    return not any(is_within(path, h) for h in hidden)
+    return not any(under(str(path), str(h)) for h in hidden)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from krate.policy.model import Limits  # the policy's own limits, enforced as they are
+from krate.policy.paths import Resolver, expand
 
 # Host folders holding sockets of privileged daemons (Docker, D-Bus, the user's
 # session bus with the keyring): a Unix socket on a read-only mount can still
@@ -72,14 +73,13 @@ class SandboxSpec(NamedTuple):
         }
 
 
-def resolve(paths: Iterable[Path | str]) -> list[Path]:
+def resolve(paths: Iterable[Path | str], resolver: Resolver | None = None) -> list[Path]:
     """Each path with symlinks resolved; order kept, no repeats."""
-    out: list[Path] = []
+    real = resolver or Resolver()
+    out: dict[str, None] = {}
     for raw in paths:
-        path = Path(os.path.realpath(os.path.expanduser(str(raw))))
-        if path not in out:
-            out.append(path)
-    return out
+        out.setdefault(real(os.path.expanduser(str(raw))))
+    return [Path(p) for p in out]
 
 
 def resolve_existing(paths: Iterable[Path | str]) -> list[Path]:
@@ -124,17 +124,32 @@ def build(
     env: Mapping[str, str],
     limits: Limits = NO_LIMITS,
     hide_also: Iterable[Path | str] = (),
+    resolver: Resolver | None = None,
 ) -> SandboxSpec:
-    """A spec from the policy's lists: resolved paths; mounts only for existing ones."""
+    """A spec from the policy's lists: resolved paths; mounts only for existing ones.
+
+    `resolver` may be the one the policy was just compiled with (EffectivePolicy.resolver):
+    its paths are then not looked up twice.
+    """
     workspace = Path(os.path.realpath(workspace))
-    declared_writable = resolve([workspace, *allow_write])
-    declared_read_only = resolve(read_only)
-    declared_hidden = resolve([*deny_read, *hide_also])
-    writable = [p for p in declared_writable if p.exists()]
+    real = resolver or Resolver()
+    declared_writable = resolve([workspace, *allow_write], real)
+    declared_read_only = resolve(read_only, real)
+    declared_hidden = resolve([*deny_read, *hide_also], real)
+    writable = [p for p in declared_writable if real.exists(str(p))]
     protected = [
-        p for p in declared_read_only if p.exists() and any(is_within(p, w) for w in writable)
+        p
+        for p in declared_read_only
+        if real.exists(str(p)) and any(is_within(p, w) for w in writable)
     ]
-    hidden_all = [p for p in declared_hidden if p.exists()]
+    # A glob (built-in `~/.cargo/credentials*`) hides what matches now: bubblewrap can only
+    # mount existing paths, and the workload cannot create new ones outside writable places.
+    hidden_all: list[Path] = []
+    for path in declared_hidden:
+        if "*" in path.name:
+            hidden_all += [m for m in resolve_existing(expand(str(path))) if m not in hidden_all]
+        elif real.exists(str(path)):
+            hidden_all.append(path)
     # A hidden path that contains the workspace would hide the workspace itself: keep
     # the deeper rule (the workspace) visible by ordering, see `mount_order`.
     hidden = [p for p in hidden_all if _visible(p, writable)]
