@@ -26,9 +26,9 @@ from krate.errors import EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
 from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
-from krate.sandbox import supervise
+from krate.sandbox import placeholders, supervise
 from krate.sandbox.env import Stripped, scrub
-from krate.sandbox.spec import SandboxSpec, build
+from krate.sandbox.spec import SandboxSpec, build, is_within
 
 RUN_DIRS = "run"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -49,6 +49,7 @@ class RunRequest(NamedTuple):
     workspace: Path
     environ: Mapping[str, str]
     allow_hardlinked_secrets: bool = False
+    allow_broad_workspace: bool = False
     # Called once the sandbox (and the egress proxy) exist: the CLI locks krate's own
     # process out of the network there.
     after_start: Callable[[], None] | None = None
@@ -105,6 +106,7 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
     )
     decisions = [s.to_decision() for s in stripped]
     notes = list(policy.ignored)
+    spec, refusals = _check_writable(policy, request, spec, decisions)
     refusal = None
     scan = hardlinks.scan(spec.hidden)
     if not scan.complete:
@@ -125,6 +127,8 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
             "links or pass --allow-hardlinked-secrets to accept the risk",
             exit_code=EXIT_KRATE_FAILED,
         )
+    if refusals:
+        refusal = KrateError(refusals[0], exit_code=EXIT_KRATE_FAILED)
     return _Prepared(spec, stripped, decisions, refusal, notes)
 
 
@@ -136,6 +140,86 @@ def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
         "layer": "flags" if verdict == "allow" else "builtin",
         "subject": str(path),
     }
+
+
+def _check_writable(
+    policy: Any, request: RunRequest, spec: SandboxSpec, decisions: list[dict[str, Any]]
+) -> tuple[SandboxSpec, list[str]]:
+    """Refusals about what the workload could write (each recorded as a decision), and the
+    spec with git's own files kept read-only."""
+    refusals: list[str] = []
+    broad = broad_workspace(policy, spec.workspace)
+    if broad and request.allow_broad_workspace:
+        decisions.append(_fs_decision(spec.workspace, "allow", "--allow-broad-workspace", "flags"))
+    elif broad:
+        decisions.append(_fs_decision(spec.workspace, "deny", f"workspace {broad}", "builtin"))
+        refusals.append(
+            f"refusing to run: the workspace {spec.workspace} {broad}, so the workload could "
+            "change any file in it (such as ~/.bashrc); run it in a project folder "
+            "(cd there, or --workdir DIR), or pass --allow-broad-workspace to accept this"
+        )
+    for link in policy.write_links:
+        if not is_within(Path(link.path), spec.workspace):
+            decisions.append(_fs_decision(Path(link.literal), "deny", link.rule, link.layer))
+            refusals.append(
+                f"refusing to run: {link.rule}: {link.literal} leads through a symbolic link to "
+                f"{link.path}, outside the workspace (a workload may have planted the link); "
+                f"name the real path ({link.path}) if you mean to allow writing there"
+            )
+    spec, guarded = _guard_git(spec)
+    for path, why in guarded:
+        decisions.append(_fs_decision(path, "deny", "git folder cannot be kept read-only"))
+        refusals.append(f"refusing to run: {why}")
+    return spec, refusals
+
+
+def _fs_decision(path: Path, verdict: str, rule: str, layer: str = "builtin") -> dict[str, Any]:
+    return {"area": "filesystem", "verdict": verdict, "rule": rule, "layer": layer,
+            "subject": str(path)}  # fmt: skip
+
+
+def broad_workspace(policy: Any, workspace: Path) -> str | None:
+    """Why `workspace` is too broad to be writable (None when it is a normal folder).
+
+    Too broad: `/`, the home folder, or a folder holding a secret store the built-in
+    profile hides (such as `/home` or `/Users`). Hidden paths the user added
+    (`--deny-read secrets`) are fine inside a workspace.
+    """
+    from krate.policy import paths as policy_paths
+
+    ws = str(workspace)
+    home = policy_paths.resolve(str(policy.home))
+    if ws == "/":
+        return "is the root folder"
+    if ws == home:
+        return "is your home folder"
+    if policy_paths.under(home, ws):
+        return f"holds your home folder {home}"
+    for rule in policy.deny_rules:
+        secret = rule.layer.startswith("builtin:")
+        if secret and rule.path != ws and policy_paths.under(rule.path, ws):
+            return f"holds {rule.path}, which is hidden from workloads"
+    return None
+
+
+def _guard_git(spec: SandboxSpec) -> tuple[SandboxSpec, tuple[tuple[Path, str], ...]]:
+    """The spec with git's own files kept read-only in every writable git folder."""
+    from krate.sandbox import gitguard
+
+    guard = gitguard.inspect(spec.writable, spec.read_only, spec.hidden)
+    if not (guard.read_only or guard.pins or guard.writable):
+        return spec, guard.refusals
+    pinned = tuple(p.path for p in guard.pins)
+    spec = spec._replace(
+        writable=tuple(dict.fromkeys((*spec.writable, *guard.writable))),
+        declared_writable=tuple(dict.fromkeys((*spec.declared_writable, *guard.writable))),
+        read_only=tuple(dict.fromkeys((*spec.read_only, *guard.read_only, *pinned))),
+        declared_read_only=tuple(
+            dict.fromkeys((*spec.declared_read_only, *guard.read_only, *pinned))
+        ),
+        pins=guard.pins,
+    )
+    return spec, guard.refusals
 
 
 # ---------------------------------------------------------------- running
@@ -159,6 +243,7 @@ def execute(
             exit_code=EXIT_KRATE_FAILED,
         )
     supervise.sweep_stale(paths.data_dir / RUN_DIRS)
+    placeholders.sweep(paths.data_dir)
     prepared = prepare(policy, request, found.backend)
     spec = prepared.spec
     run_id = new_run_id()
@@ -332,13 +417,15 @@ def _spawn(
     if found.backend == "bubblewrap":
         from krate.sandbox import bwrap
 
-        return supervise.launch(
-            lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
-            dict(spec.env),
-            preexec=preexec,
-            wall_seconds=spec.limits.wall_seconds,
-            after_start=after_start,
-        )
+        # Missing names bubblewrap must mount over exist for the run (Seatbelt needs none).
+        with placeholders.held(spec.pins, paths.data_dir):
+            return supervise.launch(
+                lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
+                dict(spec.env),
+                preexec=preexec,
+                wall_seconds=spec.limits.wall_seconds,
+                after_start=after_start,
+            )
     from krate.sandbox import seatbelt
 
     with supervise.run_folder(paths.data_dir / RUN_DIRS, run_id) as folder:

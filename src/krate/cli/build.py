@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from krate.cli.common import lock_down, paths
+from krate.cli.options import ALLOW_BROAD_WORKSPACE
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -83,6 +84,7 @@ def build(
         help="Run even if a hidden file has other hard links (one of them may be readable). "
         "Example: krate build --allow-hardlinked-secrets --out dist -- make",
     ),
+    allow_broad_workspace: bool = ALLOW_BROAD_WORKSPACE,
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Say what krate did (on stderr). Example: krate build -v"
     ),
@@ -105,7 +107,9 @@ def build(
     if not out:
         raise UsageError("name at least one output with --out PATH (a file or a folder)")
     flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(command, flags, workdir, allow_hardlinked_secrets)
+    effective, request = prepare(
+        command, flags, workdir, allow_hardlinked_secrets, allow_broad_workspace
+    )
     try:
         result, recorded = run_build(
             paths(), effective, request, outs=out, input_globs=input_ or (), name=name

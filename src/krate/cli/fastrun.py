@@ -24,6 +24,7 @@ REPEATED = {
 FLAGS = {
     "--no-network": "no_network",
     "--allow-hardlinked-secrets": "allow_hardlinked_secrets",
+    "--allow-broad-workspace": "allow_broad_workspace",
     "--verbose": "verbose",
     "-v": "verbose",
 }

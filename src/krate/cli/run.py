@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from krate.cli.options import ALLOW_BROAD_WORKSPACE
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -58,6 +59,7 @@ def run(
     env: EnvOpt = None,
     workdir: Path = WORKDIR_OPT,
     allow_hardlinked_secrets: bool = ALLOW_HARDLINKED_SECRETS_OPT,
+    allow_broad_workspace: bool = ALLOW_BROAD_WORKSPACE,
     verbose: bool = VERBOSE_OPT,
 ) -> int:
     """Run CMD isolated: read-only system, writable workspace, secrets hidden and stripped.
@@ -71,5 +73,5 @@ def run(
 
     return run_workload(
         command, policy, allow_host, allow_write, deny_read, no_network, env, workdir,
-        allow_hardlinked_secrets, verbose,
+        allow_hardlinked_secrets, verbose, allow_broad_workspace,
     )  # fmt: skip

@@ -18,6 +18,7 @@ def prepare(
     flags: tuple,
     workdir: Path | None,
     allow_hardlinked_secrets: bool,
+    allow_broad_workspace: bool = False,
 ):
     """The effective policy and the run request shared by `krate run` and `krate build`.
 
@@ -38,6 +39,7 @@ def prepare(
         workspace=cwd,
         environ=dict(os.environ),
         allow_hardlinked_secrets=allow_hardlinked_secrets,
+        allow_broad_workspace=allow_broad_workspace,
         after_start=lock_down,
     )
     return effective, request
@@ -74,6 +76,7 @@ def run_workload(
     workdir: Path | None,
     allow_hardlinked_secrets: bool,
     verbose: bool,
+    allow_broad_workspace: bool = False,
 ) -> int:
     """Run the command under the effective policy; returns the workload's exit status."""
     from krate.errors import UsageError
@@ -82,7 +85,9 @@ def run_workload(
     if not command:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(command, flags, workdir, allow_hardlinked_secrets)
+    effective, request = prepare(
+        command, flags, workdir, allow_hardlinked_secrets, allow_broad_workspace
+    )
     try:
         result = execute(paths(), effective, request)
     finally:
