@@ -278,3 +278,15 @@ def test_placeholders_left_by_a_killed_krate_are_removed_by_the_next_run(box):
     assert out.returncode == 0, out.stderr
     assert not (repo / ".git" / "commondir").exists()
     assert not (repo / ".git" / "worktrees").exists()
+
+
+def test_a_repository_the_user_cannot_write_still_runs(box):
+    if not box.user:
+        pytest.skip("root can write everywhere")
+    repo = box.ws / "theirs"  # root's: no placeholder can be made (nor planted) there
+    subprocess.run(["git", "init", "-q", "--template=", str(repo)], check=True)
+    before = sorted(os.listdir(repo / ".git"))
+    out = run_in(box, repo, "echo ../.evil > .git/commondir || echo refused")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "refused\n"
+    assert sorted(os.listdir(repo / ".git")) == before

@@ -418,7 +418,9 @@ def _spawn(
         from krate.sandbox import bwrap
 
         # Missing names bubblewrap must mount over exist for the run (Seatbelt needs none).
-        with placeholders.held(spec.pins, paths.data_dir):
+        with placeholders.held(spec.pins, paths.data_dir) as absent:
+            if absent:
+                spec = spec._replace(read_only=tuple(p for p in spec.read_only if p not in absent))
             return supervise.launch(
                 lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
                 dict(spec.env),

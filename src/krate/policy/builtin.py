@@ -3,7 +3,8 @@
 They differ only in the network: `strict` has none, `default` reaches the
 well-known package registries, `open` any host (still recorded). All three hide
 the usual secret stores, keep files that run later outside the sandbox read-only
-inside the workspace, and strip secret-looking environment variables.
+(in the workspace, in the home folder, and git's and the shell's at the top of every
+writable folder), and strip secret-looking environment variables.
 docs/policy.md lists every entry; keep the two in step.
 """
 

@@ -91,8 +91,8 @@ def inspect(
             target = _gitfile_target(dot_git)
             if target is not None and target.is_dir():
                 gitdirs.append(target)
-                if state.writable(target, git_rules=False) and not state.writable(target):
-                    reopened.append(target)
+                if state.writable(target, git_rules=False):
+                    reopened.append(target)  # writable, even inside worktrees/ or modules/
                     state.add(target, True)
             elif target is not None and state.writable(target):
                 refusals.append(
@@ -138,6 +138,8 @@ def inspect(
                 continue
             protected.append(path)
             state.add(path, False)
+    # Only those inside a read-only worktrees/ or modules/ need a mount of their own.
+    reopened = [g for g in reopened if state.inside_git_folders(g)]
     return Guard(tuple(dict.fromkeys(protected)), tuple(pins), tuple(refusals), tuple(reopened))
 
 
@@ -164,6 +166,11 @@ class _Layout:
             if is_within(path, rule) and (depth > best[0] or (depth == best[0] and not can_write)):
                 best = (depth, can_write)
         return best[1]
+
+    def inside_git_folders(self, path: Path) -> bool:
+        return any(
+            not w and _git_folder_of_folders(r) and is_within(path, r) for r, w in self.rules
+        )
 
 
 def _git_folder_of_folders(path: Path) -> bool:

@@ -19,6 +19,7 @@ this bookkeeping).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -26,6 +27,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError
 
 LOCKS = "placeholders"
 
@@ -39,21 +42,32 @@ class Pin(NamedTuple):
 
 
 @contextlib.contextmanager
-def held(pins: Iterable[Pin], data_dir: Path) -> Iterator[None]:
-    """Create each placeholder that is missing, for the duration of the block."""
+def held(pins: Iterable[Pin], data_dir: Path) -> Iterator[set[Path]]:
+    """Create each placeholder that is missing, for the duration of the block.
+
+    Yields the paths that could not be created (a folder krate's user cannot write,
+    which the workload cannot write either): there is nothing to mount over there.
+    """
     pins = list(pins)
     if not pins:
-        yield
+        yield set()
         return
     folder = data_dir / LOCKS
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KrateError(
+            f"cannot use {folder}: {exc.strerror or exc}", exit_code=EXIT_KRATE_FAILED
+        ) from None
     taken: list[tuple[int, Path, Pin]] = []
+    absent: set[Path] = set()
     try:
         for pin in pins:
             fd, lock = _lock_shared(folder, pin)
             taken.append((fd, lock, pin))
-            _create(pin)
-        yield
+            if not _create(pin):
+                absent.add(pin.path)
+        yield absent
     finally:
         for fd, lock, pin in reversed(taken):
             _release(fd, lock, pin)
@@ -117,8 +131,8 @@ def _lock_shared(folder: Path, pin: Pin) -> tuple[int, Path]:
         return fd, lock
 
 
-def _create(pin: Pin) -> None:
-    """Make the placeholder unless something is already there (then that is mounted)."""
+def _create(pin: Pin) -> bool:
+    """Make the placeholder unless something is there already; False when it cannot be made."""
     try:
         if pin.folder:
             os.mkdir(pin.path, 0o755)
@@ -130,12 +144,17 @@ def _create(pin: Pin) -> None:
             finally:
                 os.close(fd)
     except FileExistsError:
-        return
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            return False
+        raise
     if os.geteuid() == 0:
         # Root making a placeholder in someone's repository: give it to the folder's owner.
         with contextlib.suppress(OSError):
             parent = os.stat(pin.path.parent)
             os.lchown(pin.path, parent.st_uid, parent.st_gid)
+    return True
 
 
 def _release(fd: int, lock: Path, pin: Pin) -> None:
