@@ -38,7 +38,8 @@ def test_existing_names_are_read_only_and_missing_ones_pinned(tmp_path):
     assert set(guard.read_only) == {gitdir / "config", gitdir / "hooks", gitdir / "info"}
     pinned = {p.path.name: p for p in guard.pins}
     assert set(pinned) == {"commondir", "config.worktree", "modules", "worktrees"}
-    assert pinned["commondir"].content == b".\n" and not pinned["commondir"].folder
+    assert pinned["commondir"].content == b".\n" and not pinned["commondir"].keep
+    assert pinned["modules"].keep and pinned["config.worktree"].keep
     assert pinned["modules"].folder and pinned["worktrees"].folder
     assert guard.refusals == () and guard.writable == ()
 
@@ -142,21 +143,27 @@ def test_refusals_are_decided_and_recorded_before_the_run(tmp_path):
 # ---------------------------------------------------------------- placeholders
 
 
-def test_placeholders_exist_during_the_block_and_are_removed_after(tmp_path):
+def test_placeholders_exist_during_the_block_and_only_temporary_ones_go(tmp_path):
     data = tmp_path / "data"
-    pins = [Pin(tmp_path / "commondir", content=b".\n"), Pin(tmp_path / "hooks", folder=True)]
+    pins = [commondir_pin(tmp_path), Pin(tmp_path / "hooks", folder=True), Pin(tmp_path / "cfg")]
     with placeholders.held(pins, data) as absent:
         assert absent == set()
         assert (tmp_path / "commondir").read_bytes() == b".\n"
         assert (tmp_path / "hooks").is_dir()
         assert oct((data / placeholders.LOCKS).stat().st_mode & 0o777) == "0o700"
-    assert not (tmp_path / "commondir").exists() and not (tmp_path / "hooks").exists()
-    assert list((data / placeholders.LOCKS).iterdir()) == []
+    assert not (tmp_path / "commondir").exists()
+    assert (tmp_path / "hooks").is_dir() and (tmp_path / "cfg").read_bytes() == b""
+    # the lock file stays, empty: it names no placeholder any more
+    assert [f.stat().st_size for f in (data / placeholders.LOCKS).iterdir()] == [0]
+
+
+def commondir_pin(folder: Path) -> Pin:
+    return Pin(folder / "commondir", content=b".\n", keep=False)
 
 
 def test_the_last_of_two_runs_removes_a_shared_placeholder(tmp_path):
     data = tmp_path / "data"
-    pin = Pin(tmp_path / "commondir", content=b".\n")
+    pin = commondir_pin(tmp_path)
     with placeholders.held([pin], data):
         with placeholders.held([pin], data):
             pass
@@ -166,19 +173,16 @@ def test_the_last_of_two_runs_removes_a_shared_placeholder(tmp_path):
 
 def test_something_that_replaced_a_placeholder_is_never_removed(tmp_path):
     data = tmp_path / "data"
-    config = Pin(tmp_path / "config")
-    hooks = Pin(tmp_path / "hooks", folder=True)
-    with placeholders.held([config, hooks], data):
-        config.path.write_text("[core]\n")  # the user's own git wrote it meanwhile
-        (hooks.path / "pre-commit").write_text("#!/bin/sh\n")
-    assert config.path.read_text() == "[core]\n"
-    assert (hooks.path / "pre-commit").exists()
+    common = commondir_pin(tmp_path)
+    with placeholders.held([common], data):
+        common.path.write_text("../..\n")  # the user's own git wrote it meanwhile
+    assert common.path.read_text() == "../..\n"
 
 
 def test_an_existing_file_is_kept_and_an_unwritable_folder_reported(tmp_path):
     data = tmp_path / "data"
     (tmp_path / "config").write_text("[core]\n")
-    missing_parent = Pin(tmp_path / "no" / "such" / "commondir", content=b".\n")
+    missing_parent = commondir_pin(tmp_path / "no" / "such")
     with placeholders.held([Pin(tmp_path / "config"), missing_parent], data) as absent:
         assert absent == {missing_parent.path}
     assert (tmp_path / "config").read_text() == "[core]\n"
@@ -191,15 +195,17 @@ def test_a_killed_holder_leaves_a_placeholder_the_next_sweep_removes(tmp_path):
         "import os, sys\n"
         "from pathlib import Path\n"
         "from krate.sandbox import placeholders\n"
-        f"with placeholders.held([placeholders.Pin(Path({str(pin)!r}), content=b'.\\n')],"
+        f"with placeholders.held([placeholders.Pin(Path({str(pin)!r}), content=b'.', keep=False)],"
         f" Path({str(data)!r})):\n"
         "    os._exit(0)\n"  # like SIGKILL: no clean-up
     )
     subprocess.run([os.sys.executable, "-c", code], check=True)
-    assert pin.read_bytes() == b".\n"
-    with placeholders.held([Pin(tmp_path / "other", folder=True)], data):
+    assert pin.read_bytes() == b"."
+    other = commondir_pin(tmp_path / "elsewhere")
+    other.path.parent.mkdir()
+    with placeholders.held([other], data):
         placeholders.sweep(data)  # a run in progress elsewhere is not disturbed
-        assert not pin.exists() and (tmp_path / "other").is_dir()
+        assert not pin.exists() and other.path.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the placeholder over")

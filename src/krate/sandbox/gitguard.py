@@ -32,11 +32,12 @@ from krate.policy.builtin import GIT_READ_ONLY
 from krate.sandbox.placeholders import Pin
 from krate.sandbox.spec import is_within
 
-# What stands in for a name that is missing from a repository's own git folder, for the run:
-# `commondir` naming the git folder itself (git then behaves as without one), empty `config`
-# files, empty folders. `gitdir` exists only in a linked worktree's git folder.
+# What stands in for a name that is missing from a repository's own git folder: empty
+# folders and empty config files, which git treats as missing ones (they stay), and, for the
+# run only, a `commondir` naming the git folder itself (git then behaves as without one).
+# `gitdir` exists only in a linked worktree's git folder, where git made it.
 PLACEHOLDERS = {
-    "commondir": Pin(Path("commondir"), content=b".\n"),
+    "commondir": Pin(Path("commondir"), content=b".\n", keep=False),
     "config": Pin(Path("config")),
     "config.worktree": Pin(Path("config.worktree")),
     "hooks": Pin(Path("hooks"), folder=True),

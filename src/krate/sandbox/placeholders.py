@@ -3,17 +3,18 @@
 bubblewrap can keep a path read-only only by mounting over it, and a mount needs
 something to mount on: in a writable folder, a name that does not exist can be
 created by the workload (`.git/commondir`, `.git/hooks`). For the few names where
-that means code execution outside the sandbox, krate creates a harmless
-placeholder first (an empty folder; a `commondir` that names the git folder
-itself; an empty `config`), the backend mounts it read-only, and krate removes it
-after the run when it is still the placeholder and no other run uses it.
+that means code execution outside the sandbox, krate makes a harmless placeholder
+first and the backend mounts it read-only.
 
-Runs that share a placeholder hold a shared lock on a file in krate's data folder
-(hidden from workloads, so no workload can hold or break it); the last run takes
-the lock exclusively and removes the placeholder. A placeholder left by a killed
-krate is harmless and is removed by the next run that sweeps the lock folder.
-Uses `fcntl.flock` (nothing in the standard library or the dependencies does
-this bookkeeping).
+Most placeholders stay: an empty folder or an empty file that git treats exactly
+as a missing one (`hooks/`, `modules/`, `config.worktree`), made once. A `commondir`
+naming the git folder itself is harmless too, but git then prints an absolute
+`--git-common-dir`, so it exists only while a run needs it: runs that share it hold
+a shared lock on a file in krate's data folder (hidden from workloads, so no
+workload can hold or break it), and the last one takes the lock exclusively and
+removes it. The lock file names the placeholder while it exists, so one left by a
+killed krate is removed by the next run's `sweep`. Uses `fcntl.flock`: nothing in
+the standard library or the dependencies does this bookkeeping.
 """
 
 from __future__ import annotations
@@ -39,44 +40,35 @@ class Pin(NamedTuple):
     path: Path
     folder: bool = False
     content: bytes = b""
+    keep: bool = True  # False: removed after the run (when no other run holds it)
 
 
 @contextlib.contextmanager
 def held(pins: Iterable[Pin], data_dir: Path) -> Iterator[set[Path]]:
-    """Create each placeholder that is missing, for the duration of the block.
+    """Make each missing placeholder, for the duration of the block.
 
-    Yields the paths that could not be created (a folder krate's user cannot write,
+    Yields the paths that could not be made (a folder krate's user cannot write,
     which the workload cannot write either): there is nothing to mount over there.
     """
-    pins = list(pins)
-    if not pins:
-        yield set()
-        return
-    folder = data_dir / LOCKS
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KrateError(
-            f"cannot use {folder}: {exc.strerror or exc}", exit_code=EXIT_KRATE_FAILED
-        ) from None
-    taken: list[tuple[int, Path, Pin]] = []
     absent: set[Path] = set()
+    taken: list[tuple[int, Pin]] = []
     try:
         for pin in pins:
-            fd, lock = _lock_shared(folder, pin)
-            taken.append((fd, lock, pin))
+            if not pin.keep:
+                taken.append((_lock_shared(data_dir, pin), pin))
             if not _create(pin):
                 absent.add(pin.path)
         yield absent
     finally:
-        for fd, lock, pin in reversed(taken):
-            _release(fd, lock, pin)
+        for fd, pin in reversed(taken):
+            _release(fd, pin)
 
 
 def sweep(data_dir: Path) -> None:
-    """Remove placeholders a killed krate left behind (nobody holds their lock)."""
+    """Remove placeholders a killed krate left behind (their lock file names them; nobody
+    holds it)."""
     try:
-        entries = list(os.scandir(data_dir / LOCKS))
+        entries = [e for e in os.scandir(data_dir / LOCKS) if e.stat().st_size]
     except OSError:
         return
     for entry in entries:
@@ -86,17 +78,58 @@ def sweep(data_dir: Path) -> None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            pin = _read_pin(fd)
+            if pin is not None:
+                _remove(pin)
+            os.ftruncate(fd, 0)
         except OSError:
+            pass  # a run in progress holds it
+        finally:
             os.close(fd)
-            continue  # a run in progress holds it
-        pin = _read_pin(fd)
-        if pin is not None:
-            _remove(pin)
-        _drop(fd, Path(entry.path))
+
+
+def _lock_shared(data_dir: Path, pin: Pin) -> int:
+    """A shared lock on this placeholder's lock file, which names it while it is held."""
+    folder = data_dir / LOCKS
+    lock = folder / hashlib.sha256(os.fsencode(pin.path)).hexdigest()[:32]
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        try:
+            fd = os.open(lock, flags, 0o600)
+        except FileNotFoundError:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(lock, flags, 0o600)
+    except OSError as exc:
+        raise KrateError(
+            f"cannot use {folder}: {exc.strerror or exc}", exit_code=EXIT_KRATE_FAILED
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        description = _describe(pin)
+        os.pwrite(fd, description, 0)  # every holder writes the same bytes
+        os.ftruncate(fd, len(description))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(fd: int, pin: Pin) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)  # another run still holds it: the last one removes the placeholder
+        return
+    try:
+        _remove(pin)
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _describe(pin: Pin) -> bytes:
-    """What a lock file holds, so that `sweep` knows what it may remove: kind, content, path."""
     kind = b"dir" if pin.folder else b"file"
     return kind + b"\n" + pin.content.hex().encode() + b"\n" + os.fsencode(pin.path)
 
@@ -109,26 +142,6 @@ def _read_pin(fd: int) -> Pin | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _lock_shared(folder: Path, pin: Pin) -> tuple[int, Path]:
-    """A shared lock on this path's lock file (created when missing), which names the pin."""
-    lock = folder / hashlib.sha256(os.fsencode(pin.path)).hexdigest()[:32]
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            # The last run may have removed this lock file while we waited: start again.
-            if os.fstat(fd).st_ino != os.stat(lock).st_ino:
-                raise FileNotFoundError(lock)
-            os.pwrite(fd, _describe(pin), 0)  # every holder writes the same bytes
-        except FileNotFoundError:
-            os.close(fd)
-            continue
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, lock
 
 
 def _create(pin: Pin) -> bool:
@@ -155,22 +168,6 @@ def _create(pin: Pin) -> bool:
             parent = os.stat(pin.path.parent)
             os.lchown(pin.path, parent.st_uid, parent.st_gid)
     return True
-
-
-def _release(fd: int, lock: Path, pin: Pin) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)  # another run still holds it: the last one removes the placeholder
-        return
-    _remove(pin)
-    _drop(fd, lock)
-
-
-def _drop(fd: int, lock: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(lock)
-    os.close(fd)
 
 
 def _remove(pin: Pin) -> None:
