@@ -82,6 +82,10 @@ def test_sigkill_of_krate_kills_the_workload_and_leaves_nothing(box):
     assert _pids_with(marker) == [], "workload processes outlived krate"
     after = snapshot(box.ws)
     after.pop("ready")
+    # but git's placeholders: empty ones stay; commondir goes at the next run (below)
+    assert after.pop(".git/commondir") == b".\n"
+    for new in set(after) - set(before):
+        assert new.startswith(".git/") and after.pop(new) in (None, b""), new
     assert after == before, "krate left something in the workspace"
 
     def new_tmp() -> set[str]:
@@ -99,6 +103,7 @@ def test_sigkill_of_krate_kills_the_workload_and_leaves_nothing(box):
     assert listed[0]["status"] == "interrupted"
     # the next run records the interruption in the chain
     assert box.krate("run", "--", "true").returncode == 0
+    assert not (box.ws / ".git" / "commondir").exists()
     kinds = [e["kind"] for e in box.events("run.interrupted")]
     assert kinds == ["run.interrupted"]
     assert box.krate("audit", "verify").returncode == 0

@@ -24,13 +24,13 @@ from typing import Any, NamedTuple
 
 from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
 from krate.paths import Paths
-from krate.printable import printable
 from krate.policy import watch
+from krate.printable import printable
 from krate.redact import redact_argv
 from krate.sandbox import detect as detect_mod
-from krate.sandbox import supervise
+from krate.sandbox import placeholders, supervise
 from krate.sandbox.env import Stripped, scrub
-from krate.sandbox.spec import SandboxSpec, build
+from krate.sandbox.spec import SandboxSpec, build, is_within
 
 RUN_DIRS = "run"
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -53,6 +53,7 @@ class RunRequest(NamedTuple):
     allow_hardlinked_secrets: bool = False
     # `--as-root`: a root krate runs the workload as host root (sandbox/identity.py).
     as_root: bool = False
+    allow_broad_workspace: bool = False
     # Called once the sandbox (and the egress proxy) exist: the CLI locks krate's own
     # process out of the network there.
     after_start: Callable[[], None] | None = None
@@ -130,7 +131,10 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
     if who.decision is not None:
         decisions.append(who.decision)
     notes = list(policy.ignored)
+    spec, refusals = _check_writable(policy, request, spec, decisions)
     refusal = who.refusal
+    if refusal is None and refusals:
+        refusal = KrateError(refusals[0], exit_code=EXIT_KRATE_FAILED)
     scan = hardlinks.scan(spec.hidden, hardlinks.MAX_ENTRIES)
     if not scan.complete:
         notes.append(
@@ -188,6 +192,86 @@ def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
     }
 
 
+def _check_writable(
+    policy: Any, request: RunRequest, spec: SandboxSpec, decisions: list[dict[str, Any]]
+) -> tuple[SandboxSpec, list[str]]:
+    """Refusals about what the workload could write (each recorded as a decision), and the
+    spec with git's own files kept read-only."""
+    refusals: list[str] = []
+    broad = broad_workspace(policy, spec.workspace)
+    if broad and request.allow_broad_workspace:
+        decisions.append(_fs_decision(spec.workspace, "allow", "--allow-broad-workspace", "flags"))
+    elif broad:
+        decisions.append(_fs_decision(spec.workspace, "deny", f"workspace {broad}", "builtin"))
+        refusals.append(
+            f"refusing to run: the workspace {spec.workspace} {broad}, so the workload could "
+            "change any file in it (such as ~/.bashrc); run it in a project folder "
+            "(cd there, or --workdir DIR), or pass --allow-broad-workspace to accept this"
+        )
+    for link in policy.write_links:
+        if not is_within(Path(link.path), spec.workspace):
+            decisions.append(_fs_decision(Path(link.literal), "deny", link.rule, link.layer))
+            refusals.append(
+                f"refusing to run: {link.rule}: {link.literal} leads through a symbolic link to "
+                f"{link.path}, outside the workspace (a workload may have planted the link); "
+                f"name the real path ({link.path}) if you mean to allow writing there"
+            )
+    spec, guarded = _guard_git(spec)
+    for path, why in guarded:
+        decisions.append(_fs_decision(path, "deny", "git folder cannot be kept read-only"))
+        refusals.append(f"refusing to run: {why}")
+    return spec, refusals
+
+
+def _fs_decision(path: Path, verdict: str, rule: str, layer: str = "builtin") -> dict[str, Any]:
+    return {"area": "filesystem", "verdict": verdict, "rule": rule, "layer": layer,
+            "subject": str(path)}  # fmt: skip
+
+
+def broad_workspace(policy: Any, workspace: Path) -> str | None:
+    """Why `workspace` is too broad to be writable (None when it is a normal folder).
+
+    Too broad: `/`, the home folder, or a folder holding a secret store the built-in
+    profile hides (such as `/home` or `/Users`). Hidden paths the user added
+    (`--deny-read secrets`) are fine inside a workspace.
+    """
+    from krate.policy import paths as policy_paths
+
+    ws = str(workspace)
+    home = policy_paths.resolve(str(policy.home))
+    if ws == "/":
+        return "is the root folder"
+    if ws == home:
+        return "is your home folder"
+    if policy_paths.under(home, ws):
+        return f"holds your home folder {home}"
+    for rule in policy.deny_rules:
+        secret = rule.layer.startswith("builtin:")
+        if secret and rule.path != ws and policy_paths.under(rule.path, ws):
+            return f"holds {rule.path}, which is hidden from workloads"
+    return None
+
+
+def _guard_git(spec: SandboxSpec) -> tuple[SandboxSpec, tuple[tuple[Path, str], ...]]:
+    """The spec with git's own files kept read-only in every writable git folder."""
+    from krate.sandbox import gitguard
+
+    guard = gitguard.inspect(spec.writable, spec.read_only, spec.hidden)
+    if not (guard.read_only or guard.pins or guard.writable):
+        return spec, guard.refusals
+    pinned = tuple(p.path for p in guard.pins)
+    spec = spec._replace(
+        writable=tuple(dict.fromkeys((*spec.writable, *guard.writable))),
+        declared_writable=tuple(dict.fromkeys((*spec.declared_writable, *guard.writable))),
+        read_only=tuple(dict.fromkeys((*spec.read_only, *guard.read_only, *pinned))),
+        declared_read_only=tuple(
+            dict.fromkeys((*spec.declared_read_only, *guard.read_only, *pinned))
+        ),
+        pins=guard.pins,
+    )
+    return spec, guard.refusals
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -210,6 +294,7 @@ def execute(
         )
     supervise.sweep_stale(paths.data_dir / RUN_DIRS)
     since = watch.clock()
+    placeholders.sweep(paths.data_dir)
     prepared = prepare(policy, request, found.backend)
     spec = prepared.spec
     run_id = new_run_id()
@@ -405,7 +490,7 @@ def _spawn(
 
         def launch(preexec: Callable[[], None] | None) -> supervise.Outcome:
             return supervise.launch(
-                lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
+                lambda fd, fds: bwrap.command(run_spec, found.executable, status_fd=fd, fds=fds),
                 dict(spec.env),
                 preexec=preexec,
                 wall_seconds=spec.limits.wall_seconds,
@@ -413,9 +498,15 @@ def _spawn(
                 run_as=spec.run_as,
             )
 
-        if memory is None:
-            return launch(preexec)
-        return limits.in_memory_cgroup(memory, run_id, spec.limits.memory_mb, preexec, launch)
+        # Missing names bubblewrap must mount over exist for the run (Seatbelt needs none).
+        with placeholders.held(spec.pins, paths.data_dir) as absent:
+            run_spec = spec
+            if absent:
+                kept = tuple(p for p in spec.read_only if p not in absent)
+                run_spec = spec._replace(read_only=kept)
+            if memory is None:
+                return launch(preexec)
+            return limits.in_memory_cgroup(memory, run_id, spec.limits.memory_mb, preexec, launch)
     from krate.sandbox import seatbelt
 
     with supervise.run_folder(paths.data_dir / RUN_DIRS, run_id) as folder:

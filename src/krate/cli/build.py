@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from krate.cli.common import lock_down, paths
-from krate.cli.options import as_root_option
+from krate.cli.options import ALLOW_BROAD_WORKSPACE, as_root_option
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -85,6 +85,7 @@ def build(
         "Example: krate build --allow-hardlinked-secrets --out dist -- make",
     ),
     as_root: bool = as_root_option("sudo krate build --as-root --out dist -- make"),
+    allow_broad_workspace: bool = ALLOW_BROAD_WORKSPACE,
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Say what krate did (on stderr). Example: krate build -v"
     ),
@@ -107,7 +108,9 @@ def build(
     if not out:
         raise UsageError("name at least one output with --out PATH (a file or a folder)")
     flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(command, flags, workdir, allow_hardlinked_secrets, as_root)
+    effective, request = prepare(
+        command, flags, workdir, allow_hardlinked_secrets, as_root, allow_broad_workspace
+    )
     try:
         result, recorded = run_build(
             paths(), effective, request, outs=out, input_globs=input_ or (), name=name

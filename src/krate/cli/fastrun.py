@@ -25,6 +25,7 @@ FLAGS = {
     "--no-network": "no_network",
     "--allow-hardlinked-secrets": "allow_hardlinked_secrets",
     "--as-root": "as_root",
+    "--allow-broad-workspace": "allow_broad_workspace",
     "--verbose": "verbose",
     "-v": "verbose",
 }

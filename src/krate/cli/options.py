@@ -22,5 +22,12 @@ def as_root_option(example: str):
     )
 
 
+ALLOW_BROAD_WORKSPACE = typer.Option(
+    False,
+    "--allow-broad-workspace",
+    help="Run even when the workspace is /, your home folder, or a folder holding it or a "
+    "hidden secret store (the workload could change any file there). "
+    "Example: --allow-broad-workspace",
+)
 # `krate run`/`krate build`: everything after CMD is CMD's own, never krate's.
 WORKLOAD_CONTEXT = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}

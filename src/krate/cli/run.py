@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from krate.cli.options import as_root_option
+from krate.cli.options import ALLOW_BROAD_WORKSPACE, as_root_option
 from krate.cli.policy_options import (
     AllowHostOpt,
     AllowWriteOpt,
@@ -62,6 +62,7 @@ def run(
     workdir: Path = WORKDIR_OPT,
     allow_hardlinked_secrets: bool = ALLOW_HARDLINKED_SECRETS_OPT,
     as_root: bool = AS_ROOT_OPT,
+    allow_broad_workspace: bool = ALLOW_BROAD_WORKSPACE,
     verbose: bool = VERBOSE_OPT,
 ) -> int:
     """Run CMD isolated: read-only system, writable workspace, secrets hidden and stripped.
@@ -75,5 +76,5 @@ def run(
 
     return run_workload(
         command, policy, allow_host, allow_write, deny_read, no_network, env, workdir,
-        allow_hardlinked_secrets, verbose, as_root,
+        allow_hardlinked_secrets, verbose, as_root, allow_broad_workspace,
     )  # fmt: skip

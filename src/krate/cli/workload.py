@@ -19,6 +19,7 @@ def prepare(
     workdir: Path | None,
     allow_hardlinked_secrets: bool,
     as_root: bool = False,
+    allow_broad_workspace: bool = False,
 ):
     """The effective policy and the run request shared by `krate run` and `krate build`.
 
@@ -46,6 +47,7 @@ def prepare(
         environ=dict(os.environ),
         allow_hardlinked_secrets=allow_hardlinked_secrets,
         as_root=as_root,
+        allow_broad_workspace=allow_broad_workspace,
         after_start=lock_down,
     )
     return effective, request
@@ -94,6 +96,7 @@ def run_workload(
     allow_hardlinked_secrets: bool,
     verbose: bool,
     as_root: bool = False,
+    allow_broad_workspace: bool = False,
 ) -> int:
     """Run the command under the effective policy; returns the workload's exit status."""
     from krate.errors import UsageError
@@ -102,7 +105,9 @@ def run_workload(
     if not command:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(command, flags, workdir, allow_hardlinked_secrets, as_root)
+    effective, request = prepare(
+        command, flags, workdir, allow_hardlinked_secrets, as_root, allow_broad_workspace
+    )
     try:
         result = execute(paths(), effective, request)
     finally:

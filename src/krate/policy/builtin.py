@@ -3,7 +3,8 @@
 They differ only in the network: `strict` has none, `default` reaches the
 well-known package registries, `open` any host (still recorded). All three hide
 the usual secret stores, keep files that run later outside the sandbox read-only
-inside the workspace, and strip secret-looking environment variables.
+(in the workspace, in the home folder, and git's and the shell's at the top of every
+writable folder), and strip secret-looking environment variables.
 docs/policy.md lists every entry; keep the two in step.
 """
 
@@ -139,8 +140,52 @@ SECRET_STORES = (
     "~/Library/Application Support/krate",
 )
 
+# In a git folder: the names that make git, run later outside the sandbox, read another
+# configuration or run programs (sandbox/gitguard.py keeps them read-only in every writable
+# git folder, holding missing ones with placeholders on Linux).
+GIT_READ_ONLY = (
+    "config",
+    "config.worktree",
+    "commondir",
+    "gitdir",
+    "hooks",
+    "info",
+    "modules",
+    "worktrees",
+)
+
 # Inside the workspace: files that git, the shell or krate itself act on later, outside the sandbox.
-WORKSPACE_READ_ONLY = (".git/hooks", ".git/config", "krate.toml", ".envrc")
+WORKSPACE_READ_ONLY = (*(f".git/{name}" for name in GIT_READ_ONLY), "krate.toml", ".envrc")
+
+# Files a shell, a login or git reads as code or configuration later, outside the sandbox:
+# read-only in the home folder and at the top of every writable folder.
+SHELL_STARTUP = (
+    ".profile",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".bash_aliases",
+    ".zshenv",
+    ".zprofile",
+    ".zshrc",
+    ".zlogin",
+    ".zlogout",
+    ".kshrc",
+    ".mkshrc",
+    ".cshrc",
+    ".tcshrc",
+    ".login",
+    ".logout",
+    ".config/fish",
+    ".inputrc",
+    ".pam_environment",
+    ".config/environment.d",
+    ".config/autostart",
+    ".config/systemd/user",
+    ".gitconfig",
+    ".config/git",
+)
 
 # The `default` profile's network: the well-known package registries (web ports 80 and 443).
 PACKAGE_REGISTRIES = (
@@ -255,7 +300,9 @@ def builtin_layer(name: str, workspace: Path) -> Layer:
         trusted=True,
         base_dir=workspace,
         deny_read=tuple(Item(p) for p in SECRET_STORES),
-        read_only=tuple(Item(p) for p in WORKSPACE_READ_ONLY),
+        read_only=tuple(
+            Item(p) for p in (*WORKSPACE_READ_ONLY, *(f"~/{name}" for name in SHELL_STARTUP))
+        ),
         net_allow=network_items(name),
         env_strip=tuple(Item(p) for p in SECRET_ENV),
         env_pass=tuple(Item(p) for p in KEEP_ENV),

@@ -38,6 +38,15 @@ class PathRule(NamedTuple):
     layer: str
 
 
+class WriteLink(NamedTuple):
+    """An allow_write entry whose path, as written, leads through a symlink elsewhere."""
+
+    literal: str  # as written (normalised, not resolved)
+    path: str  # where it resolves: what would be writable
+    rule: str
+    layer: str
+
+
 class NetRule(NamedTuple):
     pattern: HostPattern
     rule: str
@@ -80,6 +89,7 @@ class EffectivePolicy:
         deny_rules: tuple[PathRule, ...] = (),
         read_only_rules: tuple[PathRule, ...] = (),
         write_rules: tuple[PathRule, ...] = (),
+        write_links: tuple[WriteLink, ...] = (),
         net_rules: tuple[NetRule, ...] = (),
         net_default: tuple[str, str] = ("default", "builtin:default"),
         env_layers: tuple[EnvLayer, ...] = (),  # highest layer first
@@ -92,6 +102,7 @@ class EffectivePolicy:
         self.limits, self.ignored, self.home, self.profile = limits, ignored, home, profile
         self.deny_rules, self.read_only_rules = deny_rules, read_only_rules
         self.write_rules, self.net_rules, self.net_default = write_rules, net_rules, net_default
+        self.write_links = write_links
         self.env_layers, self.limit_layers, self.layers = env_layers, limit_layers, layers
         # The compile's path lookups (policy.paths.Resolver), reused by the run's sandbox spec.
         self.resolver: Any = None

@@ -12,13 +12,21 @@ the compiled policy never does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from krate.errors import UsageError
 from krate.policy import envnames, hosts, paths
-from krate.policy.builtin import BASE, PROFILES, builtin_layer
-from krate.policy.decide import EffectivePolicy, EnvLayer, NetRule, PathRule, canonical_hash
+from krate.policy.builtin import BASE, GIT_READ_ONLY, PROFILES, SHELL_STARTUP, builtin_layer
+from krate.policy.decide import (
+    EffectivePolicy,
+    EnvLayer,
+    NetRule,
+    PathRule,
+    WriteLink,
+    canonical_hash,
+)
 from krate.policy.load import PROJECT_FILE, load_file
 from krate.policy.model import LIMIT_NAMES, Flags, Item, Layer, Limits, PolicyError
 
@@ -181,6 +189,7 @@ class _Compiler:
         self.write: list[PathRule] = [
             PathRule(self.ws, "filesystem.allow_write: workspace", f"builtin:{BASE}")
         ]
+        self.write_links: list[WriteLink] = []  # allow_write entries reached through a symlink
         self.net: list[NetRule] = []
         self.below: list[NetRule] = []
         self.net_empty = ("no network", f"builtin:{BASE}")
@@ -290,17 +299,16 @@ class _Compiler:
             self.net_layer = name
         for item in layer.allow_write:
             key = layer.key("filesystem.allow_write")
-            _, resolved = self._paths(layer, item)
+            literal, resolved = self._paths(layer, item)
             if restrict and not self.writable(resolved):
-                shown = (
-                    ""
-                    if resolved
-                    == paths.normalize(item.text, home=self.home, base=str(layer.base_dir))
-                    else f" (-> {resolved})"
-                )
+                shown = "" if resolved == literal else f" (-> {resolved})"
                 self._ignore(layer, item, f"{key} `{item.text}`{shown}")
                 continue
             self.write.append(PathRule(resolved, rule_text(key, item.text), name))
+            if resolved != literal:
+                self.write_links.append(
+                    WriteLink(literal, resolved, rule_text(key, item.text), name)
+                )
         self.apply_env(layer)
         for limit, value, line in layer.limits:
             current = self.limits.get(limit)
@@ -397,6 +405,7 @@ class _Compiler:
             self.apply(layer)
         for path, why in extra_read_only:
             self.read_only.append(PathRule(path, why, "builtin"))
+        self.read_only += _in_every_writable_folder(r.path for r in self.write)
         self.deny, self.read_only, self.write = (
             _unique(self.deny),
             _unique(self.read_only),
@@ -425,6 +434,7 @@ class _Compiler:
             deny_rules=tuple(self.deny),
             read_only_rules=tuple(self.read_only),
             write_rules=tuple(self.write),
+            write_links=tuple(self.write_links),
             net_rules=tuple(self.net),
             net_default=(
                 ("default: no network.allow rule matches", self.net_layer)
@@ -438,6 +448,23 @@ class _Compiler:
         policy.hash = canonical_hash(policy.rules_dict(), self.ws)
         policy.resolver = self.resolve
         return policy
+
+
+def _in_every_writable_folder(roots: Iterable[str]) -> list[PathRule]:
+    """Shell start-up files and git's own files at the top of each writable folder, if present.
+
+    Only existing ones: the list is checked at every run and stays short in `policy show`.
+    """
+    rules = []
+    names = (*SHELL_STARTUP, *(f".git/{name}" for name in GIT_READ_ONLY))
+    for root in dict.fromkeys(roots):
+        for name in names:
+            literal = f"{root.rstrip('/')}/{name}"
+            if os.path.lexists(literal):
+                rule = f"builtin: {name} is read-only in every writable folder"
+                for path in dict.fromkeys((literal, paths.resolve(literal))):
+                    rules.append(PathRule(path, rule, "builtin"))
+    return rules
 
 
 def _only_profile(layer: Layer) -> bool:

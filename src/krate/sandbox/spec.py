@@ -15,10 +15,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from krate.policy.model import Limits  # the policy's own limits, enforced as they are
 from krate.policy.paths import Resolver, expand
+
+if TYPE_CHECKING:
+    from krate.sandbox.placeholders import Pin
 
 # Host folders holding sockets of privileged daemons (Docker, D-Bus, the user's
 # session bus with the keyring): a Unix socket on a read-only mount can still
@@ -62,6 +65,9 @@ class SandboxSpec(NamedTuple):
     declared_hidden: tuple[Path, ...] = ()
     # Whom the sandbox runs as when krate runs as root (sandbox/identity.py); None: krate's own.
     run_as: Any = None
+    # Missing names in `read_only` that bubblewrap must mount over: placeholders hold them
+    # for the run (sandbox/placeholders.py; git's own files, see sandbox/gitguard.py).
+    pins: tuple[Pin, ...] = ()
 
     def layout(self) -> dict[str, Any]:
         """What the run record keeps about the filesystem view (paths only)."""
