@@ -91,7 +91,8 @@ def test_terminal_modes_changed_inside_are_restored_after_the_run(box):
     """A workload that leaves the terminal raw without echo (exiting, or killed) used to keep it."""
     for ending in ("exit 3", "kill -KILL \\$\\$"):
         inner = f"stty raw -echo; stty -a | grep -o -- '-echo ' ; {ending}"
-        script = f'{KRATE} run -- sh -c "{inner}"; echo status=$?; stty -a'
+        run = " ".join(box.args(("run",)))
+        script = f'{KRATE} {run} -- sh -c "{inner}"; echo status=$?; stty -a'
         status, out = _in_a_pty(["/bin/sh", "-c", script], box.env(), box.ws, box.user)
         assert status == 0, out
         inside, after = out.split("status=")
@@ -167,7 +168,12 @@ def test_arguments_and_workspaces_that_are_not_utf8_run_and_are_recorded(box):
     argv = ["sh", "-c", 'printf "%s|" "$1" "$PWD"; echo ok > "out-$1"', "sh", "arg-\udcfe"]
     kw = {"user": box.user, "group": _ids(box.user)[1], "extra_groups": []} if box.user else {}
     out = subprocess.run(
-        [KRATE, "run", "--", *argv], cwd=ws, env=box.env(), capture_output=True, timeout=120, **kw
+        [KRATE, *box.args(("run",)), "--", *argv],
+        cwd=ws,
+        env=box.env(),
+        capture_output=True,
+        timeout=120,
+        **kw,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"arg-\xfe|" + os.fsencode(ws) + b"|"

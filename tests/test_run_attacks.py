@@ -82,7 +82,7 @@ def test_hard_link_past_the_scan_cap_still_refuses_the_run(box):
     )
     kw = {"group": _ids(box.user)[1], "extra_groups": []} if box.user else {}
     out = subprocess.run(
-        [sys.executable, "-c", code, "run", "--", "cat", "notes.txt"], cwd=box.ws,
+        [sys.executable, "-c", code, *box.args(("run",)), "--", "cat", "notes.txt"], cwd=box.ws,
         env=box.env(), user=box.user, capture_output=True, text=True, timeout=120, **kw,
     )  # fmt: skip
     assert out.returncode == 125, out.stderr

@@ -133,7 +133,7 @@ def test_refusals_are_decided_and_recorded_before_the_run(tmp_path):
     ws.mkdir()
     (ws / ".git").symlink_to(repo(tmp_path / "real"))
     request = RunRequest(argv=("true",), cwd=ws, workspace=ws, environ={})
-    prepared = prepare(_policy(ws, tmp_path), request, "bubblewrap")
+    prepared = prepare(_policy(ws, tmp_path), request, "bubblewrap", euid=1000)
     assert prepared.refusal is not None and prepared.refusal.exit_code == 125
     assert "symbolic link" in str(prepared.refusal)
     [decision] = [d for d in prepared.decisions if d["area"] == "filesystem"]
