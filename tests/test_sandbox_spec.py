@@ -102,7 +102,7 @@ def test_bwrap_command_has_every_isolation_flag(tmp_path):
 
 def test_hidden_file_becomes_an_empty_file_from_its_own_descriptor(tmp_path):
     home, ws = _tree(tmp_path)
-    spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".ssh"])
+    spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".config"])
     fds: list[int] = []
     counter = iter(range(50, 60))
     argv = bwrap.command(spec, "/usr/bin/bwrap", fds=fds, empty=lambda: next(counter))
@@ -115,6 +115,16 @@ def test_hidden_file_becomes_an_empty_file_from_its_own_descriptor(tmp_path):
         "50",
         str(home / ".ssh/id"),
     ]
+
+
+def test_a_hidden_path_inside_a_hidden_folder_is_not_mounted_again(tmp_path):
+    # e.g. SSH_AUTH_SOCK=~/.ssh/agent.sock: bubblewrap cannot create a file in the empty
+    # read-only folder that hides ~/.ssh, and the file is hidden with the folder anyway
+    home, ws = _tree(tmp_path)
+    (ws / "secret").write_text("s")
+    spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".ssh", home, ws / "secret"])
+    assert spec.hidden == (home, ws / "secret")  # the workspace between shows its file again
+    assert home / ".ssh" / "id" in spec.declared_hidden
 
 
 def test_hardlink_scan_finds_extra_links_under_hidden_paths(tmp_path):
