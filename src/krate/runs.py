@@ -88,11 +88,11 @@ def _env_decider(policy: Any):
 
 def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
     """The spec, the environment decisions and any refusal, before anything is recorded."""
-    from krate.sandbox import hardlinks
+    from krate.sandbox import hardlinks, sockets
 
     tmpdir = "/tmp"
     decide, passed = _env_decider(policy)
-    env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir)
+    env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir, sockets=sockets.named)
     spec = build(
         argv=request.argv,
         cwd=request.cwd,
@@ -102,6 +102,7 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
         deny_read=policy.deny_read,
         env=env,
         limits=policy.limits,
+        hide_also=_hide_also(request.environ, stripped, policy.workspace),
     )
     decisions = [s.to_decision() for s in stripped]
     notes = list(policy.ignored)
@@ -126,6 +127,23 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
             exit_code=EXIT_KRATE_FAILED,
         )
     return _Prepared(spec, stripped, decisions, refusal, notes)
+
+
+def _hide_also(environ: Mapping[str, str], stripped: list[Stripped], workspace: Path) -> list[str]:
+    """Paths hidden beyond the policy's: what the workload could reach the caller's secrets by.
+
+    The socket each stripped variable names (an agent answers whoever connects, even
+    on a read-only mount), and `XDG_RUNTIME_DIR` when it is not under the emptied
+    `/run`. Only paths are recorded (in the layout, like every hidden path), never
+    the rest of a variable's value.
+    """
+    from krate.sandbox import sockets
+
+    hide = [path for s in stripped for path in sockets.named(environ.get(s.name, ""))]
+    runtime = sockets.runtime_dir(environ.get("XDG_RUNTIME_DIR"), str(workspace), os.geteuid())
+    if runtime is not None:
+        hide.append(runtime)
+    return hide
 
 
 def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
