@@ -1,4 +1,4 @@
-"""Agent sockets: what the sandbox's namespaces and read-only mounts do not isolate.
+"""Agent sockets, kernel keyrings, vsock and terminal injection: what namespaces do not isolate.
 
 Each test attacks from inside a real bubblewrap sandbox started by the installed `krate`,
 as root and as the ordinary user `krate-test`, and checks that the attack failed and
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import KRATE
 from .run_support import Box
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
@@ -179,6 +180,117 @@ def test_an_explicitly_passed_socket_variable_keeps_its_socket(box):
         server.close()
     assert json.loads(out.stdout)[str(sockets / "wanted.sock")].startswith("connected"), out
     assert str(sockets / "wanted.sock") not in box.last_run()["layout"]["hidden"]
+
+
+# A key in the caller's session keyring, then krate: as `keyctl add user ... @s` would leave it.
+ADD_KEY_THEN_EXEC = textwrap.dedent(
+    """
+    import ctypes, os, platform, sys
+    NR = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    assert libc.syscall(NR[1], 1, None) > 0, ctypes.get_errno()  # a session keyring of our own
+    payload = b"KEYRING-SECRET-5d1c"
+    key = libc.syscall(NR[0], b"user", b"krate-probe-key", payload, len(payload), ctypes.c_int(-3))
+    assert key > 0, ctypes.get_errno()
+    os.environ["PROBE_KEY_ID"] = str(key)
+    os.execv(sys.argv[1], sys.argv[1:])
+    """
+)
+
+PROBE_KEYS = textwrap.dedent(
+    """
+    import ctypes, errno, json, os, platform
+    ADD, REQ, CTL = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    def call(*args):
+        r = libc.syscall(*args)
+        return r if r >= 0 else errno.errorcode[ctypes.get_errno()]
+    key = int(os.environ["PROBE_KEY_ID"])
+    buf = ctypes.create_string_buffer(256)
+    out = {
+        "search": call(CTL, 10, ctypes.c_int(-3), b"user", b"krate-probe-key", 0),
+        "read": call(CTL, 11, ctypes.c_long(key), buf, 256),
+        "session": call(CTL, 0, ctypes.c_int(-3), 0),
+        "request_key": call(REQ, b"user", b"krate-probe-key", None, 0),
+        "add_key": call(ADD, b"user", b"x", b"y", 1, ctypes.c_int(-3)),
+        "payload": buf.raw.rstrip(b"\\0").decode(errors="replace"),
+    }
+    try:
+        out["proc_keys"] = open("/proc/keys").read()
+    except OSError as exc:
+        out["proc_keys"] = type(exc).__name__
+    print(json.dumps(out))
+    """
+)
+
+
+def test_the_callers_session_keyring_is_not_readable_inside(box):
+    env = box.env(PROBE_KEY_ID="0")
+    out = subprocess.run(
+        ["python3", "-c", ADD_KEY_THEN_EXEC, KRATE, "run", "--no-network", "--",
+         "python3", "-c", PROBE_KEYS],
+        env=env, cwd=box.ws, capture_output=True, text=True, timeout=60, **_as(box),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    probe = json.loads(out.stdout)
+    assert "KEYRING-SECRET" not in out.stdout
+    for call in ("search", "read", "session", "request_key", "add_key"):
+        assert probe[call] == "EPERM", probe
+    assert "krate-probe-key" not in probe["proc_keys"], probe
+    kernel = box.last_run()["layout"]["kernel"]
+    assert kernel["session_keyring"] == "new"
+    assert {"keyctl", "add_key", "request_key"} <= set(kernel["seccomp"])
+    assert {"/proc/keys", "/proc/key-users"} <= set(box.last_run()["layout"]["hidden"])
+
+
+PROBE_FAMILIES = textwrap.dedent(
+    """
+    import ctypes, errno, json, os, platform, socket, subprocess
+    out = {}
+    for name, family in (("vsock", 40), ("bluetooth", 31), ("unix", 1), ("netlink", 16)):
+        try:
+            socket.socket(family, socket.SOCK_STREAM if family != 16 else socket.SOCK_RAW).close()
+            out[name] = "created"
+        except OSError as exc:
+            out[name] = errno.errorcode[exc.errno]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    nr_ioctl = {"x86_64": 16, "aarch64": 29}[platform.machine()]
+    r, w = os.pipe()
+    buf = ctypes.create_string_buffer(8)
+    for name, request in (("tiocsti", 0x5412), ("tiocsti_high_bits", 0xFFFF_FFFF_0000_5412),
+                          ("tioclinux", 0x541C), ("fionread", 0x541B)):
+        rc = libc.syscall(nr_ioctl, r, ctypes.c_ulong(request), buf)
+        out[name] = "ok" if rc == 0 else errno.errorcode[ctypes.get_errno()]
+    out["status"] = [l for l in open("/proc/self/status") if l.startswith("Seccomp")]
+    out["git"] = subprocess.run(
+        "mkdir g && cd g && git init -q && git -c user.name=t -c user.email=t@e "
+        "commit -q --allow-empty -m x && git log --oneline | wc -l",
+        shell=True, capture_output=True, text=True).stdout.strip()
+    out["sh"] = subprocess.run(["sh", "-c", "echo $((6 * 7))"], capture_output=True,
+                               text=True).stdout.strip()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("flags", [("--no-network",), ()], ids=["no-network", "egress-bridge"])
+def test_vsock_bluetooth_and_terminal_injection_are_refused_ordinary_work_is_not(box, flags):
+    out = box.krate("run", *flags, "--", "python3", "-c", PROBE_FAMILIES)
+    assert out.returncode == 0, out.stderr
+    probe = json.loads(out.stdout)
+    assert probe["vsock"] in ("EACCES", "EPERM"), probe
+    assert probe["bluetooth"] in ("EACCES", "EPERM"), probe
+    assert probe["unix"] == "created" and probe["netlink"] == "created", probe
+    assert probe["tiocsti"] == probe["tioclinux"] == "EPERM", probe
+    assert probe["tiocsti_high_bits"] == "EPERM", probe  # the kernel reads 32 bits
+    assert probe["fionread"] == "ok", probe  # other ioctls pass
+    assert "Seccomp:\t2\n" in probe["status"], probe
+    assert probe["git"] == "1" and probe["sh"] == "42", probe
+    kernel = box.last_run()["layout"]["kernel"]
+    assert {"socket(AF_VSOCK)", "ioctl(TIOCSTI)"} <= set(kernel["seccomp"]), kernel
 
 
 def test_usual_agent_and_docker_sockets_are_hidden_without_any_variable(box):

@@ -10,7 +10,7 @@ import pytest
 
 from krate.runs import RunRequest, prepare
 from krate.sandbox import env as env_mod
-from krate.sandbox import sockets
+from krate.sandbox import seccomp, sockets
 
 
 def test_socket_addresses_in_values():
@@ -81,7 +81,7 @@ def test_a_value_naming_a_socket_is_stripped_unless_passed(folder):
     assert kept["PLAIN"] == str(folder) and kept["KEEP"] == environ["KEEP"]
 
 
-def test_prepare_hides_the_sockets_of_stripped_names(folder):
+def test_prepare_hides_sockets_of_stripped_names_and_proc_key_lists_on_linux_only(folder):
     from krate.policy import Flags
     from krate.policy.layers import effective_policy
 
@@ -99,4 +99,8 @@ def test_prepare_hides_the_sockets_of_stripped_names(folder):
         mac = prepare(policy, RunRequest(("true",), ws, ws, environ), "seatbelt")
     finally:
         server.close()
-    assert folder / "agent.sock" in linux.spec.hidden and folder / "agent.sock" in mac.spec.hidden
+    assert folder / "agent.sock" in linux.spec.hidden
+    assert {Path("/proc/keys"), Path("/proc/key-users")} <= set(linux.spec.hidden)
+    assert linux.kernel == {"seccomp": seccomp.describe(), "session_keyring": "new"}
+    assert folder / "agent.sock" in mac.spec.hidden and Path("/proc/keys") not in mac.spec.hidden
+    assert mac.kernel is None

@@ -83,12 +83,15 @@ def test_bwrap_command_has_every_isolation_flag(tmp_path):
     home, ws = _tree(tmp_path)
     spec = _spec(home, ws)
     opened: list[int] = []
-    argv = bwrap.command(spec, "/usr/bin/bwrap", status_fd=9, fds=opened, empty=lambda: 42)
+    argv = bwrap.command(
+        spec, "/usr/bin/bwrap", status_fd=9, fds=opened, empty=lambda: 42, seccomp=lambda: 7
+    )
     joined = " ".join(argv)
     for flag in ("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                  "--cap-drop ALL", "--ro-bind / /", "--dev /dev", "--proc /proc", "--tmpfs /tmp",
-                 "--json-status-fd 9", f"--chdir {ws}"):  # fmt: skip
+                 "--json-status-fd 9", f"--chdir {ws}", "--seccomp 7"):  # fmt: skip
         assert flag in joined, flag
+    assert 7 in opened  # the launcher passes the filter's descriptor and closes it
     if bwrap.supports("/usr/bin/bwrap", "--disable-userns"):
         assert "--disable-userns" in argv
     assert "--share-net" not in argv
@@ -105,7 +108,9 @@ def test_hidden_file_becomes_an_empty_file_from_its_own_descriptor(tmp_path):
     spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".config"])
     fds: list[int] = []
     counter = iter(range(50, 60))
-    argv = bwrap.command(spec, "/usr/bin/bwrap", fds=fds, empty=lambda: next(counter))
+    argv = bwrap.command(
+        spec, "/usr/bin/bwrap", fds=fds, empty=lambda: next(counter), seccomp=lambda: None
+    )
     assert fds == [50]
     at = argv.index("--ro-bind-data")
     assert argv[at - 2 : at + 3] == [

@@ -71,6 +71,8 @@ class _Prepared(NamedTuple):
     decisions: list[dict[str, Any]]
     refusal: KrateError | None
     notes: list[str]
+    # What the kernel refuses the workload beyond the namespaces (Linux), for the record.
+    kernel: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- preparing
@@ -102,10 +104,11 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
         deny_read=policy.deny_read,
         env=env,
         limits=policy.limits,
-        hide_also=_hide_also(request.environ, stripped, policy.workspace),
+        hide_also=_hide_also(request.environ, stripped, policy.workspace, backend),
     )
     decisions = [s.to_decision() for s in stripped]
     notes = list(policy.ignored)
+    kernel = _kernel(backend, notes)
     refusal = None
     scan = hardlinks.scan(spec.hidden)
     if not scan.complete:
@@ -126,24 +129,40 @@ def prepare(policy: Any, request: RunRequest, backend: str) -> _Prepared:
             "links or pass --allow-hardlinked-secrets to accept the risk",
             exit_code=EXIT_KRATE_FAILED,
         )
-    return _Prepared(spec, stripped, decisions, refusal, notes)
+    return _Prepared(spec, stripped, decisions, refusal, notes, kernel)
 
 
-def _hide_also(environ: Mapping[str, str], stripped: list[Stripped], workspace: Path) -> list[str]:
+def _hide_also(
+    environ: Mapping[str, str], stripped: list[Stripped], workspace: Path, backend: str
+) -> list[str]:
     """Paths hidden beyond the policy's: what the workload could reach the caller's secrets by.
 
     The socket each stripped variable names (an agent answers whoever connects, even
-    on a read-only mount), and `XDG_RUNTIME_DIR` when it is not under the emptied
-    `/run`. Only paths are recorded (in the layout, like every hidden path), never
-    the rest of a variable's value.
+    on a read-only mount); `XDG_RUNTIME_DIR` when it is not under the emptied `/run`;
+    and on Linux the kernel's lists of the user's keys. Only paths are recorded (in
+    the layout, like every hidden path), never the rest of a variable's value.
     """
-    from krate.sandbox import sockets
+    from krate.sandbox import keyrings, sockets
 
     hide = [path for s in stripped for path in sockets.named(environ.get(s.name, ""))]
     runtime = sockets.runtime_dir(environ.get("XDG_RUNTIME_DIR"), str(workspace), os.geteuid())
     if runtime is not None:
         hide.append(runtime)
+    if backend == "bubblewrap":
+        hide += keyrings.PROC_FILES
     return hide
+
+
+def _kernel(backend: str, notes: list[str]) -> dict[str, Any] | None:
+    """The seccomp filter and session keyring krate gives a Linux workload, or a note why not."""
+    if backend != "bubblewrap":
+        return None
+    from krate.sandbox import seccomp
+
+    if not seccomp.supported():
+        notes.append("no seccomp filter for this CPU: keyrings and vsock are not refused")
+        return {"seccomp": [], "session_keyring": "inherited"}
+    return {"seccomp": seccomp.describe(), "session_keyring": "new"}
 
 
 def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
@@ -348,8 +367,9 @@ def _spawn(
     spec = _with_argv(spec, argv)
     preexec = limits.preexec(spec.limits)
     if found.backend == "bubblewrap":
-        from krate.sandbox import bwrap
+        from krate.sandbox import bwrap, keyrings
 
+        keyrings.join_new_session()  # the caller's session keyring stays outside
         return supervise.launch(
             lambda fd, fds: bwrap.command(spec, found.executable, status_fd=fd, fds=fds),
             dict(spec.env),
@@ -398,6 +418,7 @@ def _record_start(
             **prepared.spec.layout(),
             # the egress proxy (krate.egress) serves the workload when the policy allows hosts
             "network": "proxy" if policy.network_allow else "none",
+            **({"kernel": prepared.kernel} if prepared.kernel is not None else {}),
         },
         "ignored": list(policy.ignored),
         "notes": prepared.notes,

@@ -5,8 +5,9 @@ paths inside them (with their parent folders pinned so they cannot be renamed
 away), hidden paths (empty read-only tmpfs for folders, empty read-only files for files), a
 private /tmp, empty /run, fresh /proc and minimal /dev, every namespace
 unshared (user and network always), all capabilities dropped, no new user
-namespaces (`--disable-userns`), a new terminal session (no TIOCSTI injection
-into the user's terminal) and death with krate (`--die-with-parent`).
+namespaces (`--disable-userns`), a seccomp filter for what namespaces do not
+isolate (`--seccomp`, sandbox/seccomp.py), a new terminal session (no TIOCSTI
+injection into the user's terminal) and death with krate (`--die-with-parent`).
 
 Builds argv only; launching is supervise.py's job. Never passes environment
 values on the command line (other users can read /proc/PID/cmdline).
@@ -19,6 +20,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from krate.sandbox import seccomp as seccomp_filter
 from krate.sandbox.spec import SOCKET_DIRS, SandboxSpec, mount_order
 
 
@@ -47,12 +49,14 @@ def command(
     status_fd: int | None = None,
     fds: list[int] | None = None,
     empty: Callable[[], int] = open_empty,
+    seccomp: Callable[[], int | None] = seccomp_filter.pipe_fd,
 ) -> list[str]:
     """The full bwrap argv for `spec` (the workload's argv last, after `--`).
 
     A hidden file becomes an empty read-only file (a copy of an empty descriptor,
-    each its own: bubblewrap reads it to the end). The descriptors opened are
-    appended to `fds`; the launcher passes them to bubblewrap and closes them.
+    each its own: bubblewrap reads it to the end). `seccomp()` gives a descriptor
+    holding the workload's seccomp filter (sandbox/seccomp.py). The descriptors opened
+    are appended to `fds`; the launcher passes them to bubblewrap and closes them.
     """
     fds = [] if fds is None else fds
     args = [
@@ -66,6 +70,10 @@ def command(
     ]
     if supports(exe, "--disable-userns"):
         args.append("--disable-userns")
+    filter_fd = seccomp()
+    if filter_fd is not None:
+        fds.append(filter_fd)
+        args += ["--seccomp", str(filter_fd)]
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", spec.tmpdir]
     for folder in SOCKET_DIRS:
         if os.path.isdir(folder) and not os.path.islink(folder):
