@@ -143,11 +143,11 @@ def program(arch: str, rules: Iterable[Refusal] = WORKLOAD) -> list[tuple[int, i
 
 
 @functools.cache
-def _compiled(arch: str) -> bytes:
-    return pack(program(arch))
+def _compiled(arch: str, rules: tuple[Refusal, ...]) -> bytes:
+    return pack(program(arch, rules))
 
 
-def pipe_fd(arch: str | None = None) -> int | None:
+def pipe_fd(arch: str | None = None, rules: tuple[Refusal, ...] = WORKLOAD) -> int | None:
     """A descriptor from which bubblewrap reads the compiled filter; None: no filter for `arch`.
 
     A pipe holds the whole program (a few hundred bytes, far below the pipe's buffer),
@@ -156,7 +156,7 @@ def pipe_fd(arch: str | None = None) -> int | None:
     arch = arch or _arch()
     if arch not in SYSCALLS:
         return None
-    data = _compiled(arch)
+    data = _compiled(arch, rules)
     read_fd, write_fd = os.pipe()
     try:
         os.write(write_fd, data)

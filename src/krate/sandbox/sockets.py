@@ -19,11 +19,9 @@ Reads metadata only (stat); returns paths, never the rest of a value.
 from __future__ import annotations
 
 import os
-import re
 
 _SOCK, _FMT = 0o140000, 0o170000
 _PREFIXES = ("unix://", "unix:path=", "unix:", "path=")
-_SPLIT = re.compile(r"[;,]")
 MAX_VALUE = 4096
 
 
@@ -32,7 +30,7 @@ def candidates(value: str) -> list[str]:
     if len(value) > MAX_VALUE or ("/" not in value):
         return []
     out: list[str] = []
-    for part in [value, *_SPLIT.split(value)]:
+    for part in [value, *value.replace(";", ",").split(",")]:
         part = part.strip()
         for prefix in _PREFIXES:
             if part.startswith(prefix):
