@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from krate.netguard.lockdown import (
     _ARCHES,
@@ -61,17 +60,30 @@ _LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
 _NR, _ARCH, _ARGS = 0, 4, 16
 
 
-class Refusal(NamedTuple):
+class Refusal(tuple):
     """`syscall` fails with `errno`: always, or when argument `arg` is one of `values`.
 
-    `names` label the values in the run record (`socket(AF_VSOCK)`).
+    `names` label the values in the run record (`socket(AF_VSOCK)`). A plain tuple
+    subclass, not a NamedTuple: building a NamedTuple class costs 0.2 ms of every run.
     """
 
-    syscall: str
-    errno: int
-    arg: int | None = None
-    values: tuple[int, ...] = ()
-    names: tuple[str, ...] = ()
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        syscall: str,
+        errno: int,
+        arg: int | None = None,
+        values: tuple[int, ...] = (),
+        names: tuple[str, ...] = (),
+    ) -> Refusal:
+        return tuple.__new__(cls, (syscall, errno, arg, values, names))
+
+    syscall = property(lambda self: self[0])
+    errno = property(lambda self: self[1])
+    arg = property(lambda self: self[2])
+    values = property(lambda self: self[3])
+    names = property(lambda self: self[4])
 
     def labels(self) -> list[str]:
         if self.arg is None:
