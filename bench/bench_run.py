@@ -42,10 +42,25 @@ def timed(argvs: list[list[str]], env: dict, cwd: Path, runs: int) -> list[list[
     out: list[list[float]] = [[] for _ in argvs]
     for _ in range(runs):
         for argv, times in zip(argvs, out, strict=True):
+            argv, fds = with_seccomp_fd(argv)
             start = time.perf_counter()
-            subprocess.run(argv, env=env, cwd=cwd, check=True, stdin=subprocess.DEVNULL)
+            subprocess.run(argv, env=env, cwd=cwd, check=True, stdin=subprocess.DEVNULL,
+                           pass_fds=fds)  # fmt: skip
             times.append(time.perf_counter() - start)
+            for fd in fds:
+                os.close(fd)
     return out
+
+
+def with_seccomp_fd(argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
+    """bwrap's `--seccomp FD` pointed at a fresh pipe holding the filter, as krate makes it."""
+    if "--seccomp" not in argv:
+        return argv, ()
+    from krate.sandbox import seccomp
+
+    fd = seccomp.pipe_fd()
+    at = argv.index("--seccomp") + 1
+    return [*argv[:at], str(fd), *argv[at + 1 :]], (fd,)
 
 
 def bwrap_argv(workspace: Path, env: dict) -> list[str]:
@@ -61,11 +76,14 @@ def bwrap_argv(workspace: Path, env: dict) -> list[str]:
         "p = load_effective(Flags(no_network=True), ws)\n"
         "req = RunRequest(('true',), ws, ws, dict(os.environ), as_root=True)\n"
         "spec = prepare(p, req, 'bubblewrap').spec\n"
-        "print('\\0'.join(bwrap.command(spec, shutil.which('bwrap'), fds=[], empty=lambda: 0)))\n"
+        "argv = bwrap.command(spec, shutil.which('bwrap'), fds=[], empty=lambda: 0,\n"
+        "                     seccomp=lambda: 0)\n"
+        "print('\\0'.join(argv))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(workspace)], env=env,
                          capture_output=True, text=True, check=True)  # fmt: skip
-    # The hidden-file placeholders read from fd 0 in this copy: timed() gives it /dev/null.
+    # The hidden-file placeholders read from fd 0 in this copy: timed() gives it /dev/null,
+    # and a fresh pipe holding the seccomp filter for `--seccomp`.
     return out.stdout.rstrip("\n").split("\0")
 
 

@@ -83,12 +83,15 @@ def test_bwrap_command_has_every_isolation_flag(tmp_path):
     home, ws = _tree(tmp_path)
     spec = _spec(home, ws)
     opened: list[int] = []
-    argv = bwrap.command(spec, "/usr/bin/bwrap", status_fd=9, fds=opened, empty=lambda: 42)
+    argv = bwrap.command(
+        spec, "/usr/bin/bwrap", status_fd=9, fds=opened, empty=lambda: 42, seccomp=lambda: 7
+    )
     joined = " ".join(argv)
     for flag in ("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                  "--cap-drop ALL", "--ro-bind / /", "--dev /dev", "--proc /proc", "--tmpfs /tmp",
-                 "--json-status-fd 9", f"--chdir {ws}"):  # fmt: skip
+                 "--json-status-fd 9", f"--chdir {ws}", "--seccomp 7"):  # fmt: skip
         assert flag in joined, flag
+    assert 7 in opened  # the launcher passes the filter's descriptor and closes it
     if bwrap.supports("/usr/bin/bwrap", "--disable-userns"):
         assert "--disable-userns" in argv
     assert "--share-net" not in argv
@@ -102,10 +105,12 @@ def test_bwrap_command_has_every_isolation_flag(tmp_path):
 
 def test_hidden_file_becomes_an_empty_file_from_its_own_descriptor(tmp_path):
     home, ws = _tree(tmp_path)
-    spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".ssh"])
+    spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".config"])
     fds: list[int] = []
     counter = iter(range(50, 80))
-    argv = bwrap.command(spec, "/usr/bin/bwrap", fds=fds, empty=lambda: next(counter))
+    argv = bwrap.command(
+        spec, "/usr/bin/bwrap", fds=fds, empty=lambda: next(counter), seccomp=lambda: None
+    )
     # one descriptor each: the /proc files masked on this host, then the hidden file
     masked = [p for p in bwrap.PROC_MASKED if os.path.lexists(p)]
     assert fds == list(range(50, 51 + len(masked)))
@@ -125,6 +130,16 @@ def test_proc_knobs_are_read_only_and_leak_files_masked_after_the_fresh_proc(tmp
     assert ro[: len(expected)] == expected and "/proc/sys" in expected
     assert all(argv[argv.index(p) - 1] == "--ro-bind" for p in expected)
     assert argv.index("/proc/sys") > proc
+
+
+def test_a_hidden_path_inside_a_hidden_folder_is_not_mounted_again(tmp_path):
+    # e.g. SSH_AUTH_SOCK=~/.ssh/agent.sock: bubblewrap cannot create a file in the empty
+    # read-only folder that hides ~/.ssh, and the file is hidden with the folder anyway
+    home, ws = _tree(tmp_path)
+    (ws / "secret").write_text("s")
+    spec = _spec(home, ws, deny_read=[home / ".ssh" / "id", home / ".ssh", home, ws / "secret"])
+    assert spec.hidden == (home, ws / "secret")  # the workspace between shows its file again
+    assert home / ".ssh" / "id" in spec.declared_hidden
 
 
 def test_hardlink_scan_finds_extra_links_under_hidden_paths(tmp_path):

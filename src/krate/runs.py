@@ -81,6 +81,8 @@ class _Prepared(NamedTuple):
     notes: list[str]
     identity: dict[str, Any] = {}  # for run.started: {"as_root": true} or {"run_as": {...}}
     memory: Any = None  # where limits.memory_mb is enforced (a cgroup.Place), if set
+    # What the kernel refuses the workload beyond the namespaces (Linux), for the record.
+    kernel: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- preparing
@@ -99,11 +101,11 @@ def _env_decider(policy: Any):
 
 def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = None) -> _Prepared:
     """The spec, the environment decisions and any refusal, before anything is recorded."""
-    from krate.sandbox import hardlinks, identity
+    from krate.sandbox import hardlinks, identity, sockets
 
     tmpdir = "/tmp"
     decide, passed = _env_decider(policy)
-    env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir)
+    env, stripped = scrub(request.environ, decide, passed, tmpdir=tmpdir, sockets=sockets.named)
     who = identity.choose(
         Path(os.path.realpath(policy.workspace)),
         Path(os.path.realpath(request.cwd)),
@@ -111,10 +113,10 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
         euid=os.geteuid() if euid is None else euid,
         backend=backend,
     )
-    hide_also = ()
+    hide_also = _hide_also(request.environ, stripped, policy.workspace, backend)
     if who.run_as is not None:  # the owner's own secret stores too, not only the caller's
         home = Path(os.path.realpath(policy.home))
-        hide_also = identity.home_equivalents(policy.deny_read, home, who.run_as)
+        hide_also += identity.home_equivalents(policy.deny_read, home, who.run_as)
     spec = build(
         argv=request.argv,
         cwd=request.cwd,
@@ -135,6 +137,7 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
     refusal = who.refusal
     if refusal is None and refusals:
         refusal = KrateError(refusals[0], exit_code=EXIT_KRATE_FAILED)
+    kernel = _kernel(backend, notes)
     scan = hardlinks.scan(spec.hidden, hardlinks.MAX_ENTRIES)
     if not scan.complete:
         notes.append(
@@ -160,7 +163,7 @@ def prepare(policy: Any, request: RunRequest, backend: str, euid: int | None = N
         memory, refusal = _memory_place(policy, spec.limits.memory_mb)
         if memory is not None:
             notes.append(f"limits.memory_mb enforced by a per-run {memory.describe()}")
-    return _Prepared(spec, stripped, decisions, refusal, notes, who.record, memory)
+    return _Prepared(spec, stripped, decisions, refusal, notes, who.record, memory, kernel)
 
 
 def _memory_place(policy: Any, limit_mb: int) -> tuple[Any, KrateError | None]:
@@ -180,6 +183,39 @@ def _memory_place(policy: Any, limit_mb: int) -> tuple[Any, KrateError | None]:
         "`systemd-run --user --scope krate run ...`); `krate doctor` checks it",
         exit_code=EXIT_KRATE_FAILED,
     )
+
+
+def _hide_also(
+    environ: Mapping[str, str], stripped: list[Stripped], workspace: Path, backend: str
+) -> list:
+    """Paths hidden beyond the policy's: what the workload could reach the caller's secrets by.
+
+    The socket each stripped variable names (an agent answers whoever connects, even
+    on a read-only mount); `XDG_RUNTIME_DIR` when it is not under the emptied `/run`;
+    and on Linux the kernel's lists of the user's keys. Only paths are recorded (in
+    the layout, like every hidden path), never the rest of a variable's value.
+    """
+    from krate.sandbox import keyrings, sockets
+
+    hide = [path for s in stripped for path in sockets.named(environ.get(s.name, ""))]
+    runtime = sockets.runtime_dir(environ.get("XDG_RUNTIME_DIR"), str(workspace), os.geteuid())
+    if runtime is not None:
+        hide.append(runtime)
+    if backend == "bubblewrap":
+        hide += keyrings.PROC_FILES
+    return hide
+
+
+def _kernel(backend: str, notes: list[str]) -> dict[str, Any] | None:
+    """The seccomp filter and session keyring krate gives a Linux workload, or a note why not."""
+    if backend != "bubblewrap":
+        return None
+    from krate.sandbox import seccomp
+
+    if not seccomp.supported():
+        notes.append("no seccomp filter for this CPU: keyrings and vsock are not refused")
+        return {"seccomp": [], "session_keyring": "inherited"}
+    return {"seccomp": seccomp.describe(), "session_keyring": "new"}
 
 
 def _hardlink_decision(path: Path, verdict: str, rule: str) -> dict[str, Any]:
@@ -486,7 +522,7 @@ def _spawn(
     spec = _with_argv(spec, argv)
     preexec = limits.preexec(spec.limits)
     if found.backend == "bubblewrap":
-        from krate.sandbox import bwrap
+        from krate.sandbox import bwrap, keyrings
 
         def launch(preexec: Callable[[], None] | None) -> supervise.Outcome:
             return supervise.launch(
@@ -498,6 +534,7 @@ def _spawn(
                 run_as=spec.run_as,
             )
 
+        keyrings.join_new_session()  # the caller's session keyring stays outside
         # Missing names bubblewrap must mount over exist for the run (Seatbelt needs none).
         with placeholders.held(spec.pins, paths.data_dir) as absent:
             run_spec = spec
@@ -548,6 +585,7 @@ def _record_start(
             **prepared.spec.layout(),
             # the egress proxy (krate.egress) serves the workload when the policy allows hosts
             "network": "proxy" if policy.network_allow else "none",
+            **({"kernel": prepared.kernel} if prepared.kernel is not None else {}),
         },
         "ignored": list(policy.ignored),
         "notes": prepared.notes,

@@ -102,13 +102,27 @@ def seccomp_program(arch: str) -> list[tuple[int, int, int, int]]:
     op(_RET_K, SECCOMP_RET_ERRNO | EACCES)
     labels["enosys"] = len(prog)
     op(_RET_K, SECCOMP_RET_ERRNO | ENOSYS)
+    return assemble(prog, labels)
 
+
+def assemble(prog: list[tuple], labels: dict[str, int]) -> list[tuple[int, int, int, int]]:
+    """Named jump targets (labels: instruction index) as the relative offsets BPF jumps take.
+
+    Shared with the workload's filter (sandbox/seccomp.py).
+    """
     resolved = []
     for index, (code, jt, jf, k) in enumerate(prog):
         jt = labels[jt] - index - 1 if isinstance(jt, str) else jt
         jf = labels[jf] - index - 1 if isinstance(jf, str) else jf
+        if not (0 <= jt <= 255 and 0 <= jf <= 255):
+            raise ValueError(f"BPF jump out of range at instruction {index}")
         resolved.append((code, jt, jf, k))
     return resolved
+
+
+def pack(program: list[tuple[int, int, int, int]]) -> bytes:
+    """The program as the kernel (and bubblewrap's --seccomp) reads it: struct sock_filter[]."""
+    return b"".join(struct.pack("=HBBI", *ins) for ins in program)
 
 
 def apply() -> dict[str, Any]:
@@ -154,7 +168,7 @@ def _apply_linux() -> dict[str, Any]:
         return _fail(ctypes, "prctl(PR_SET_NO_NEW_PRIVS)")
 
     program = seccomp_program(arch)
-    raw = b"".join(struct.pack("=HBBI", *ins) for ins in program)
+    raw = pack(program)
     buf = ctypes.create_string_buffer(raw, len(raw))
 
     class SockFprog(ctypes.Structure):

@@ -2,7 +2,7 @@
 
 They differ only in the network: `strict` has none, `default` reaches the
 well-known package registries, `open` any host (still recorded). All three hide
-the usual secret stores, keep files that run later outside the sandbox read-only
+the usual secret stores and agent sockets, keep files that run later outside the sandbox read-only
 (in the workspace, in the home folder, and git's and the shell's at the top of every
 writable folder), and strip secret-looking environment variables.
 docs/policy.md lists every entry; keep the two in step.
@@ -154,6 +154,24 @@ GIT_READ_ONLY = (
     "worktrees",
 )
 
+# Agent and daemon sockets outside /run and /tmp (which the Linux sandbox already empties): a
+# Unix socket on a read-only mount can still be connected to. Where a folder holds nothing a
+# workload needs, the whole folder, so that a socket created after the run started is hidden too.
+AGENT_SOCKETS = (
+    "~/.1password",  # 1Password's SSH agent (agent.sock)
+    "~/Library/Group Containers/2BUA8C4S2C.com.1password/t",
+    "~/.bitwarden-ssh-agent.sock",
+    "~/Library/Containers/com.maxgoedjen.Secretive.SecretAgent/Data",
+    "~/.docker/run",  # Docker Desktop (macOS)
+    "~/.docker/desktop",  # Docker Desktop (Linux)
+    "~/Library/Containers/com.docker.docker/Data",
+    "~/.colima",
+    "~/.lima",
+    "~/.rd",  # Rancher Desktop
+    "~/.orbstack",
+    "~/.local/share/containers/podman/machine",
+)
+
 # Inside the workspace: files that git, the shell or krate itself act on later, outside the sandbox.
 WORKSPACE_READ_ONLY = (*(f".git/{name}" for name in GIT_READ_ONLY), "krate.toml", ".envrc")
 
@@ -274,6 +292,16 @@ KEEP_ENV = (
     "SSL_CERT_DIR",
 )
 
+# Variables that name an agent's or a daemon's socket (or address): stripped, and the socket
+# file they name hidden (runs.py). Any other variable whose value names a socket is too.
+SOCKET_ENV = (
+    "GPG_AGENT_INFO",
+    "DOCKER_HOST",
+    "CONTAINER_HOST",
+    "BUILDKIT_HOST",
+    "DBUS_SESSION_BUS_ADDRESS",
+)
+
 PROFILES: dict[str, tuple[str, ...]] = {
     "strict": (),
     "default": PACKAGE_REGISTRIES,
@@ -299,11 +327,11 @@ def builtin_layer(name: str, workspace: Path) -> Layer:
         name=f"builtin:{name}",
         trusted=True,
         base_dir=workspace,
-        deny_read=tuple(Item(p) for p in SECRET_STORES),
+        deny_read=tuple(Item(p) for p in (*SECRET_STORES, *AGENT_SOCKETS)),
         read_only=tuple(
             Item(p) for p in (*WORKSPACE_READ_ONLY, *(f"~/{name}" for name in SHELL_STARTUP))
         ),
         net_allow=network_items(name),
-        env_strip=tuple(Item(p) for p in SECRET_ENV),
+        env_strip=tuple(Item(p) for p in (*SECRET_ENV, *SOCKET_ENV)),
         env_pass=tuple(Item(p) for p in KEEP_ENV),
     )

@@ -5,8 +5,9 @@ paths inside them (with their parent folders pinned so they cannot be renamed
 away), hidden paths (empty read-only tmpfs for folders, empty read-only files for files), a
 private /tmp, empty /run, fresh /proc and minimal /dev, every namespace
 unshared (user and network always), all capabilities dropped, no new user
-namespaces (`--disable-userns`), a new terminal session (no TIOCSTI injection
-into the user's terminal) and death with krate (`--die-with-parent`).
+namespaces (`--disable-userns`), a seccomp filter for what namespaces do not
+isolate (`--seccomp`, sandbox/seccomp.py), a new terminal session (no TIOCSTI
+injection into the user's terminal) and death with krate (`--die-with-parent`).
 
 /proc's kernel knobs (`PROC_READ_ONLY`) are bound read-only and its leak files
 (`PROC_MASKED`) replaced by empty read-only files, always: bubblewrap does the
@@ -33,6 +34,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from krate.sandbox import seccomp as seccomp_filter
 from krate.sandbox.spec import SOCKET_DIRS, SandboxSpec, mount_order
 
 # Writable kernel settings (sysctls, SysRq, IRQ affinity, PCI config, ACPI wakeup, ...).
@@ -46,11 +48,10 @@ PROC_READ_ONLY = (
     "/proc/scsi",
     "/proc/asound",
 )
-# What the kernel leaks about the host: memory, keys, timers, symbols, scheduler state.
+# What the kernel leaks about the host: memory, timers, symbols, scheduler state (the key
+# lists, /proc/keys and /proc/key-users, are hidden paths of their own: sandbox/keyrings.py).
 PROC_MASKED = (
     "/proc/kcore",
-    "/proc/keys",
-    "/proc/key-users",
     "/proc/timer_list",
     "/proc/timer_stats",
     "/proc/sched_debug",
@@ -84,12 +85,14 @@ def command(
     status_fd: int | None = None,
     fds: list[int] | None = None,
     empty: Callable[[], int] = open_empty,
+    seccomp: Callable[[], int | None] = seccomp_filter.pipe_fd,
 ) -> list[str]:
     """The full bwrap argv for `spec` (the workload's argv last, after `--`).
 
     A hidden file becomes an empty read-only file (a copy of an empty descriptor,
-    each its own: bubblewrap reads it to the end). The descriptors opened are
-    appended to `fds`; the launcher passes them to bubblewrap and closes them.
+    each its own: bubblewrap reads it to the end). `seccomp()` gives a descriptor
+    holding the workload's seccomp filter (sandbox/seccomp.py). The descriptors opened
+    are appended to `fds`; the launcher passes them to bubblewrap and closes them.
     """
     fds = [] if fds is None else fds
     args = [
@@ -103,6 +106,10 @@ def command(
     ]
     if supports(exe, "--disable-userns"):
         args.append("--disable-userns")
+    filter_fd = seccomp()
+    if filter_fd is not None:
+        fds.append(filter_fd)
+        args += ["--seccomp", str(filter_fd)]
     # The writable tmpfs mounts hold at most limits.memory_mb (their pages count in the
     # memory cgroup too; the size makes a full /tmp an ordinary "no space left" error).
     size = []

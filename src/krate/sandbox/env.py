@@ -2,9 +2,9 @@
 
 Policies strip by *name* (`*_TOKEN`, `AWS_*`); a secret under an innocent name
 (`CONFIG=ghp_...`) still leaks that way, so values are checked too against the
-credential shapes in `krate.redact`. A name the user passed explicitly (`--env
-NAME`, `[env] pass`) is kept even when its value looks like a credential: the
-user asked for it.
+credential shapes in `krate.redact`, and a value that names a Unix socket (an
+agent's, a daemon's) is stripped like a credential. A name the user passed
+explicitly (`--env NAME`, `[env] pass`) is kept even then: the user asked for it.
 
 Returns the names stripped and why, never the values: callers record names only.
 Pure: the caller hands in the environment; this module never reads os.environ.
@@ -44,11 +44,13 @@ def scrub(
     passed: Callable[[str], bool],
     *,
     tmpdir: str,
+    sockets: Callable[[str], list[str]] | None = None,
 ) -> tuple[dict[str, str], list[Stripped]]:
     """The environment for the workload and the list of names stripped.
 
     `decide(name)` is the policy's env decision (`.verdict`, `.rule`, `.layer`);
-    `passed(name)` says whether the user explicitly passed that name.
+    `passed(name)` says whether the user explicitly passed that name; `sockets(value)`
+    lists the Unix sockets a value names (sandbox/sockets.py), which strips it too.
     """
     kept: dict[str, str] = {}
     stripped: list[Stripped] = []
@@ -64,6 +66,9 @@ def scrub(
             kind = credential_kind(value)
             if kind:
                 stripped.append(Stripped(name, f"value looks like a {kind}", "builtin"))
+                continue
+            if sockets is not None and sockets(value):
+                stripped.append(Stripped(name, "value names a Unix socket", "builtin"))
                 continue
         kept[name] = value
     kept["TMPDIR"] = tmpdir

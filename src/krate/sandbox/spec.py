@@ -158,7 +158,7 @@ def build(
             hidden_all.append(path)
     # A hidden path that contains the workspace would hide the workspace itself: keep
     # the deeper rule (the workspace) visible by ordering, see `mount_order`.
-    hidden = [p for p in hidden_all if _visible(p, writable)]
+    hidden = _outermost([p for p in hidden_all if _visible(p, writable)], [*writable, *protected])
     return SandboxSpec(
         argv=tuple(argv),
         cwd=Path(os.path.realpath(cwd)),
@@ -172,6 +172,25 @@ def build(
         declared_read_only=tuple(declared_read_only),
         declared_hidden=tuple(declared_hidden),
     )
+
+
+def _outermost(hidden: list[Path], mounts: list[Path]) -> list[Path]:
+    """Hidden paths without those inside another hidden path (an agent socket in a hidden folder).
+
+    Such a path is hidden already, and bubblewrap could not mount a file in an empty
+    read-only folder. It stays when a writable or read-only mount between the two
+    shows it again (a workspace inside a hidden folder).
+    """
+
+    def covered(path: Path) -> bool:
+        return any(
+            outer != path
+            and is_within(path, outer)
+            and not any(m != outer and is_within(m, outer) and is_within(path, m) for m in mounts)
+            for outer in hidden
+        )
+
+    return [p for p in hidden if not covered(p)]
 
 
 def _visible(path: Path, writable: list[Path]) -> bool:
