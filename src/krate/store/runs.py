@@ -10,7 +10,9 @@ workload output: the caller hands in a redacted argv.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from krate.store.connection import translate_errors
@@ -149,3 +151,97 @@ def decisions(store: Store, run_id: str) -> list[dict[str, Any]]:
             (run_id, DECISION),
         ).fetchall()
     return [{"seq": seq, "ts": ts, **json.loads(data)} for seq, ts, data in rows]
+
+
+FINISHES = ("run.finished", "run.interrupted")
+
+
+def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """For verify: (rows checked, the first row that disagrees with its events, or None).
+
+    A row must say what its `run.started` event and its newest `run.finished` /
+    `run.interrupted` event say (krate_start is not in the events and is not checked);
+    every `run.started` event must have its row.
+    """
+    started: dict[str, tuple[int, str, dict[str, Any]]] = {}
+    for seq, ts, run_id, data in conn.execute(
+        "SELECT seq, ts, run_id, data FROM events WHERE kind = 'run.started' ORDER BY seq"
+    ):
+        if run_id in started or run_id is None:
+            return 0, f"runs: event {seq} starts run {run_id} again"
+        started[run_id] = (seq, ts, _json(data))
+    finished: dict[str, tuple[int, str, dict[str, Any]]] = {}
+    for seq, ts, run_id, data in conn.execute(
+        "SELECT seq, ts, run_id, data FROM events WHERE kind IN (?, ?) ORDER BY seq", FINISHES
+    ):
+        finished[run_id] = (seq, ts, _json(data))
+    n = 0
+    for values in conn.execute(f"SELECT {_COLUMNS} FROM runs ORDER BY id"):
+        n += 1
+        run_id = values[0]
+        if run_id not in started:
+            return n, f"runs row {run_id} has no run.started event"
+        problem = _disagreement(values, started.pop(run_id), finished.get(run_id))
+        if problem:
+            return n, f"runs row {run_id}: {problem}"
+    for run_id, (seq, _, _) in started.items():
+        return n, f"runs has no row for run {run_id} (started by event {seq})"
+    return n, None
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _disagreement(values: tuple, start: tuple, finish: tuple | None) -> str | None:
+    (
+        _, started, finished, duration, status, code, reason, argv, cwd, workspace, backend,
+        policy_name, policy_hash, pid, _start,
+    ) = values  # fmt: skip
+    seq, ts, data = start
+    policy = data.get("policy") or {}
+    expected = {
+        "started": ts,
+        "argv": data.get("argv"),
+        "cwd": data.get("cwd"),
+        "workspace": data.get("workspace"),
+        "backend": data.get("backend"),
+        "policy_name": policy.get("name"),
+        "policy_hash": policy.get("hash"),
+        "krate_pid": data.get("krate_pid"),
+    }
+    with contextlib.suppress(TypeError, ValueError):
+        argv = json.loads(argv)
+    actual = {
+        "started": started, "argv": argv, "cwd": cwd, "workspace": workspace, "backend": backend,
+        "policy_name": policy_name, "policy_hash": policy_hash, "krate_pid": pid,
+    }  # fmt: skip
+    for name, value in expected.items():
+        if actual[name] != value:
+            return f"{name} is not what event {seq} (run.started) says"
+    actual = {
+        "finished": finished, "status": status, "exit_code": code, "reason": reason,
+        "duration_s": duration,
+    }  # fmt: skip
+    if finish is None:
+        expected = {"finished": None, "status": "running", "exit_code": None}
+        for name, value in expected.items():
+            if actual[name] != value:
+                return f"{name} is {actual[name]!r}, but no event finished the run"
+        return None
+    seq, ts, data = finish
+    expected = {
+        "finished": ts,
+        "status": data.get("status"),
+        "exit_code": data.get("exit_code"),
+        "reason": data.get("reason"),
+        "duration_s": data.get("duration_s"),
+    }
+    for name, value in expected.items():
+        if actual[name] != value:
+            return f"{name} is {actual[name]!r}, but event {seq} says {value!r}"
+    return None
