@@ -72,7 +72,8 @@ WRITER = textwrap.dedent(
 
 
 def test_parallel_writers_never_move_the_copy_backwards(krate_home):
-    events.append(open_store(paths_of(krate_home)), "user.note", {"first": True})
+    with open_store(paths_of(krate_home)) as store:
+        events.append(store, "user.note", {"first": True})
     seen: list[headcopy.Copy] = []
     stop = threading.Event()
 
@@ -236,3 +237,21 @@ def test_every_index_table_is_cross_checked(krate_home):
     with open_store(paths_of(krate_home)) as store:
         found = set(tables(store.conn))
     assert found - crosscheck.NOT_INDEXES == set(crosscheck.CHECKS)
+
+
+def test_a_copy_held_locked_by_someone_else_never_hangs_krate(krate_home):
+    import fcntl
+    import time
+
+    run_krate("audit", "note", "first", env=env(krate_home))
+    before = copy_of(krate_home)
+    with (krate_home / headcopy.NAME).open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        begin = time.monotonic()
+        done = run_krate("audit", "note", "while locked", env=env(krate_home), timeout=30)
+        waited = time.monotonic() - begin
+    assert done.returncode == 0, done.stderr
+    assert waited < headcopy.LOCK_WAIT_S + 5
+    assert copy_of(krate_home) == before  # left behind, never overwritten unlocked
+    code, report = verify_json(krate_home)
+    assert code == 0 and report["head_copy"]["state"] == "behind"

@@ -135,11 +135,12 @@ def head(json_: bool = JSON) -> None:
 
 @app.command()
 def verify(json_: bool = JSON) -> None:
-    """Check the record: the database file, then that no event was edited, deleted, inserted,
-    reordered or cut off the end, that the store was not emptied or put back to an older copy
-    (the head copy beside it), and that every index row says what its events say.
+    """Check that the record was not edited, cut back, emptied, replaced or rolled back.
 
-    Exit 0 when all holds, 1 naming the first problem otherwise.
+    Checks the database file (SQLite's integrity check), that no event was edited,
+    deleted, inserted, reordered or cut off the end, the head copy beside the database
+    (krate.head), and that every index row says what its events say. Exit 0 when all
+    holds, 1 naming the first problem otherwise.
 
     Example: krate audit verify && echo ok
     """

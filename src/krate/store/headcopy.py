@@ -11,7 +11,8 @@ verified chain (`compare`). No library keeps such a file, hence this module.
 - Updated in place, one pwrite under flock (LOCK_EX; readers take LOCK_SH):
   a temporary file and a rename cost ~150 µs per write on ext4, this ~5 µs,
   readers never see half a line, and concurrent writers never move it
-  backwards (each writes only a head newer than the copy's).
+  backwards (each writes only a head newer than the copy's). A lock held for
+  seconds (not krate's way) is given up on, never waited for forever.
 - Never overwritten when it names an event the database does not hold: that
   is the evidence of an emptied, replaced or rolled-back store, kept until the
   user moves the file aside.
@@ -37,6 +38,7 @@ SIZE = len(MAGIC) + 1 + 20 + 1 + 64 + 1
 ABSENT = "absent"
 DAMAGED = "damaged"
 _HEX = frozenset("0123456789abcdef")
+LOCK_WAIT_S = 2.0
 _CHECKPOINT = "chain.checkpoint"
 _YOURSELF = (
     " (if you did this yourself, e.g. restored a backup of krate.db alone, "
@@ -83,7 +85,7 @@ def read(path: Path) -> Copy | str:
     except OSError:
         return DAMAGED
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        _lock(fd, fcntl.LOCK_SH)  # unlocked after the wait: a torn line then reads as damaged
         raw = os.pread(fd, SIZE + 1, 0)
     except OSError:
         return DAMAGED
@@ -124,7 +126,8 @@ def advance(dir_fd: int, conn: sqlite3.Connection, start: Head | None, new: Head
     except OSError:
         return  # the folder was purged, or is unusable: nothing to keep in step
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not _lock(fd, fcntl.LOCK_EX):
+            return  # held for seconds by someone else: leave the copy behind rather than hang
         current = parse(os.pread(fd, SIZE + 1, 0))
         if _replaceable(conn, current, start, new):
             os.pwrite(fd, encode(new.seq, new.hash), 0)
@@ -134,6 +137,22 @@ def advance(dir_fd: int, conn: sqlite3.Connection, start: Head | None, new: Head
         pass
     finally:
         os.close(fd)
+
+
+def _lock(fd: int, how: int) -> bool:
+    """flock without ever hanging: krate holds it for microseconds; give up after LOCK_WAIT_S."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
 
 
 def _replaceable(

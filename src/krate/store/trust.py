@@ -128,12 +128,12 @@ def backing(conn: sqlite3.Connection) -> list[tuple[TrustRecord, str | None]]:
             problem = f"event {seq} lies past the recorded head"
         elif _field(data, "path") != row.path or _field(data, "sha256") != row.sha256:
             problem = f"event {seq} trusts another file or other bytes"
-        elif (_field(data, "trusted_at") or ts) != row.trusted_at:
-            problem = f"its time is not event {seq}'s"
         elif newest.get(row.path, (seq, TRUSTED))[0] != seq:
             later, later_kind = newest[row.path]
             verb = "revoked" if later_kind == UNTRUSTED else "replaced"
             problem = f"event {later} {verb} the trust of event {seq}"
+        elif (_field(data, "trusted_at") or ts) != row.trusted_at:
+            problem = f"its time is not event {seq}'s"
         out.append((row, problem))
     return out
 
