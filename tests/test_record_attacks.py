@@ -315,6 +315,7 @@ INDEX_ATTACKS = {
     "runs: still running": "UPDATE runs SET status = 'running', finished = NULL "
     "WHERE exit_code = 3",
     "runs: row deleted": "DELETE FROM runs WHERE exit_code = 3",
+    "runs: command not JSON": "UPDATE runs SET argv = 'sh -c exit' WHERE exit_code = 3",
     "runs: row made up": "INSERT INTO runs (id, started, status, argv, cwd, workspace, backend) "
     "VALUES ('01made0up0000000000000000', '2026-01-01T00:00:00.000000Z', 'finished', "
     "'[\"make\"]', '/', '/', 'bubblewrap')",

@@ -24,7 +24,7 @@ from krate.store import migrations as schema
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from krate.store.events import Writer
+    from krate.store.events import Head, Writer
 
 BUSY_TIMEOUT_S = 60.0
 # What to do with a damaged database: the head copy goes with it, or it would (rightly)
@@ -66,6 +66,7 @@ class Store:
         self.clock = clock
         self.head_copy = head_copy
         self.dir_fd = dir_fd
+        self._copy_fd: int | None = None
         self._db: Database | None = None
 
     @property
@@ -80,9 +81,10 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
-        if self.dir_fd is not None:
-            os.close(self.dir_fd)
-            self.dir_fd = None
+        for fd in (self._copy_fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self._copy_fd = self.dir_fd = None
 
     def __enter__(self) -> Store:
         return self
@@ -108,15 +110,22 @@ class Store:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-        if writer.appended and self.dir_fd is not None:
-            headcopy.advance(self.dir_fd, self.conn, writer.start, writer.head)
+        if writer.appended:
+            self._advance_copy(writer.start, writer.head)
 
     def catch_up_head_copy(self) -> None:
         """Bring a lagging head copy up to the newest head (before a prune removes its event)."""
         from krate.store.events import head
 
-        if self.dir_fd is not None:
-            headcopy.advance(self.dir_fd, self.conn, None, head(self))
+        self._advance_copy(None, head(self))
+
+    def _advance_copy(self, start: Head | None, new: Head) -> None:
+        if self.dir_fd is None:
+            return
+        if self._copy_fd is None:  # opened once per store, beside the database it was opened in
+            self._copy_fd = headcopy.open_copy(self.dir_fd)
+        if self._copy_fd is not None:
+            headcopy.advance(self._copy_fd, self.conn, start, new)
 
 
 def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) -> Store:

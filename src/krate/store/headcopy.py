@@ -24,8 +24,10 @@ verified chain (`compare`). No library keeps such a file, hence this module.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -76,8 +78,6 @@ def parse(raw: bytes) -> Copy | str:
 
 def read(path: Path) -> Copy | str:
     """The copy at `path`: Copy, ABSENT (no file, or empty) or DAMAGED (unreadable, not krate's)."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -111,46 +111,53 @@ def event_hash(conn: sqlite3.Connection, seq: int) -> str | None:
     return None
 
 
-def advance(dir_fd: int, conn: sqlite3.Connection, start: Head | None, new: Head) -> None:
-    """Write `new` (just committed) as the copy, unless the copy is newer or is evidence.
-
-    `start` is the head the transaction began from: a copy equal to it needs no lookup.
-    Never raises: the transaction is committed, and a copy left behind is reported by verify.
-    """
-    import fcntl
-
+def open_copy(dir_fd: int) -> int | None:
+    """The copy in the folder `dir_fd` names, opened (created 0600) for `advance`; None when
+    the folder was purged or is unusable (nothing to keep in step then)."""
     try:
         fd = os.open(
             NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
         )
     except OSError:
-        return  # the folder was purged, or is unusable: nothing to keep in step
+        return None
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        pass
+    return fd
+
+
+def advance(fd: int, conn: sqlite3.Connection, start: Head | None, new: Head) -> None:
+    """Write `new` (just committed) as the copy, unless the copy is newer or is evidence.
+
+    `start` is the head the transaction began from: a copy equal to it needs no lookup.
+    Never raises: the transaction is committed, and a copy left behind is reported by verify.
+    """
     try:
         if not _lock(fd, fcntl.LOCK_EX):
             return  # held for seconds by someone else: leave the copy behind rather than hang
-        current = parse(os.pread(fd, SIZE + 1, 0))
-        if _replaceable(conn, current, start, new):
-            os.pwrite(fd, encode(new.seq, new.hash), 0)
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            os.fchmod(fd, 0o600)
+        try:
+            current = parse(os.pread(fd, SIZE + 1, 0))
+            if _replaceable(conn, current, start, new):
+                os.pwrite(fd, encode(new.seq, new.hash), 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     except (OSError, sqlite3.Error):
         pass
-    finally:
-        os.close(fd)
 
 
 def _lock(fd: int, how: int) -> bool:
     """flock without ever hanging: krate holds it for microseconds; give up after LOCK_WAIT_S."""
-    import fcntl
-    import time
-
-    deadline = time.monotonic() + LOCK_WAIT_S
+    deadline = None
     while True:
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            deadline = deadline or now + LOCK_WAIT_S
+            if now > deadline:
                 return False
             time.sleep(0.001)
 
