@@ -206,11 +206,11 @@ def _steps(store, call) -> int:
         count[0] += 1
         return 0
 
-    store.conn.set_progress_handler(tick, 100)
+    store.conn.set_progress_handler(tick, 10)
     try:
         call()
     finally:
-        store.conn.set_progress_handler(None, 100)
+        store.conn.set_progress_handler(None, 10)
     return count[0]
 
 
