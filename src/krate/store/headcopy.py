@@ -16,7 +16,7 @@ verified chain (`compare`). No library keeps such a file, hence this module.
 - Never overwritten when it names an event the database does not hold: that
   is the evidence of an emptied, replaced or rolled-back store, kept until the
   user moves the file aside.
-- Opened relative to the data folder the store was opened in (a directory fd),
+- Opened once per store, relative to the data folder the store was opened in (a directory fd),
   so a `krate data delete` that renames the folder during a run keeps the copy
   beside its own database.
 - Not fsync'd, like the database's own commits (WAL, synchronous=NORMAL).
