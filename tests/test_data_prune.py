@@ -60,8 +60,61 @@ def digest(n: int) -> str:
     return f"{n:064x}"
 
 
+def start_run(w, run_id: str, argv: list[str]) -> None:
+    """A run.started event and its runs row, as krate writes them."""
+    from krate.store import runs as runs_store
+
+    facts = {"cwd": "/w", "workspace": "/w", "backend": "test", "krate_pid": 1}
+    data = {"argv": argv, **facts, "policy": {"name": "default", "hash": "h"}}
+    event = w.append("run.started", data, run_id=run_id)
+    row = {"argv": argv, **facts, "policy_name": "default", "policy_hash": "h"}
+    runs_store.insert_started(w, run_id, event, row)
+
+
+def finish_run(w, run_id: str) -> None:
+    from krate.store import runs as runs_store
+
+    event = w.append(
+        "run.finished", {"status": "finished", "exit_code": 0, "duration_s": 1.0}, run_id
+    )
+    runs_store.update_finished(
+        w, run_id, event, status="finished", exit_code=0, reason=None, duration_s=1.0
+    )
+
+
+def record_build(w, build_id: str, run_id: str, created: str, digests, marker: str) -> None:
+    """A build row, its artifact rows and their events, as krate writes them."""
+    import hashlib
+
+    from krate.store.artifacts import BuildRow, NewArtifact, insert_build
+
+    statement = json.dumps(
+        {
+            "subject": [{"name": "a", "digest": {"sha256": d}} for d in digests],
+            "predicate": {
+                "buildDefinition": {"externalParameters": {"workingDirectory": "/w", "m": marker}},
+                "runDetails": {
+                    "byproducts": [{"name": "exitStatus", "annotations": {"exitStatus": 0}}]
+                },
+            },
+        }
+    )
+    sha = hashlib.sha256(statement.encode()).hexdigest()
+    new = [NewArtifact(f"sha256:{d}", 1, "a", True) for d in digests]
+    insert_build(
+        w, BuildRow(build_id, run_id, None, created, 0, "/w", len(new), statement, sha), new
+    )
+    for a in new:
+        w.append("artifact.stored", {"digest": a.digest, "size": a.size, "name": a.name,
+                                     "build_id": build_id, "new": True}, run_id=run_id)  # fmt: skip
+    w.append("build.recorded", {"build_id": build_id, "name": None,
+                                "subjects": sorted({a.digest for a in new}),
+                                "statement_sha256": sha}, run_id=run_id)  # fmt: skip
+
+
 def seed(paths: Paths, marker: str, kept_marker: str) -> dict:
-    """Old run r1 (with a build), a run r2 spanning the cutoff, recent run r3 (with a build)."""
+    """Old run r1 (with a build), a run r2 spanning the cutoff, recent run r3 (with a build);
+    events 1-7 are older than the cutoff, but r2 (8-9) spans it."""
     clock = Clock()
     art = paths.artifacts_dir / "sha256"
     art.mkdir(parents=True)
@@ -75,35 +128,32 @@ def seed(paths: Paths, marker: str, kept_marker: str) -> dict:
         conn.execute("CREATE TABLE test_settings (k TEXT PRIMARY KEY, v TEXT)")
         with store.write() as w:
             clock.days_ago(100)
-            w.append("run.started", {"argv": ["echo", marker]}, run_id="r1")
+            start_run(w, "r1", ["echo", marker])  # 1
             conn.execute("INSERT INTO test_decisions VALUES (1, 'r1', ?)", (marker,))
             conn.execute("INSERT INTO test_details VALUES (1, 1, ?)", (marker,))
-            insert_row(conn, "builds", id="b1", run_id="r1", created="old", statement=marker)
-            for d in (digest(1), digest(2)):
-                insert_row(conn, "artifacts", digest=f"sha256:{d}", build_id="b1", name="a")
-            w.append("run.finished", {"exit": 0}, run_id="r1")
+            record_build(w, "b1", "r1", "old", (digest(1), digest(2)), marker)  # 2-4
+            finish_run(w, "r1")  # 5
             clock.days_ago(90)
-            w.append("user.note", {"message": marker})
+            w.append("user.note", {"message": marker})  # 6
+            trusted = w.append("policy.trusted", {"path": "/p/krate.toml", "sha256": digest(9)})
             insert_row(
                 conn,
                 "policy_trust",
                 path="/p/krate.toml",
                 sha256=digest(9),
-                trusted_at="2000-01-01",
-                seq=3,
+                trusted_at=trusted.ts,
+                seq=trusted.seq,  # 7
             )
             conn.execute("INSERT INTO test_settings VALUES ('k', 'old but not tied to a run')")
             clock.days_ago(40)
-            w.append("run.started", {"argv": ["spans"]}, run_id="r2")
+            start_run(w, "r2", ["spans"])  # 8
             conn.execute("INSERT INTO test_decisions VALUES (2, 'r2', 'spans')")
             clock.days_ago(10)
-            w.append("run.finished", {"exit": 0}, run_id="r2")
+            finish_run(w, "r2")  # 9
             clock.days_ago(1)
-            w.append("run.started", {"argv": [kept_marker]}, run_id="r3")
-            insert_row(conn, "builds", id="b3", run_id="r3", created="new")
-            for d in (digest(2), digest(3)):
-                insert_row(conn, "artifacts", digest=f"sha256:{d}", build_id="b3", name="a")
-            w.append("user.note", {"message": kept_marker})
+            start_run(w, "r3", [kept_marker])  # 10
+            record_build(w, "b3", "r3", "new", (digest(2), digest(3)), kept_marker)  # 11-13
+            w.append("user.note", {"message": kept_marker})  # 14
     old = time.time() - 86400 * 100
     for n in (1, 2, 3, 4, 5):
         (art / digest(n)).write_bytes(f"artifact {n}".encode())
@@ -117,8 +167,9 @@ def test_prune_drops_whole_runs_and_keeps_the_chain_verifiable(paths, cli):
     with open_store(paths) as store:
         head_before = events.head(store)
         result = domain.prune(store, CUTOFF, paths.artifacts_dir, NOW)
-        assert result.events == 3 and result.runs == 1
+        assert result.events == 7 and result.runs == 1
         assert result.tables == {
+            "runs": 1,
             "builds": 1,
             "artifacts": 2,
             "test_decisions": 1,
@@ -126,15 +177,23 @@ def test_prune_drops_whole_runs_and_keeps_the_chain_verifiable(paths, cli):
         }
         checkpoint = events.get(store, result.checkpoint_seq)
         assert checkpoint.kind == "chain.checkpoint" and checkpoint.seq == head_before.seq + 1
-        assert checkpoint.data["first_seq"] == 4
+        assert checkpoint.data["first_seq"] == 8
         kept = events.query(store)
-        assert [e.seq for e in kept] == [4, 5, 6, 7, 8]
+        assert [e.seq for e in kept] == list(range(8, 17))
         assert kept[0].kind == "run.started" and kept[0].run_id == "r2"  # r2 not cut in half
         assert checkpoint.data["prev_hash"] == kept[0].prev_hash
         verified = events.verify(store)
-        assert verified.ok and verified.first_seq == 4 and verified.events == 5
+        assert verified.ok and verified.first_seq == 8 and verified.events == 9
+        # trust outlives its pruned event: recorded again after the checkpoint, still backed
+        carried = kept[-1]
+        assert carried.kind == "policy.trusted" and carried.data["carried_from"] == 7
+        assert carried.data["path"] == "/p/krate.toml" and carried.data["sha256"] == digest(9)
+        from krate.store import trust
+
+        assert trust.checked_files(store) == ({"/p/krate.toml": digest(9)}, [])
         rows = lambda sql: store.conn.execute(sql).fetchall()  # noqa: E731
         assert rows("SELECT id FROM builds") == [("b3",)]
+        assert rows("SELECT id FROM runs ORDER BY id") == [("r2",), ("r3",)]
         assert rows("SELECT id FROM test_decisions") == [(2,)]
         assert rows("SELECT count(*) FROM test_details") == [(0,)]
         assert rows("SELECT count(*) FROM policy_trust") == [(1,)]  # trust is never pruned
@@ -144,7 +203,10 @@ def test_prune_drops_whole_runs_and_keeps_the_chain_verifiable(paths, cli):
     assert sorted(p.name for p in found["art"].iterdir()) == [digest(2), digest(3), digest(5)]
 
     report = json.loads(cli("audit", "verify", "--json").out)
-    assert report["ok"] and report["first_seq"] == 4
+    assert report["ok"] and report["first_seq"] == 8, report
+    assert report["head_copy"]["state"] == "matches"
+    assert report["indexes"] == {"policy_trust": 1, "runs": 2, "builds": 1, "artifacts": 2,
+                                 "pushes": 0}  # fmt: skip
     text = cli("audit", "verify")
     assert text.code == 0 and "chain intact" in text.out
 
@@ -327,6 +389,8 @@ def test_killed_prune_leaves_old_or_new_state(paths, krate_home, point, committe
         count = events.count(store)
         head = events.head(store)
     assert verified.ok, verified
+    whole = run_krate("audit", "verify", "--json")  # the head copy too, whatever the state
+    assert whole.returncode == 0, whole.stdout
     if committed:
         assert head.seq == before.seq + 1 and verified.first_seq > 1 and count < 2000
     else:
@@ -425,3 +489,34 @@ def test_a_feature_registers_its_own_prune_rule(paths, monkeypatch):
         assert result.tables == {"test_ledger": 1}
         assert store.conn.execute("SELECT host FROM test_ledger").fetchall() == [("new",)]
         assert store.conn.execute("SELECT count(*) FROM test_kept").fetchone() == (1,)
+
+
+def test_prune_takes_pushes_with_their_events_and_never_launders_forged_trust(paths, cli):
+    from krate.store import pushes, trust
+
+    clock = Clock()
+    with open_store(paths, clock=clock) as store:
+        clock.days_ago(60)
+        with store.write() as w:
+            for push_id in ("old", "forged"):
+                event = w.append("push.finished", {
+                    "push_id": push_id, "registry": "r.example", "repository": "me/app",
+                    "tag": "1", "artifact": "sha256:aa", "name": "a", "manifest": "sha256:bb",
+                    "provenance": None, "referrers": None, "bytes": 3,
+                })  # fmt: skip
+                pushes.insert(w, pushes.PushRow(push_id, "sha256:aa", "a", "r.example",
+                                                "me/app", "1", "sha256:bb", None, None, 3,
+                                                event.ts))  # fmt: skip
+        trust.trust(store, "/p/real.toml", "a" * 64)  # 3: backed
+        store.conn.execute(  # cites event 2, a push: not backed
+            "INSERT INTO policy_trust VALUES ('/p/forged.toml', ?, 't', 2)", ("b" * 64,)
+        )
+        clock.days_ago(0)
+        events.append(store, "user.note", {"message": "kept"})
+        result = domain.prune(store, CUTOFF, paths.artifacts_dir, NOW)
+        assert result.tables == {"pushes": 2}
+        trusted, notes = trust.checked_files(store)
+    assert trusted == {"/p/real.toml": "a" * 64}
+    assert len(notes) == 1 and notes[0].startswith("/p/forged.toml: trust not backed")
+    report = json.loads(cli("audit", "verify", "--json").out)
+    assert not report["ok"] and "/p/forged.toml" in report["reason"]

@@ -268,8 +268,9 @@ def check_database(paths: Paths) -> Check:
         "database",
         FAIL,
         f"{db} is damaged: {result.problems[0]}{more}",
-        f"move it aside (`mv '{db}' '{db}.damaged'`: krate starts a fresh record) or restore "
-        "it from a backup",
+        f"move it aside with its head copy (`mv '{db}' '{db}.damaged'; mv "
+        f"'{db.with_name('krate.head')}' '{db}.damaged.head'`: krate starts a fresh record) "
+        "or restore a backup of both",
     )
 
 

@@ -135,23 +135,30 @@ def head(json_: bool = JSON) -> None:
 
 @app.command()
 def verify(json_: bool = JSON) -> None:
-    """Check that no event was edited, deleted, inserted, reordered or cut off the end.
+    """Check that the record was not edited, cut back, emptied, replaced or rolled back.
 
-    Exit 0 when the chain is intact, 1 naming the first bad event otherwise.
+    Checks the database file (SQLite's integrity check), that no event was edited,
+    deleted, inserted, reordered or cut off the end, the head copy beside the database
+    (krate.head), and that every index row says what its events say. Exit 0 when all
+    holds, 1 naming the first problem otherwise.
 
     Example: krate audit verify && echo ok
     """
     from krate import render
-    from krate.store import events, open_store
+    from krate.store import open_store, record
 
     with open_store(paths(), readonly=True) as store:
-        result = events.verify(store)
+        result = record.verify(store)
     if json_:
         render.print_json(result.to_dict())
     elif result.ok:
         typer.echo(f"{result.events} events, chain intact, head {result.head}")
-    else:
+        if result.note:
+            render.message(f"krate: note: {result.note}")
+    elif result.first_bad_seq is not None:
         render.message(f"krate: chain broken at event {result.first_bad_seq}: {result.reason}")
+    else:
+        render.message(f"krate: {result.reason}")
     if not result.ok:
         raise typer.Exit(1)
 

@@ -36,14 +36,17 @@ def flags_from(
 
 
 def read_trust(paths) -> tuple[dict[str, str], list[str]]:
-    """Trusted project files from the store (read-only); unreadable trust means untrusted."""
+    """Trusted project files from the store (read-only); unreadable trust means untrusted.
+
+    Only trust the record backs counts; a note names each trust row it does not back.
+    """
     from krate.errors import StoreError
     from krate.store import open_store
-    from krate.store.trust import trusted_files
+    from krate.store.trust import checked_files
 
     try:
         with open_store(paths, readonly=True) as store:
-            return trusted_files(store), []
+            return checked_files(store)
     except StoreError as exc:
         return {}, [f"trust records unreadable ({exc}); project files are treated as untrusted"]
 

@@ -409,7 +409,9 @@ def _make_room(data_dir: Path, entry: Pending) -> None:
     """Clear a data folder that holds nothing recorded; refuse to overwrite one that does."""
     if not data_dir.exists():
         return
-    others = [p.name for p in data_dir.iterdir() if p.name not in DB_FILES]
+    from krate.store.headcopy import NAME as HEAD_COPY
+
+    others = [p.name for p in data_dir.iterdir() if p.name not in (*DB_FILES, HEAD_COPY)]
     events = _event_count(data_dir / DB_NAME)
     if others or events:
         what = f"{events} events" if events else ", ".join(sorted(others))

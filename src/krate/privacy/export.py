@@ -198,7 +198,11 @@ def config_files(paths: Paths) -> list[Path]:
     folder = paths.config_dir
     if not folder.is_dir():
         return []
-    skip = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"}
+    from krate.store.headcopy import NAME as HEAD_COPY
+
+    # krate's own files when both folders are one (KRATE_HOME); the head copy's seq and
+    # hash are the export's chain head (manifest.json), not a file of the user's.
+    skip = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", HEAD_COPY}
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in skip)
 
 

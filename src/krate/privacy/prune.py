@@ -2,7 +2,9 @@
 
 One write transaction removes the oldest events (whole runs only) and every row
 tied to them, and appends a `chain.checkpoint` event naming the first kept seq and
-the hash it follows from, so `krate audit verify` walks the rest from there. Deleted
+the hash it follows from, so `krate audit verify` walks the rest from there. Trust
+in project files is never pruned: trust the chain backed is recorded again after
+the checkpoint (`policy.trusted` with `carried_from`), so it stays backed. Deleted
 content is zeroed (secure_delete), the file rebuilt (VACUUM, temporary copy in
 memory) and the WAL emptied. Artifacts no longer referenced are removed after the
 commit. A kill at any point leaves the old or the new state: the transaction is
@@ -75,12 +77,16 @@ def prune(
     hook: Hook = _nothing,
 ) -> PruneResult:
     """Prune everything recorded before `cutoff`; see the module docstring for the guarantees."""
+    from krate.store import trust
+
     cutoff_ts = format_ts(cutoff)
     result = PruneResult(cutoff_ts)
     sql.prepare(store.conn)
+    store.catch_up_head_copy()  # a copy naming a pruned event could no longer be checked
     with store.write() as writer:
         found = sql.plan(store.conn, cutoff_ts)
         if found is not None:
+            carried = trust.backed_before(store.conn, found.last_seq)
             deleted = sql.delete_prefix(store.conn, sql.Scope(found.last_seq, cutoff_ts))
             hook("prune.deleted")
             result.events = deleted.pop("events", 0)
@@ -99,6 +105,7 @@ def prune(
                 },
             )
             result.checkpoint_seq = checkpoint.seq
+            trust.carry_over(writer, carried)  # trust outlives its pruned event, still backed
     hook("prune.committed")
     result.artifacts_removed = remove_orphan_artifacts(store, artifacts_dir, now - ORPHAN_MIN_AGE)
     hook("prune.artifacts-removed")

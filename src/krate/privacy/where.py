@@ -16,6 +16,7 @@ from krate.privacy.deletion import list_pending, separate_config, tree_size
 from krate.privacy.export import EXPORTED_KIND, config_files
 from krate.privacy.keychain import REMOVAL_AVAILABLE
 from krate.registry.keychain import SERVICE
+from krate.store.headcopy import NAME as HEAD_COPY
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def where(paths: Paths) -> dict[str, Any]:
 
     places = [_at(paths.data_dir, "data folder", "everything krate records; private (0700)")]
     db_files = {DB_NAME + s: Path(str(paths.db_path) + s) for s in ("", "-wal", "-shm")}
+    db_files[HEAD_COPY] = paths.db_path.with_name(HEAD_COPY)  # seq and hash of the newest event
     sizes = {name: p.stat().st_size for name, p in db_files.items() if p.exists()}
     places.append(
         Place(
@@ -63,7 +65,8 @@ def where(paths: Paths) -> dict[str, Any]:
                 "tables": tables,
                 "files": sizes,
             },
-            "SQLite (WAL): the event chain and its index tables",
+            "SQLite (WAL): the event chain and its index tables; krate.head beside it "
+            "repeats the newest event's seq and hash",
         )
     )
     artifacts = paths.artifacts_dir / "sha256"

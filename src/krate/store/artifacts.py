@@ -8,6 +8,7 @@ knows the tables' columns.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -210,3 +211,104 @@ def statement_digests_in_chain(store: Store) -> dict[str, str]:
         "FROM events WHERE kind = 'build.recorded'",
     )
     return {r[0]: r[1] for r in rows if r[0]}
+
+
+def crosscheck_builds(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """For verify: each builds row against its `build.recorded` event, and the reverse.
+
+    The event holds the statement's SHA-256, so the statement text is checked by
+    hashing it; exit status, working directory and subject count are checked
+    against the statement. `created` (a moment just before the event) is not.
+    """
+    import hashlib
+
+    recorded: dict[str, tuple[int, str | None, dict[str, Any]]] = {}
+    for seq, run_id, data in conn.execute(
+        "SELECT seq, run_id, data FROM events WHERE kind = 'build.recorded' ORDER BY seq"
+    ):
+        parsed = _json(data)
+        recorded[str(parsed.get("build_id"))] = (seq, run_id, parsed)
+    n = 0
+    for build_id, run_id, name, exit_status, workdir, subjects, statement, sha in conn.execute(
+        "SELECT id, run_id, name, exit_status, workdir, subjects, statement, statement_sha256 "
+        "FROM builds ORDER BY id"
+    ):
+        n += 1
+        if build_id not in recorded:
+            return n, f"builds row {build_id} has no build.recorded event"
+        seq, event_run, data = recorded.pop(build_id)
+        says = _statement_facts(statement)
+        checks = {
+            "run_id": (run_id, event_run),
+            "name": (name, data.get("name")),
+            "statement_sha256": (sha, data.get("statement_sha256")),
+            "statement": (hashlib.sha256(str(statement).encode()).hexdigest(), sha),
+            "exit_status": (exit_status, says.get("exit_status")),
+            "workdir": (workdir, says.get("workdir")),
+            "subjects": (subjects, says.get("subjects")),
+        }
+        for field, (actual, expected) in checks.items():
+            if actual != expected:
+                return n, f"builds row {build_id}: {field} is not what event {seq} records"
+    for build_id, (seq, _, _) in recorded.items():
+        return n, f"builds has no row for build {build_id} (recorded by event {seq})"
+    return n, None
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _statement_facts(statement: str) -> dict[str, Any]:
+    """Exit status, working directory and subject count as the provenance statement says."""
+    doc = _json(statement)
+    predicate = doc.get("predicate") or {}
+    definition = predicate.get("buildDefinition") or {}
+    details = predicate.get("runDetails") or {}
+    facts: dict[str, Any] = {
+        "workdir": (definition.get("externalParameters") or {}).get("workingDirectory"),
+        "subjects": len(doc.get("subject") or []),
+    }
+    for item in details.get("byproducts") or []:
+        if isinstance(item, dict) and item.get("name") == "exitStatus":
+            facts["exit_status"] = (item.get("annotations") or {}).get("exitStatus")
+    return facts
+
+
+def crosscheck_artifacts(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """For verify: the artifacts rows and the `artifact.stored` events are the same set
+    (build, digest, name, size); each row's time is its build's."""
+    from collections import Counter
+
+    stored: Counter[tuple] = Counter()
+    first_seq: dict[tuple, int] = {}
+    for seq, data in conn.execute(
+        "SELECT seq, data FROM events WHERE kind = 'artifact.stored' ORDER BY seq"
+    ):
+        parsed = _json(data)
+        key = tuple(parsed.get(k) for k in ("build_id", "digest", "name", "size"))
+        stored[key] += 1
+        first_seq.setdefault(key, seq)
+    n = 0
+    for build_id, digest, name, size, stored_at, created in conn.execute(
+        "SELECT a.build_id, a.digest, a.name, a.size, a.stored_at, b.created "
+        "FROM artifacts a LEFT JOIN builds b ON b.id = a.build_id ORDER BY a.id"
+    ):
+        n += 1
+        key = (build_id, digest, name, size)
+        if stored[key] <= 0:
+            return n, f"artifacts row {name} ({digest}) of build {build_id} has no event"
+        stored[key] -= 1
+        if stored_at != created:
+            return n, f"artifacts row {name} of build {build_id}: stored_at is not its build's time"
+    for key, left in stored.items():
+        if left > 0:
+            return n, (
+                f"artifacts has no row for {key[2]} ({key[1]}) of build {key[0]} "
+                f"(stored by event {first_seq[key]})"
+            )
+    return n, None

@@ -2,7 +2,8 @@
 
 Also the write transaction every feature appends through (`Store.write()`): it
 takes the write lock up front (BEGIN IMMEDIATE) so the event chain stays linear
-when several krate processes run at once.
+when several krate processes run at once, and after its COMMIT advances the copy
+of the newest head kept beside the database (store/headcopy.py).
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from typing import TYPE_CHECKING
 
 from krate.errors import StoreError
 from krate.paths import FILE_MODE, Paths, ensure_private_dir, make_private_file
+from krate.store import headcopy
 from krate.store import migrations as schema
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from krate.store.events import Writer
+    from krate.store.events import Head, Writer
 
 BUSY_TIMEOUT_S = 60.0
+# What to do with a damaged database: the head copy goes with it, or it would (rightly)
+# report the fresh record that follows as a store cut back.
+DAMAGED_FIX = (
+    f"keep a copy for investigation, then move it and {headcopy.NAME} beside it aside "
+    "(krate starts a fresh record) or restore a backup of both"
+)
 Clock = Callable[[], datetime]
 
 
@@ -36,16 +44,29 @@ class Store:
     """An open krate database. Use `open_store()` to get one.
 
     `conn` is the plain sqlite3 connection the store modules query; `db` wraps it
-    in sqlite-utils on first use (migrations, table helpers).
+    in sqlite-utils on first use (migrations, table helpers). `head_copy` is where
+    the copy of the newest head lives (also for the empty store of a missing
+    database, so verify can see that one is missing); `dir_fd`, the data folder a
+    writable store was opened in, is where it is written.
     """
 
     def __init__(
-        self, conn: sqlite3.Connection, path: Path | None, *, readonly: bool, clock: Clock
+        self,
+        conn: sqlite3.Connection,
+        path: Path | None,
+        *,
+        readonly: bool,
+        clock: Clock,
+        head_copy: Path | None = None,
+        dir_fd: int | None = None,
     ) -> None:
         self.conn = conn
         self.path = path
         self.readonly = readonly
         self.clock = clock
+        self.head_copy = head_copy
+        self.dir_fd = dir_fd
+        self._copy_fd: int | None = None
         self._db: Database | None = None
 
     @property
@@ -60,6 +81,10 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        for fd in (self._copy_fd, self.dir_fd):
+            if fd is not None:
+                os.close(fd)
+        self._copy_fd = self.dir_fd = None
 
     def __enter__(self) -> Store:
         return self
@@ -85,6 +110,22 @@ class Store:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+        if writer.appended:
+            self._advance_copy(writer.start, writer.head)
+
+    def catch_up_head_copy(self) -> None:
+        """Bring a lagging head copy up to the newest head (before a prune removes its event)."""
+        from krate.store.events import head
+
+        self._advance_copy(None, head(self))
+
+    def _advance_copy(self, start: Head | None, new: Head) -> None:
+        if self.dir_fd is None:
+            return
+        if self._copy_fd is None:  # opened once per store, beside the database it was opened in
+            self._copy_fd = headcopy.open_copy(self.dir_fd)
+        if self._copy_fd is not None:
+            headcopy.advance(self._copy_fd, self.conn, start, new)
 
 
 def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) -> Store:
@@ -94,15 +135,16 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
     returns an empty in-memory store, so read commands show "nothing yet".
     """
     path = paths.db_path
+    copy = path.with_name(headcopy.NAME)
     if readonly:
         if path.exists():
             conn = _connect_readonly(path)
             if _check_krate_db(conn, path, allow_pending=False):
-                return Store(conn, path, readonly=True, clock=clock)
+                return Store(conn, path, readonly=True, clock=clock, head_copy=copy)
             conn.close()  # created by a krate that has not written its schema yet
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         schema.migration_set().apply(_wrap(conn))
-        return Store(conn, None, readonly=True, clock=clock)
+        return Store(conn, None, readonly=True, clock=clock, head_copy=copy)
 
     ensure_private_dir(paths.data_dir)
     _create_private(path)
@@ -114,7 +156,12 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
     _migrate(conn, path)
     for suffix in ("", "-wal", "-shm"):
         make_private_file(Path(str(path) + suffix))
-    return Store(conn, path, readonly=False, clock=clock)
+    try:
+        dir_fd = os.open(paths.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        conn.close()
+        raise StoreError(f"cannot open {paths.data_dir}: {exc.strerror or exc}") from exc
+    return Store(conn, path, readonly=False, clock=clock, head_copy=copy, dir_fd=dir_fd)
 
 
 def _wrap(conn: sqlite3.Connection) -> Database:
@@ -239,6 +286,20 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 
 @contextlib.contextmanager
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction, so every read inside sees the same state (unless one is open)."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
 def translate_errors(path: Path | None) -> Iterator[None]:
     """Turn SQLite's errors into messages that say which file and what to do."""
     try:
@@ -248,8 +309,7 @@ def translate_errors(path: Path | None) -> Iterator[None]:
         where = str(path) if path else "the database"
         if "not a database" in text or "malformed" in text:
             raise StoreError(
-                f"{where} is corrupt or not a krate database ({text}); "
-                "move it aside (krate starts afresh) or restore a backup"
+                f"{where} is corrupt or not a krate database ({text}); {DAMAGED_FIX}"
             ) from exc
         if "locked" in text or "busy" in text:
             raise StoreError(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from krate.store.connection import translate_errors
+from krate.store.connection import read_snapshot, translate_errors
 
 if TYPE_CHECKING:
     from krate.store.connection import Store
@@ -56,6 +56,14 @@ class Verification(NamedTuple):
     reason: str
     # The seq the chain starts from: 1, or a prune checkpoint's first kept seq.
     first_seq: int = 1
+    # Filled by store/record.py (`krate audit verify`), which checks more than the chain:
+    # what failed (database | chain | head_copy | index), SQLite's own check, the copy
+    # of the head beside the database, the index rows checked per table, and a note.
+    problem: str | None = None
+    database: str | None = None
+    head_copy: dict[str, Any] | None = None
+    indexes: dict[str, int] | None = None
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
@@ -81,7 +89,13 @@ class Writer:
         self.store = store
         row = store.conn.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
         self._head = Head(row[0], row[1]) if row else Head(0, GENESIS)
+        self.start = self._head  # where this transaction began (for the head copy)
+        self.appended = False
         self._dirty = False
+
+    @property
+    def head(self) -> Head:
+        return self._head
 
     def append(
         self, kind: str, data: dict[str, Any] | None = None, run_id: str | None = None
@@ -96,7 +110,7 @@ class Writer:
         )
         event = Event(seq, ts, kind, run_id, json.loads(text), self._head.hash, digest)
         self._head = Head(seq, digest)
-        self._dirty = True
+        self._dirty = self.appended = True
         return event
 
     def flush_head(self) -> None:
@@ -212,8 +226,14 @@ def verify(store: Store) -> Verification:
     The walk starts at seq 1 from GENESIS, or, when the oldest rows were pruned,
     at the newest checkpoint's first kept seq from the hash it names. The
     checkpoint event is inside the walked range, so its own hash is checked too
-    (first, since where the walk starts depends on it).
+    (first, since where the walk starts depends on it). One read transaction, so
+    a concurrent append is either wholly seen or not at all.
     """
+    with translate_errors(store.path), read_snapshot(store.conn):
+        return _walk(store)
+
+
+def _walk(store: Store) -> Verification:
     recorded = head(store)
     expected_seq, last_hash, n = 1, GENESIS, 0
     first_seq = 1

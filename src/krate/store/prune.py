@@ -59,6 +59,20 @@ def by_time(column: str) -> Rule:
     return rule
 
 
+def by_event(kind: str, key: str, column: str) -> Rule:
+    """A rule for index rows not tied to a run: rows whose own event (of `kind`, naming the
+    row's `column` in its data's `key`) is pruned, so no row outlives the event it indexes."""
+
+    def rule(conn: sqlite3.Connection, table: str, scope: Scope) -> int:
+        sql = (
+            f"DELETE FROM {quote(table)} WHERE {quote(column)} IN "
+            "(SELECT json_extract(data, ?) FROM events WHERE kind = ? AND seq <= ?)"
+        )
+        return conn.execute(sql, (f"$.{key}", kind, scope.last_seq)).rowcount
+
+    return rule
+
+
 def keep(conn: sqlite3.Connection, table: str, scope: Scope) -> int:
     """A rule for tables that prune must never touch (e.g. trust records: pruning them
     would silently revoke trust)."""
@@ -69,6 +83,7 @@ def keep(conn: sqlite3.Connection, table: str, scope: Scope) -> int:
 # Later features add their line, e.g. `"policy_trust": keep` or `"egress": by_time("ts")`.
 RULES: dict[str, Rule] = {
     "policy_trust": keep,  # pruning trust would silently change what policies allow
+    "pushes": by_event("push.finished", "push_id", "push_id"),
 }
 
 

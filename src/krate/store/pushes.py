@@ -8,6 +8,8 @@ lists.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,3 +87,42 @@ def list_pushes(store: Store, limit: int | None = None) -> list[PushRow]:
     with translate_errors(store.path):
         rows = store.conn.execute(sql, params).fetchall()
     return [PushRow(*r) for r in reversed(rows)]
+
+
+def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """For verify: each pushes row against its `push.finished` event, and the reverse."""
+    finished: dict[str, tuple[int, str, dict[str, Any]]] = {}
+    for seq, ts, data in conn.execute(
+        "SELECT seq, ts, data FROM events WHERE kind = 'push.finished' ORDER BY seq"
+    ):
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            parsed = {}
+        if isinstance(parsed, dict):
+            finished[str(parsed.get("push_id"))] = (seq, ts, parsed)
+    n = 0
+    for values in conn.execute(f"SELECT {_COLUMNS} FROM pushes ORDER BY push_id"):
+        n += 1
+        row = PushRow(*values)
+        if row.push_id not in finished:
+            return n, f"pushes row {row.push_id} has no push.finished event"
+        seq, ts, data = finished.pop(row.push_id)
+        expected = {
+            "artifact_digest": data.get("artifact"),
+            "name": data.get("name"),
+            "registry": data.get("registry"),
+            "repository": data.get("repository"),
+            "tag": data.get("tag"),
+            "manifest_digest": data.get("manifest"),
+            "provenance_digest": data.get("provenance"),
+            "referrers": data.get("referrers"),
+            "bytes_sent": data.get("bytes"),
+            "pushed_at": ts,
+        }
+        for field, value in expected.items():
+            if getattr(row, field) != value:
+                return n, f"pushes row {row.push_id}: {field} is not what event {seq} says"
+    for push_id, (seq, _, _) in finished.items():
+        return n, f"pushes has no row for push {push_id} (finished by event {seq})"
+    return n, None
