@@ -19,7 +19,7 @@ import pytest
 from krate.paths import Paths
 from krate.store import events, open_store
 
-from .conftest import run_krate
+from .conftest import as_root, run_krate
 
 
 def env(home: Path) -> dict:
@@ -298,10 +298,13 @@ def recorded(krate_home, tmp_path):
     """One real run (exit 3) and one real build, through the installed krate."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    ran = run_krate("run", "--no-network", "--", "sh", "-c", "exit 3", env=env(krate_home), cwd=ws)
+    ran = run_krate(
+        *as_root(["run", "--no-network"]), "--", "sh", "-c", "exit 3", env=env(krate_home), cwd=ws
+    )
     assert ran.returncode == 3, ran.stderr
     built = run_krate(
-        "build", "--out", "dist", "--", "sh", "-c", "mkdir -p dist && echo x > dist/a.txt",
+        *as_root(["build"]), "--out", "dist", "--",
+        "sh", "-c", "mkdir -p dist && echo x > dist/a.txt",
         env=env(krate_home), cwd=ws,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
