@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
 
+from . import helperlib
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
 
 __all__ = [
@@ -42,9 +43,7 @@ __all__ = [
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
-PROXY = HERE / "proxy.py"
 BRIDGE = HERE / "bridge.py"
-KRATE_SRC = HERE.parent.parent
 SOCKET_NAME = "proxy.sock"
 DIR_PREFIX = "krate-egress-"
 HTTP_PORT, SOCKS_PORT = 3128, 1080
@@ -120,6 +119,7 @@ class EgressSession:
         recorder: Recorder,
         journal_fd: int,
         python: str,
+        lib: Path | None = None,
         forwards: list[tuple[str, int]] | None = None,
         http_port: int = HTTP_PORT,
         socks_port: int = SOCKS_PORT,
@@ -128,6 +128,7 @@ class EgressSession:
         self.run_id, self.paths, self.folder = run_id, paths, folder
         self.process, self.recorder, self.journal_fd = process, recorder, journal_fd
         self.python, self.forwards = python, forwards or []
+        self.lib = lib  # the proxy's private copy of its script and krate's policy code
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
         self.go_read: int | None = None  # the bridge's end of the hold (see hold())
         self.go_write: int | None = None
@@ -271,6 +272,8 @@ class EgressSession:
         )
         os.close(self.journal_fd)
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self.lib is not None:
+            shutil.rmtree(self.lib, ignore_errors=True)
         if self.stderr is not None:
             if self.recorder.ready_line is None:
                 self.stderr.seek(0)
@@ -396,13 +399,24 @@ def start_for_run(
     ports = {port for _host, port in forwards}
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
     socks_port = next(p for p in range(SOCKS_PORT, 65536) if p not in ports | {http_port})
+    # The proxy's only import path besides the standard library (see helperlib.py).
+    lib = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-lib-"))
+    try:
+        script = helperlib.install(lib)
+    except OSError as exc:
+        shutil.rmtree(lib, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise KrateError(
+            f"cannot prepare the egress proxy in {lib.parent} ({exc.strerror or exc})",
+            exit_code=EXIT_KRATE_FAILED,
+        ) from exc
     journal_fd = open_journal(paths, run_id)
     config = {
         "rules": rules,
         "net_default": list(policy.net_default),
         "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
-        "krate_src": str(KRATE_SRC),
+        "lib": str(lib),
         **limits._asdict(),
     }
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
@@ -410,7 +424,7 @@ def start_for_run(
     try:
         try:
             process = subprocess.Popen(
-                [python, "-I", "-S", str(PROXY)],
+                [python, "-I", "-S", str(script)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -424,6 +438,7 @@ def start_for_run(
             stderr.close()
             os.close(journal_fd)
             shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(lib, ignore_errors=True)
             raise KrateError(
                 f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
                 exit_code=EXIT_KRATE_FAILED,
@@ -442,6 +457,7 @@ def start_for_run(
             recorder=recorder,
             journal_fd=journal_fd,
             python=python,
+            lib=lib,
             forwards=forwards,
             http_port=http_port,
             socks_port=socks_port,

@@ -4,7 +4,10 @@ Why it exists: a sandboxed workload has an empty network namespace; its only way
 out is this proxy, which decides every connection with the policy and reports
 each one. It runs as its own small process, started before krate locks itself
 out of the network, with an isolated interpreter (`python -I -S proxy.py`):
-standard library plus krate's pure host-matching module, nothing else.
+the standard library, then (appended after it) a private 0700 copy of krate's
+pure policy modules (helperlib.py), nothing else: no site-packages folder is
+ever on its path. Its ready line reports that path and every module file it
+loaded, for `krate audit network --prove`.
 
 Protocol with the parent (krate):
 - stdin: one JSON line of configuration (the compiled allow list and limits);
@@ -92,7 +95,7 @@ class Config:
     shutdown_grace: float = 2.0
     threads: bool = True  # Linux: relay tunnels with two blocking threads instead of asyncio
     journal_fd: int | None = None
-    krate_src: str = ""  # the folder holding the `krate` package (for krate.policy only)
+    lib: str = ""  # krate's private copy of its policy modules (appended after the stdlib)
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
 
     @classmethod
@@ -160,8 +163,8 @@ def load_policy(config: Config):
     uses; `explicit(address, port)` says whether some rule names that IP
     address itself (a `localhost` rule names 127.0.0.1 and ::1).
     """
-    if config.krate_src not in sys.path:
-        sys.path.insert(0, config.krate_src)
+    if config.lib and config.lib not in sys.path:
+        sys.path.append(config.lib)  # after the standard library: it cannot shadow a stdlib name
     from pathlib import Path
 
     from krate.policy.decide import EffectivePolicy, NetRule
@@ -988,7 +991,15 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
             stop.set()
 
     await loop.connect_read_pipe(Watch, os.fdopen(0, "rb", buffering=0))
-    emit({"type": "ready", "listen": config.listen, "port": address, "pid": os.getpid()})
+    emit(
+        {
+            "type": "ready",
+            "listen": config.listen,
+            "port": address,
+            "pid": os.getpid(),
+            "python": import_report(),
+        }
+    )
     await stop.wait()
     server.close()
     if proxy.tasks:
@@ -1007,6 +1018,15 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
                 os.unlink(os.path.join(folder, name))
             os.rmdir(folder)
     emit({"type": "closed", "connections": proxy.count})
+
+
+def import_report() -> dict:
+    """What this process can import and what it did: its sys.path and its loaded modules' files.
+
+    (The transport has the same few lines: neither helper may import the other.)
+    """
+    files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+    return {"path": list(sys.path), "files": sorted(f for f in files if isinstance(f, str))}
 
 
 def main() -> int:
