@@ -54,15 +54,12 @@ def judge(
     """Check one helper's report: every path entry and every module file must be allowed."""
     entries = list(report.get("path") or [])
     files = list(report.get("files") or [])
-    foreign_path = [
-        p for p in entries if _in_site_dir(p) or (p not in stdlib and p not in private)
-    ]
+    foreign_path = [p for p in entries if _in_site_dir(p) or (p not in stdlib and p not in private)]
     allowed_dirs = [*stdlib, *private]
     foreign_files = [
         f
         for f in files
-        if f not in scripts
-        and (_in_site_dir(f) or not any(_under(f, d) for d in allowed_dirs))
+        if f not in scripts and (_in_site_dir(f) or not any(_under(f, d) for d in allowed_dirs))
     ]
     ok = bool(entries) and not foreign_path and not foreign_files
     return {
