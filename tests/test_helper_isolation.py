@@ -1,0 +1,139 @@
+"""The network helpers import only the standard library and krate's own copied files (issue 14.2).
+
+Attack: in an installed (non-editable) krate, site-packages is krate's own folder.
+Files named like standard modules (pathlib, hashlib, fnmatch, ...) planted there
+ran inside the egress proxy, with network access, and rewrote its decisions.
+Each test plants them, drives the real helper through the installed `krate`,
+and checks that no planted file ever ran, and that the decisions held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from krate.netguard import helpercheck
+
+from .egress_support import Server
+from .plant_support import plant, purelib, report_file, reports
+from .registry_server import needs_registry
+from .registry_support import USER, events, keychain_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux helpers")
+# Standard names the proxy and the transport import after start-up (pathlib first of all).
+STDLIB_NAMES = ("pathlib", "hashlib", "fnmatch", "base64", "ipaddress")
+
+
+@pytest.fixture
+def planted(installed, tmp_path):
+    """The installed krate with hostile standard-named modules in its site-packages."""
+    site = purelib(installed)
+    report = report_file(tmp_path / "report")
+    files = [plant(site, name, report, patch=name == "pathlib") for name in STDLIB_NAMES]
+    yield installed, report
+    for path in files:
+        path.unlink()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
+def test_a_planted_standard_module_never_runs_in_the_egress_proxy(planted, tmp_path):
+    venv, report = planted
+    server = Server()
+    try:
+        home, ws = tmp_path / "krate-home", tmp_path / "ws"
+        ws.mkdir()
+        script = (
+            f"curl -sS -o /dev/null -w '%{{http_code}}\\n' http://localhost:{server.port}/; "
+            f"curl -sS -o /dev/null -w '%{{http_code}}\\n' http://localhost:{server.port + 1}/"
+        )
+        env = dict(os.environ, KRATE_HOME=str(home))
+        krate = str(venv / "bin" / "krate")
+        args = ["run", "--policy", "strict", "--allow-host", f"localhost:{server.port}"]
+        done = subprocess.run(
+            [krate, *args, "--", "sh", "-c", script],
+            cwd=ws, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["200", "403"]  # the other port is denied, not "planted"
+        assert reports(report) == [], "a planted module ran"
+        shown = subprocess.run(
+            [krate, "runs", "show", "last", "--json"], env=env, capture_output=True, text=True
+        )
+        network = [d for d in json.loads(shown.stdout)["decisions"] if d.get("area") == "network"]
+        assert [(d["port"], d["verdict"]) for d in network] == [
+            (server.port, "allow"),
+            (server.port + 1, "deny"),
+        ]
+        assert not [d for d in network if d["layer"] == "planted"]
+    finally:
+        server.close()
+
+
+@needs_registry
+def test_a_planted_standard_module_never_runs_in_the_registry_transport(
+    planted, registry, password, tmp_path
+):
+    venv, report = planted
+    home = tmp_path / "krate-home"
+    env = keychain_env(tmp_path / "keychain.json", KRATE_HOME=str(home))
+    done = subprocess.run(
+        [str(venv / "bin" / "krate"), "login", registry.name, "-u", USER, "--password-stdin"],
+        input=password + "\n", env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert reports(report) == [], "a planted module ran"
+    egress = events(home, "network.egress")
+    assert {(e["host"], e["port"]) for e in egress} == {("127.0.0.1", registry.port)}
+
+
+def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted):
+    """What `krate audit network --prove` checks, from the installed krate."""
+    venv, report = planted
+    code = (
+        "import json, os, sys\n"
+        "from krate.netguard import helpercheck\n"
+        "print(json.dumps(helpercheck.check(sys.executable, os.environ)))\n"
+    )
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120
+    )
+    layer = json.loads(done.stdout)
+    assert layer["checked"] and layer["agrees"], layer
+    proxy, transport = layer["helpers"]["egress proxy"], layer["helpers"]["registry transport"]
+    site = str(purelib(venv))
+    for helper in (proxy, transport):
+        assert helper["ok"] and helper["modules_loaded"] > 20
+        assert not any(site in p or "site-packages" in p for p in helper["path"])
+    assert proxy["path"][: len(layer["standard_library"])] == layer["standard_library"]
+    assert reports(report) == []
+
+
+def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch):
+    """The hostile variant: a proxy that puts site-packages first, as the old one did."""
+    import site
+
+    from krate.egress import helperlib
+
+    where = site.getsitepackages()[0]
+    real_install = helperlib.install
+
+    def hostile(folder):
+        script = real_install(folder)
+        future = "from __future__ import annotations\n"
+        text = script.read_text().replace(
+            future, f"{future}import sys; sys.path.insert(0, {where!r})\n", 1
+        )
+        script.write_text(text)
+        return script
+
+    assert helpercheck.check(sys.executable, os.environ)["agrees"]
+    monkeypatch.setattr(helperlib, "install", hostile)
+    layer = helpercheck.check(sys.executable, os.environ)
+    assert layer["checked"] and not layer["agrees"]
+    proxy = layer["helpers"]["egress proxy"]
+    assert not proxy["ok"] and proxy["foreign_path"] == [where]
+    assert layer["helpers"]["registry transport"]["ok"]
