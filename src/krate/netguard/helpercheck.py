@@ -66,6 +66,7 @@ def judge(
         "ok": ok,
         "path": entries,
         "modules_loaded": len(files),
+        "files": files,
         "foreign_path": foreign_path,
         "foreign_files": foreign_files,
         **({} if entries else {"why": "the helper sent no report"}),
