@@ -112,6 +112,12 @@ def analyse(log: str, package_dir: str) -> dict[str, Any]:
         pid_text, name, args, ret, tail = match.groups()
         p = proc(int(pid_text), index)
         ok = ret not in ("-1", "?")
+        if name in ("clone", "clone3", "fork", "vfork") and ok and "CLONE_THREAD" not in args:
+            translated = _TRANSLATED.search(tail)
+            child = int(translated.group(1)) if translated else int(ret)
+            if child:
+                proc(child, index)  # now, with the filter its parent has at this moment
+            continue
         if name == "execve" and ok:
             p.program = p.program or args.split(",", 1)[0].strip('"')
         elif name == "seccomp" and ok and "SECCOMP_SET_MODE_FILTER" in args:
