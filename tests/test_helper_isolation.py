@@ -137,3 +137,24 @@ def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch
     proxy = layer["helpers"]["egress proxy"]
     assert not proxy["ok"] and proxy["foreign_path"] == [where]
     assert layer["helpers"]["registry transport"]["ok"]
+
+
+def test_the_proxy_copy_holds_exactly_the_krate_modules_decide_imports():
+    """helperlib.MODULES must follow krate.policy.decide's imports (or the proxy cannot start)."""
+    from pathlib import Path
+
+    from krate.egress import helperlib
+    from krate.netguard.static import imported_modules
+
+    src = Path(helperlib.SRC)
+    needed, todo = set(), ["krate.policy.decide"]
+    while todo:
+        module = todo.pop()
+        rel = module.replace(".", "/") + ".py"
+        if rel in needed or not (src / rel).is_file():
+            continue
+        needed.add(rel)
+        for name, _line in imported_modules((src / rel).read_text()):
+            if name.startswith("krate."):
+                todo += [name, name.rsplit(".", 1)[0]]
+    assert needed == set(helperlib.MODULES)
