@@ -122,3 +122,23 @@ def test_login_and_push_start_their_transport_then_lock_down_before_typer(hostil
     seen = settle(report, accepted)
     assert "typer" in {s["module"] for s in seen}
     assert_only_ever_locked(seen, accepted)
+
+
+def test_run_purges_expired_deleted_data_after_its_lockdown(krate_home, tmp_path):
+    """The purge may load keyring: run/build settle it once locked down, not before."""
+    from datetime import UTC, datetime, timedelta
+
+    from krate.privacy import deletion
+
+    from .conftest import run_krate
+
+    area = krate_home.with_name(krate_home.name + ".pending-deletion")
+    assert run_krate("audit", "note", "before").returncode == 0
+    assert run_krate("data", "delete", "--yes").returncode == 0
+    (entry,) = area.iterdir()
+    entry.rename(entry.with_name(deletion.stamp_of(datetime.now(UTC) - timedelta(days=8))))
+    done = run_krate("run", "--no-network", "--", "true", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not area.exists()
+    listed = run_krate("runs", "list", "--json")
+    assert '"status": "finished"' in listed.stdout  # the run's own record stays

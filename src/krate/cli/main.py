@@ -29,25 +29,25 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
         return 0
     if protect is None:
         protect = argv is None
-    if protect:
-        _protect(args)
+    held = protect and _protect(args)
     try:
         code = _dispatch(args)
     except SystemExit as exc:  # shell completion leaves through sys.exit()
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     if protect:
-        _after_deferred(args)
+        _after_command(args, held)
     if protect and _settle_guard(args):
         return 1
     return code
 
 
-def _protect(args: list[str]) -> None:
+def _protect(args: list[str]) -> bool:
     """Guard always; lockdown before any third-party import, after the unlocked children.
 
     login/push: the registry transport starts here, then the lockdown. run/build
     that cli/fastrun.py parsed: third-party imports are held until the command has
-    started its sandbox and proxy and locked down. Anything else: locked down now.
+    started its sandbox and proxy and locked down (returns True). Anything else:
+    locked down now.
     """
     from krate.netguard import guard, lockdown
 
@@ -59,21 +59,21 @@ def _protect(args: list[str]) -> None:
 
         if fastrun.parse(args) is not None:
             lockdown.hold_imports()
-            return
+            return True
     elif command is not None:
         from krate.cli.common import start_transport
 
         start_transport()  # standard library only; the command takes it over
     lockdown.apply()
+    return False
 
 
-def _after_deferred(args: list[str]) -> None:
-    """A deferred command has returned: lock down (idempotent), then settle deletions."""
+def _after_command(args: list[str], held: bool) -> None:
+    """Lock down (a deferred command that stopped early), settle what it deferred."""
     from krate.netguard import lockdown
 
-    held = lockdown.imports_held()
     lockdown.apply()
-    if held and _first_word(args) not in ("data", "doctor"):
+    if held:
         try:
             _settle_deletions()  # may load keyring: only now, after the lockdown
         except Exception as exc:
