@@ -158,3 +158,28 @@ def test_the_proxy_copy_holds_exactly_the_krate_modules_decide_imports():
             if name.startswith("krate."):
                 todo += [name, name.rsplit(".", 1)[0]]
     assert needed == set(helperlib.MODULES)
+
+
+def test_the_private_copy_is_the_proxy_and_krate_policy_code_only_and_private(tmp_path):
+    import stat
+    from pathlib import Path
+
+    from krate.egress import helperlib
+
+    folder = tmp_path / "lib"
+    folder.mkdir(mode=0o700)
+    script = helperlib.install(folder)
+    files = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert script == folder / "proxy.py"
+    assert files == sorted(["proxy.py", *helperlib.MODULES, *helperlib.PACKAGES])
+    for path in folder.rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), path
+    assert (folder / "krate/__init__.py").read_bytes() == b""  # not the real package
+    assert (folder / "krate/policy/decide.py").read_bytes() == (
+        Path(helperlib.SRC) / "krate/policy/decide.py"
+    ).read_bytes()

@@ -1020,6 +1020,21 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
     emit({"type": "closed", "connections": proxy.count})
 
 
+def remove_tree(folder: str) -> None:
+    """Delete krate's private copy of the proxy and its modules (see helperlib.py)."""
+    if not folder or not os.path.isdir(folder):
+        return
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
 def import_report() -> dict:
     """What this process can import and what it did: its sys.path and its loaded modules' files.
 
@@ -1036,6 +1051,7 @@ def main() -> int:
     config = Config.from_json(read_config_line())
     emit = Emitter(config.journal_fd)
     decide, explicit = load_policy(config)
+    remove_tree(config.lib)  # everything is imported: leave nothing behind, even if krate dies
     asyncio.run(serve(config, decide, explicit, emit))
     return 0
 
