@@ -330,18 +330,17 @@ def test_empty_allow_list_starts_no_proxy(tmp_path, paths):
 def test_proxy_is_isolated_and_shuts_down_cleanly(tmp_path, paths, server):
     session = start(tmp_path, paths, f"127.0.0.1:{server.port}")
     cmdline = Path(f"/proc/{session.process.pid}/cmdline").read_bytes().split(b"\0")
-    assert cmdline[1:3] == [b"-I", b"-S"] and cmdline[3] == bytes(session.lib / "proxy.py")
+    assert cmdline[1:3] == [b"-I", b"-S"] and cmdline[3].endswith(b"egress/proxy.py")
     environ = Path(f"/proc/{session.process.pid}/environ").read_bytes()
     assert b"KRATE_HOME" not in environ and b"HOME=" not in environ
     held, head = tunnel(session.tcp_port, f"127.0.0.1:{server.port}")
     assert head.startswith(b"HTTP/1.1 200")
-    assert not session.lib.exists()  # its private copy is removed once loaded
     began = time.monotonic()
     summary = session.close()  # an open tunnel gets a short grace, then is cut
     assert time.monotonic() - began < 8
     assert session.process.returncode == 0
     assert summary.connections == 1 and len(decisions(paths, "run1")) == 1
-    assert not session.folder.exists() and not session.lib.exists()
+    assert not session.folder.exists()
     assert not list((paths.data_dir / "egress").glob("*.jsonl"))
     held.settimeout(5)
     assert held.recv(1) == b""

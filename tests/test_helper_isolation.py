@@ -104,34 +104,33 @@ def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted
     layer = json.loads(done.stdout)
     assert layer["checked"] and layer["agrees"], layer
     proxy, transport = layer["helpers"]["egress proxy"], layer["helpers"]["registry transport"]
-    site = str(purelib(venv))
     for helper in (proxy, transport):
         assert helper["ok"] and helper["modules_loaded"] > 20
-        assert not any(site in p or "site-packages" in p for p in helper["path"])
-    assert proxy["path"][: len(layer["standard_library"])] == layer["standard_library"]
+        assert helper["path"] == layer["standard_library"]  # nothing else, ever
+    assert proxy["given_by_krate"] == [
+        "krate", "krate.errors", "krate.policy", "krate.policy.decide", "krate.policy.hosts",
+        "krate.policy.model", "krate.policy.paths",
+    ]  # fmt: skip
+    assert transport["given_by_krate"] == []
     assert reports(report) == []
 
 
-def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch):
+def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch, tmp_path):
     """The hostile variant: a proxy that puts site-packages first, as the old one did."""
     import site
 
-    from krate.egress import helperlib
+    import krate.egress
 
     where = site.getsitepackages()[0]
-    real_install = helperlib.install
-
-    def hostile(folder):
-        script = real_install(folder)
-        future = "from __future__ import annotations\n"
-        text = script.read_text().replace(
+    future = "from __future__ import annotations\n"
+    hostile = tmp_path / "proxy.py"
+    hostile.write_text(
+        krate.egress.PROXY.read_text().replace(
             future, f"{future}import sys; sys.path.insert(0, {where!r})\n", 1
         )
-        script.write_text(text)
-        return script
-
+    )
     assert helpercheck.check(sys.executable, os.environ)["agrees"]
-    monkeypatch.setattr(helperlib, "install", hostile)
+    monkeypatch.setattr(krate.egress, "PROXY", hostile)
     layer = helpercheck.check(sys.executable, os.environ)
     assert layer["checked"] and not layer["agrees"]
     proxy = layer["helpers"]["egress proxy"]
@@ -139,7 +138,7 @@ def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch
     assert layer["helpers"]["registry transport"]["ok"]
 
 
-def test_the_proxy_copy_holds_exactly_the_krate_modules_decide_imports():
+def test_the_proxy_is_given_exactly_the_krate_modules_decide_imports():
     """helperlib.MODULES must follow krate.policy.decide's imports (or the proxy cannot start)."""
     from pathlib import Path
 
@@ -160,26 +159,25 @@ def test_the_proxy_copy_holds_exactly_the_krate_modules_decide_imports():
     assert needed == set(helperlib.MODULES)
 
 
-def test_the_private_copy_is_the_proxy_and_krate_policy_code_only_and_private(tmp_path):
-    import stat
+def test_what_the_proxy_is_given_is_the_installed_code(tmp_path):
+    """Each module goes as its cached bytecode (equal to its source's) or as its source."""
+    import binascii
+    import marshal
+    import zlib
     from pathlib import Path
 
     from krate.egress import helperlib
 
-    folder = tmp_path / "lib"
-    folder.mkdir(mode=0o700)
-    script = helperlib.install(folder)
-    files = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    )
-    assert script == folder / "proxy.py"
-    assert files == sorted(["proxy.py", *helperlib.MODULES, *helperlib.PACKAGES])
-    for path in folder.rglob("*"):
-        mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode == (0o700 if path.is_dir() else 0o600), path
-    assert (folder / "krate/__init__.py").read_bytes() == b""  # not the real package
-    assert (folder / "krate/policy/decide.py").read_bytes() == (
-        Path(helperlib.SRC) / "krate/policy/decide.py"
-    ).read_bytes()
+    given = helperlib.given()
+    assert {n for n, e in given.items() if e.get("package")} == set(helperlib.PACKAGES)
+    for name, entry in given.items():
+        if entry.get("package"):
+            continue
+        source = Path(helperlib.SRC) / entry["path"]
+        assert entry["path"] == name.replace(".", "/") + ".py"
+        data = zlib.decompress(binascii.a2b_base64(entry.get("code") or entry["source"]))
+        fresh = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
+        if "code" in entry:
+            assert marshal.loads(data) == fresh
+        else:
+            assert data == source.read_bytes()

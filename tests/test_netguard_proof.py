@@ -284,7 +284,7 @@ STARTUP_LOG = "\n".join(
         opened(10, f"{SP}/krate/__init__.py"),
         "10 vfork() = 11",
         '11 execve("/usr/bin/python3", [...], 0x1 /* 2 vars */) = 0',
-        opened(11, "/tmp/krate-egress-10-lib-a/proxy.py"),
+        opened(11, f"{SP}/krate/egress/proxy.py"),
         opened(11, "/usr/lib/python3/json/__pycache__/x.pyc"),
         "10 clone(child_stack=NULL, flags=SIGCHLD) = 12",
         opened(10, f"{SP}/evil/__init__.py"),

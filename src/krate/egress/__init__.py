@@ -43,6 +43,7 @@ __all__ = [
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
+PROXY = HERE / "proxy.py"
 BRIDGE = HERE / "bridge.py"
 SOCKET_NAME = "proxy.sock"
 DIR_PREFIX = "krate-egress-"
@@ -119,7 +120,6 @@ class EgressSession:
         recorder: Recorder,
         journal_fd: int,
         python: str,
-        lib: Path | None = None,
         forwards: list[tuple[str, int]] | None = None,
         http_port: int = HTTP_PORT,
         socks_port: int = SOCKS_PORT,
@@ -128,7 +128,6 @@ class EgressSession:
         self.run_id, self.paths, self.folder = run_id, paths, folder
         self.process, self.recorder, self.journal_fd = process, recorder, journal_fd
         self.python, self.forwards = python, forwards or []
-        self.lib = lib  # the proxy's private copy of its script and krate's policy code
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
         self.go_read: int | None = None  # the bridge's end of the hold (see hold())
         self.go_write: int | None = None
@@ -272,8 +271,6 @@ class EgressSession:
         )
         os.close(self.journal_fd)
         shutil.rmtree(self.folder, ignore_errors=True)
-        if self.lib is not None:
-            shutil.rmtree(self.lib, ignore_errors=True)
         if self.stderr is not None:
             if self.recorder.ready_line is None:
                 self.stderr.seek(0)
@@ -399,24 +396,13 @@ def start_for_run(
     ports = {port for _host, port in forwards}
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
     socks_port = next(p for p in range(SOCKS_PORT, 65536) if p not in ports | {http_port})
-    # The proxy's only import path besides the standard library (see helperlib.py).
-    lib = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-lib-"))
-    try:
-        script = helperlib.install(lib)
-    except OSError as exc:
-        shutil.rmtree(lib, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        raise KrateError(
-            f"cannot prepare the egress proxy in {lib.parent} ({exc.strerror or exc})",
-            exit_code=EXIT_KRATE_FAILED,
-        ) from exc
     journal_fd = open_journal(paths, run_id)
     config = {
         "rules": rules,
         "net_default": list(policy.net_default),
         "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
-        "lib": str(lib),
+        "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
         **limits._asdict(),
     }
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
@@ -424,7 +410,7 @@ def start_for_run(
     try:
         try:
             process = subprocess.Popen(
-                [python, "-I", "-S", str(script)],
+                [python, "-I", "-S", str(PROXY)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -438,7 +424,6 @@ def start_for_run(
             stderr.close()
             os.close(journal_fd)
             shutil.rmtree(folder, ignore_errors=True)
-            shutil.rmtree(lib, ignore_errors=True)
             raise KrateError(
                 f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
                 exit_code=EXIT_KRATE_FAILED,
@@ -457,7 +442,6 @@ def start_for_run(
             recorder=recorder,
             journal_fd=journal_fd,
             python=python,
-            lib=lib,
             forwards=forwards,
             http_port=http_port,
             socks_port=socks_port,

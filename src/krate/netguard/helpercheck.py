@@ -5,9 +5,11 @@ reach the network, so nothing but the standard library and krate's own copied
 files may be importable in them. Each is started here exactly as krate starts it
 (`krate.egress.start_for_run`, `Transport.start`) and reports its `sys.path` and
 the file of every module it loaded; both lists are checked against the standard
-library of an isolated interpreter (`python -I -S`), the helper's private folder
-and its own script. A site-packages or dist-packages folder anywhere on a path,
-or a module loaded from outside those places, fails the check.
+library of an isolated interpreter (`python -I -S`) and the helper's own script;
+the only other modules allowed are krate's own policy modules that krate hands
+the proxy (served from memory, no file). A site-packages or dist-packages folder
+anywhere on a path, a module loaded from outside those places, or a handed-over
+module that is not krate's, fails the check.
 
 What it cannot show: a helper that lies about itself (the report is the helper's
 own); the OS observer's view of the files a helper opened in a real run, and the
@@ -61,14 +63,17 @@ def judge(
         for f in files
         if f not in scripts and (_in_site_dir(f) or not any(_under(f, d) for d in allowed_dirs))
     ]
-    ok = bool(entries) and not foreign_path and not foreign_files
+    given = list(report.get("given") or [])
+    foreign_given = [m for m in given if m != "krate" and not m.startswith("krate.")]
+    ok = bool(entries) and not foreign_path and not foreign_files and not foreign_given
     return {
         "ok": ok,
         "path": entries,
-        "modules_loaded": len(files),
+        "modules_loaded": len(files) + len(given),
         "files": files,
+        "given_by_krate": given,
         "foreign_path": foreign_path,
-        "foreign_files": foreign_files,
+        "foreign_files": foreign_files + foreign_given,
         **({} if entries else {"why": "the helper sent no report"}),
     }
 
@@ -92,11 +97,11 @@ def egress_report(python: str | None = None) -> tuple[dict[str, Any], list[str],
         try:
             session.recorder.ready.wait(READY_TIMEOUT_S)
             ready = session.recorder.ready_line or {}
-            private = [str(session.lib)] if session.lib else []
-            scripts = [str(session.lib / "proxy.py")] if session.lib else []
         finally:
             session.close(timeout=5)
-        return ready.get("python") or {}, private, scripts
+        from krate import egress
+
+        return ready.get("python") or {}, [], [str(egress.PROXY)]
 
 
 def transport_report(python: str, environ: Mapping[str, str]) -> tuple[dict, list, list]:

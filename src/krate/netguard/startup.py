@@ -164,7 +164,7 @@ def _findings(procs: dict[int, _Proc], main: _Proc | None, lock_line: dict[int, 
 
     def helper(p: _Proc) -> str | None:
         for _i, path, _locked in p.opens:
-            if path.endswith("/proxy.py") and "/krate-egress-" in path:
+            if path.endswith("/krate/egress/proxy.py"):
                 return "egress proxy"
             if path.endswith("/krate/registry/transport.py"):
                 return "registry transport"
