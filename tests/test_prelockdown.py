@@ -142,3 +142,19 @@ def test_run_purges_expired_deleted_data_after_its_lockdown(krate_home, tmp_path
     assert not area.exists()
     listed = run_krate("runs", "list", "--json")
     assert '"status": "finished"' in listed.stdout  # the run's own record stays
+
+
+def test_a_run_reaching_typer_after_the_lockdown_is_refused_not_run_locked(tmp_path):
+    """Safety net: the sandbox must never start from an already locked krate (no run)."""
+    code = (
+        "from krate.cli.main import _protect\n"
+        "_protect(['info'])  # locked at entry, as for a line the fast parser left to Typer\n"
+        "from krate.cli.app import build\n"
+        "build('run')(args=['run', '--', 'touch', 'ran'], prog_name='krate',\n"
+        "             standalone_mode=False)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert "could not read this command line before locking itself out" in done.stderr
+    assert done.returncode != 0 and not (tmp_path / "ran").exists()
