@@ -178,18 +178,21 @@ def wrap(
     bwrap: str | None,
     log: str | None,
     trace: str = TRACE,
+    strings: int = 0,
 ) -> list[str]:
     """`strace -f ... -- bwrap --unshare-net ... -- argv`, with whichever exist.
 
     `-q`, not `-qq`: process exits stay in the log (startup.py needs them).
+    `strings`: how much of each string argument to show; 0 (no data) unless the
+    programs' command lines are needed (a real run: which child is a helper).
     """
     cmd = list(argv)
     if bwrap:
         cmd = [bwrap, *netns_args(), *cmd]
     if strace and log:
         pidns = ["--pidns-translation"] if _translates_pidns(strace) else []
-        cmd = [strace, "-f", "-q", *pidns, "-yy", "-s", "0", "-e", f"trace={trace}", "-o", log,
-               "--", *cmd]  # fmt: skip
+        cmd = [strace, "-f", "-q", *pidns, "-yy", "-s", str(strings), "-e", f"trace={trace}",
+               "-o", log, "--", *cmd]  # fmt: skip
     return cmd
 
 

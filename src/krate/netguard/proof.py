@@ -291,7 +291,10 @@ def _run(
 ) -> dict[str, Any]:
     log = str(cwd / "strace.log")
     argv = [*krate, *item.argv]
-    cmd = observer.wrap(argv, strace=strace, bwrap=bwrap, log=log, trace=startup.TRACE)
+    strings = 512 if item.mode == "real" else 0  # argv names the helpers; no workload data
+    cmd = observer.wrap(
+        argv, strace=strace, bwrap=bwrap, log=log, trace=startup.TRACE, strings=strings
+    )
     if seatbelt:
         cmd = observer.seatbelt_wrap(cmd, seatbelt)
     before = _violation_count(home)

@@ -36,6 +36,8 @@ TRACE = (
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+|\?)(.*)$")
 _EXIT = re.compile(r"^(\d+)\s+\+\+\+ (exited|killed)")
 _RESOLVED = re.compile(r"^<(.*)>")
+ROLES = {"egress/proxy": "egress proxy", "registry/transport": "registry transport"}
+_HELPER_ARGV = re.compile(r'"[^"]*/krate/(egress/proxy|registry/transport)\.py"')
 _TRANSLATED = re.compile(r"/\* (\d+) in strace's PID NS \*/")
 _CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
 SITE_DIRS = ("site-packages", "dist-packages")
@@ -43,7 +45,7 @@ SITE_DIRS = ("site-packages", "dist-packages")
 
 class _Proc:
     __slots__ = ("pid", "parent", "created", "inherited", "locked", "program", "opens", "exited",
-                 "entry")  # fmt: skip
+                 "entry", "role")  # fmt: skip
 
     def __init__(self, pid: int, parent: int | None, created: int, locked: bool) -> None:
         self.pid, self.parent, self.created = pid, parent, created
@@ -52,6 +54,7 @@ class _Proc:
         self.opens: list[tuple[int, str, bool]] = []  # (line, path, locked then)
         self.exited: int | None = None
         self.entry: int | None = None  # first open of a krate file
+        self.role: str | None = None  # a helper, named by its command line
 
 
 def third_party(path: str, package_dir: str) -> bool:
@@ -120,6 +123,9 @@ def analyse(log: str, package_dir: str) -> dict[str, Any]:
             continue
         if name == "execve" and ok:
             p.program = p.program or args.split(",", 1)[0].strip('"')
+            helper = _HELPER_ARGV.search(args)  # seen when strace shows command lines
+            if helper:
+                p.role = ROLES[helper.group(1)]
         elif name == "seccomp" and ok and "SECCOMP_SET_MODE_FILTER" in args:
             if not p.locked:
                 lock_line[p.pid] = index
@@ -163,6 +169,8 @@ def _findings(procs: dict[int, _Proc], main: _Proc | None, lock_line: dict[int, 
         ) and in_tree(p)
 
     def helper(p: _Proc) -> str | None:
+        if p.role:
+            return p.role
         for _i, path, _locked in p.opens:
             if path.endswith("/krate/egress/proxy.py"):
                 return "egress proxy"
