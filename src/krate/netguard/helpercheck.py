@@ -124,13 +124,17 @@ def check(python: str, environ: Mapping[str, str]) -> dict[str, Any]:
     ):
         try:
             report, private, scripts = start()
-        except Exception as exc:  # a helper that cannot start here is reported, not fatal
-            helpers[name] = {"ok": False, "why": f"could not start it: {type(exc).__name__}: {exc}"}
+        except Exception as exc:  # e.g. macOS: the proxy's loopback port, under the lockdown
+            helpers[name] = {"ok": None, "why": f"could not start it: {type(exc).__name__}: {exc}"}
+            continue
+        if not report:
+            helpers[name] = {"ok": None, "why": "it sent no report"}
             continue
         helpers[name] = judge(report, stdlib=stdlib, private=private, scripts=scripts)
+    started = all(h["ok"] is not None for h in helpers.values())
     return {
-        "checked": bool(stdlib),
-        "agrees": bool(stdlib) and all(h["ok"] for h in helpers.values()),
+        "checked": bool(stdlib) and started,
+        "agrees": bool(stdlib) and started and all(h["ok"] for h in helpers.values()),
         "standard_library": stdlib,
         "helpers": helpers,
         "cannot_show": (

@@ -643,7 +643,8 @@ def lines(result: dict[str, Any]) -> list[str]:
             text = f"path {one['path']}; {one['modules_loaded']} modules loaded"
         else:
             text = one.get("why", "")
-        out.append(f"          {name}: {'ok' if one.get('ok') else 'NOT OK'}: {text}")
+        verdict = {True: "ok", False: "NOT OK", None: "not checked"}[one.get("ok")]
+        out.append(f"          {name}: {verdict}: {text}")
         for bad in one.get("foreign_path", []) + one.get("foreign_files", [])[:10]:
             out.append(f"            not the standard library or krate's copy: {bad}")
 
