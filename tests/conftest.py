@@ -164,3 +164,48 @@ def listener():
     stop.set()
     thread.join()
     server.close()
+
+
+@pytest.fixture(scope="session")
+def installed():
+    """krate installed as a user installs it: a wheel, not editable, in its own venv.
+
+    Its dependencies come from this test environment through a path-only .pth line
+    (nothing is downloaded). In such an install krate lives in site-packages, beside
+    every third-party package: the folder the hardening tests plant hostile files in.
+    Yields the venv; its `bin/krate` is the command.
+    """
+    import site
+    import sysconfig
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="krate-installed-", dir="/var/tmp"))
+    os.chmod(root, 0o755)  # the ordinary user runs it too (pytest's own tmp is private)
+    venv, wheels = root / "venv", root / "wheels"
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels),
+         str(repo)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("krate-*.whl")
+    subprocess.run(
+        [*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index",
+         str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    purelib = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", where], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    deps = [p for p in site.getsitepackages() if p != sysconfig.get_path("stdlib")]
+    (purelib / "zz-test-dependencies.pth").write_text("\n".join(deps) + "\n")
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0)) & 0o7777)
+    yield venv
+    shutil.rmtree(root, ignore_errors=True)

@@ -30,10 +30,10 @@ def registered() -> set[tuple[str, ...]]:
 
 def test_plan_covers_every_registered_command_exactly_once():
     items = proof.plan(typer.main.get_command(app))
-    planned = [tuple(i.command.split()) for i in items if i.mode in ("safe", "help")]
+    planned = [tuple(i.command.split()) for i in items if i.mode in ("safe", "help", "real")]
     planned = [p for p in planned if p != ("krate",)]
     assert sorted(planned) == sorted(registered())
-    assert {i.mode for i in items} >= {"help", "fast path", "completion"}
+    assert {i.mode for i in items} >= {"help", "real", "fast path", "completion"}
 
 
 def test_every_command_has_a_safe_invocation_or_falls_back_to_help():
@@ -45,9 +45,11 @@ def test_every_command_has_a_safe_invocation_or_falls_back_to_help():
             assert path[0] not in lockdown.DEFERRED_COMMANDS
         elif item.mode == "help":
             assert item.argv[-1] == "--help"
+        elif item.mode == "real":
+            assert item.argv[0] in ("run", "build") and item.fresh
 
 
-def test_commands_with_a_network_purpose_are_checked_through_help_only():
+def test_run_and_build_are_really_run_login_and_push_through_help_only():
     class Group:
         def __init__(self, commands):
             self.commands = commands
@@ -58,7 +60,7 @@ def test_commands_with_a_network_purpose_are_checked_through_help_only():
     root = Group({"push": Leaf(), "audit": Group({"head": Leaf()}), "run": Leaf()})
     by_name = {i.command: i for i in proof.plan(root)}
     assert by_name["push"].argv == ["push", "--help"] and "network purpose" in by_name["push"].note
-    assert by_name["run"].argv == ["run", "--help"]
+    assert by_name["run"].argv == ["run", "--", "true"] and by_name["run"].mode == "real"
     assert by_name["audit head"].mode == "safe"
     assert command_path(root, ["audit", "head", "--json"]) == ("audit", "head")
     assert command_path(root, ["push", "dist/app.tar.gz"]) == ("push",)
@@ -228,7 +230,9 @@ def test_prove_passes_on_a_clean_install_even_with_egress_recorded(krate_home):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     out = json.loads(result.stdout)
     assert set(out) >= {"proven", "commands", "layers"}
-    assert set(out["layers"]) == {"kernel", "guard", "os", "static"}
+    assert set(out["layers"]) == {
+        "kernel", "guard", "os", "static", "startup", "helpers", "bytecode"
+    }  # fmt: skip
     layers = out["layers"]
     assert all(layer["agrees"] for layer in layers.values() if layer["checked"])
     assert layers["kernel"]["checked"] and layers["kernel"]["child_probe"]["result"] == "refused"
@@ -239,8 +243,17 @@ def test_prove_passes_on_a_clean_install_even_with_egress_recorded(krate_home):
     for path in registered():
         assert any(argv[: len(path)] == path for argv in commands), path
     if shutil.which("strace") and shutil.which("bwrap"):
-        assert out["proven"] is True and out["verdict"] == "proven"
+        real = [(c["command"], c["exit_code"], c.get("stderr_tail"), c.get("startup"))
+                for c in out["commands"] if c["mode"] == "real"]  # fmt: skip
+        assert out["proven"] is True, (out["summary"], str(real)[:3000])
+        assert out["verdict"] == "proven"
         assert layers["os"]["checked"] and layers["os"]["inet_syscalls"] == 0
+        real = layers["startup"]["real_runs"]
+        assert set(real) == {"run", "build"} and layers["startup"]["checked"]
+        assert all(r["locked_down"] and r["exit_code"] == 0 for r in real.values())
+        assert "egress proxy" in real["run"]["helpers"]  # the default policy starts it
+        assert layers["startup"]["third_party_while_unlocked"] == []
+        assert layers["helpers"]["agrees"] and layers["bytecode"]["agrees"]
         missing = layers["kernel"]["per_command"]["missing"]
         assert missing == [], f"commands that did not apply their own lockdown: {missing}"
     # The user's store was not touched by the proof.
@@ -260,3 +273,53 @@ def test_prove_downgrades_the_verdict_when_a_layer_cannot_be_checked(tmp_path):
     assert result.returncode == 0  # nothing that was checked disagrees
     first = proof.lines(out)[0]
     assert first.startswith("consistent but not proven:") and "could not check: os" in first
+
+
+def opened(pid: int, path: str) -> str:
+    return f'{pid} openat(AT_FDCWD</w>, "{path}", O_RDONLY) = 3<{path}>'
+
+
+SP = "/venv/site-packages"
+STARTUP_LOG = "\n".join(
+    [
+        '10 execve("/venv/bin/krate", [...], 0x1 /* 3 vars */) = 0',
+        opened(10, f"{SP}/x.pth"),
+        opened(10, f"{SP}/krate/__init__.py"),
+        "10 vfork() = 11",
+        '11 execve("/usr/bin/python3", [...], 0x1 /* 2 vars */) = 0',
+        opened(11, f"{SP}/krate/egress/proxy.py"),
+        opened(11, "/usr/lib/python3/json/__pycache__/x.pyc"),
+        "10 clone(child_stack=NULL, flags=SIGCHLD) = 12",
+        opened(10, f"{SP}/evil/__init__.py"),
+        "10 clone3({flags=CLONE_VM|CLONE_THREAD}, 88) = 13",
+        opened(13, f"{SP}/krate/x.pyc"),
+        "10 seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, {len=14}) = 0",
+        opened(10, f"{SP}/typer/__init__.py"),
+        "10 clone(child_stack=NULL, flags=SIGCHLD) = 14",
+        "10 vfork() = 15",  # a helper killed before it opened its script: named by its argv
+        f'15 execve("/usr/bin/python3", ["python3", "-I", "-S", "{SP}/krate/registry/transport.py"]'
+        ", 0x1 /* 2 vars */) = 0",
+        "12 +++ exited with 0 +++",
+        "14 +++ exited with 0 +++",
+        "11 +++ exited with 0 +++",
+        "10 +++ exited with 0 +++",
+    ]
+)
+
+
+def test_startup_analysis_of_an_strace_log():
+    from krate.netguard import startup
+
+    found = startup.analyse(STARTUP_LOG, "/venv/site-packages/krate")
+    assert found["locked_down"] and found["helpers"] == ["egress proxy", "registry transport"]
+    assert found["before_entry_point"] == ["/venv/site-packages/x.pth"]
+    # evil loaded after krate's entry, before the lockdown; typer after it: fine.
+    assert found["third_party_while_unlocked"] == [
+        {"process": "krate", "path": "/venv/site-packages/evil/__init__.py"}
+    ]
+    # The fork (12) was alive at the lockdown; 14 was started after it; 11 is the helper.
+    assert found["outlived_lockdown"] == [{"pid": 12, "program": "a fork of krate"}]
+    assert set(found["bytecode"]) == {
+        "/usr/lib/python3/json/__pycache__/x.pyc",  # the helper's
+        "/venv/site-packages/krate/x.pyc",  # krate's thread, before the lockdown
+    }

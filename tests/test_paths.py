@@ -26,6 +26,30 @@ def test_platform_folders_without_krate_home(monkeypatch):
     assert str(p.config_dir) == platformdirs.user_config_dir("krate", appauthor=False)
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HOME": "/home/u"},
+        {"HOME": "/home/u/", "XDG_DATA_HOME": "/d", "XDG_CONFIG_HOME": "/c"},
+        {"HOME": "/home/u", "XDG_DATA_HOME": "relative", "XDG_CONFIG_HOME": ""},
+        {"HOME": "relative"},
+        {"HOME": "/"},
+        {},
+    ],
+)
+def test_platform_folders_follow_platformdirs_without_importing_it(monkeypatch, env):
+    """krate needs them before its lockdown, when no third-party package may load."""
+    import platformdirs
+
+    for name in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "KRATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    p = Paths.from_env(env)
+    assert str(p.data_dir) == platformdirs.user_data_dir("krate", appauthor=False)
+    assert str(p.config_dir) == platformdirs.user_config_dir("krate", appauthor=False)
+
+
 def test_private_dir_created_0700_whatever_the_umask(fs):
     old = os.umask(0)
     try:

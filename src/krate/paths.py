@@ -1,13 +1,19 @@
 """Where krate keeps its data and configuration, and how they are kept private.
 
 `KRATE_HOME` replaces both folders with one (tests and portable installs use it);
-otherwise platformdirs decides. Folders are created 0700 and files 0600 whatever
-the umask, because the store holds a record of the user's activity.
+otherwise the platform's convention decides: on Linux and macOS the rule of
+platformdirs (XDG_DATA_HOME / XDG_CONFIG_HOME when absolute, else ~/.local/share
+and ~/.config, or ~/Library/Application Support), written out here because
+`krate run` needs these folders before its network lockdown, when no third-party
+package may be imported (a test keeps it equal to platformdirs). Folders are
+created 0700 and files 0600 whatever the umask, because the store holds a record
+of the user's activity.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +37,15 @@ class Paths(NamedTuple):
         if home:
             root = Path(home).expanduser().absolute()
             return cls(data_dir=root, config_dir=root)
+        if sys.platform.startswith("linux") or sys.platform == "darwin":
+            mac = sys.platform == "darwin"
+            data = _xdg(
+                env, "XDG_DATA_HOME", "Library/Application Support" if mac else ".local/share"
+            )
+            config = _xdg(
+                env, "XDG_CONFIG_HOME", "Library/Application Support" if mac else ".config"
+            )
+            return cls(data_dir=data / APP, config_dir=config / APP)
         import platformdirs
 
         return cls(
@@ -54,6 +69,19 @@ class Paths(NamedTuple):
     @property
     def user_policy(self) -> Path:
         return self.config_dir / "policy.toml"
+
+
+def _xdg(env: Mapping[str, str], variable: str, default: str) -> Path:
+    """An XDG base folder: the variable when it is an absolute path, else under the home."""
+    value = env.get(variable, "")
+    if os.path.isabs(value):
+        return Path(value)
+    home = env.get("HOME", "")
+    if not os.path.isabs(home):
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    return Path(home.rstrip("/") or "/") / default
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from krate.cli.common import lock_down, paths
 from krate.cli.options import ALLOW_BROAD_WORKSPACE, as_root_option
 from krate.cli.policy_options import (
     AllowHostOpt,
@@ -98,35 +97,9 @@ def build(
 
     Example: krate build --out dist/ -- python -m build
     """
-    from krate import render
-    from krate.cli.workload import prepare, report
-    from krate.errors import UsageError
-    from krate.provenance.build import run_build
+    from krate.cli.workload import build_workload
 
-    if not command:
-        raise UsageError("give the build command after `--`, e.g. krate build --out dist -- make")
-    if not out:
-        raise UsageError("name at least one output with --out PATH (a file or a folder)")
-    flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(
-        command, flags, workdir, allow_hardlinked_secrets, as_root, allow_broad_workspace
-    )
-    try:
-        result, recorded = run_build(
-            paths(), effective, request, outs=out, input_globs=input_ or (), name=name
-        )
-    finally:
-        lock_down()  # also when the run was refused before anything started
-    report(result, effective, verbose)
-    if recorded.build is None:
-        render.message(f"krate: no build recorded: {recorded.failed_reason}")
-        return result.exit_code
-    for skipped in recorded.skipped:
-        render.message(f"krate: skipped {skipped} (not a regular file; links are not followed)")
-    build = recorded.build
-    label = f" ({build.name})" if build.name else ""
-    render.message(
-        f"krate: build {build.id}{label}: {build.subjects} output(s) recorded, "
-        f"{recorded.new_blobs} new in the store; `krate provenance` shows the record"
-    )
-    return 0
+    return build_workload(
+        command, out, input_, name, policy, allow_host, allow_write, deny_read, no_network,
+        env, workdir, allow_hardlinked_secrets, verbose, as_root, allow_broad_workspace,
+    )  # fmt: skip

@@ -25,6 +25,33 @@ def lock_down() -> None:
         lockdown.apply()
 
 
+_transport = None  # login/push: started at entry, before the lockdown and any third-party import
+
+
+def start_transport() -> None:
+    """Start the registry transport now (cli/main.py, for login/push); the command takes it."""
+    global _transport
+    import sys
+
+    from krate.registry.client import Transport, child_env
+
+    _transport = Transport.start(python=sys.executable, env=child_env(os.environ))
+
+
+def take_transport():
+    """The transport started at entry (once), or None (the in-process test entry)."""
+    global _transport
+    transport, _transport = _transport, None
+    return transport
+
+
+def abandon_transport() -> None:
+    """End a transport no command took (a usage error, --help...): it exits on EOF."""
+    transport = take_transport()
+    if transport is not None:
+        transport.abandon()
+
+
 def output_mode(json_: bool, jsonl: bool = False) -> str:
     if json_ and jsonl:
         raise UsageError("choose one of --json and --jsonl")

@@ -1,11 +1,13 @@
-"""`krate run`'s fast path: its options parsed without importing Typer.
+"""`krate run` and `krate build` parsed without importing Typer: speed, and the lockdown.
 
 krate run is called in shell loops, and importing the CLI framework is most of its
-start-up (the run's overhead over bubblewrap). This parser handles the common form,
-`krate run [OPTIONS] -- CMD...`, exactly as the Typer command does; anything else
-(--help, an unknown option, `--opt=value`, a command without `--`, a --workdir that
-is not a folder) returns None and goes through Typer, which explains it. A test
-keeps these tables equal to the Typer command's options.
+start-up (the run's overhead over bubblewrap). And both commands start their sandbox
+and egress proxy before krate locks itself out of the network, which must happen
+before any third-party package (Typer included) is imported: so every line these
+commands accept is parsed here, exactly as the Typer command does. Anything else
+(--help, an unknown option, a missing value, a --workdir that is not a folder)
+returns None: krate locks down first and lets Typer explain. Tests keep these
+tables equal to the Typer commands' options and compare both parsers.
 """
 
 from __future__ import annotations
@@ -29,33 +31,72 @@ FLAGS = {
     "--verbose": "verbose",
     "-v": "verbose",
 }
+# `krate build` has run's options and these.
+BUILD_VALUES = {**VALUES, "--name": "name", "-n": "name"}
+BUILD_REPEATED = {**REPEATED, "--out": "out", "-o": "out", "--input": "input_", "-i": "input_"}
+TABLES = {"run": (VALUES, REPEATED, FLAGS), "build": (BUILD_VALUES, BUILD_REPEATED, FLAGS)}
 
 
 def parse(args: list[str]) -> dict[str, Any] | None:
-    """Keyword arguments for `run_workload`, or None to let Typer handle the line."""
-    if args[:1] != ["run"]:
+    """Keyword arguments for `run_workload` / `build_workload`, or None to let Typer handle it.
+
+    Parses as click does for these commands: options up to `--` or the first
+    argument that is not an option (everything after it is the command, verbatim),
+    `--opt=value`, `-oVALUE` and clustered short flags (`-vo dist`).
+    """
+    if not args or args[0] not in TABLES:
         return None
-    found: dict[str, Any] = {name: None for name in (*VALUES.values(), *REPEATED.values())}
-    found.update({name: False for name in FLAGS.values()})
+    values, repeated, flags = TABLES[args[0]]
+    found: dict[str, Any] = {name: None for name in (*values.values(), *repeated.values())}
+    found.update({name: False for name in flags.values()})
+    found["command"] = []
     i = 1
     while i < len(args):
         arg = args[i]
         if arg == "--":
             found["command"] = args[i + 1 :]
-            return found if _valid(found) else None
-        if arg in FLAGS:
-            found[FLAGS[arg]] = True
-        elif (arg in VALUES or arg in REPEATED) and i + 1 < len(args):
-            value = args[i + 1]
-            i += 1
-            if arg in VALUES:
-                found[VALUES[arg]] = value
+            break
+        if not arg.startswith("-") or arg == "-":
+            found["command"] = args[i:]
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in flags and not eq:
+                found[flags[name]] = True
+            elif name in values or name in repeated:
+                if not eq:
+                    if i + 1 >= len(args):
+                        return None
+                    i += 1
+                    value = args[i]
+                _store(found, values, repeated, name, value)
             else:
-                found[REPEATED[arg]] = [*(found[REPEATED[arg]] or []), value]
+                return None  # unknown, --help, or a flag given a value: Typer explains
         else:
-            return None
+            for j in range(1, len(arg)):
+                name = "-" + arg[j]
+                if name in flags:
+                    found[flags[name]] = True
+                    continue
+                if name not in values and name not in repeated:
+                    return None
+                value = arg[j + 1 :]
+                if not value:
+                    if i + 1 >= len(args):
+                        return None
+                    i += 1
+                    value = args[i]
+                _store(found, values, repeated, name, value)
+                break
         i += 1
-    return None
+    return found if _valid(found) else None
+
+
+def _store(found: dict[str, Any], values: dict, repeated: dict, name: str, value: str) -> None:
+    if name in values:
+        found[values[name]] = value
+    else:
+        found[repeated[name]] = [*(found[repeated[name]] or []), value]
 
 
 def _valid(found: dict[str, Any]) -> bool:

@@ -4,11 +4,13 @@ Every user-caused problem leaves as one `krate: ...` line on stderr with the exi
 code from DESIGN.md; a traceback appears only for bugs, and only with KRATE_DEBUG=1.
 
 When krate runs as a program, the network guard is installed and the kernel
-lockdown applied here, before typer or any third-party package is imported
-(except for the commands that must first start unlocked children: they call
-`krate.netguard.lockdown.apply()` themselves). `main(argv)` called in-process
-(the tests' `cli` fixture) leaves the calling process alone: a lockdown cannot be
-undone.
+lockdown applied here, before typer or any third-party package is imported.
+login and push start their registry transport first; run and build (parsed
+without Typer, cli/fastrun.py) start their sandbox and egress proxy first and
+then call `krate.netguard.lockdown.apply()` themselves, and until then only krate
+and the standard library can be imported (`lockdown.hold_imports()`). `main(argv)`
+called in-process (the tests' `cli` fixture) leaves the calling process alone: a
+lockdown cannot be undone.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
         return 0
     if protect is None:
         protect = argv is None
+    held = protect and _protect(args)
     if protect:
-        _protect(args)
         import atexit
 
         atexit.register(_settle_at_exit, args)
@@ -37,32 +39,66 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
         code = _dispatch(args)
     except SystemExit as exc:  # shell completion leaves through sys.exit()
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    if protect:
+        _after_command(args, held)
     if protect and _settle_guard(args):
         return 1
     return code
 
 
-def _protect(args: list[str]) -> None:
-    """Guard always; lockdown now unless the command must start unlocked children first."""
+def _protect(args: list[str]) -> bool:
+    """Guard always; lockdown before any third-party import, after the unlocked children.
+
+    login/push: the registry transport starts here, then the lockdown. run/build
+    that cli/fastrun.py parsed: third-party imports are held until the command has
+    started its sandbox and proxy and locked down (returns True). Anything else:
+    locked down now.
+    """
     from krate.netguard import guard, lockdown
 
     completing = "_KRATE_COMPLETE" in os.environ
     guard.install(record=not completing)
-    if completing or not _starts_children(args, lockdown.DEFERRED_COMMANDS):
-        lockdown.apply()
+    command = None if completing else _starts_children(args, lockdown.DEFERRED_COMMANDS)
+    if command in ("run", "build"):
+        from krate.cli import fastrun
+
+        if fastrun.parse(args) is not None:
+            lockdown.hold_imports()
+            return True
+    elif command is not None:
+        from krate.cli.common import start_transport
+
+        start_transport()  # standard library only; the command takes it over
+    lockdown.apply()
+    return False
 
 
-def _starts_children(args: list[str], deferred) -> bool:
-    """A deferred command that will really run (not only print its help)."""
+def _after_command(args: list[str], held: bool) -> None:
+    """Lock down (a deferred command that stopped early), settle what it deferred."""
+    from krate.netguard import lockdown
+
+    lockdown.apply()
+    if held:
+        try:
+            _settle_deletions()  # may load keyring: only now, after the lockdown
+        except Exception as exc:
+            _fail(f"could not purge expired deleted data: {exc}")
+    from krate.cli.common import abandon_transport
+
+    abandon_transport()
+
+
+def _starts_children(args: list[str], deferred) -> str | None:
+    """The deferred command that will really run (not only print its help), if any."""
     index = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
     if index is None or args[index] not in deferred:
-        return False
+        return None
     for token in args[index + 1 :]:
         if token in ("-h", "--help"):
-            return False
+            return None
         if token == "--" or not token.startswith("-"):
             break  # the workload's own arguments (or an option value) from here on
-    return True
+    return args[index]
 
 
 def _settle_guard(args: list[str]) -> bool:
@@ -125,15 +161,21 @@ def _dispatch(args: list[str]) -> int:
     try:
         # `krate data` settles deletions itself (restore explains an expired one), and
         # `krate doctor` reports them as they are.
-        if not completing and _first_word(args) not in ("data", "doctor"):
+        from krate.netguard import lockdown
+
+        # Deferred run/build settle them after their lockdown (_after_deferred).
+        held = lockdown.imports_held()
+        if not completing and not held and _first_word(args) not in ("data", "doctor"):
             _settle_deletions()
         from krate.cli import fastrun
 
         fast = None if completing else fastrun.parse(args)
         if fast is not None:
-            from krate.cli.workload import run_workload
+            from krate.cli import workload
 
-            return run_workload(**fast)
+            if args[0] == "build":
+                return workload.build_workload(**fast)
+            return workload.run_workload(**fast)
         from krate.cli.app import build
 
         app = build(None if completing else _first_word(args))

@@ -1,6 +1,7 @@
 """`krate login`, `krate logout`, `krate push`: the only commands that reach the network.
 
-login and push start the registry transport helper *first*, then lock krate's own
+login and push start the registry transport helper *first* (cli/main.py does,
+before Typer or any other third-party package is imported), then lock krate's own
 process out of IP sockets, and only then load keyring, open the store and read
 the artifact. Credentials are read from a prompt without echo or from stdin,
 handed to the keychain and to the transport's stdin, and nowhere else.
@@ -15,7 +16,7 @@ from typing import Any
 
 import typer
 
-from krate.cli.common import lock_down, paths
+from krate.cli.common import lock_down, paths, take_transport
 
 PLAIN_HTTP = typer.Option(
     False,
@@ -26,10 +27,12 @@ PLAIN_HTTP = typer.Option(
 
 
 def _start_transport():
-    """Start the helper before the lockdown, then lock this process down."""
+    """The helper started at entry (cli/main.py), or started now; then lock this process down."""
     from krate.registry.client import Transport, child_env
 
-    transport = Transport.start(python=sys.executable, env=child_env(os.environ))
+    transport = take_transport() or Transport.start(
+        python=sys.executable, env=child_env(os.environ)
+    )
     lock_down()
     return transport
 

@@ -1,8 +1,8 @@
-"""What `krate run` does once its options are parsed, with no CLI framework imported.
+"""What `krate run` and `krate build` do once their options are parsed, with no CLI framework.
 
-Both entries call `run_workload`: the Typer command (cli/run.py, for --help and
-anything unusual) and the fast path (cli/fastrun.py), which skips importing Typer
-because krate is called in shell loops and its start-up is the run's overhead.
+Both entries call `run_workload` / `build_workload`: the parser in cli/fastrun.py,
+which must not import Typer (start-up, and no third-party code before the
+lockdown), and the Typer commands, which the tests' in-process entry uses.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def prepare(
     from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError
     from krate.runs import RunRequest
 
+    _require_unlocked()
     cwd = (workdir or Path.cwd()).absolute()
     try:
         effective = load_effective(flags_from(*flags), cwd)
@@ -51,6 +52,24 @@ def prepare(
         after_start=lock_down,
     )
     return effective, request
+
+
+def _require_unlocked() -> None:
+    """The sandbox and the egress proxy must start before krate's own lockdown.
+
+    Only a line that cli/fastrun.py could not parse reaches the Typer command after
+    the lockdown (the tests keep both parsers equal, so this is a safety net).
+    """
+    from krate.netguard import guard, lockdown
+
+    if guard.installed() and lockdown.applied():
+        from krate.errors import EXIT_KRATE_FAILED, KrateError
+
+        raise KrateError(
+            "krate could not read this command line before locking itself out of the "
+            "network; write it as `krate run|build [OPTIONS] -- CMD [ARGS]...`",
+            exit_code=EXIT_KRATE_FAILED,
+        )
 
 
 def report(result, effective, verbose: bool) -> None:
@@ -114,3 +133,54 @@ def run_workload(
         lock_down()  # also when the run was refused before anything started
     report(result, effective, verbose)
     return result.exit_code
+
+
+def build_workload(
+    command: list[str] | None,
+    out: list[str] | None,
+    input_: list[str] | None,
+    name: str | None,
+    policy: str | None,
+    allow_host: list[str] | None,
+    allow_write: list[str] | None,
+    deny_read: list[str] | None,
+    no_network: bool,
+    env: list[str] | None,
+    workdir: Path | None,
+    allow_hardlinked_secrets: bool,
+    verbose: bool,
+    as_root: bool = False,
+    allow_broad_workspace: bool = False,
+) -> int:
+    """Run the build command as `run_workload` does, then record its outputs and provenance."""
+    from krate import render
+    from krate.errors import UsageError
+    from krate.provenance.build import run_build
+
+    if not command:
+        raise UsageError("give the build command after `--`, e.g. krate build --out dist -- make")
+    if not out:
+        raise UsageError("name at least one output with --out PATH (a file or a folder)")
+    flags = (policy, allow_host, allow_write, deny_read, no_network, env)
+    effective, request = prepare(
+        command, flags, workdir, allow_hardlinked_secrets, as_root, allow_broad_workspace
+    )
+    try:
+        result, recorded = run_build(
+            paths(), effective, request, outs=out, input_globs=input_ or (), name=name
+        )
+    finally:
+        lock_down()  # also when the run was refused before anything started
+    report(result, effective, verbose)
+    if recorded.build is None:
+        render.message(f"krate: no build recorded: {recorded.failed_reason}")
+        return result.exit_code
+    for skipped in recorded.skipped:
+        render.message(f"krate: skipped {skipped} (not a regular file; links are not followed)")
+    build = recorded.build
+    label = f" ({build.name})" if build.name else ""
+    render.message(
+        f"krate: build {build.id}{label}: {build.subjects} output(s) recorded, "
+        f"{recorded.new_blobs} new in the store; `krate provenance` shows the record"
+    )
+    return 0

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
 
+from . import helperlib
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
 
 __all__ = [
@@ -44,7 +45,6 @@ T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 PROXY = HERE / "proxy.py"
 BRIDGE = HERE / "bridge.py"
-KRATE_SRC = HERE.parent.parent
 SOCKET_NAME = "proxy.sock"
 DIR_PREFIX = "krate-egress-"
 HTTP_PORT, SOCKS_PORT = 3128, 1080
@@ -412,8 +412,8 @@ def start_for_run(
         "net_default": list(policy.net_default),
         "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
-        "krate_src": str(KRATE_SRC),
         "socket_uid": run_as,
+        "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
         **limits._asdict(),
     }
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).

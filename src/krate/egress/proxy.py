@@ -4,7 +4,11 @@ Why it exists: a sandboxed workload has an empty network namespace; its only way
 out is this proxy, which decides every connection with the policy and reports
 each one. It runs as its own small process, started before krate locks itself
 out of the network, with an isolated interpreter (`python -I -S proxy.py`):
-standard library plus krate's pure host-matching module, nothing else.
+the standard library and nothing else on its path: no site-packages folder,
+ever. The few pure krate policy modules it decides with come from krate with
+its configuration and are served from memory, after the standard library
+(helperlib.py, `install_given`). Its ready line reports its path, every module
+file it loaded and the modules it was given, for `krate audit network --prove`.
 
 Protocol with the parent (krate):
 - stdin: one JSON line of configuration (the compiled allow list and limits);
@@ -92,8 +96,8 @@ class Config:
     shutdown_grace: float = 2.0
     threads: bool = True  # Linux: relay tunnels with two blocking threads instead of asyncio
     journal_fd: int | None = None
-    krate_src: str = ""  # the folder holding the `krate` package (for krate.policy only)
     socket_uid: int | None = None  # the sandbox's uid when it is not krate's (a root krate)
+    given: dict = field(default_factory=dict)  # krate's policy modules (helperlib.given())
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
 
     @classmethod
@@ -161,8 +165,7 @@ def load_policy(config: Config):
     uses; `explicit(address, port)` says whether some rule names that IP
     address itself (a `localhost` rule names 127.0.0.1 and ::1).
     """
-    if config.krate_src not in sys.path:
-        sys.path.insert(0, config.krate_src)
+    install_given(config.given)
     from pathlib import Path
 
     from krate.policy.decide import EffectivePolicy, NetRule
@@ -995,7 +998,15 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
             stop.set()
 
     await loop.connect_read_pipe(Watch, os.fdopen(0, "rb", buffering=0))
-    emit({"type": "ready", "listen": config.listen, "port": address, "pid": os.getpid()})
+    emit(
+        {
+            "type": "ready",
+            "listen": config.listen,
+            "port": address,
+            "pid": os.getpid(),
+            "python": import_report(),
+        }
+    )
     await stop.wait()
     server.close()
     if proxy.tasks:
@@ -1016,6 +1027,63 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
     emit({"type": "closed", "connections": proxy.count})
 
 
+class Given:
+    """Serves the modules krate sent, by exact name, after every standard finder."""
+
+    def __init__(self, modules: dict) -> None:
+        self.modules = modules
+
+    def find_spec(self, name, path=None, target=None):
+        entry = self.modules.get(name)
+        if entry is None:
+            return None
+        from importlib.machinery import ModuleSpec
+
+        spec = ModuleSpec(name, self, origin=f"krate:{entry.get('path', name)}",
+                          is_package=bool(entry.get("package")))  # fmt: skip
+        if entry.get("package"):
+            spec.submodule_search_locations = []
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        entry = self.modules[module.__name__]
+        if entry.get("package"):
+            return
+        import binascii
+        import marshal
+        import zlib
+
+        data = zlib.decompress(binascii.a2b_base64(entry.get("code") or entry["source"]))
+        if "code" in entry:
+            code = marshal.loads(data)
+        else:
+            code = compile(data, f"krate:{entry['path']}", "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+
+
+def install_given(modules: dict) -> None:
+    if modules:
+        sys.meta_path.append(Given(modules))  # last: a standard name always wins
+
+
+def import_report() -> dict:
+    """What this process can import and what it did: its sys.path and its loaded modules' files.
+
+    (The transport has the same few lines: neither helper may import the other.)
+    """
+    loaded = list(sys.modules.values())
+    files = {getattr(m, "__file__", None) for m in loaded}
+    given = sorted(m.__name__ for m in loaded if isinstance(getattr(m, "__loader__", None), Given))
+    return {
+        "path": list(sys.path),
+        "files": sorted(f for f in files if isinstance(f, str)),
+        "given": given,
+    }
+
+
 def main() -> int:
     # Ctrl-C reaches the whole process group; the proxy stops only when krate says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1023,8 +1091,12 @@ def main() -> int:
     config = Config.from_json(read_config_line())
     emit = Emitter(config.journal_fd)
     decide, explicit = load_policy(config)
-    asyncio.run(serve(config, decide, explicit, emit))
-    return 0
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(serve(config, decide, explicit, emit))
+    # Every line is written (os.write, unbuffered) and the relay threads are daemons: skip
+    # the interpreter's and the executor's teardown, which krate's run would wait for (a
+    # name lookup still running in the executor would hold it for its whole timeout).
+    os._exit(0)
 
 
 if __name__ == "__main__":

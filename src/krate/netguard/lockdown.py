@@ -125,10 +125,93 @@ def pack(program: list[tuple[int, int, int, int]]) -> bytes:
     return b"".join(struct.pack("=HBBI", *ins) for ins in program)
 
 
+class ImportsHeld(ImportError):
+    """A third-party import before the lockdown of a deferred command: a bug in krate."""
+
+
+class _Gate:
+    """A meta-path finder that lets only krate and the standard library load before the lockdown.
+
+    Installed by `hold_imports()` for the commands that defer their lockdown until
+    their sandbox or helpers exist: until `apply()`, no third-party package can even
+    be imported there, so none of its code runs with network access. Standard
+    modules are looked up in the standard library folders only (a `pathlib.py`
+    planted in site-packages is never found); submodules follow their package.
+    """
+
+    def __init__(self, stdlib: list[str], path_finder: Any) -> None:
+        self.stdlib, self.path_finder = stdlib, path_finder
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None or name == "krate":
+            return None  # a submodule of an admitted package, or krate itself: normal lookup
+        if name in sys.stdlib_module_names:
+            spec = self.path_finder.find_spec(name, self.stdlib)
+            if spec is None:  # not in this build (msvcrt on Linux): as Python says it
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return spec
+        raise ImportsHeld(
+            f"{name} was imported before krate's network lockdown; only the standard library "
+            "and krate may load before it (a bug: please report it)"
+        )
+
+
+_gate: _Gate | None = None
+
+
+def _stdlib_dirs() -> list[str]:
+    """The standard library's folders on sys.path (never a site-packages folder)."""
+    base = getattr(sys, "_stdlib_dir", None) or os.path.dirname(os.__file__)
+    found = []
+    for entry in sys.path:
+        parts = entry.split(os.sep)
+        if "site-packages" in parts or "dist-packages" in parts:
+            continue
+        if entry == base or entry.startswith(base + os.sep) or entry.endswith(".zip"):
+            found.append(entry)
+    return found
+
+
+def hold_imports() -> None:
+    """Until `apply()`: nothing but krate and the standard library may be imported."""
+    global _gate
+    with _lock:
+        if _applied is not None or _gate is not None:
+            return
+        # After the built-in and frozen importers, before the path finder.
+        index = next(
+            (i for i, f in enumerate(sys.meta_path) if getattr(f, "__name__", "") == "PathFinder"),
+            None,
+        )
+        if index is None:
+            return  # not CPython's usual import system: nothing to hold with
+        _gate = _Gate(_stdlib_dirs(), sys.meta_path[index])
+        sys.meta_path.insert(index, _gate)
+
+
+def imports_held() -> bool:
+    """True while a deferred command has not locked down yet (third-party imports refused)."""
+    return _gate is not None
+
+
+def _release_imports() -> None:
+    global _gate
+    if _gate is not None:
+        if _gate in sys.meta_path:
+            sys.meta_path.remove(_gate)
+        _gate = None
+
+
+def applied() -> bool:
+    """Whether `apply()` has run in this process (whatever it achieved)."""
+    return _applied is not None
+
+
 def apply() -> dict[str, Any]:
     """Lock this process (and its future children) out of IP sockets; idempotent.
 
-    Returns what was applied, or why nothing could be; never raises.
+    Returns what was applied, or why nothing could be; never raises. Third-party
+    imports held by `hold_imports()` are let through once the lockdown is in place.
     """
     global _applied
     with _lock:
@@ -143,6 +226,8 @@ def apply() -> dict[str, Any]:
                 _applied = {"applied": False, "reason": f"no lockdown for {sys.platform}"}
         except Exception as exc:  # a lockdown failure must never stop krate
             _applied = {"applied": False, "reason": f"{type(exc).__name__}: {exc}"}
+        finally:
+            _release_imports()
         return dict(_applied)
 
 

@@ -82,8 +82,12 @@ def _joined_lines(text: str):
         yield line
 
 
-def classify(log: str) -> Observation:
-    """Every inet socket syscall in an `strace -f -yy -o` log, with what became of it."""
+def classify(log: str, ignore: frozenset[int] | set[int] = frozenset()) -> Observation:
+    """Every inet socket syscall in an `strace -f -yy -o` log, with what became of it.
+
+    `ignore`: the threads of the workload's sandbox (its own network namespace), which a
+    real `krate run` in the proof starts.
+    """
     obs = Observation()
     programs: dict[int, str] = {}
     for line in _joined_lines(log):
@@ -92,6 +96,8 @@ def classify(log: str) -> Observation:
             continue
         pid_text, name, args, ret, tail = match.groups()
         pid = int(pid_text)
+        if pid in ignore:
+            continue
         errno = tail.split()[0] if ret == "-1" and tail.split() else None
         ok = ret not in ("-1", "?")
         if name == "execve":
@@ -165,14 +171,47 @@ def netns_args() -> list[str]:
     return ["--unshare-net", "--die-with-parent", "--dev-bind", "/", "/", "--"]
 
 
-def wrap(argv: list[str], *, strace: str | None, bwrap: str | None, log: str | None) -> list[str]:
-    """`strace -f ... -- bwrap --unshare-net ... -- argv`, with whichever exist."""
+def wrap(
+    argv: list[str],
+    *,
+    strace: str | None,
+    bwrap: str | None,
+    log: str | None,
+    trace: str = TRACE,
+    strings: int = 0,
+) -> list[str]:
+    """`strace -f ... -- bwrap --unshare-net ... -- argv`, with whichever exist.
+
+    `-q`, not `-qq`: process exits stay in the log (startup.py needs them).
+    `strings`: how much of each string argument to show; 0 (no data) unless the
+    programs' command lines are needed (a real run: which child is a helper).
+    """
     cmd = list(argv)
     if bwrap:
         cmd = [bwrap, *netns_args(), *cmd]
     if strace and log:
-        cmd = [strace, "-f", "-qq", "-yy", "-s", "0", "-e", f"trace={TRACE}", "-o", log, "--", *cmd]
+        pidns = ["--pidns-translation"] if _translates_pidns(strace) else []
+        cmd = [strace, "-f", "-q", *pidns, "-yy", "-s", str(strings), "-e", f"trace={trace}",
+               "-o", log, "--", *cmd]  # fmt: skip
     return cmd
+
+
+_PIDNS: dict[str, bool] = {}
+
+
+def _translates_pidns(strace: str) -> bool:
+    """strace >= 5.19 names a sandbox child's pid as strace sees it (startup.py needs it)."""
+    if strace not in _PIDNS:
+        try:
+            done = subprocess.run(
+                [strace, "--pidns-translation", "-o", "/dev/null", "true"],
+                capture_output=True,
+                timeout=30,
+            )
+            _PIDNS[strace] = done.returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _PIDNS[strace] = False
+    return _PIDNS[strace]
 
 
 def seatbelt_wrap(argv: list[str], sandbox_exec: str) -> list[str]:

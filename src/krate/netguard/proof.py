@@ -1,4 +1,4 @@
-"""`krate audit network --prove`: a self-test a reviewer can run, four layers of evidence.
+"""`krate audit network --prove`: a self-test a reviewer can run, seven layers of evidence.
 
 It runs every krate command that has no network purpose (the list comes from the
 CLI's own command tree, so a new command is covered without editing anything
@@ -10,13 +10,24 @@ here) as child processes with an isolated KRATE_HOME, and gathers:
    showing the guard does refuse and attribute one;
 3. OS observer: each command inside an empty network namespace (bwrap) and under
    `strace -f`, every inet socket syscall classified none / refused / created / sent;
-4. static: import contract, RECORD hashes, code-loading hooks (static.py).
+4. static: import contract, RECORD hashes, code-loading hooks (static.py);
+5. start-up (seen by strace, startup.py): no process of krate opened third-party
+   code before its lockdown, and nothing it started before then outlived it but
+   the sandbox and the helpers; for every command, and for a real `krate run`
+   and a real `krate build` of a no-op workload (which start the sandbox and the
+   egress proxy, then lock down);
+6. helpers (helpercheck.py): the egress proxy and the registry transport, started
+   as krate starts them, can import only the standard library and krate's copied
+   files;
+7. bytecode (bytecode.py): every cached `.pyc` a process ran before its lockdown
+   (and every one a helper ran, and all of krate's) matches a fresh compile of
+   its source.
 
 A layer that cannot be checked here is reported as unchecked and lowers the
 verdict to "consistent"; the exit status is 0 only when no checked evidence
-disagrees. Commands with a network purpose (lockdown.DEFERRED_COMMANDS) are run
-with --help only: what they do on the network is recorded by the egress ledger
-instead. Never writes outside its own temporary folder, never uses the network.
+disagrees. login and push (they reach a registry) are run with --help only: what
+they do on the network is recorded by the egress ledger instead. Never writes
+outside its own temporary folder, never uses the network.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from krate.netguard import guard, lockdown, observer, static
+from krate.netguard import bytecode, guard, helpercheck, lockdown, observer, startup, static
 from krate.netguard.commands import leaf_commands
 
 # Harmless invocations that exercise the real command (not just its --help) in an
@@ -56,6 +67,12 @@ SAFE_INVOCATIONS: dict[tuple[str, ...], list[str]] = {
     ("builds", "last"): ["builds", "last", "--json"],
     ("policy", "list"): ["policy", "list", "--json"],
     ("doctor",): ["doctor", "--json"],  # runs a real sandboxed test command
+}
+# Real runs of the commands that start a sandbox and the egress proxy before their
+# lockdown (default policy: the proxy starts), with a no-op workload, in a fresh store.
+REAL_INVOCATIONS: dict[tuple[str, ...], list[str]] = {
+    ("run",): ["run", "--", "true"],
+    ("build",): ["build", "--out", "out", "--", "touch", "out"],
 }
 # Run these first: later invocations read what they wrote (audit show 1).
 RUN_FIRST = (("audit", "note"),)
@@ -85,11 +102,12 @@ GUARD_CONTROL = (
 class Invocation:
     command: str
     argv: list[str]
-    mode: str  # "safe", "help", "fast path", "completion"
+    mode: str  # "safe", "help", "real", "fast path", "completion"
     env: dict[str, str] = field(default_factory=dict)
     expect_lockdown: bool = True
     note: str | None = None
     writes_base: bool = False  # runs first, in the store every later command starts from
+    fresh: bool = False  # starts from an empty store (migrations pending)
 
 
 def plan(root: Any) -> list[Invocation]:
@@ -113,7 +131,17 @@ def plan(root: Any) -> list[Invocation]:
     paths = leaf_commands(root)
     for path in paths:
         name = " ".join(path)
-        if path[0] in lockdown.DEFERRED_COMMANDS:
+        if path in REAL_INVOCATIONS:
+            items.append(
+                Invocation(
+                    name,
+                    list(REAL_INVOCATIONS[path]),
+                    "real",
+                    fresh=True,
+                    note=f"a real no-op workload: {lockdown.DEFERRED_COMMANDS[path[0]]}",
+                )
+            )
+        elif path[0] in lockdown.DEFERRED_COMMANDS:
             items.append(
                 Invocation(
                     name,
@@ -157,27 +185,40 @@ def prove(
             work = Path(tmp) / f"c{index}"
             work.mkdir(mode=0o700)
             home = work / "home"
-            if base.exists():
+            if base.exists() and not item.fresh:
                 shutil.copytree(base, home)
-            return _run(item, krate, environ, home, work, strace, bwrap, seatbelt)
+            return _run(item, krate, environ, home, work, strace, bwrap, seatbelt, package_dir)
 
         first = [(i, it) for i, it in enumerate(items) if it.writes_base]
         rest = [(i, it) for i, it in enumerate(items) if not it.writes_base]
         results: dict[int, dict[str, Any]] = {}
         for index, item in first:
-            results[index] = _run(item, krate, environ, base, Path(tmp), strace, bwrap, seatbelt)
+            results[index] = _run(
+                item, krate, environ, base, Path(tmp), strace, bwrap, seatbelt, package_dir
+            )
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             for (index, _), result in zip(rest, pool.map(one, rest), strict=True):
                 results[index] = result
         results_list = [results[i] for i in range(len(items))]
         control = _guard_control(python, environ, Path(tmp))
+        helpers_layer = helpercheck.check(python, environ)
     results = results_list
     static_layer = static.check(package_dir, environ, sys_path)
+    startup_layer = _startup_layer(results, strace)
+    bytecode_layer = _bytecode_layer(results, helpers_layer, package_dir, strace)
     # Read last: opening the stores above imported third-party code into this process too.
     guard_layer = _guard_layer(results, guard.violations(), control)
     os_layer = _os_layer(results, strace, bwrap, seatbelt)
     _lockdown_per_command(kernel, results, strace)
-    layers = {"kernel": kernel, "guard": guard_layer, "os": os_layer, "static": static_layer}
+    layers = {
+        "kernel": kernel,
+        "guard": guard_layer,
+        "os": os_layer,
+        "static": static_layer,
+        "startup": startup_layer,
+        "helpers": helpers_layer,
+        "bytecode": bytecode_layer,
+    }
 
     disagree = [name for name, layer in layers.items() if layer["checked"] and not layer["agrees"]]
     unchecked = [name for name, layer in layers.items() if not layer["checked"]]
@@ -201,9 +242,13 @@ def prove(
             "mDNSResponder) act outside it.",
             "Code the Python environment runs before krate's entry point (.pth files, "
             "sitecustomize, LD_PRELOAD) runs before the lockdown; the hooks present are listed "
-            "under layers.static.hooks.",
-            "Commands with a network purpose (run, build, login, push) are checked through --help "
-            "only; the connections their helpers make are in `krate audit network`.",
+            "under layers.static.hooks and the files they opened under "
+            "layers.startup.before_entry_point.",
+            "run and build are checked through a real no-op workload, login and push through "
+            "--help only; the connections their helpers make are in `krate audit network`.",
+            "The helpers' import report is their own; the start-up and bytecode layers check "
+            "from outside what they opened and ran (with strace; without it, only krate's own "
+            "bytecode and this process's are compared with their sources).",
         ],
     }
 
@@ -211,13 +256,19 @@ def prove(
 def _summary(verdict: str, results: list, attempts: int, disagree: list, unchecked: list) -> str:
     n = len(results)
     if verdict == "proven":
-        return f"proven: {n} commands, {attempts} outbound attempts; all 4 layers checked and agree"
+        return (
+            f"proven: {n} commands, {attempts} outbound attempts; all {LAYER_COUNT} layers "
+            "checked and agree"
+        )
     if verdict == "consistent":
         return (
             f"consistent but not proven: {n} commands, {attempts} outbound attempts; "
             f"could not check: {', '.join(unchecked)}"
         )
     return f"FAILED: {n} commands, {attempts} outbound attempts; disagreeing: {', '.join(disagree)}"
+
+
+LAYER_COUNT = 7
 
 
 def _child_env(environ: Mapping[str, str], home: Path, extra: Mapping[str, str]) -> dict[str, str]:
@@ -236,10 +287,14 @@ def _run(
     strace: str | None,
     bwrap: str | None,
     seatbelt: str | None = None,
+    package_dir: Path | None = None,
 ) -> dict[str, Any]:
     log = str(cwd / "strace.log")
     argv = [*krate, *item.argv]
-    cmd = observer.wrap(argv, strace=strace, bwrap=bwrap, log=log)
+    strings = 512 if item.mode == "real" else 0  # argv names the helpers; no workload data
+    cmd = observer.wrap(
+        argv, strace=strace, bwrap=bwrap, log=log, trace=startup.TRACE, strings=strings
+    )
     if seatbelt:
         cmd = observer.seatbelt_wrap(cmd, seatbelt)
     before = _violation_count(home)
@@ -259,12 +314,15 @@ def _run(
         code, err = None, "timed out after 120 s"
     recorded = _violation_count(home) - before
     guard_hits = max(recorded, err.count("krate: refused network access"))
-    observed = None
+    observed = started = None
     if strace:
         try:
-            observed = observer.classify(Path(log).read_text(encoding="utf-8", errors="replace"))
+            text = Path(log).read_text(encoding="utf-8", errors="replace")
         finally:
             Path(log).unlink(missing_ok=True)
+        package = str((package_dir or Path(__file__).parent.parent).resolve())
+        started = startup.analyse(text, package)
+        observed = observer.classify(text, ignore=set(started.pop("sandbox_pids", ())))
     result = {
         "command": item.command,
         "argv": ["krate", *item.argv],
@@ -276,6 +334,7 @@ def _run(
         "observed_processes": observed.processes if observed else None,
         "lockdown_applied": (observed.lockdown_calls > 0) if observed else None,
         "expect_lockdown": item.expect_lockdown,
+        "startup": started,
     }
     if item.note:
         result["note"] = item.note
@@ -341,6 +400,74 @@ def _lockdown_per_command(kernel: dict, results: list, strace: str | None) -> No
     }
     if missing:
         kernel["agrees"] = False
+
+
+def _startup_layer(results: list, strace: str | None) -> dict[str, Any]:
+    """No third-party code before any lockdown; nothing started before it outlives it."""
+    if not strace:
+        return {"checked": False, "agrees": False, "why": "needs strace to see what ran when"}
+    code, outlived, before_entry = [], [], set()
+    real = {}
+    for r in results:
+        s = r.get("startup") or {}
+        code += [{"command": r["command"], **c} for c in s.get("third_party_while_unlocked", [])]
+        outlived += [{"command": r["command"], **o} for o in s.get("outlived_lockdown", [])]
+        before_entry.update(s.get("before_entry_point", []))
+        if r["mode"] == "real":
+            real[r["command"]] = {
+                "exit_code": r["exit_code"],
+                "locked_down": s.get("locked_down"),
+                "helpers": s.get("helpers", []),
+                "children_before_lockdown": s.get("children_before_lockdown", []),
+            }
+    exercised = bool(real) and all(v["exit_code"] == 0 and v["locked_down"] for v in real.values())
+    layer = {
+        "checked": exercised,
+        "agrees": exercised and not code and not outlived,
+        "real_runs": real,
+        "third_party_while_unlocked": code,
+        "outlived_lockdown": outlived,
+        "before_entry_point": sorted(before_entry),
+        "cannot_show": (
+            "code that the Python environment runs before krate's entry point (listed under "
+            "before_entry_point); what a process does without opening a file"
+        ),
+    }
+    if not exercised:
+        layer["why"] = "the real run and build did not both start and lock down here"
+    return layer
+
+
+def _bytecode_layer(
+    results: list, helpers_layer: dict, package_dir: Path, strace: str | None
+) -> dict[str, Any]:
+    """Every cached .pyc that ran unlocked (or in a helper), and all of krate's, vs its source."""
+    import importlib.util
+
+    files = {str(p) for p in package_dir.rglob("__pycache__/*.pyc")}
+    for r in results:
+        files.update((r.get("startup") or {}).get("bytecode", []))
+    for helper in helpers_layer.get("helpers", {}).values():
+        for source in helper.get("files", []):
+            if source.endswith(".py"):
+                files.add(importlib.util.cache_from_source(source))
+    if not strace:  # what this process loaded stands in for what the commands did
+        for module in list(sys.modules.values()):
+            cached = getattr(module, "__cached__", None)
+            if isinstance(cached, str):
+                files.add(cached)
+    files = {f for f in files if os.path.exists(f)}
+    result = bytecode.check(files)
+    return {
+        "checked": True,
+        "agrees": result["ok"],
+        "source": "files strace saw opened" if strace else "krate's and this process's modules",
+        **result,
+        "cannot_show": (
+            "bytecode that replaced its source too (RECORD covers installed sources); "
+            "code that never came from a .pyc file (C extensions: RECORD covers them)"
+        ),
+    }
 
 
 def _guard_control(python: str, environ: Mapping[str, str], cwd: Path) -> dict[str, Any]:
@@ -485,6 +612,49 @@ def lines(result: dict[str, Any]) -> list[str]:
     )
     for h in s["hooks"]:
         out.append(f"            {h['kind']}: {h['where']}")
+
+    st = layers["startup"]
+    if st["checked"] or st.get("real_runs"):
+        real = ", ".join(
+            f"{name} exit {v['exit_code']}, started {', '.join(v['children_before_lockdown'])}"
+            for name, v in st.get("real_runs", {}).items()
+        )
+        text = (
+            f"{len(st.get('third_party_while_unlocked', []))} third-party files opened before a "
+            f"lockdown, {len(st.get('outlived_lockdown', []))} early children outlived it; "
+            f"real runs: {real or 'none'}"
+        )
+    else:
+        text = st.get("why", "")
+    out.append(f"startup {status(st):<9}  {text}")
+    for c in st.get("third_party_while_unlocked", [])[:10]:
+        out.append(f"          {c['command']}: {c['process']} opened {c['path']}")
+    for o in st.get("outlived_lockdown", [])[:10]:
+        out.append(f"          {o['command']}: {o['program']} (pid {o['pid']}) outlived it")
+    for path in st.get("before_entry_point", []):
+        out.append(f"          before krate's entry point (outside the proof): {path}")
+
+    h = layers["helpers"]
+    out.append(
+        f"helpers {status(h):<9}  standard library: {', '.join(h.get('standard_library', []))}"
+    )
+    for name, one in h.get("helpers", {}).items():
+        if "path" in one:
+            text = f"path {one['path']}; {one['modules_loaded']} modules loaded"
+        else:
+            text = one.get("why", "")
+        verdict = {True: "ok", False: "NOT OK", None: "not checked"}[one.get("ok")]
+        out.append(f"          {name}: {verdict}: {text}")
+        for bad in one.get("foreign_path", []) + one.get("foreign_files", [])[:10]:
+            out.append(f"            not the standard library or krate's copy: {bad}")
+
+    b = layers["bytecode"]
+    out.append(
+        f"bytecode {status(b):<8}  {b['files_checked']} cached .pyc files ({b['source']}) "
+        f"compared with their sources in {b['seconds']} s; {len(b['differ'])} differ"
+    )
+    for bad in b["differ"][:10]:
+        out.append(f"          {bad['file']}: {bad['why']}")
 
     out += ["", "commands (mode, exit, outbound attempts, what strace saw):"]
     for r in result["commands"]:

@@ -255,7 +255,7 @@ def check(package_dir: Path, environ: Mapping[str, str], paths: Iterable[str]) -
         "cannot_show": (
             "whether third-party code krate imports would use the network (the installed closure "
             "contains full HTTP stacks krate never calls: the kernel and observer layers cover "
-            "that); tampered bytecode in __pycache__ (RECORD lists no hash for it); files of an "
-            "editable install"
+            "that); bytecode in __pycache__ (RECORD lists no hash for it: the bytecode layer "
+            "compares it with its source); files of an editable install"
         ),
     }

@@ -189,6 +189,23 @@ class Transport:
     def pid(self) -> int:
         return self.proc.pid
 
+    def import_report(self, timeout: float = 60) -> dict[str, Any]:
+        """Its sys.path and loaded module files (for the proof); it connects nowhere."""
+        if self._done:
+            raise RuntimeError("transport already used")
+        self._done = True
+        try:
+            out, _err = self.proc.communicate(json.dumps({"op": "report"}).encode(), timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _err = self.proc.communicate()
+        for raw in out.splitlines():
+            with contextlib.suppress(ValueError):
+                line = json.loads(raw)
+                if isinstance(line, dict) and line.get("type") == "done":
+                    return line.get("python") or {}
+        return {}
+
     def abandon(self) -> None:
         """End it without a job (nothing was sent; it exits on EOF)."""
         if self._done:

@@ -1,10 +1,12 @@
 """krate's registry transport: the only code of krate that opens a network connection.
 
 Started by `krate login` / `krate push` as its own process, before krate locks
-itself out of IP sockets, with an isolated interpreter (`python -I -S
-transport.py`: no site-packages, no .pth files, no PYTHON* variables), so no
-third-party code ever runs with network access. Standard library only; it cannot
-import krate (the isolated interpreter does not put this folder on sys.path).
+itself out of IP sockets (and before krate loads any third-party package), with
+an isolated interpreter (`python -I -S transport.py`: no site-packages, no .pth
+files, no PYTHON* variables, not even this folder), so no third-party code and no
+file planted next to krate ever runs with network access. Standard library only;
+it cannot import krate. The job `{"op": "report"}` answers with its sys.path and
+loaded module files (`krate audit network --prove` checks them).
 
 Input: one JSON job on stdin (credentials included: never argv, never the
 environment), read to EOF. Output: JSON lines on stdout, for krate to record and
@@ -739,7 +741,19 @@ def with_digest(location: str, digest: str) -> str:
     return location + ("&" if urlsplit(location).query else "?") + urlencode({"digest": digest})
 
 
+def import_report() -> dict:
+    """What this process can import and what it did: its sys.path and its loaded modules' files.
+
+    (egress/proxy.py has the same few lines: neither helper may import the other.)
+    """
+    files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+    return {"path": list(sys.path), "files": sorted(f for f in files if isinstance(f, str))}
+
+
 def run(job: dict) -> None:
+    if job.get("op") == "report":  # for `krate audit network --prove`: no connection at all
+        emit("done", ok=True, python=import_report())
+        return
     client = Client(job)
     try:
         if job["op"] == "login":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +137,8 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
     """
     path = paths.db_path
     copy = path.with_name(headcopy.NAME)
+    if readonly and _imports_held() and not _current(path):
+        _migrate_locked(paths)  # run/build before their lockdown: the store is theirs to write
     if readonly:
         if path.exists():
             conn = _connect_readonly(path)
@@ -153,7 +156,7 @@ def open_store(paths: Paths, *, readonly: bool = False, clock: Clock = utc_now) 
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             conn.execute("PRAGMA journal_mode=WAL")
     _check_krate_db(conn, path, allow_pending=True)
-    _migrate(conn, path)
+    _migrate(conn, paths)
     for suffix in ("", "-wal", "-shm"):
         make_private_file(Path(str(path) + suffix))
     try:
@@ -271,10 +274,81 @@ def _check_krate_db(conn: sqlite3.Connection, path: Path, *, allow_pending: bool
     return True
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+def _imports_held() -> bool:
+    """run/build before their lockdown: sqlite-utils (third-party) must not load here."""
+    lockdown = sys.modules.get("krate.netguard.lockdown")
+    return lockdown is not None and lockdown.imports_held()
+
+
+def _current(path: Path) -> bool:
+    """The database exists and has every migration (plain sqlite3: no sqlite-utils)."""
+    if not path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        return set(schema.known_names()) <= set(_applied(conn))
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def _migrate_locked(paths: Paths) -> None:
+    """Create or migrate the store in a child process that locks itself down first.
+
+    Migrations use sqlite-utils, a third-party package: in a process that has not
+    locked down yet (run/build before their sandbox starts) it must not load, so a
+    fresh interpreter (`-I -S`: no .pth files, given this process's import path)
+    applies the lockdown, then opens the store as any command would, and exits.
+    """
+    import json
+    import subprocess
+
+    code = (
+        f"import sys; sys.path[:] = {json.dumps([p for p in sys.path if p])}; "
+        "from krate.store.connection import migrate_child; "
+        f"sys.exit(migrate_child({str(paths.data_dir)!r}, {str(paths.config_dir)!r}))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=BUSY_TIMEOUT_S + 60,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StoreError(f"cannot prepare the database {paths.db_path}: {exc}") from exc
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise StoreError(lines[-1] if lines else f"cannot prepare the database {paths.db_path}")
+
+
+def migrate_child(data_dir: str, config_dir: str) -> int:
+    """The child of `_migrate_locked`: lockdown first, then the ordinary writable open."""
+    from krate.netguard import lockdown
+
+    lockdown.apply()
+    try:
+        open_store(Paths(Path(data_dir), Path(config_dir))).close()
+    except StoreError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    return 0
+
+
+def _migrate(conn: sqlite3.Connection, paths: Paths) -> None:
+    path = paths.db_path
     with translate_errors(path):
         if set(schema.known_names()) <= set(_applied(conn)):
             return
+    if _imports_held():
+        _migrate_locked(paths)  # takes the write lock itself; this connection sees the result
+        return
+    with translate_errors(path):
         conn.execute("BEGIN IMMEDIATE")
         try:
             schema.migration_set().apply(_wrap(conn))  # re-checks pending under the lock

@@ -1,0 +1,183 @@
+"""The network helpers import only the standard library and krate's own copied files (issue 14.2).
+
+Attack: in an installed (non-editable) krate, site-packages is krate's own folder.
+Files named like standard modules (pathlib, hashlib, fnmatch, ...) planted there
+ran inside the egress proxy, with network access, and rewrote its decisions.
+Each test plants them, drives the real helper through the installed `krate`,
+and checks that no planted file ever ran, and that the decisions held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from krate.netguard import helpercheck
+
+from .egress_support import Server
+from .plant_support import plant, purelib, report_file, reports
+from .registry_server import needs_registry
+from .registry_support import USER, events, keychain_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux helpers")
+# Standard names the proxy and the transport import after start-up (pathlib first of all).
+STDLIB_NAMES = ("pathlib", "hashlib", "fnmatch", "base64", "ipaddress")
+
+
+@pytest.fixture
+def planted(installed, tmp_path):
+    """The installed krate with hostile standard-named modules in its site-packages."""
+    site = purelib(installed)
+    report = report_file(tmp_path / "report")
+    files = [plant(site, name, report, patch=name == "pathlib") for name in STDLIB_NAMES]
+    yield installed, report
+    for path in files:
+        path.unlink()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
+def test_a_planted_standard_module_never_runs_in_the_egress_proxy(planted, tmp_path):
+    venv, report = planted
+    server = Server()
+    try:
+        home, ws = tmp_path / "krate-home", tmp_path / "ws"
+        ws.mkdir()
+        script = (
+            f"curl -sS -o /dev/null -w '%{{http_code}}\\n' http://localhost:{server.port}/; "
+            f"curl -sS -o /dev/null -w '%{{http_code}}\\n' http://localhost:{server.port + 1}/"
+        )
+        env = dict(os.environ, KRATE_HOME=str(home))
+        krate = str(venv / "bin" / "krate")
+        args = ["run", "--policy", "strict", "--allow-host", f"localhost:{server.port}"]
+        done = subprocess.run(
+            [krate, *args, "--", "sh", "-c", script],
+            cwd=ws, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["200", "403"]  # the other port is denied, not "planted"
+        assert reports(report) == [], "a planted module ran"
+        shown = subprocess.run(
+            [krate, "runs", "show", "last", "--json"], env=env, capture_output=True, text=True
+        )
+        network = [d for d in json.loads(shown.stdout)["decisions"] if d.get("area") == "network"]
+        assert [(d["port"], d["verdict"]) for d in network] == [
+            (server.port, "allow"),
+            (server.port + 1, "deny"),
+        ]
+        assert not [d for d in network if d["layer"] == "planted"]
+    finally:
+        server.close()
+
+
+@needs_registry
+def test_a_planted_standard_module_never_runs_in_the_registry_transport(
+    planted, registry, password, tmp_path
+):
+    venv, report = planted
+    home = tmp_path / "krate-home"
+    env = keychain_env(tmp_path / "keychain.json", KRATE_HOME=str(home))
+    done = subprocess.run(
+        [str(venv / "bin" / "krate"), "login", registry.name, "-u", USER, "--password-stdin"],
+        input=password + "\n", env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert reports(report) == [], "a planted module ran"
+    egress = events(home, "network.egress")
+    assert {(e["host"], e["port"]) for e in egress} == {("127.0.0.1", registry.port)}
+
+
+def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted):
+    """What `krate audit network --prove` checks, from the installed krate."""
+    venv, report = planted
+    code = (
+        "import json, os, sys\n"
+        "from krate.netguard import helpercheck\n"
+        "print(json.dumps(helpercheck.check(sys.executable, os.environ)))\n"
+    )
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120
+    )
+    layer = json.loads(done.stdout)
+    assert layer["checked"] and layer["agrees"], layer
+    proxy, transport = layer["helpers"]["egress proxy"], layer["helpers"]["registry transport"]
+    for helper in (proxy, transport):
+        assert helper["ok"] and helper["modules_loaded"] > 20
+        assert helper["path"] == layer["standard_library"]  # nothing else, ever
+    assert proxy["given_by_krate"] == [
+        "krate", "krate.errors", "krate.policy", "krate.policy.decide", "krate.policy.hosts",
+        "krate.policy.model", "krate.policy.paths",
+    ]  # fmt: skip
+    assert transport["given_by_krate"] == []
+    assert reports(report) == []
+
+
+def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch, tmp_path):
+    """The hostile variant: a proxy that puts site-packages first, as the old one did."""
+    import site
+
+    import krate.egress
+
+    where = site.getsitepackages()[0]
+    future = "from __future__ import annotations\n"
+    hostile = tmp_path / "proxy.py"
+    hostile.write_text(
+        krate.egress.PROXY.read_text().replace(
+            future, f"{future}import sys; sys.path.insert(0, {where!r})\n", 1
+        )
+    )
+    assert helpercheck.check(sys.executable, os.environ)["agrees"]
+    monkeypatch.setattr(krate.egress, "PROXY", hostile)
+    layer = helpercheck.check(sys.executable, os.environ)
+    assert layer["checked"] and not layer["agrees"]
+    proxy = layer["helpers"]["egress proxy"]
+    assert not proxy["ok"] and proxy["foreign_path"] == [where]
+    assert layer["helpers"]["registry transport"]["ok"]
+
+
+def test_the_proxy_is_given_exactly_the_krate_modules_decide_imports():
+    """helperlib.MODULES must follow krate.policy.decide's imports (or the proxy cannot start)."""
+    from pathlib import Path
+
+    from krate.egress import helperlib
+    from krate.netguard.static import imported_modules
+
+    src = Path(helperlib.SRC)
+    needed, todo = set(), ["krate.policy.decide"]
+    while todo:
+        module = todo.pop()
+        rel = module.replace(".", "/") + ".py"
+        if rel in needed or not (src / rel).is_file():
+            continue
+        needed.add(rel)
+        for name, _line in imported_modules((src / rel).read_text()):
+            if name.startswith("krate."):
+                todo += [name, name.rsplit(".", 1)[0]]
+    assert needed == set(helperlib.MODULES)
+
+
+def test_what_the_proxy_is_given_is_the_installed_code(tmp_path):
+    """Each module goes as its cached bytecode (equal to its source's) or as its source."""
+    import binascii
+    import marshal
+    import zlib
+    from pathlib import Path
+
+    from krate.egress import helperlib
+
+    given = helperlib.given()
+    assert {n for n, e in given.items() if e.get("package")} == set(helperlib.PACKAGES)
+    for name, entry in given.items():
+        if entry.get("package"):
+            continue
+        source = Path(helperlib.SRC) / entry["path"]
+        assert entry["path"] == name.replace(".", "/") + ".py"
+        data = zlib.decompress(binascii.a2b_base64(entry.get("code") or entry["source"]))
+        fresh = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
+        if "code" in entry:
+            assert marshal.loads(data) == fresh
+        else:
+            assert data == source.read_bytes()
