@@ -18,6 +18,7 @@ import pytest
 
 from krate.netguard import helpercheck
 
+from .conftest import as_root
 from .egress_support import Server
 from .plant_support import plant, purelib, report_file, reports
 from .registry_server import needs_registry
@@ -52,7 +53,7 @@ def test_a_planted_standard_module_never_runs_in_the_egress_proxy(planted, tmp_p
         )
         env = dict(os.environ, KRATE_HOME=str(home))
         krate = str(venv / "bin" / "krate")
-        args = ["run", "--policy", "strict", "--allow-host", f"localhost:{server.port}"]
+        args = [*as_root(["run"]), "--policy", "strict", "--allow-host", f"localhost:{server.port}"]
         done = subprocess.run(
             [krate, *args, "--", "sh", "-c", script],
             cwd=ws, env=env, capture_output=True, text=True, timeout=120,

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from .conftest import as_root
 from .plant_support import plant, purelib, report_file, reports
 
 pytestmark = [
@@ -48,7 +49,11 @@ def krate(venv, *args, home=None, env=None, **kw):
         full["KRATE_HOME"] = str(home)
     kw.setdefault("timeout", 120)
     return subprocess.run(
-        [str(venv / "bin" / "krate"), *args], env=full, capture_output=True, text=True, **kw
+        [str(venv / "bin" / "krate"), *as_root(args)],
+        env=full,
+        capture_output=True,
+        text=True,
+        **kw,
     )
 
 
@@ -137,7 +142,7 @@ def test_run_purges_expired_deleted_data_after_its_lockdown(krate_home, tmp_path
     assert run_krate("data", "delete", "--yes").returncode == 0
     (entry,) = area.iterdir()
     entry.rename(entry.with_name(deletion.stamp_of(datetime.now(UTC) - timedelta(days=8))))
-    done = run_krate("run", "--no-network", "--", "true", cwd=tmp_path)
+    done = run_krate(*as_root(["run", "--no-network"]), "--", "true", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert not area.exists()
     listed = run_krate("runs", "list", "--json")

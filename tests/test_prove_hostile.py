@@ -21,6 +21,7 @@ import pytest
 
 from krate.netguard.proof import lines
 
+from .conftest import as_root
 from .plant_support import purelib
 
 pytestmark = [
@@ -93,7 +94,7 @@ def test_prove_fails_on_tampered_bytecode_a_hostile_helper_and_early_third_party
     ws.mkdir()
     env = dict(os.environ, KRATE_HOME=str(tmp_path / "krate-home"))
     krate = str(venv / "bin" / "krate")
-    run = subprocess.run([krate, "run", "--no-network", "--", "true"], cwd=ws, env=env,
+    run = subprocess.run([krate, *as_root(["run", "--no-network"]), "--", "true"], cwd=ws, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert marker.read_text() == "ran unlocked\n"  # the planted bytecode did run (not caught)

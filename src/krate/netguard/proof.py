@@ -132,10 +132,13 @@ def plan(root: Any) -> list[Invocation]:
     for path in paths:
         name = " ".join(path)
         if path in REAL_INVOCATIONS:
+            argv = list(REAL_INVOCATIONS[path])
+            if os.geteuid() == 0:  # the proof's own root-owned folder: a root run on purpose
+                argv.insert(1, "--as-root")
             items.append(
                 Invocation(
                     name,
-                    list(REAL_INVOCATIONS[path]),
+                    argv,
                     "real",
                     fresh=True,
                     note=f"a real no-op workload: {lockdown.DEFERRED_COMMANDS[path[0]]}",
