@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import krate.egress
 from krate.egress import Limits, start_for_run
 from krate.paths import Paths
 
@@ -330,7 +331,8 @@ def test_empty_allow_list_starts_no_proxy(tmp_path, paths):
 def test_proxy_is_isolated_and_shuts_down_cleanly(tmp_path, paths, server):
     session = start(tmp_path, paths, f"127.0.0.1:{server.port}")
     cmdline = Path(f"/proc/{session.process.pid}/cmdline").read_bytes().split(b"\0")
-    assert cmdline[1:3] == [b"-I", b"-S"] and cmdline[3].endswith(b"egress/proxy.py")
+    assert cmdline[1:3] == [b"-I", b"-S"]
+    assert cmdline[3] == str(krate.egress.proxy_script()).encode()  # proxy.py or its bytecode
     environ = Path(f"/proc/{session.process.pid}/environ").read_bytes()
     assert b"KRATE_HOME" not in environ and b"HOME=" not in environ
     held, head = tunnel(session.tcp_port, f"127.0.0.1:{server.port}")

@@ -160,25 +160,15 @@ def test_the_proxy_is_given_exactly_the_krate_modules_decide_imports():
     assert needed == set(helperlib.MODULES)
 
 
-def test_what_the_proxy_is_given_is_the_installed_code(tmp_path):
-    """Each module goes as its cached bytecode (equal to its source's) or as its source."""
-    import binascii
-    import marshal
-    import zlib
+def test_the_proxy_is_named_krate_files_not_given_a_path():
     from pathlib import Path
 
     from krate.egress import helperlib
 
     given = helperlib.given()
     assert {n for n, e in given.items() if e.get("package")} == set(helperlib.PACKAGES)
-    for name, entry in given.items():
-        if entry.get("package"):
-            continue
-        source = Path(helperlib.SRC) / entry["path"]
-        assert entry["path"] == name.replace(".", "/") + ".py"
-        data = zlib.decompress(binascii.a2b_base64(entry.get("code") or entry["source"]))
-        fresh = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
-        if "code" in entry:
-            assert marshal.loads(data) == fresh
-        else:
-            assert data == source.read_bytes()
+    files = {n: e["file"] for n, e in given.items() if not e.get("package")}
+    assert sorted(files.values()) == sorted(helperlib.files())
+    for name, file in files.items():
+        assert Path(file) == Path(helperlib.SRC) / (name.replace(".", "/") + ".py")
+        assert Path(file).is_file()

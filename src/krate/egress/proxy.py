@@ -5,9 +5,9 @@ out is this proxy, which decides every connection with the policy and reports
 each one. It runs as its own small process, started before krate locks itself
 out of the network, with an isolated interpreter (`python -I -S proxy.py`):
 the standard library and nothing else on its path: no site-packages folder,
-ever. The few pure krate policy modules it decides with come from krate with
-its configuration and are served from memory, after the standard library
-(helperlib.py, `install_given`). Its ready line reports its path, every module
+ever. The few pure krate policy modules it decides with are named, with their
+exact files, in its configuration and loaded from those files only, after every
+standard finder (helperlib.py, `Given`). Its ready line reports its path, every module
 file it loaded and the modules it was given, for `krate audit network --prove`.
 
 Protocol with the parent (krate):
@@ -1028,7 +1028,7 @@ async def serve(config: Config, decide, explicit, emit: Emitter) -> None:
 
 
 class Given:
-    """Serves the modules krate sent, by exact name, after every standard finder."""
+    """Finds the modules krate named, by exact name and file, after every standard finder."""
 
     def __init__(self, modules: dict) -> None:
         self.modules = modules
@@ -1037,31 +1037,21 @@ class Given:
         entry = self.modules.get(name)
         if entry is None:
             return None
-        from importlib.machinery import ModuleSpec
+        if entry.get("package"):  # an empty package: only the named submodules below it
+            from importlib.machinery import ModuleSpec
 
-        spec = ModuleSpec(name, self, origin=f"krate:{entry.get('path', name)}",
-                          is_package=bool(entry.get("package")))  # fmt: skip
-        if entry.get("package"):
+            spec = ModuleSpec(name, self, origin="krate", is_package=True)
             spec.submodule_search_locations = []
-        return spec
+            return spec
+        from importlib.util import spec_from_file_location
+
+        return spec_from_file_location(name, entry["file"])  # uses its cached bytecode
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module) -> None:
-        entry = self.modules[module.__name__]
-        if entry.get("package"):
-            return
-        import binascii
-        import marshal
-        import zlib
-
-        data = zlib.decompress(binascii.a2b_base64(entry.get("code") or entry["source"]))
-        if "code" in entry:
-            code = marshal.loads(data)
-        else:
-            code = compile(data, f"krate:{entry['path']}", "exec", dont_inherit=True)
-        exec(code, module.__dict__)
+        pass  # the empty packages
 
 
 def install_given(modules: dict) -> None:
@@ -1076,7 +1066,7 @@ def import_report() -> dict:
     """
     loaded = list(sys.modules.values())
     files = {getattr(m, "__file__", None) for m in loaded}
-    given = sorted(m.__name__ for m in loaded if isinstance(getattr(m, "__loader__", None), Given))
+    given = sorted(m.__name__ for m in loaded if m.__name__.partition(".")[0] == "krate")
     return {
         "path": list(sys.path),
         "files": sorted(f for f in files if isinstance(f, str)),

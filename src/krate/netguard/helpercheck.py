@@ -6,10 +6,10 @@ files may be importable in them. Each is started here exactly as krate starts it
 (`krate.egress.start_for_run`, `Transport.start`) and reports its `sys.path` and
 the file of every module it loaded; both lists are checked against the standard
 library of an isolated interpreter (`python -I -S`) and the helper's own script;
-the only other modules allowed are krate's own policy modules that krate hands
-the proxy (served from memory, no file). A site-packages or dist-packages folder
-anywhere on a path, a module loaded from outside those places, or a handed-over
-module that is not krate's, fails the check.
+the only other files allowed are the few krate policy modules krate names to the
+proxy (loaded by exact file, not found on a path). A site-packages or
+dist-packages folder anywhere on a path, or a module loaded from anywhere else,
+fails the check.
 
 What it cannot show: a helper that lies about itself (the report is the helper's
 own); the OS observer's view of the files a helper opened in a real run, and the
@@ -100,8 +100,10 @@ def egress_report(python: str | None = None) -> tuple[dict[str, Any], list[str],
         finally:
             session.close(timeout=5)
         from krate import egress
+        from krate.egress import helperlib
 
-        return ready.get("python") or {}, [], [str(egress.PROXY)]
+        allowed = [str(egress.PROXY), str(egress.proxy_script()), *helperlib.files()]
+        return ready.get("python") or {}, [], allowed
 
 
 def transport_report(python: str, environ: Mapping[str, str]) -> tuple[dict, list, list]:

@@ -36,8 +36,11 @@ TRACE = (
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+|\?)(.*)$")
 _EXIT = re.compile(r"^(\d+)\s+\+\+\+ (exited|killed)")
 _RESOLVED = re.compile(r"^<(.*)>")
-ROLES = {"egress/proxy": "egress proxy", "registry/transport": "registry transport"}
-_HELPER_ARGV = re.compile(r'"[^"]*/krate/(egress/proxy|registry/transport)\.py"')
+ROLES = {"proxy": "egress proxy", "transport": "registry transport"}
+# The helper scripts, run from source or from their cached bytecode.
+_SCRIPT = r"/krate/(?:egress|registry)/(?:__pycache__/)?(proxy|transport)(?:\.[\w-]+)?\.pyc?"
+_HELPER_ARGV = re.compile(r'"[^"]*' + _SCRIPT + '"')
+_HELPER_OPEN = re.compile(_SCRIPT + "$")
 _TRANSLATED = re.compile(r"/\* (\d+) in strace's PID NS \*/")
 _CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
 SITE_DIRS = ("site-packages", "dist-packages")
@@ -172,10 +175,9 @@ def _findings(procs: dict[int, _Proc], main: _Proc | None, lock_line: dict[int, 
         if p.role:
             return p.role
         for _i, path, _locked in p.opens:
-            if path.endswith("/krate/egress/proxy.py"):
-                return "egress proxy"
-            if path.endswith("/krate/registry/transport.py"):
-                return "registry transport"
+            found = _HELPER_OPEN.search(path)
+            if found:
+                return ROLES[found.group(1)]
         return None
 
     tree = [p for p in procs.values() if in_tree(p) and not sandbox(p)]
