@@ -425,6 +425,8 @@ def start_for_run(
     clean_stale()
     recover(paths)
     python = python or os.path.realpath(sys.executable)
+    # Its bytecode is this interpreter's: another one gets the source.
+    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
     folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
     os.chmod(folder, 0o700 if run_as is None else 0o711)
     macos = platform == "darwin"
@@ -449,7 +451,7 @@ def start_for_run(
     try:
         try:
             process = subprocess.Popen(
-                [python, "-I", "-S", str(proxy_script())],
+                [python, "-I", "-S", str(script)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

@@ -369,7 +369,15 @@ def launch(
             try:
                 after_start()
             except BaseException:
-                kill_tree()  # e.g. the run could not be recorded: nothing may run on
+                # e.g. the run could not be recorded: nothing may run on. Killed before it
+                # names its init, bubblewrap can leave that init behind (and the caller's
+                # pipes open): wait briefly for the name.
+                deadline = time.monotonic() + 2.0
+                while status_stream and init_pid() is None and proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.002)
+                kill_tree()
                 proc.wait()
                 raise
         if state.get("pending"):
