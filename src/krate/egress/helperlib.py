@@ -28,6 +28,7 @@ from typing import Any
 SRC = Path(__file__).resolve().parent.parent.parent  # the folder holding the `krate` package
 # What `krate.policy.decide` needs, and nothing more (a test keeps this equal to its imports).
 MODULES = (
+    "krate/canonical.py",
     "krate/errors.py",
     "krate/policy/decide.py",
     "krate/policy/hosts.py",

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from krate import canonical
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -64,12 +65,10 @@ _LOWER_HEX = re.compile(r"^[0-9a-f]+$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 
-_canonical = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
-
 
 def encode(statement: Mapping[str, Any]) -> bytes:
     """Canonical bytes: sorted keys, no spaces, UTF-8. What is stored, hashed and enveloped."""
-    return _canonical(statement).encode("utf-8")
+    return canonical.encode(statement)
 
 
 def rfc3339(moment: datetime | str) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from krate import canonical
 from krate.store.connection import read_snapshot, translate_errors
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 GENESIS = "0" * 64
 _COLUMNS = "seq, ts, kind, run_id, data, prev_hash, hash"
 _str = json.JSONEncoder(ensure_ascii=False).encode
-_data = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
 
 
 class Event(NamedTuple):
@@ -74,7 +74,7 @@ def format_ts(moment: datetime) -> str:
 
 
 def encode_data(data: dict[str, Any]) -> str:
-    return _data(data)
+    return canonical.dumps(data)
 
 
 def row_hash(prev_hash: str, seq: int, ts: str, kind: str, run_id: str | None, data: str) -> str:
