@@ -194,7 +194,7 @@ def test_ambiguous_build_prefix(cli, tmp_path):
     b = record_build(tmp_path / "ws", run=facts())
     common = os.path.commonprefix([a.build.id, b.build.id])
     result = cli("builds", "show", common)
-    assert result.code == 1 and "ambiguous" in result.err
+    assert result.code == 2 and "ambiguous" in result.err
     assert a.build.id in result.err and b.build.id in result.err
 
 

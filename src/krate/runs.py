@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, NotFound, UsageError
+from krate import ids
+from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, UsageError
 from krate.paths import Paths
 from krate.policy import watch
 from krate.printable import printable
@@ -33,16 +34,11 @@ from krate.sandbox.env import Stripped, scrub
 from krate.sandbox.spec import SandboxSpec, build, is_within
 
 RUN_DIRS = "run"
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def new_run_id(now_ms: int | None = None, rand: int | None = None) -> str:
-    """16 characters, sortable by time: 10 of milliseconds, 6 random (Crockford base32)."""
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    r = int.from_bytes(os.urandom(4), "big") & (2**30 - 1) if rand is None else rand
-    head = "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in range(9, -1, -1))
-    tail = "".join(_CROCKFORD[(r >> (5 * i)) & 31] for i in range(5, -1, -1))
-    return head + tail
+    """16 characters, sortable by time (krate/ids.py)."""
+    return ids.new_id(now_ms, rand)
 
 
 class RunRequest(NamedTuple):
@@ -698,14 +694,16 @@ def show_run(paths: Paths, ref: str) -> tuple[Any, list[dict[str, Any]], list[An
     from krate.store import runs as runs_store
 
     with open_store(paths, readonly=True) as store:
-        found = runs_store.find(store, ref)
-        if not found:
-            raise NotFound(
-                "no runs yet" if ref == "last" else f"no run {ref!r}; see `krate runs list`"
-            )
-        if len(found) > 1:
-            raise UsageError(f"run id prefix {ref!r} is ambiguous; give more characters")
-        row = _effective(found[0])
+        found = ids.resolve(
+            ref,
+            "run",
+            last=lambda: next(iter(runs_store.list_runs(store, 1)), None),
+            exact=lambda run_id: runs_store.get_run(store, run_id),
+            prefixed=lambda prefix: runs_store.runs_with_prefix(store, prefix),
+            none_yet="no runs yet",
+            listing="krate runs list",
+        )
+        row = _effective(found)
         decisions = runs_store.decisions(store, row.id)
         run_events = events.query(store, run_id=row.id)
     return row, decisions, run_events

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from krate import __version__
+from krate import __version__, ids
 from krate.errors import KrateError, NotFound, UsageError
 from krate.printable import printable
 from krate.provenance import statement as st
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 BUILD_TYPE = "https://krate.sh/build-types/local/v1"
 BUILDER_ID = f"https://krate.sh/builder/krate@v{__version__}"
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 @dataclass(frozen=True)
@@ -92,11 +90,8 @@ class BuildResult:
 
 
 def new_build_id(now: datetime) -> str:
-    """16 characters sortable by time, like run ids: 10 of milliseconds, 6 random (base32)."""
-    ms = int(now.timestamp() * 1000)
-    rand = secrets.randbits(30)
-    head = "".join(_CROCKFORD[(ms >> (5 * i)) & 31] for i in range(9, -1, -1))
-    return head + "".join(_CROCKFORD[(rand >> (5 * i)) & 31] for i in range(5, -1, -1))
+    """16 characters sortable by time, like run ids (krate/ids.py)."""
+    return ids.new_id(int(now.timestamp() * 1000))
 
 
 def prepare(
@@ -309,10 +304,9 @@ def run_build(
     )
     result = execute(paths, policy, request)
     with open_store(paths) as store:
-        found = runs_store.find(store, result.run_id)
-        if len(found) != 1 or found[0].finished is None:
+        row = runs_store.get_run(store, result.run_id)
+        if row is None or row.finished is None:
             raise KrateError(f"the record of run {result.run_id} is incomplete; see krate runs")
-        row = found[0]
         sandbox: dict[str, Any] = {"workspace": row.workspace}
         if result.stripped:
             sandbox["environmentStripped"] = sorted(result.stripped)  # names only, never values
@@ -341,26 +335,15 @@ def find_build(store: Store, ref: str) -> BuildRow:
     """A build by id, unique id prefix, or `last`."""
     from krate.store import artifacts as rows
 
-    ref = ref.strip()
-    if ref == "last":
-        build = rows.last_build(store)
-        if build is None:
-            raise NotFound("no builds yet; record one with `krate build --out PATH -- CMD`")
-        return build
-    build = rows.get_build(store, ref.lower())
-    if build:
-        return build
-    matches = rows.builds_with_prefix(store, ref.lower()) if ref else []
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise KrateError(
-            f"build id prefix {ref!r} is ambiguous: "
-            + ", ".join(b.id for b in matches[:10])
-            + (" and more" if len(matches) > 10 else "")
-            + "; give more characters"
-        )
-    raise NotFound(f"no build {ref!r}; `krate builds list` shows them")
+    return ids.resolve(
+        ref,
+        "build",
+        last=lambda: rows.last_build(store),
+        exact=lambda build_id: rows.get_build(store, build_id),
+        prefixed=lambda prefix: rows.builds_with_prefix(store, prefix),
+        none_yet="no builds yet; record one with `krate build --out PATH -- CMD`",
+        listing="krate builds list",
+    )
 
 
 def find_artifact(store: Store, ref: str) -> list[ArtifactRow]:

@@ -129,19 +129,19 @@ def running(store: Store) -> list[RunRow]:
         return [_row(r) for r in store.conn.execute(sql).fetchall()]
 
 
-def find(store: Store, ref: str) -> list[RunRow]:
-    """Runs whose id is `ref` or starts with it (`last` means the newest run)."""
-    if ref == "last":
-        return list_runs(store, 1)
-    sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2"
-    low = ref.lower()
+def get_run(store: Store, run_id: str) -> RunRow | None:
+    """The run with exactly this id."""
+    sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE id = ?"
     with translate_errors(store.path):
-        exact = store.conn.execute(
-            f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE id = ?", (low,)
-        ).fetchall()
-        if exact:
-            return [_row(exact[0])]
-        rows = store.conn.execute(sql, (low, low + "\U0010ffff")).fetchall()
+        rows = store.conn.execute(sql, (run_id,)).fetchall()
+    return _row(rows[0]) if rows else None
+
+
+def runs_with_prefix(store: Store, prefix: str, limit: int = 11) -> list[RunRow]:
+    """Runs whose id starts with `prefix`, in id order."""
+    sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+    with translate_errors(store.path):
+        rows = store.conn.execute(sql, (prefix, prefix + "\U0010ffff", limit)).fetchall()
     return [_row(r) for r in rows]
 
 
