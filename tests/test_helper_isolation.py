@@ -109,8 +109,8 @@ def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted
         assert helper["ok"] and helper["modules_loaded"] > 20
         assert helper["path"] == layer["standard_library"]  # nothing else, ever
     assert proxy["given_by_krate"] == [
-        "krate", "krate.canonical", "krate.errors", "krate.policy", "krate.policy.decide",
-        "krate.policy.hosts", "krate.policy.model", "krate.policy.paths",
+        "krate", "krate.canonical", "krate.errors", "krate.hostport", "krate.policy",
+        "krate.policy.decide", "krate.policy.hosts", "krate.policy.model", "krate.policy.paths",
     ]  # fmt: skip
     assert transport["given_by_krate"] == []
     assert reports(report) == []

@@ -30,6 +30,7 @@ SRC = Path(__file__).resolve().parent.parent.parent  # the folder holding the `k
 MODULES = (
     "krate/canonical.py",
     "krate/errors.py",
+    "krate/hostport.py",
     "krate/policy/decide.py",
     "krate/policy/hosts.py",
     "krate/policy/model.py",

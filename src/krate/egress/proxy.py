@@ -235,19 +235,9 @@ def normalize_host(raw: str) -> str:
 
 
 def split_hostport(text: str, default_port: int | None) -> tuple[str, int]:
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError("unterminated IPv6 literal")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError("junk after IPv6 literal")
-        port_text = rest[1:] if rest else ""
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
+    from krate import hostport  # one of the files krate names (helperlib), loaded by now
+
+    host, port_text, _ = hostport.split(text)
     if port_text:
         if not port_text.isdigit():
             raise ValueError("port is not a number")

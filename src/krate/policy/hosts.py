@@ -17,6 +17,8 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
+from krate import hostport
+
 WEB_PORTS = frozenset({80, 443})
 ANY = "any"
 SUFFIX = "suffix"
@@ -156,15 +158,10 @@ def parse_pattern(text: str) -> tuple[HostPattern, ...]:
     if any(c.isspace() for c in raw):
         raise ValueError(f"`{text}` contains spaces")
     ports: frozenset[int] | None = WEB_PORTS
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0:
-            raise ValueError(f"`{text}`: missing `]` after an IPv6 address")
-        host, rest = raw[1:end], raw[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"`{text}`: expected `:PORT` after `]`")
-            ports = _parse_port(rest[1:])
+    host, port, bracketed = _split(text)
+    if port is not None:
+        ports = _parse_port(port)
+    if bracketed:
         ip = normalize_ip(host)
         if ip is None or ":" not in host:
             raise ValueError(f"`{host}` in brackets is not an IPv6 address")
@@ -176,10 +173,6 @@ def parse_pattern(text: str) -> tuple[HostPattern, ...]:
                 f"`{text}` is not a valid IPv6 address (use [ADDRESS]:PORT for a port)"
             )
         return (HostPattern(EXACT, ip, ports, True),)
-    host = raw
-    if ":" in raw:
-        host, port = raw.rsplit(":", 1)
-        ports = _parse_port(port)
     if host == "*":
         return (HostPattern(ANY, "", ports),)
     if host.startswith("*."):
@@ -246,23 +239,20 @@ def intersect(a: HostPattern, b: HostPattern) -> HostPattern | None:
     return HostPattern(host.kind, host.host, ports, host.is_ip)
 
 
+def _split(text: str) -> tuple[str, str | None, bool]:
+    try:
+        return hostport.split(text)
+    except ValueError as exc:
+        raise ValueError(f"`{text}`: {exc}") from None
+
+
 def split_host_port(text: str, default_port: int = 443) -> tuple[str, int]:
     """`HOST[:PORT]` or `[V6]:PORT` as typed on a command line; raise ValueError if malformed."""
-    raw = text.strip()
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0:
-            raise ValueError(f"`{text}`: missing `]` after an IPv6 address")
-        host, rest = raw[: end + 1], raw[end + 1 :]
-        if not rest:
-            return host, default_port
-        if not rest.startswith(":"):
-            raise ValueError(f"`{text}`: expected `:PORT` after `]`")
-        port = rest[1:]
-    elif raw.count(":") == 1:
-        host, port = raw.split(":")
-    else:
-        return raw, default_port
+    host, port, bracketed = _split(text)
+    if bracketed:
+        host = f"[{host}]"
+    if port is None:
+        return host, default_port
     if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"`{port}` is not a port number")
     return host, int(port)
