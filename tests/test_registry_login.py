@@ -142,3 +142,21 @@ def test_an_ordinary_user_logs_in_to_their_own_secret_service(
         assert theirs.entries() == {}
     finally:
         theirs.stop()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["keyrings.alt.file.PlaintextKeyring", "keyring.backends.null.Keyring"],
+)
+def test_plaintext_backends_stay_refused_even_beside_a_working_secret_service(
+    registry, password, keychain, krate_home, tmp_path, backend
+):
+    env = keychain.env(PYTHON_KEYRING_BACKEND=backend, HOME=str(tmp_path / "home"))
+    result = run_krate(
+        "login", registry.name, "-u", USER, "--password-stdin", input=password, env=env
+    )
+    assert result.returncode == 1
+    assert f"keyring backend {backend} does not keep secrets in an OS keychain" in result.stderr
+    assert "Nothing was stored" in result.stderr and password not in result.stderr
+    assert keychain.entries() == {}
+    assert not krate_home.exists() and not (tmp_path / "home").exists()
