@@ -16,7 +16,6 @@ pessimistic side of the comparison. The helper's peak RSS is read from its
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.registry_server import Registry  # noqa: E402
+from tests.secret_service import SecretService  # noqa: E402
 
 USER, PASSWORD = "bench", "bench-password"
 
@@ -169,22 +169,17 @@ def main() -> None:
         blob = next((home / "artifacts" / "sha256").iterdir())
         digest = "sha256:" + blob.name
         reg = Registry(tmp_path / "registry", users={USER: PASSWORD}).start()
-        env = dict(
-            os.environ,
-            KRATE_HOME=str(home),
-            PYTHON_KEYRING_BACKEND="tests.fake_keychain.FakeKeychain",
-            PYTHONPATH=str(ROOT),
-            KRATE_TEST_KEYCHAIN=str(tmp_path / "keychain.json"),
-        )
-        subprocess.run(
-            [KRATE, "login", reg.name, "-u", USER, "--password-stdin"],
-            input=PASSWORD.encode(),
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        keychain = SecretService().start()  # gnome-keyring on a private D-Bus bus
+        env = keychain.env(KRATE_HOME=str(home))
         krate_times, curl_times, peaks = [], [], []
         try:
+            subprocess.run(
+                [KRATE, "login", reg.name, "-u", USER, "--password-stdin"],
+                input=PASSWORD.encode(),
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             for i in range(args.runs):
                 took, peak = krate_push(env, f"{reg.name}/bench/krate{i}:1")
                 krate_times.append(took)
@@ -196,6 +191,7 @@ def main() -> None:
                 )
         finally:
             reg.kill()
+            keychain.stop()
     mib = size / (1 << 20)
     k, c = statistics.median(krate_times), statistics.median(curl_times)
     ratio = c / k

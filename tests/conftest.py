@@ -209,3 +209,23 @@ def installed():
         os.chmod(path, (path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0)) & 0o7777)
     yield venv
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def secret_service():
+    """gnome-keyring on a private D-Bus session bus, for this test run (tests/secret_service.py)."""
+    from .secret_service import MISSING, SecretService
+
+    if MISSING:
+        pytest.skip(f"needs {', '.join(MISSING)} (scripts/install --dev installs them)")
+    service = SecretService().start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def keychain(secret_service):
+    """The real Secret Service, emptied of krate's entries before and after the test."""
+    secret_service.clear()
+    yield secret_service
+    secret_service.clear()

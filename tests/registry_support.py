@@ -1,8 +1,7 @@
-"""Shared setup for the login/push tests: the fake keychain's environment and artifacts.
+"""Shared setup for the login/push tests: the registry account, records and artifacts.
 
-The keychain in these tests is a FAKE standing in for the macOS Keychain
-(tests/fake_keychain.py), selected through keyring's standard
-PYTHON_KEYRING_BACKEND with the repository root on PYTHONPATH.
+The keychain in these tests is a real Secret Service (the `keychain` fixture,
+tests/secret_service.py).
 """
 
 from __future__ import annotations
@@ -12,25 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-FAKE_BACKEND = "tests.fake_keychain.FakeKeychain"
 USER = "alice"  # the registry account of the `registry` fixture (conftest.py)
-
-
-def keychain_env(keychain_file: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHON_KEYRING_BACKEND"] = FAKE_BACKEND
-    env["PYTHONPATH"] = str(ROOT)
-    env["KRATE_TEST_KEYCHAIN"] = str(keychain_file)
-    env.update(extra)
-    return env
-
-
-def keychain_entries(keychain_file: Path) -> dict[str, dict]:
-    if not keychain_file.exists():
-        return {}
-    raw = json.loads(keychain_file.read_text())
-    return {key.split("\0", 1)[1]: json.loads(value) for key, value in raw.items()}
 
 
 def events(krate_home: Path, prefix: str = "") -> list[dict]:

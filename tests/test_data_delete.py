@@ -287,39 +287,38 @@ def test_killed_delete_before_commit_keeps_the_old_state(split_env, tmp_path):
     assert not pending.exists()
 
 
-def test_delete_now_lists_then_removes_krate_keychain_entries(krate_home, tmp_path):
-    from tests.registry_support import keychain_env
-
-    kc = tmp_path / "fake-keychain.json"
-    env = keychain_env(kc)
+def test_delete_now_lists_then_removes_krate_keychain_entries(krate_home, keychain):
+    env = keychain.env()
     secret = json.dumps({"username": "me", "password": "s3cret"})
-    kc.write_text(json.dumps({"krate\0ghcr.io": secret, "other\0ghcr.io": secret}))
+    keychain.store("krate", "ghcr.io", secret)
+    keychain.store("other", "ghcr.io", secret)
     assert run_krate("audit", "note", "x", env=env).returncode == 0
     with open_store(Paths.from_env({"KRATE_HOME": str(krate_home)})) as store:
         events.append(store, "credential.stored", {"account": "ghcr.io", "service": "krate"})
     listed = run_krate("data", "where", "--json", env=env)
-    keychain = [p for p in json.loads(listed.stdout)["places"] if p["place"] == "keychain"][0]
-    assert keychain["records"]["accounts"] == [{"service": "krate", "account": "ghcr.io"}]
+    places = json.loads(listed.stdout)["places"]
+    kc = [p for p in places if p["place"] == "keychain"][0]
+    assert kc["records"]["accounts"] == [{"service": "krate", "account": "ghcr.io"}]
     result = run_krate("data", "delete", "--now", "--yes", env=env)
     assert result.returncode == 0, result.stderr
     assert "keychain entry: service krate, account ghcr.io" in result.stderr  # listed first
     assert "s3cret" not in result.stderr + result.stdout
-    # krate's entry is gone, and only krate's
-    assert json.loads(kc.read_text()) == {"other\0ghcr.io": secret}
+    # krate's entry is gone from the Secret Service, and only krate's
+    assert keychain.entries() == {}
+    assert keychain.entries("other") == {"ghcr.io": json.loads(secret)}
 
 
-def test_automatic_purge_removes_keychain_entries_once_configured(paths, tmp_path, monkeypatch):
-    from krate.privacy import keychain
+def test_automatic_purge_removes_keychain_entries_once_configured(paths, keychain, monkeypatch):
+    from krate.privacy import keychain as privacy_keychain
 
-    kc = tmp_path / "fake-keychain.json"
-    monkeypatch.setenv("KRATE_TEST_KEYCHAIN", str(kc))
-    kc.write_text(json.dumps({"krate\0reg.example": "{}"}))
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", keychain.address)
+    keychain.store("krate", "reg.example", "{}")
     with open_store(paths) as store:
         events.append(store, "credential.stored", {"account": "reg.example"})
     deletion.delete(paths, T0)
     try:
-        keychain.configure("tests.fake_keychain.FakeKeychain")
+        privacy_keychain.configure("keyring.backends.SecretService.Keyring")
         assert privacy.purge_expired(paths, T0 + timedelta(days=8)) == [deletion.stamp_of(T0)]
     finally:
-        keychain.configure(None)
-    assert json.loads(kc.read_text()) == {}
+        privacy_keychain.configure(None)
+    assert keychain.entries() == {}

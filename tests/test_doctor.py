@@ -1,8 +1,8 @@
 """`krate doctor`: passes on a healthy install; fails with the right fix on each kind of damage.
 
 Everything runs for real: the installed `krate` in a subprocess, a real bubblewrap
-sandbox, a real SQLite file damaged on disk. The keychain is the repository's FAKE
-keyring backend (tests/fake_keychain.py) because this Linux machine has none.
+sandbox, a real SQLite file damaged on disk, a real Secret Service (gnome-keyring on a
+private D-Bus bus: the `keychain` fixture).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pytest
 
 from krate import doctor
 from tests.conftest import run_krate
-from tests.registry_support import keychain_env
 
 BWRAP = shutil.which("bwrap")
 needs_bwrap = pytest.mark.skipif(BWRAP is None, reason="bubblewrap is not installed")
@@ -62,8 +61,8 @@ def healthy_home(env: dict | None = None) -> None:
 
 
 @needs_bwrap
-def test_doctor_passes_on_a_healthy_install(krate_home, tmp_path):
-    env = keychain_env(tmp_path / "keychain.json")
+def test_doctor_passes_on_a_healthy_install(krate_home, keychain):
+    env = keychain.env()
     healthy_home(env)
     head = run_krate("audit", "head", env=env).stdout
     done, checks, report = run_doctor(env=env)
@@ -207,13 +206,12 @@ def test_doctor_names_disabled_user_namespaces_when_the_sandbox_cannot_start(tmp
 
 
 @needs_bwrap
-def test_keyring_write_test_stores_and_removes_a_throwaway_entry(krate_home, tmp_path):
-    keychain = tmp_path / "keychain.json"
-    done, checks, _ = run_doctor("--keyring-write-test", env=keychain_env(keychain))
+def test_keyring_write_test_stores_and_removes_a_throwaway_entry(krate_home, keychain):
+    done, checks, _ = run_doctor("--keyring-write-test", env=keychain.env())
     assert done.returncode == 0, done.stderr
     assert checks["keychain"]["status"] == "ok"
     assert "stored, read back and removed a test entry" in checks["keychain"]["detail"]
-    assert json.loads(keychain.read_text()) == {}, "the throwaway entry was left behind"
+    assert keychain.entries() == {}, "the throwaway entry was left behind"
 
 
 @needs_bwrap

@@ -22,7 +22,7 @@ from .conftest import as_root
 from .egress_support import Server
 from .plant_support import plant, purelib, report_file, reports
 from .registry_server import needs_registry
-from .registry_support import USER, events, keychain_env
+from .registry_support import USER, events
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux helpers")
 # Standard names the proxy and the transport import after start-up (pathlib first of all).
@@ -76,11 +76,11 @@ def test_a_planted_standard_module_never_runs_in_the_egress_proxy(planted, tmp_p
 
 @needs_registry
 def test_a_planted_standard_module_never_runs_in_the_registry_transport(
-    planted, registry, password, tmp_path
+    planted, registry, password, tmp_path, keychain
 ):
     venv, report = planted
     home = tmp_path / "krate-home"
-    env = keychain_env(tmp_path / "keychain.json", KRATE_HOME=str(home))
+    env = keychain.env(KRATE_HOME=str(home))
     done = subprocess.run(
         [str(venv / "bin" / "krate"), "login", registry.name, "-u", USER, "--password-stdin"],
         input=password + "\n", env=env, capture_output=True, text=True, timeout=120,

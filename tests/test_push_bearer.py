@@ -2,7 +2,8 @@
 
 The token server (tests/registry_server.TokenServer) checks Basic credentials and
 signs RS256 JWTs granting each user only their actions: `pusher` gets pull and
-push, `reader` only pull. The keychain is a FAKE standing in for the macOS Keychain.
+push, `reader` only pull. The keychain is a real Secret Service
+(gnome-keyring on a private D-Bus bus: the `keychain` fixture).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from tests.conftest import run_krate
 from tests.registry_server import Reader, Registry, TokenServer, needs_registry
-from tests.registry_support import events, keychain_entries, keychain_env, make_artifact
+from tests.registry_support import events, make_artifact
 
 pytestmark = needs_registry
 USERS = {"pusher": ("push-pw-1", ["pull", "push"]), "reader": ("read-pw-2", ["pull"])}
@@ -32,9 +33,9 @@ def login(reg, env, user, password):
     return run_krate("login", reg.name, "-u", user, "--password-stdin", input=password, env=env)
 
 
-def test_push_with_a_push_scoped_token(tmp_path, token_registry, krate_home):
+def test_push_with_a_push_scoped_token(tmp_path, token_registry, krate_home, keychain):
     reg, tokens = token_registry
-    env = keychain_env(tmp_path / "keychain.json")
+    env = keychain.env()
     assert login(reg, env, "pusher", "push-pw-1").returncode == 0
     artifact, _ = make_artifact(tmp_path / "work")
     result = run_krate("push", "app.tar.gz", f"{reg.name}/team/app:1.0", env=env)
@@ -66,9 +67,9 @@ def test_push_with_a_push_scoped_token(tmp_path, token_registry, krate_home):
     assert manifest["layers"][0]["digest"] == artifact.digest
 
 
-def test_a_pull_only_token_fails_with_a_clear_error(tmp_path, token_registry, krate_home):
+def test_a_pull_only_token_fails_with_a_clear_error(tmp_path, token_registry, krate_home, keychain):
     reg, _ = token_registry
-    env = keychain_env(tmp_path / "keychain.json")
+    env = keychain.env()
     # Logging in works: the credentials are right, they just do not allow pushing.
     assert login(reg, env, "reader", "read-pw-2").returncode == 0
     make_artifact(tmp_path / "work")
@@ -83,11 +84,10 @@ def test_a_pull_only_token_fails_with_a_clear_error(tmp_path, token_registry, kr
     assert events(krate_home, "push.finished") == []
 
 
-def test_bearer_login_with_a_wrong_password_stores_nothing(tmp_path, token_registry, krate_home):
+def test_bearer_login_with_a_wrong_password_stores_nothing(token_registry, krate_home, keychain):
     reg, _ = token_registry
-    keychain = tmp_path / "keychain.json"
-    result = login(reg, keychain_env(keychain), "pusher", "not-it")
+    result = login(reg, keychain.env(), "pusher", "not-it")
     assert result.returncode == 1
     assert "refused the user name or password for user pusher" in result.stderr
-    assert keychain_entries(keychain) == {}
+    assert keychain.entries() == {}
     assert events(krate_home, "credential.") == []

@@ -2,8 +2,8 @@
 
 Everything pushed is fetched back over plain HTTP here and checked: every digest,
 the artifactType, the title annotation, the provenance manifest's subject and its
-DSSE payload against the stored Statement. The keychain is a FAKE standing in for
-the macOS Keychain (tests/fake_keychain.py, through PYTHON_KEYRING_BACKEND).
+DSSE payload against the stored Statement. The keychain is a real Secret
+Service (gnome-keyring on a private D-Bus bus: the `keychain` fixture).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import pytest
 
 from tests.conftest import KRATE, run_krate
 from tests.registry_server import INDEX, MANIFEST, Reader, Registry, needs_registry
-from tests.registry_support import USER, events, keychain_env, make_artifact
+from tests.registry_support import USER, events, make_artifact
 
 pytestmark = needs_registry
 EMPTY = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
 
 @pytest.fixture
-def env(tmp_path, registry, password):
-    env = keychain_env(tmp_path / "fake-macos-keychain.json")
+def env(registry, password, keychain):
+    env = keychain.env()
     login = run_krate(
         "login", registry.name, "-u", USER, "--password-stdin", input=password, env=env
     )
@@ -130,9 +130,9 @@ def test_push_then_fetch_everything_back_and_check_it(
     assert [d["destination"] for d in pushes[0]["destinations"]] == [registry.name]
 
 
-def test_push_without_login_says_to_log_in(tmp_path, registry, krate_home):
+def test_push_without_login_says_to_log_in(tmp_path, registry, krate_home, keychain):
     make_artifact(tmp_path / "work")
-    env = keychain_env(tmp_path / "empty-keychain.json")
+    env = keychain.env()
     result = run_krate("push", "app.tar.gz", f"{registry.name}/me/app:1", env=env)
     assert result.returncode == 1
     assert f"requires a login: run `krate login {registry.name}`" in result.stderr
