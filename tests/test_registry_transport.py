@@ -180,18 +180,32 @@ def test_a_plain_http_token_realm_elsewhere_is_refused():
 
 
 class Reflecting(Quiet):
-    """Asks for Basic auth, holds the request with credentials, then echoes them back."""
+    """Asks for Basic auth, then holds one authenticated request and echoes its credential.
 
+    `reflect` names the method that is held and answered 403 with the Authorization value
+    in its error and a header; the other requests succeed (GET /v2/ 200, HEAD 404).
+    """
+
+    reflect = "GET"
     seen: list[str] = []
     holding = threading.Event()
     go_on = threading.Event()
 
-    def do_GET(self) -> None:
+    def _auth(self) -> str | None:
         auth = self.headers.get("Authorization")
         if auth is None:
             self._reply(401, {"WWW-Authenticate": 'Basic realm="reflect"'})
+        else:
+            Reflecting.seen.append(auth)
+        return auth
+
+    def _answer(self, method: str, ok: int) -> None:
+        auth = self._auth()
+        if auth is None:
             return
-        Reflecting.seen.append(auth)
+        if method != Reflecting.reflect:
+            self._reply(ok)
+            return
         Reflecting.holding.set()
         Reflecting.go_on.wait(30)  # while krate waits here, its processes are inspected
         body = json.dumps({"errors": [{"code": "DENIED", "message": auth}]}).encode()
@@ -200,6 +214,15 @@ class Reflecting(Quiet):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer("GET", 200)
+
+    def do_HEAD(self) -> None:
+        self._answer("HEAD", 404)
+
+    def do_POST(self) -> None:
+        self._answer("POST", 202)
 
 
 def _tree(root: int) -> list[int]:
@@ -220,7 +243,8 @@ def _tree(root: int) -> list[int]:
     return sorted(found)
 
 
-def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home):
+@pytest.mark.parametrize("command", ["login", "push"])
+def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home, command):
     """A registry that echoes the Authorization header back in its error.
 
     The password and its Basic form (base64 of user:password, which is the password in
@@ -232,20 +256,30 @@ def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home):
     password = "pw-" + os.urandom(12).hex()
     basic = base64.b64encode(f"me:{password}".encode()).decode()
     Reflecting.seen, Reflecting.holding, Reflecting.go_on = [], threading.Event(), threading.Event()
+    Reflecting.reflect = "GET" if command == "login" else "POST"
     port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", port), Reflecting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = keychain_env(tmp_path / "keychain.json")
+    login = [KRATE, "login", f"127.0.0.1:{port}", "-u", "me", "--password-stdin", "--plain-http"]
+    outputs = []
     try:
-        login = subprocess.Popen(
-            [KRATE, "login", f"127.0.0.1:{port}", "-u", "me", "--password-stdin", "--plain-http"],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        if command == "push":
+            done = subprocess.run(login, env=env, input=password, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            outputs += [done.stdout, done.stderr]
+            make_artifact(tmp_path / "work")
+            argv = [KRATE, "push", "app.tar.gz", f"127.0.0.1:{port}/me/app:1", "--plain-http"]
+        else:
+            argv = login
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        login.stdin.write(password + "\n")
-        login.stdin.close()
-        assert Reflecting.holding.wait(60), login.communicate()
-        processes = _tree(login.pid)
+        proc.stdin.write(password + "\n" if command == "login" else "")
+        proc.stdin.close()
+        assert Reflecting.holding.wait(60), proc.communicate()
+        processes = _tree(proc.pid)
         assert len(processes) >= 2, "the transport helper was not seen"
         for pid in processes:
             for what in ("cmdline", "environ"):
@@ -255,22 +289,22 @@ def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home):
                     continue
                 assert password.encode() not in data and basic.encode() not in data, (pid, what)
         Reflecting.go_on.set()
-        out, err = login.stdout.read(), login.stderr.read()
-        assert login.wait(timeout=60) == 1, err
+        out, err = proc.stdout.read(), proc.stderr.read()
+        assert proc.wait(timeout=60) == 1, err
+        outputs += [out, err]
     finally:
         Reflecting.go_on.set()
         server.shutdown()
         server.server_close()
-    assert Reflecting.seen and Reflecting.seen[0] == "Basic " + basic  # it was really sent
-    assert err.startswith("krate: ") and "denied" in err, err
-    for text in (out, err):
+    assert Reflecting.seen and set(Reflecting.seen) == {"Basic " + basic}  # it was really sent
+    assert "krate: " in err and "denied" in err and "DENIED: Basic ***" in err, err
+    for text in outputs:
         assert password not in text and basic not in text, text
     written = [p for p in krate_home.rglob("*") if p.is_file()]
     assert krate_home / "krate.db" in written
     for path in written:
         data = path.read_bytes()
         assert password.encode() not in data and basic.encode() not in data, path
-    assert not (tmp_path / "keychain.json").exists()  # refused: nothing was kept
 
 
 @pytest.mark.parametrize(
