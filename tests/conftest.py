@@ -10,7 +10,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -29,6 +32,25 @@ def as_root(args) -> list[str]:
     if AS_ROOT and args[:1] in (["run"], ["build"]):
         return [args[0], *AS_ROOT, *args[1:]]
     return args
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
+    """Poll `predicate` until it returns something true, and return that; fail after `timeout`.
+
+    Tests wait for a condition rather than sleep a fixed time and hope: under load a fixed
+    sleep is too short (flaky), and when idle it is too long (slow).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)

@@ -338,7 +338,8 @@ def test_a_held_bridge_runs_the_workload_only_when_released(tmp_path, paths):
         try:
             proc = subprocess.Popen(argv, env=env, pass_fds=(gate,))
             os.close(gate)
-            time.sleep(1.0)
+            json_child_pid(proc.pid)  # the sandbox is set up: its bridge is running
+            time.sleep(1.0)  # the thing under test: a held bridge does nothing meanwhile
             assert proc.poll() is None and not marker.exists()  # set up, and waiting
             session.release(go=go)
             results.append((proc.wait(timeout=30), marker.exists()))

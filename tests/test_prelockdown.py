@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from .conftest import as_root
+from .conftest import as_root, wait_for
 from .plant_support import plant, purelib, report_file, reports
 
 pytestmark = [
@@ -58,8 +57,14 @@ def krate(venv, *args, home=None, env=None, **kw):
 
 
 def settle(report, accepted) -> list[dict]:
-    time.sleep(2.5)  # the planted modules' forked children try again after 1.5 s
-    return reports(report)
+    """The reports, once every planted import's forked child has tried again (after 1.5 s)."""
+
+    def all_late_in() -> list[dict]:
+        seen = reports(report)
+        imports = sum(1 for s in seen if "seccomp" in s)
+        return seen if imports and sum(1 for s in seen if "late" in s) >= imports else []
+
+    return wait_for(all_late_in, 30, "the planted modules' late children to report")
 
 
 def assert_only_ever_locked(seen: list[dict], accepted) -> None:

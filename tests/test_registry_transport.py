@@ -23,7 +23,7 @@ import pytest
 from krate.errors import UsageError
 from krate.registry import client
 from krate.registry.keychain import backend_name
-from tests.conftest import run_krate
+from tests.conftest import KRATE, run_krate
 from tests.registry_server import Reader, Registry, free_port, needs_registry
 from tests.registry_support import events, make_artifact
 
@@ -179,10 +179,132 @@ def test_a_plain_http_token_realm_elsewhere_is_refused():
     assert ("evil.example", 80) not in c.allowed
 
 
-def test_basic_credentials_are_never_put_in_the_output():
-    t = load_transport()
-    c = t.Client({"registry": "r.example", "scheme": "https", "username": "u", "password": "pw"})
-    assert c.basic() == "Basic " + base64.b64encode(b"u:pw").decode()
+class Reflecting(Quiet):
+    """Asks for Basic auth, then holds one authenticated request and echoes its credential.
+
+    `reflect` names the method that is held and answered 403 with the Authorization value
+    in its error and a header; the other requests succeed (GET /v2/ 200, HEAD 404).
+    """
+
+    reflect = "GET"
+    seen: list[str] = []
+    holding = threading.Event()
+    go_on = threading.Event()
+
+    def _auth(self) -> str | None:
+        auth = self.headers.get("Authorization")
+        if auth is None:
+            self._reply(401, {"WWW-Authenticate": 'Basic realm="reflect"'})
+        else:
+            Reflecting.seen.append(auth)
+        return auth
+
+    def _answer(self, method: str, ok: int) -> None:
+        auth = self._auth()
+        if auth is None:
+            return
+        if method != Reflecting.reflect:
+            self._reply(ok)
+            return
+        Reflecting.holding.set()
+        Reflecting.go_on.wait(30)  # while krate waits here, its processes are inspected
+        body = json.dumps({"errors": [{"code": "DENIED", "message": auth}]}).encode()
+        self.send_response(403)
+        self.send_header("X-Echo", auth)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer("GET", 200)
+
+    def do_HEAD(self) -> None:
+        self._answer("HEAD", 404)
+
+    def do_POST(self) -> None:
+        self._answer("POST", 202)
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and every process descending from it."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("command", ["login", "push"])
+def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home, command):
+    """A registry that echoes the Authorization header back in its error.
+
+    The password and its Basic form (base64 of user:password, which is the password in
+    plain sight) must be in no output, no file krate wrote (database, WAL, journals),
+    and no process argument or environment of krate or its helper.
+    """
+    from tests.registry_support import keychain_env
+
+    password = "pw-" + os.urandom(12).hex()
+    basic = base64.b64encode(f"me:{password}".encode()).decode()
+    Reflecting.seen, Reflecting.holding, Reflecting.go_on = [], threading.Event(), threading.Event()
+    Reflecting.reflect = "GET" if command == "login" else "POST"
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Reflecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = keychain_env(tmp_path / "keychain.json")
+    login = [KRATE, "login", f"127.0.0.1:{port}", "-u", "me", "--password-stdin", "--plain-http"]
+    outputs = []
+    try:
+        if command == "push":
+            done = subprocess.run(login, env=env, input=password, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            outputs += [done.stdout, done.stderr]
+            make_artifact(tmp_path / "work")
+            argv = [KRATE, "push", "app.tar.gz", f"127.0.0.1:{port}/me/app:1", "--plain-http"]
+        else:
+            argv = login
+        proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        proc.stdin.write(password + "\n" if command == "login" else "")
+        proc.stdin.close()
+        assert Reflecting.holding.wait(60), proc.communicate()
+        processes = _tree(proc.pid)
+        assert len(processes) >= 2, "the transport helper was not seen"
+        for pid in processes:
+            for what in ("cmdline", "environ"):
+                try:
+                    data = Path(f"/proc/{pid}/{what}").read_bytes()
+                except OSError:
+                    continue
+                assert password.encode() not in data and basic.encode() not in data, (pid, what)
+        Reflecting.go_on.set()
+        out, err = proc.stdout.read(), proc.stderr.read()
+        assert proc.wait(timeout=60) == 1, err
+        outputs += [out, err]
+    finally:
+        Reflecting.go_on.set()
+        server.shutdown()
+        server.server_close()
+    assert Reflecting.seen and set(Reflecting.seen) == {"Basic " + basic}  # it was really sent
+    assert "krate: " in err and "denied" in err and "DENIED: Basic ***" in err, err
+    for text in outputs:
+        assert password not in text and basic not in text, text
+    written = [p for p in krate_home.rglob("*") if p.is_file()]
+    assert krate_home / "krate.db" in written
+    for path in written:
+        data = path.read_bytes()
+        assert password.encode() not in data and basic.encode() not in data, path
 
 
 @pytest.mark.parametrize(

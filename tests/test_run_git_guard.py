@@ -13,12 +13,11 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import chown_tree
+from .conftest import chown_tree, wait_for
 from .run_support import Box
 
 pytestmark = pytest.mark.skipif(
@@ -259,15 +258,18 @@ def _ids(user: str) -> tuple[int, int]:
 
 def test_concurrent_runs_share_the_placeholders_and_the_last_removes_them(box):
     repo = make_repo(box, box.ws / "repo")
+    started, go = repo / "long-started", repo / "long-go"
     long = box.popen(
         "run", "--", "/bin/sh", "-c",
-        "sleep 3; echo ../.evil > .git/commondir 2>/dev/null && echo WROTE || echo refused",
+        f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; "
+        "echo ../.evil > .git/commondir 2>/dev/null && echo WROTE || echo refused",
         cwd=repo, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(1)
+    wait_for(started.exists, what="the long run to start")
     short = run_in(box, repo, "cat .git/commondir")
     assert short.returncode == 0 and short.stdout == ".\n"
     assert (repo / ".git" / "commondir").exists()  # still held for the long run
+    go.touch()
     out, _ = long.communicate(timeout=60)
     assert out == "refused\n"
     assert not (repo / ".git" / "commondir").exists()
@@ -275,11 +277,10 @@ def test_concurrent_runs_share_the_placeholders_and_the_last_removes_them(box):
 
 def test_placeholders_left_by_a_killed_krate_are_removed_by_the_next_run(box):
     repo = make_repo(box, box.ws / "repo")
-    proc = box.popen("run", "--", "sleep", "30", cwd=repo)
-    deadline = time.monotonic() + 20
-    while not (repo / ".git" / "commondir").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    started = repo / "started"
+    proc = box.popen("run", "--", "/bin/sh", "-c", f"touch {started}; exec sleep 30", cwd=repo)
+    wait_for(started.exists, what="the workload to start")  # placeholders are made before it
+    assert (repo / ".git" / "commondir").exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert (repo / ".git" / "commondir").read_bytes() == b".\n"  # harmless: git's own folder

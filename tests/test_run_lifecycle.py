@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import wait_for
 from .run_support import Box, snapshot
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
 
 
 def _wait_for(path: Path, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.02)
+    wait_for(path.exists, timeout, f"{path} to appear")
 
 
 def _pids_with(marker: str) -> list[int]:
@@ -56,9 +54,10 @@ def test_signals_reach_the_workload(box, signame):
 
 def test_untrapped_sigterm_gives_143_not_success(box):
     ready = box.ws / "ready"
-    proc = box.popen("run", "--", "/bin/sh", "-c", "touch ready; exec sleep 60")
+    marker = f"6{os.getpid() % 1000}.{time.time_ns() % 1000}"
+    proc = box.popen("run", "--", "/bin/sh", "-c", f"touch ready; exec sleep {marker}")
     _wait_for(ready)
-    time.sleep(0.1)
+    wait_for(lambda: _pids_with(f"sleep\0{marker}"), what="the shell to exec sleep")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM
 
@@ -72,14 +71,10 @@ def test_sigkill_of_krate_kills_the_workload_and_leaves_nothing(box):
         f"(sleep 1{marker} &) ; sleep 2{marker} & touch ready; sleep 3{marker}",
     )  # fmt: skip
     _wait_for(box.ws / "ready")
-    time.sleep(0.2)
-    assert len(_pids_with(marker)) >= 3
+    wait_for(lambda: len(_pids_with(marker)) >= 3, what="the three workload processes")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    end = time.monotonic() + 10
-    while _pids_with(marker) and time.monotonic() < end:
-        time.sleep(0.05)
-    assert _pids_with(marker) == [], "workload processes outlived krate"
+    wait_for(lambda: not _pids_with(marker), 10, "workload processes outlived krate")
     after = snapshot(box.ws)
     after.pop("ready")
     # but git's placeholders: empty ones stay; commondir goes at the next run (below)
@@ -92,10 +87,7 @@ def test_sigkill_of_krate_kills_the_workload_and_leaves_nothing(box):
         return {n for n in set(os.listdir("/tmp")) - tmp_before if "bwrap" in n or "krate" in n}
 
     # The egress proxy notices krate's death (its stdin closes) and removes its own folder.
-    end = time.monotonic() + 5
-    while new_tmp() and time.monotonic() < end:
-        time.sleep(0.05)
-    assert not new_tmp()
+    wait_for(lambda: not new_tmp(), 5, "the sandbox's temporary folders to go")
     assert (
         not any((box.krate_home / "run").glob("*")) if (box.krate_home / "run").exists() else True
     )
@@ -126,8 +118,7 @@ def test_wall_clock_limit_kills_the_tree_and_records_why(box):
     assert time.monotonic() - started < 10
     assert out.returncode == 128 + signal.SIGKILL
     assert "wall-clock limit" in out.stderr
-    time.sleep(0.2)
-    assert _pids_with(marker) == []
+    wait_for(lambda: not _pids_with(marker), 10, "the killed tree to be gone")
     run = box.last_run()
     assert run["status"] == "timeout" and "wall-clock limit of 1 s" in run["reason"]
     assert run["limits"]["wall_seconds"] == 1

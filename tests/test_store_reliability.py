@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 from krate.paths import Paths
 from krate.store import events, open_store
 
-from .conftest import KRATE, run_krate
+from .conftest import KRATE, run_krate, wait_for
 
 WORKER = textwrap.dedent(
     """
@@ -78,13 +77,14 @@ def test_concurrent_cli_notes_never_show_locked(krate_home):
 def test_sigkill_mid_stream_leaves_a_store_that_opens_and_verifies(krate_home):
     proc = subprocess.Popen([sys.executable, "-c", WORKER, str(krate_home), "k", "1000000"])
     db = krate_home / "krate.db"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if db.exists():
-            with open_store(Paths.from_env({"KRATE_HOME": str(krate_home)}), readonly=True) as s:
-                if events.count(s) > 500:
-                    break
-        time.sleep(0.05)
+
+    def mid_stream() -> bool:
+        if not db.exists():
+            return False
+        with open_store(Paths.from_env({"KRATE_HOME": str(krate_home)}), readonly=True) as s:
+            return events.count(s) > 500
+
+    wait_for(mid_stream, 30, "the writer to be mid-stream")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

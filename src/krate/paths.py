@@ -5,7 +5,7 @@ otherwise the platform's convention decides: on Linux and macOS the rule of
 platformdirs (XDG_DATA_HOME / XDG_CONFIG_HOME when absolute, else ~/.local/share
 and ~/.config, or ~/Library/Application Support), written out here because
 `krate run` needs these folders before its network lockdown, when no third-party
-package may be imported (a test keeps it equal to platformdirs). Folders are
+package may be imported (tests pin the folders per platform). Folders are
 created 0700 and files 0600 whatever the umask, because the store holds a record
 of the user's activity.
 """

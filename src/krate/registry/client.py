@@ -285,6 +285,13 @@ class Transport:
         )
 
 
+def secret_forms(username: str, password: str) -> tuple[str, ...]:
+    """The password and its Basic form (base64 of user:password), which reveals it as well."""
+    import base64
+
+    return (password, base64.b64encode(f"{username}:{password}".encode()).decode())
+
+
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
     """Defence in depth: a secret never reaches a message, even if a registry echoed it."""
     for secret in secrets:
@@ -338,7 +345,7 @@ def login(
         open_store=open_store,
         command="krate login",
         on_message=on_message,
-        secrets=(password,),
+        secrets=secret_forms(username, password),
     )
     used_http = connection.scheme == "http" or any(
         m.get("type") == "notice" and m.get("plain_http") for m in transport.messages

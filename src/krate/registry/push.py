@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krate.errors import KrateError
-from krate.registry.client import Reference, Transport, TransportFailed, connection_for
+from krate.registry.client import (
+    Reference,
+    Transport,
+    TransportFailed,
+    connection_for,
+    secret_forms,
+)
 
 if TYPE_CHECKING:
     from krate.paths import Paths
@@ -280,7 +286,7 @@ def push(
         "chunk_threshold": CHUNK_THRESHOLD,
     }
     started = clock()
-    secret = (credentials.password,) if credentials else ()
+    secret = secret_forms(credentials.username, credentials.password) if credentials else ()
     try:
         done = transport.run(
             job,
