@@ -244,15 +244,13 @@ def _tree(root: int) -> list[int]:
 
 
 @pytest.mark.parametrize("command", ["login", "push"])
-def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home, command):
+def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home, keychain, command):
     """A registry that echoes the Authorization header back in its error.
 
     The password and its Basic form (base64 of user:password, which is the password in
     plain sight) must be in no output, no file krate wrote (database, WAL, journals),
     and no process argument or environment of krate or its helper.
     """
-    from tests.registry_support import keychain_env
-
     password = "pw-" + os.urandom(12).hex()
     basic = base64.b64encode(f"me:{password}".encode()).decode()
     Reflecting.seen, Reflecting.holding, Reflecting.go_on = [], threading.Event(), threading.Event()
@@ -260,7 +258,7 @@ def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home, com
     port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", port), Reflecting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = keychain_env(tmp_path / "keychain.json")
+    env = keychain.env()
     login = [KRATE, "login", f"127.0.0.1:{port}", "-u", "me", "--password-stdin", "--plain-http"]
     outputs = []
     try:
