@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from krate.errors import UsageError
-from krate.registry import client
+from krate.registry import client, transport_auth
 from krate.registry.keychain import backend_name
 from tests.conftest import run_krate
 from tests.registry_server import Reader, Registry, free_port, needs_registry
@@ -49,8 +49,7 @@ def run_transport(job: dict) -> tuple[int, list[dict]]:
 
 
 def test_challenge_parsing_keeps_quoted_commas():
-    t = load_transport()
-    scheme, params = t.parse_challenge(
+    scheme, params = transport_auth.parse_challenge(
         'Bearer realm="https://auth.example/token",service="reg",'
         'scope="repository:a/b:pull,push",error="insufficient_scope"'
     )
@@ -61,7 +60,7 @@ def test_challenge_parsing_keeps_quoted_commas():
         "scope": "repository:a/b:pull,push",
         "error": "insufficient_scope",
     }
-    assert t.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    assert transport_auth.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
 
 
 def test_upload_url_keeps_its_query_verbatim():
@@ -174,15 +173,15 @@ def test_a_plain_http_token_realm_elsewhere_is_refused():
             return 'Bearer realm="http://evil.example/token",service="x"'
 
     with pytest.raises(t.Failure) as caught:
-        c.learn(R())
+        c.auth.learn(R().header("WWW-Authenticate"), c.pool.scheme)
     assert caught.value.code == "protocol" and "plain-HTTP token service" in str(caught.value)
-    assert ("evil.example", 80) not in c.allowed
+    assert ("evil.example", 80) not in c.pool.allowed
 
 
 def test_basic_credentials_are_never_put_in_the_output():
     t = load_transport()
     c = t.Client({"registry": "r.example", "scheme": "https", "username": "u", "password": "pw"})
-    assert c.basic() == "Basic " + base64.b64encode(b"u:pw").decode()
+    assert c.auth.basic() == "Basic " + base64.b64encode(b"u:pw").decode()
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,11 @@ from typing import Any
 from krate.errors import KrateError, UsageError
 
 TRANSPORT = Path(__file__).with_name("transport.py")
+# Every file the transport runs: the script and the parts it loads by exact file.
+TRANSPORT_FILES = (
+    TRANSPORT,
+    *(TRANSPORT.with_name(f"{p}.py") for p in ("transport_http", "transport_auth")),
+)
 HELPER = "registry-transport"
 # Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
 CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -138,6 +143,13 @@ def connection_for(registry: str, plain_http: bool) -> Connection:
             "credentials included",
         )
     return Connection("https", is_loopback(registry), None)
+
+
+def used_plain_http(connection: Connection, messages: list[dict[str, Any]]) -> bool:
+    """Whether the transport spoke plain HTTP: as asked, or by the announced loopback fallback."""
+    return connection.scheme == "http" or any(
+        m.get("type") == "notice" and m.get("plain_http") for m in messages
+    )
 
 
 PLAIN_HTTP_NOTICE = (
@@ -340,9 +352,7 @@ def login(
         on_message=on_message,
         secrets=(password,),
     )
-    used_http = connection.scheme == "http" or any(
-        m.get("type") == "notice" and m.get("plain_http") for m in transport.messages
-    )
+    used_http = used_plain_http(connection, transport.messages)
     keychain.put(registry, Credentials(username, password))
     with open_store() as store:
         events.append(

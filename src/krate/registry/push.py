@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from krate.errors import KrateError
-from krate.registry.client import Reference, Transport, TransportFailed, connection_for
+from krate.registry.client import (
+    Reference,
+    Transport,
+    TransportFailed,
+    connection_for,
+    used_plain_http,
+)
 
 if TYPE_CHECKING:
     from krate.paths import Paths
@@ -318,9 +324,7 @@ def push(
         raise
     job = None
     messages = transport.messages
-    used_http = connection.scheme == "http" or any(
-        m.get("type") == "notice" and m.get("plain_http") for m in messages
-    )
+    used_http = used_plain_http(connection, messages)
     via = next((m.get("via") for m in messages if m.get("type") == "referrers"), None)
     result = PushResult(
         push_id=push_id,
