@@ -291,3 +291,29 @@ def test_5xx_answers_are_retried_with_backoff_and_present_blobs_skipped():
     assert Flaky.seen[:3] == ["GET /v2/"] * 3 and Flaky.seen[3:] == ["HEAD", "PUT"]
     assert [m["status"] for m in lines if m["type"] == "blob"] == ["present"]
     assert lines[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"manifests": "x"}', b'{"manifests": [1]}', b"{"])
+def test_a_referrers_tag_that_is_not_an_index_is_refused_not_crashed_on(body):
+    """A real check, not an assert (gone under -O); entries that are not objects too."""
+    t = load_transport()
+
+    class Answer:
+        status = 200
+
+        def __init__(self) -> None:
+            self.body = body
+
+    class FakeClient:
+        registry = "r.example"
+
+        def call(self, *args, **kw):
+            return Answer()
+
+        def check(self, resp, *args):
+            return resp
+
+    pusher = t.Pusher(FakeClient(), {"repository": "a/b"})
+    with pytest.raises(t.Failure) as caught:
+        pusher.referrers_index("sha256-00")
+    assert caught.value.code == "protocol" and "is not an index" in str(caught.value)
