@@ -141,18 +141,7 @@ def plan(store: Store, paths: Paths, artifact_ref: str, reference: Reference) ->
     if build is None:
         raise KrateError(f"the build record of {artifact.digest} is missing; nothing was pushed")
     path = ArtifactStore(paths.artifacts_dir).path_for(artifact.digest)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise KrateError(
-            f"{artifact.digest} ({artifact.name}) is recorded but missing from the store "
-            f"{path.parent}; run `krate artifacts verify`. Nothing was pushed."
-        ) from None
-    if size != artifact.size:
-        raise KrateError(
-            f"the stored copy of {artifact.digest} changed size ({size} bytes, recorded "
-            f"{artifact.size}); run `krate artifacts verify`. Nothing was pushed."
-        )
+    _check_stored(artifact, path)
     statement = build.statement.encode("utf-8")
     envelope = _encode(dsse.envelope(statement))
     predicate = json.loads(statement).get("predicateType", "")
@@ -216,6 +205,22 @@ def plan(store: Store, paths: Paths, artifact_ref: str, reference: Reference) ->
         manifest,
         provenance,
     )
+
+
+def _check_stored(artifact: Any, path: Path) -> None:
+    """The stored copy is there and has the recorded size (its digest is `verify`'s job)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise KrateError(
+            f"{artifact.digest} ({artifact.name}) is recorded but missing from the store "
+            f"{path.parent}; run `krate artifacts verify`. Nothing was pushed."
+        ) from None
+    if size != artifact.size:
+        raise KrateError(
+            f"the stored copy of {artifact.digest} changed size ({size} bytes, recorded "
+            f"{artifact.size}); run `krate artifacts verify`. Nothing was pushed."
+        )
 
 
 @dataclass
