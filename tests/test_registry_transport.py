@@ -317,3 +317,9 @@ def test_a_referrers_tag_that_is_not_an_index_is_refused_not_crashed_on(body):
     with pytest.raises(t.Failure) as caught:
         pusher.referrers_index("sha256-00")
     assert caught.value.code == "protocol" and "is not an index" in str(caught.value)
+
+
+def test_krate_names_exactly_the_files_the_transport_loads():
+    t = load_transport()
+    assert client.TRANSPORT_PARTS == t.PARTS
+    assert all(f.is_file() for f in client.TRANSPORT_FILES)

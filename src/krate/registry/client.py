@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from krate.errors import KrateError, UsageError
+from krate.registry.transport_hosts import is_loopback as loopback_host
 
 TRANSPORT = Path(__file__).with_name("transport.py")
 # Every file the transport runs: the script and the parts it loads by exact file.
-TRANSPORT_FILES = (
-    TRANSPORT,
-    *(TRANSPORT.with_name(f"{p}.py") for p in ("transport_http", "transport_auth")),
-)
+TRANSPORT_PARTS = ("transport_hosts", "transport_http", "transport_auth")  # = transport.PARTS
+TRANSPORT_FILES = (TRANSPORT, *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS))
 HELPER = "registry-transport"
 # Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
 CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -80,13 +79,8 @@ def parse_registry(text: str) -> str:
 
 
 def is_loopback(registry: str) -> bool:
-    host, _ = split_registry(registry)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether plain HTTP may be fallen back to: the transport's own check, on the host."""
+    return loopback_host(split_registry(registry)[0])
 
 
 @dataclass(frozen=True)

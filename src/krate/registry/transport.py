@@ -43,7 +43,7 @@ import os
 import sys
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-PARTS = ("transport_http", "transport_auth")  # in load order: auth imports http
+PARTS = ("transport_hosts", "transport_http", "transport_auth")  # in the order they import
 
 
 def _load_parts() -> None:

@@ -13,7 +13,8 @@ import base64
 import json
 from urllib.parse import urlencode, urlsplit
 
-from krate.registry.transport_http import Failure, Response, is_loopback, split_host
+from krate.registry.transport_hosts import is_loopback, split_host
+from krate.registry.transport_http import Failure, Response
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

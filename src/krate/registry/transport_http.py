@@ -10,7 +10,6 @@ refused before any connection is made.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
@@ -19,6 +18,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
+
+from krate.registry.transport_hosts import split_host
 
 MAX_BODY = 4 << 20  # manifests, indexes, tokens and error documents are small
 SEND_STEP = 8 << 20  # progress granularity while streaming a blob
@@ -53,27 +54,6 @@ def emit(kind: str, **fields) -> None:
 
 def now_ts() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: UP017
-
-
-def split_host(netloc: str, scheme: str) -> tuple[str, int]:
-    default = 443 if scheme == "https" else 80
-    if netloc.startswith("["):
-        host, _, rest = netloc[1:].partition("]")
-        return host.lower(), int(rest[1:]) if rest.startswith(":") else default
-    host, sep, port = netloc.rpartition(":")
-    if sep and port.isdigit():
-        return host.lower(), int(port)
-    return netloc.lower(), default
-
-
-def is_loopback(host: str) -> bool:
-    """`localhost` or a loopback address (krate.registry.client has its own: no networking)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Response:
