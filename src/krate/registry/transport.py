@@ -27,12 +27,15 @@ that registry announces; send credentials to any other host or over plain HTTP t
 a host the job did not allow; follow a redirect carrying Authorization; put a
 credential, URL path or response body in its output.
 
-The code is in three files, all standard library: this one (the job, the client
-and the pusher), transport_http.py (connections and `retry()`) and
-transport_auth.py (the challenge state machine). Run as a script, krate is not
-importable (`-I -S`), so `_load_parts` loads the other two by their exact files
-beside this one, as the egress proxy loads krate's policy modules: nothing is added
-to sys.path, and the proof's helpers layer allows exactly `PARTS`.
+The code is in four files, all standard library: this one (the job, the client
+and the pusher), transport_http.py (connections and `retry()`), transport_auth.py
+(the challenge state machine) and transport_hosts.py (host names; krate's own side
+uses it too). Run as a script, krate is not importable (`-I -S`), so `_load_parts`
+loads the parts by their exact files beside this one, as the egress proxy loads
+krate's policy modules: nothing is added to sys.path, and the proof's helpers layer
+allows exactly these files (krate.registry.client.TRANSPORT_FILES). One script
+with everything inside would also keep the helper standard-library only, but not
+under 500 lines.
 """
 
 from __future__ import annotations
