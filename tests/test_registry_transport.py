@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from krate.errors import UsageError
-from krate.registry import client
+from krate.registry import client, transport_auth
 from krate.registry.keychain import backend_name
 from tests.conftest import KRATE, run_krate
 from tests.registry_server import Reader, Registry, free_port, needs_registry
@@ -49,8 +49,7 @@ def run_transport(job: dict) -> tuple[int, list[dict]]:
 
 
 def test_challenge_parsing_keeps_quoted_commas():
-    t = load_transport()
-    scheme, params = t.parse_challenge(
+    scheme, params = transport_auth.parse_challenge(
         'Bearer realm="https://auth.example/token",service="reg",'
         'scope="repository:a/b:pull,push",error="insufficient_scope"'
     )
@@ -61,7 +60,7 @@ def test_challenge_parsing_keeps_quoted_commas():
         "scope": "repository:a/b:pull,push",
         "error": "insufficient_scope",
     }
-    assert t.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    assert transport_auth.parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
 
 
 def test_upload_url_keeps_its_query_verbatim():
@@ -174,9 +173,9 @@ def test_a_plain_http_token_realm_elsewhere_is_refused():
             return 'Bearer realm="http://evil.example/token",service="x"'
 
     with pytest.raises(t.Failure) as caught:
-        c.learn(R())
+        c.auth.learn(R().header("WWW-Authenticate"), c.pool.scheme)
     assert caught.value.code == "protocol" and "plain-HTTP token service" in str(caught.value)
-    assert ("evil.example", 80) not in c.allowed
+    assert ("evil.example", 80) not in c.pool.allowed
 
 
 class Reflecting(Quiet):
@@ -305,6 +304,12 @@ def test_basic_credentials_are_never_put_in_the_output(tmp_path, krate_home, key
         assert password.encode() not in data and basic.encode() not in data, path
 
 
+def test_the_basic_header_encodes_user_and_password():
+    t = load_transport()
+    c = t.Client({"registry": "r.example", "scheme": "https", "username": "u", "password": "pw"})
+    assert c.auth.basic() == "Basic " + base64.b64encode(b"u:pw").decode()
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -412,3 +417,35 @@ def test_5xx_answers_are_retried_with_backoff_and_present_blobs_skipped():
     assert Flaky.seen[:3] == ["GET /v2/"] * 3 and Flaky.seen[3:] == ["HEAD", "PUT"]
     assert [m["status"] for m in lines if m["type"] == "blob"] == ["present"]
     assert lines[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"manifests": "x"}', b'{"manifests": [1]}', b"{"])
+def test_a_referrers_tag_that_is_not_an_index_is_refused_not_crashed_on(body):
+    """A real check, not an assert (gone under -O); entries that are not objects too."""
+    t = load_transport()
+
+    class Answer:
+        status = 200
+
+        def __init__(self) -> None:
+            self.body = body
+
+    class FakeClient:
+        registry = "r.example"
+
+        def call(self, *args, **kw):
+            return Answer()
+
+        def check(self, resp, *args):
+            return resp
+
+    pusher = t.Pusher(FakeClient(), {"repository": "a/b"})
+    with pytest.raises(t.Failure) as caught:
+        pusher.referrers_index("sha256-00")
+    assert caught.value.code == "protocol" and "is not an index" in str(caught.value)
+
+
+def test_krate_names_exactly_the_files_the_transport_loads():
+    t = load_transport()
+    assert client.TRANSPORT_PARTS == t.PARTS
+    assert all(f.is_file() for f in client.TRANSPORT_FILES)

@@ -108,10 +108,10 @@ def egress_report(python: str | None = None) -> tuple[dict[str, Any], list[str],
 
 def transport_report(python: str, environ: Mapping[str, str]) -> tuple[dict, list, list]:
     """Start the registry transport as `krate login`/`push` do; its report and places."""
-    from krate.registry.client import TRANSPORT, Transport, child_env
+    from krate.registry.client import TRANSPORT_FILES, Transport, child_env
 
     transport = Transport.start(python=python, env=child_env(environ))
-    return transport.import_report(), [], [str(TRANSPORT)]
+    return transport.import_report(), [], [str(f) for f in TRANSPORT_FILES]
 
 
 def check(python: str, environ: Mapping[str, str]) -> dict[str, Any]:

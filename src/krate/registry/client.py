@@ -25,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from krate.errors import KrateError, UsageError
+from krate.registry.transport_hosts import is_loopback as loopback_host
 
 TRANSPORT = Path(__file__).with_name("transport.py")
+# Every file the transport runs: the script and the parts it loads by exact file.
+TRANSPORT_PARTS = ("transport_hosts", "transport_http", "transport_auth")  # = transport.PARTS
+TRANSPORT_FILES = (TRANSPORT, *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS))
 HELPER = "registry-transport"
 # Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
 CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -75,13 +79,8 @@ def parse_registry(text: str) -> str:
 
 
 def is_loopback(registry: str) -> bool:
-    host, _ = split_registry(registry)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether plain HTTP may be fallen back to: the transport's own check, on the host."""
+    return loopback_host(split_registry(registry)[0])
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,13 @@ def connection_for(registry: str, plain_http: bool) -> Connection:
             "credentials included",
         )
     return Connection("https", is_loopback(registry), None)
+
+
+def used_plain_http(connection: Connection, messages: list[dict[str, Any]]) -> bool:
+    """Whether the transport spoke plain HTTP: as asked, or by the announced loopback fallback."""
+    return connection.scheme == "http" or any(
+        m.get("type") == "notice" and m.get("plain_http") for m in messages
+    )
 
 
 PLAIN_HTTP_NOTICE = (
@@ -347,9 +353,7 @@ def login(
         on_message=on_message,
         secrets=secret_forms(username, password),
     )
-    used_http = connection.scheme == "http" or any(
-        m.get("type") == "notice" and m.get("plain_http") for m in transport.messages
-    )
+    used_http = used_plain_http(connection, transport.messages)
     keychain.put(registry, Credentials(username, password))
     with open_store() as store:
         events.append(

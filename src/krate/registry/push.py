@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from krate.errors import KrateError
 from krate.registry.client import (
+    Connection,
     Reference,
     Transport,
     TransportFailed,
     connection_for,
     secret_forms,
+    used_plain_http,
 )
 
 if TYPE_CHECKING:
@@ -140,18 +142,7 @@ def plan(store: Store, paths: Paths, artifact_ref: str, reference: Reference) ->
     if build is None:
         raise KrateError(f"the build record of {artifact.digest} is missing; nothing was pushed")
     path = ArtifactStore(paths.artifacts_dir).path_for(artifact.digest)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise KrateError(
-            f"{artifact.digest} ({artifact.name}) is recorded but missing from the store "
-            f"{path.parent}; run `krate artifacts verify`. Nothing was pushed."
-        ) from None
-    if size != artifact.size:
-        raise KrateError(
-            f"the stored copy of {artifact.digest} changed size ({size} bytes, recorded "
-            f"{artifact.size}); run `krate artifacts verify`. Nothing was pushed."
-        )
+    _check_stored(artifact, path)
     statement = build.statement.encode("utf-8")
     envelope = _encode(dsse.envelope(statement))
     predicate = json.loads(statement).get("predicateType", "")
@@ -217,6 +208,22 @@ def plan(store: Store, paths: Paths, artifact_ref: str, reference: Reference) ->
     )
 
 
+def _check_stored(artifact: Any, path: Path) -> None:
+    """The stored copy is there and has the recorded size (its digest is `verify`'s job)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise KrateError(
+            f"{artifact.digest} ({artifact.name}) is recorded but missing from the store "
+            f"{path.parent}; run `krate artifacts verify`. Nothing was pushed."
+        ) from None
+    if size != artifact.size:
+        raise KrateError(
+            f"the stored copy of {artifact.digest} changed size ({size} bytes, recorded "
+            f"{artifact.size}); run `krate artifacts verify`. Nothing was pushed."
+        )
+
+
 @dataclass
 class PushResult:
     push_id: str
@@ -247,7 +254,6 @@ def push(
 ) -> PushResult:
     """Run the push through the started transport; record started, then finished or failed."""
     from krate.store import events
-    from krate.store import pushes as rows
 
     ref = plan.reference
     connection = connection_for(ref.registry, plain_http)
@@ -272,7 +278,44 @@ def push(
             "user": credentials.username if credentials else None,
         },
     )
-    job = {
+    started = clock()
+    secret = secret_forms(credentials.username, credentials.password) if credentials else ()
+    try:
+        done = transport.run(
+            _job(plan, connection, credentials),
+            open_store=open_store,
+            command="krate push",
+            on_message=on_message,
+            secrets=secret,
+        )
+    except BaseException as exc:
+        _record_failed(store, base, exc, transport.messages, round(clock() - started, 3))
+        if isinstance(exc, TransportFailed):
+            raise KrateError(
+                f"push to {ref} failed: {exc}; nothing was recorded as pushed"
+            ) from None
+        raise
+    messages = transport.messages
+    result = PushResult(
+        push_id=push_id,
+        reference=str(ref),
+        manifest_digest=plan.manifest_digest,
+        provenance_digest=plan.provenance_digest,
+        referrers=next((m.get("via") for m in messages if m.get("type") == "referrers"), None),
+        uploaded=_blobs(messages, "uploaded"),
+        present=_blobs(messages, "present"),
+        bytes_sent=int(done.get("sent", 0)),
+        duration_s=round(clock() - started, 3),
+        plain_http=used_plain_http(connection, messages),
+    )
+    _record_finished(store, plan, base, result, done.get("auth"))
+    return result
+
+
+def _job(plan: Plan, connection: Connection, credentials: Credentials | None) -> dict[str, Any]:
+    """The transport's job (credentials included: it travels only on the helper's stdin)."""
+    ref = plan.reference
+    return {
         "op": "push",
         "registry": ref.registry,
         "scheme": connection.scheme,
@@ -285,79 +328,63 @@ def push(
         "chunk_size": CHUNK_SIZE,
         "chunk_threshold": CHUNK_THRESHOLD,
     }
-    started = clock()
-    secret = secret_forms(credentials.username, credentials.password) if credentials else ()
-    try:
-        done = transport.run(
-            job,
-            open_store=open_store,
-            command="krate push",
-            on_message=on_message,
-            secrets=secret,
-        )
-    except BaseException as exc:
-        job = None
-        messages = transport.messages
-        sent = sum(int(m.get("sent", 0)) for m in messages if m.get("type") == "blob")
-        code = (
-            exc.code
-            if isinstance(exc, TransportFailed)
-            else ("interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
-        )
-        reason = str(exc) if isinstance(exc, KrateError) else type(exc).__name__
-        events.append(
-            store,
-            "push.failed",
-            {
-                **base,
-                "error": code,
-                "reason": reason,
-                "uploaded": _blobs(messages, "uploaded"),
-                "bytes": sent,
-                "duration_s": round(clock() - started, 3),
-            },
-        )
-        if isinstance(exc, TransportFailed):
-            raise KrateError(
-                f"push to {ref} failed: {exc}; nothing was recorded as pushed"
-            ) from None
-        raise
-    job = None
-    messages = transport.messages
-    used_http = connection.scheme == "http" or any(
-        m.get("type") == "notice" and m.get("plain_http") for m in messages
+
+
+def _record_failed(
+    store: Store,
+    base: dict[str, Any],
+    exc: BaseException,
+    messages: list[dict[str, Any]],
+    duration_s: float,
+) -> None:
+    from krate.store import events
+
+    sent = sum(int(m.get("sent", 0)) for m in messages if m.get("type") == "blob")
+    code = (
+        exc.code
+        if isinstance(exc, TransportFailed)
+        else ("interrupted" if isinstance(exc, KeyboardInterrupt) else "error")
     )
-    via = next((m.get("via") for m in messages if m.get("type") == "referrers"), None)
-    result = PushResult(
-        push_id=push_id,
-        reference=str(ref),
-        manifest_digest=plan.manifest_digest,
-        provenance_digest=plan.provenance_digest,
-        referrers=via,
-        uploaded=_blobs(messages, "uploaded"),
-        present=_blobs(messages, "present"),
-        bytes_sent=int(done.get("sent", 0)),
-        duration_s=round(clock() - started, 3),
-        plain_http=used_http,
+    reason = str(exc) if isinstance(exc, KrateError) else type(exc).__name__
+    events.append(
+        store,
+        "push.failed",
+        {
+            **base,
+            "error": code,
+            "reason": reason,
+            "uploaded": _blobs(messages, "uploaded"),
+            "bytes": sent,
+            "duration_s": duration_s,
+        },
     )
+
+
+def _record_finished(
+    store: Store, plan: Plan, base: dict[str, Any], result: PushResult, auth: Any
+) -> None:
+    """`push.finished` and the pushes row, in one write."""
+    from krate.store import pushes as rows
+
+    ref = plan.reference
     with store.write() as writer:
         event = writer.append(
             "push.finished",
             {
                 **base,
-                "referrers": via,
+                "referrers": result.referrers,
                 "uploaded": result.uploaded,
                 "present": result.present,
                 "bytes": result.bytes_sent,
                 "duration_s": result.duration_s,
-                "plain_http": used_http,
-                "auth": done.get("auth"),
+                "plain_http": result.plain_http,
+                "auth": auth,
             },
         )
         rows.insert(
             writer,
             rows.PushRow(
-                push_id=push_id,
+                push_id=result.push_id,
                 artifact_digest=plan.artifact_digest,
                 name=plan.artifact_name,
                 registry=ref.registry,
@@ -365,12 +392,11 @@ def push(
                 tag=ref.tag,
                 manifest_digest=plan.manifest_digest,
                 provenance_digest=plan.provenance_digest,
-                referrers=via,
+                referrers=result.referrers,
                 bytes_sent=result.bytes_sent,
                 pushed_at=event.ts,
             ),
         )
-    return result
 
 
 def _blobs(messages: list[dict[str, Any]], status: str) -> list[str]:
