@@ -12,6 +12,7 @@ import pytest
 
 from krate.netguard import lockdown
 
+from .bpf_support import run_bpf
 from .conftest import run_krate
 
 LINUX = sys.platform.startswith("linux")
@@ -20,25 +21,6 @@ ALLOW = lockdown.SECCOMP_RET_ALLOW
 EACCES = lockdown.SECCOMP_RET_ERRNO | 13
 ENOSYS = lockdown.SECCOMP_RET_ERRNO | 38
 I386 = 0x40000003
-
-
-def run_bpf(program, nr: int, arch: int, arg0: int = 0) -> int:
-    """A classic-BPF interpreter for the few opcodes the filter uses, over seccomp_data."""
-    data = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF}
-    acc, pc = 0, 0
-    while True:
-        code, jt, jf, k = program[pc]
-        if code == 0x20:
-            acc = data[k]
-        elif code == 0x15:
-            pc += jt if acc == k else jf
-        elif code == 0x35:
-            pc += jt if acc >= k else jf
-        elif code == 0x06:
-            return k
-        else:
-            raise AssertionError(f"unexpected opcode {code:#x}")
-        pc += 1
 
 
 @pytest.mark.parametrize("arch", sorted(lockdown._ARCHES))

@@ -17,33 +17,12 @@ import pytest
 from krate.netguard import lockdown
 from krate.sandbox import seccomp
 from krate.sandbox.seccomp import Refusal
+from tests.bpf_support import run_bpf
 
 ALLOW = lockdown.SECCOMP_RET_ALLOW
 ERRNO = lockdown.SECCOMP_RET_ERRNO
 EPERM, EACCES, ENOSYS = ERRNO | 1, ERRNO | 13, ERRNO | 38
 I386, ARM32 = 0x40000003, 0x40000028
-
-
-def run_bpf(program, nr: int, arch: int, *args: int) -> int:
-    """A classic-BPF interpreter for the opcodes the filter uses, over seccomp_data."""
-    data = {0: nr, 4: arch}
-    for i, value in enumerate(args):
-        data[16 + 8 * i] = value & 0xFFFFFFFF  # little-endian: the low word first
-        data[20 + 8 * i] = value >> 32
-    acc, pc = 0, 0
-    while True:
-        code, jt, jf, k = program[pc]
-        if code == 0x20:
-            acc = data.get(k, 0)
-        elif code == 0x15:
-            pc += jt if acc == k else jf
-        elif code == 0x35:
-            pc += jt if acc >= k else jf
-        elif code == 0x06:
-            return k
-        else:
-            raise AssertionError(f"unexpected opcode {code:#x}")
-        pc += 1
 
 
 @pytest.mark.parametrize("arch", sorted(seccomp.SYSCALLS))
