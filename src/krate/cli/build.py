@@ -7,20 +7,12 @@ stdout is untouched; krate's own lines go to stderr.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from krate.cli.options import ALLOW_BROAD_WORKSPACE, as_root_option
-from krate.cli.policy_options import (
-    AllowHostOpt,
-    AllowWriteOpt,
-    DenyReadOpt,
-    EnvOpt,
-    NoNetworkOpt,
-    PolicyOpt,
-)
+from krate.cli.options import repeatable
+from krate.cli.workload_options import workload_options
 
 CommandArg = Annotated[
     list[str] | None,
@@ -30,39 +22,27 @@ CommandArg = Annotated[
         show_default=False,
     ),
 ]
-OutOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="PATH",
-        help="An output file or folder (repeatable; at least one). Every file under it is "
-        "stored and recorded. Example: --out dist/",
-    ),
-]
-InputOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--input",
-        "-i",
-        metavar="GLOB",
-        help="Record the digests of the files matching this glob, before the build "
-        "(repeatable; ** for any depth). Example: --input 'src/**/*.py'",
-    ),
-]
-WorkdirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--workdir",
-        metavar="DIR",
-        help="Workspace (writable) and working directory; default: the current directory. "
-        "Example: --workdir ~/src/app",
-        file_okay=False,
-        exists=True,
-    ),
-]
+OutOpt = repeatable(
+    "--out",
+    "-o",
+    metavar="PATH",
+    help="An output file or folder (repeatable; at least one). Every file under it is "
+    "stored and recorded. Example: --out dist/",
+)
+InputOpt = repeatable(
+    "--input",
+    "-i",
+    metavar="GLOB",
+    help="Record the digests of the files matching this glob, before the build "
+    "(repeatable; ** for any depth). Example: --input 'src/**/*.py'",
+)
 
 
+@workload_options(
+    hardlinked="krate build --allow-hardlinked-secrets --out dist -- make",
+    as_root="sudo krate build --as-root --out dist -- make",
+    verbose="krate build -v",
+)
 def build(
     command: CommandArg = None,
     out: OutOpt = None,
@@ -70,24 +50,8 @@ def build(
     name: str = typer.Option(
         None, "--name", "-n", help="A name for this build. Example: --name release-1.2"
     ),
-    policy: PolicyOpt = None,
-    allow_host: AllowHostOpt = None,
-    allow_write: AllowWriteOpt = None,
-    deny_read: DenyReadOpt = None,
-    no_network: NoNetworkOpt = False,
-    env: EnvOpt = None,
-    workdir: WorkdirOpt = None,
-    allow_hardlinked_secrets: bool = typer.Option(
-        False,
-        "--allow-hardlinked-secrets",
-        help="Run even if a hidden file has other hard links (one of them may be readable). "
-        "Example: krate build --allow-hardlinked-secrets --out dist -- make",
-    ),
-    as_root: bool = as_root_option("sudo krate build --as-root --out dist -- make"),
-    allow_broad_workspace: bool = ALLOW_BROAD_WORKSPACE,
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Say what krate did (on stderr). Example: krate build -v"
-    ),
+    *,
+    options,
 ) -> int:
     """Run CMD as `krate run` does, then store every file under --out and record provenance.
 
@@ -99,7 +63,4 @@ def build(
     """
     from krate.cli.workload import build_workload
 
-    return build_workload(
-        command, out, input_, name, policy, allow_host, allow_write, deny_read, no_network,
-        env, workdir, allow_hardlinked_secrets, verbose, as_root, allow_broad_workspace,
-    )  # fmt: skip
+    return build_workload(options._replace(command=command, out=out, input_=input_, name=name))

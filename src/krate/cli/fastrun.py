@@ -53,43 +53,42 @@ def parse(args: list[str]) -> dict[str, Any] | None:
     i = 1
     while i < len(args):
         arg = args[i]
-        if arg == "--":
-            found["command"] = args[i + 1 :]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            found["command"] = args[i + 1 :] if arg == "--" else args[i:]
             break
-        if not arg.startswith("-") or arg == "-":
-            found["command"] = args[i:]
-            break
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if name in flags and not eq:
-                found[flags[name]] = True
-            elif name in values or name in repeated:
-                if not eq:
-                    if i + 1 >= len(args):
-                        return None
-                    i += 1
-                    value = args[i]
-                _store(found, values, repeated, name, value)
-            else:
-                return None  # unknown, --help, or a flag given a value: Typer explains
-        else:
-            for j in range(1, len(arg)):
-                name = "-" + arg[j]
-                if name in flags:
-                    found[flags[name]] = True
-                    continue
-                if name not in values and name not in repeated:
+        option = _option(arg, flags, {**values, **repeated}, found)
+        if option is False:
+            return None  # unknown, --help, or a flag given a value: Typer explains
+        if option is not None:
+            name, value = option
+            if value is None:  # the value is the next argument
+                i += 1
+                if i >= len(args):
                     return None
-                value = arg[j + 1 :]
-                if not value:
-                    if i + 1 >= len(args):
-                        return None
-                    i += 1
-                    value = args[i]
-                _store(found, values, repeated, name, value)
-                break
+                value = args[i]
+            _store(found, values, repeated, name, value)
         i += 1
     return found if _valid(found) else None
+
+
+def _option(arg: str, flags: dict, takes: dict, found: dict[str, Any]):
+    """Set the flags `arg` names; return the option in it that takes a value, with the
+    value written in `arg` (None: the next argument is the value), None when there is
+    no such option, or False when `arg` is not a line of these options."""
+    if arg.startswith("--"):
+        name, eq, value = arg.partition("=")
+        if name in flags and not eq:
+            found[flags[name]] = True
+            return None
+        return (name, value if eq else None) if name in takes else False
+    for j in range(1, len(arg)):  # clustered short options: `-vo dist`, `-odist`
+        name = "-" + arg[j]
+        if name in takes:
+            return name, arg[j + 1 :] or None
+        if name not in flags:
+            return False
+        found[flags[name]] = True
+    return None
 
 
 def _store(found: dict[str, Any], values: dict, repeated: dict, name: str, value: str) -> None:

@@ -173,9 +173,10 @@ def _dispatch(args: list[str]) -> int:
         if fast is not None:
             from krate.cli import workload
 
+            options = workload.Workload.parsed(fast)
             if args[0] == "build":
-                return workload.build_workload(**fast)
-            return workload.run_workload(**fast)
+                return workload.build_workload(options)
+            return workload.run_workload(options)
         from krate.cli.app import build
 
         app = build(None if completing else _first_word(args))

@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
+
 import typer
 
 JSON = typer.Option(False, "--json", help="Print JSON. Example: --json | jq .")
 NEWEST = typer.Option(
     None, "--limit", min=0, help="Only the newest N (still newest last). Example: --limit 10"
 )
+
+
+def repeatable(flag: str, *short: str, metavar: str, help: str) -> Any:
+    """The type of an option given any number of times (None when never given)."""
+    return Annotated[list[str] | None, typer.Option(flag, *short, metavar=metavar, help=help)]
+
+
+def parameters(**specs: tuple[Any, Any]) -> tuple[inspect.Parameter, ...]:
+    """Command parameters from `name=(annotation, default)`, in order, for `sharing`."""
+    kind = inspect.Parameter.KEYWORD_ONLY
+    return tuple(
+        inspect.Parameter(name, kind, default=default, annotation=annotation)
+        for name, (annotation, default) in specs.items()
+    )
+
+
+def sharing(options: tuple[inspect.Parameter, ...], make: Callable[..., Any]):
+    """Decorate a Typer command to take `options`, which several commands share, as one value.
+
+    Typer reads a command's options from its signature, so they are spliced into it in
+    place of the command's last parameter (keyword-only, e.g. `*, flags`), which then
+    receives `make(**their values)`: each command lists them in the same order, with the
+    same help, without writing them out again.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        *own, slot = inspect.signature(command, eval_str=True).parameters.values()
+        spliced = [*own, *options]
+
+        @functools.wraps(command)
+        def with_options(**given: Any) -> Any:
+            shared = {option.name: given.pop(option.name) for option in options}
+            return command(**given, **{slot.name: make(**shared)})
+
+        with_options.__signature__ = inspect.Signature(spliced)  # type: ignore[attr-defined]
+        with_options.__annotations__ = {
+            p.name: p.annotation for p in spliced if p.annotation is not p.empty
+        }
+        return with_options
+
+    return decorate
 
 
 def as_root_option(example: str):

@@ -14,17 +14,7 @@ import typer
 
 from krate.cli.common import paths
 from krate.cli.options import JSON
-from krate.cli.policy_options import (
-    AllowHostOpt,
-    AllowWriteOpt,
-    DenyReadOpt,
-    EnvOpt,
-    NoNetworkOpt,
-    PolicyOpt,
-    flags_from,
-    load_effective,
-    read_trust,
-)
+from krate.cli.policy_options import load_effective, policy_options, read_trust
 
 app = typer.Typer(
     help="The policy a workload runs under: what it may read, write, reach and inherit.\n\n"
@@ -60,15 +50,8 @@ def list_(json_: bool = JSON) -> None:
 
 
 @app.command()
-def show(
-    json_: bool = JSON,
-    policy: PolicyOpt = None,
-    allow_host: AllowHostOpt = None,
-    allow_write: AllowWriteOpt = None,
-    deny_read: DenyReadOpt = None,
-    no_network: NoNetworkOpt = False,
-    env: EnvOpt = None,
-) -> None:
+@policy_options
+def show(json_: bool = JSON, *, flags) -> None:
     """Show the effective policy here, each rule with its layer, and any ignored widenings.
 
     Takes the same policy options as `krate run`, to preview a run.
@@ -77,7 +60,6 @@ def show(
     """
     from krate import render
 
-    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
     effective = load_effective(flags, Path.cwd())
     if json_:
         render.print_json(effective.to_dict())
@@ -133,6 +115,7 @@ def check(file: Annotated[Path, typer.Argument(help="The policy file to check.")
 
 
 @app.command()
+@policy_options
 def explain(
     kind: str = typer.Argument(..., metavar="KIND", help="net, read, write or env."),
     subject: str = typer.Argument(
@@ -141,12 +124,8 @@ def explain(
         help="HOST[:PORT] (port 443 if omitted), a PATH, or a variable NAME.",
     ),
     json_: bool = JSON,
-    policy: PolicyOpt = None,
-    allow_host: AllowHostOpt = None,
-    allow_write: AllowWriteOpt = None,
-    deny_read: DenyReadOpt = None,
-    no_network: NoNetworkOpt = False,
-    env: EnvOpt = None,
+    *,
+    flags,
 ) -> None:
     """Say whether the policy here allows one thing, which rule decides and from which layer.
 
@@ -157,7 +136,6 @@ def explain(
     from krate import render
     from krate.policy.manage import explain as decide
 
-    flags = flags_from(policy, allow_host, allow_write, deny_read, no_network, env)
     effective = load_effective(flags, Path.cwd())
     decision = decide(effective, kind, subject, cwd=Path.cwd())
     if json_:

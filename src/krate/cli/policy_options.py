@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from krate.cli.complete import policy_names
+from krate.cli.options import parameters, repeatable, sharing
 
 # The loading itself lives in a typer-free module (krate run's fast path uses it).
 from krate.cli.policy_load import flags_from, load_effective, read_trust
@@ -25,53 +26,48 @@ PolicyOpt = Annotated[
         "Example: --policy strict",
     ),
 ]
-AllowHostOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--allow-host",
-        metavar="HOST",
-        help="Also allow this host pattern (repeatable). "
-        "Example: --allow-host api.example.com:8443",
-    ),
-]
-AllowWriteOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--allow-write",
-        metavar="PATH",
-        help="Also allow writing here (repeatable). Example: --allow-write ~/.cache/pip",
-    ),
-]
-DenyReadOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--deny-read",
-        metavar="PATH",
-        help="Also hide this path (repeatable). Example: --deny-read ~/notes",
-    ),
-]
+AllowHostOpt = repeatable(
+    "--allow-host",
+    metavar="HOST",
+    help="Also allow this host pattern (repeatable). Example: --allow-host api.example.com:8443",
+)
+AllowWriteOpt = repeatable(
+    "--allow-write",
+    metavar="PATH",
+    help="Also allow writing here (repeatable). Example: --allow-write ~/.cache/pip",
+)
+DenyReadOpt = repeatable(
+    "--deny-read",
+    metavar="PATH",
+    help="Also hide this path (repeatable). Example: --deny-read ~/notes",
+)
 NoNetworkOpt = Annotated[
     bool,
     typer.Option("--no-network", help="No network at all for the workload. Example: --no-network"),
 ]
-EnvOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--env",
-        metavar="NAME",
-        help="Pass this variable through even if it looks secret (repeatable). "
-        "Example: --env NPM_TOKEN",
-    ),
-]
+EnvOpt = repeatable(
+    "--env",
+    metavar="NAME",
+    help="Pass this variable through even if it looks secret (repeatable). "
+    "Example: --env NPM_TOKEN",
+)
+
+# In `flags_from` order, which is also the order --help lists them in.
+POLICY_OPTIONS = parameters(
+    policy=(PolicyOpt, None),
+    allow_host=(AllowHostOpt, None),
+    allow_write=(AllowWriteOpt, None),
+    deny_read=(DenyReadOpt, None),
+    no_network=(NoNetworkOpt, False),
+    env=(EnvOpt, None),
+)
+# A command ending in `*, flags` gets these options, and `flags` the policy's flag layer.
+policy_options = sharing(POLICY_OPTIONS, flags_from)
 
 __all__ = [
-    "AllowHostOpt",
-    "AllowWriteOpt",
-    "DenyReadOpt",
-    "EnvOpt",
-    "NoNetworkOpt",
-    "PolicyOpt",
+    "POLICY_OPTIONS",
     "flags_from",
     "load_effective",
+    "policy_options",
     "read_trust",
 ]

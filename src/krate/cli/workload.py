@@ -1,6 +1,7 @@
 """What `krate run` and `krate build` do once their options are parsed, with no CLI framework.
 
-Both entries call `run_workload` / `build_workload`: the parser in cli/fastrun.py,
+Both entries read the options into one `Workload` and call `run_workload` /
+`build_workload`: the parser in cli/fastrun.py,
 which must not import Typer (start-up, and no third-party code before the
 lockdown), and the Typer commands, which the tests' in-process entry uses.
 """
@@ -9,32 +10,54 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from krate.cli.common import lock_down, paths
 
+if TYPE_CHECKING:
+    from krate.policy import Flags
 
-def prepare(
-    command: list[str],
-    flags: tuple,
-    workdir: Path | None,
-    allow_hardlinked_secrets: bool,
-    as_root: bool = False,
-    allow_broad_workspace: bool = False,
-):
+
+class Workload(NamedTuple):
+    """What one `krate run` or `krate build` was asked to do, whichever parser read it."""
+
+    flags: Flags  # the policy options, as the policy's command-line layer
+    command: list[str] | None = None
+    workdir: Path | None = None
+    allow_hardlinked_secrets: bool = False
+    as_root: bool = False
+    allow_broad_workspace: bool = False
+    verbose: bool = False
+    out: list[str] | None = None  # the rest: `krate build` only
+    input_: list[str] | None = None
+    name: str | None = None
+
+    @classmethod
+    def parsed(cls, options: dict) -> Workload:
+        """From the options by parameter name (cli/fastrun.py's, or the Typer command's)."""
+        from krate.cli.policy_load import flags_from
+        from krate.policy import Flags
+
+        rest = dict(options)
+        return cls(flags_from(**{name: rest.pop(name) for name in Flags._fields}), **rest)
+
+
+def prepare(options: Workload):
     """The effective policy and the run request shared by `krate run` and `krate build`.
 
-    `flags` are the policy options in `flags_from` order. The request locks krate's
-    own process out of the network once the sandbox exists.
+    The request locks krate's own process out of the network once the sandbox exists.
     """
     from krate import render
-    from krate.cli.policy_load import flags_from, load_effective
+    from krate.cli.policy_load import load_effective
     from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError
     from krate.runs import RunRequest
 
     _require_unlocked()
-    cwd = (workdir or Path.cwd()).absolute()
+    command, allow_hardlinked_secrets = options.command, options.allow_hardlinked_secrets
+    as_root, allow_broad_workspace = options.as_root, options.allow_broad_workspace
+    cwd = (options.workdir or Path.cwd()).absolute()
     try:
-        effective = load_effective(flags_from(*flags), cwd)
+        effective = load_effective(options.flags, cwd)
     except KrateError as exc:  # a bad policy file: krate failed before the workload, 125
         if exc.exit_code == EXIT_FAILURE:
             exc.exit_code = EXIT_KRATE_FAILED
@@ -103,75 +126,35 @@ def report(result, effective, verbose: bool) -> None:
         )
 
 
-def run_workload(
-    command: list[str] | None,
-    policy: str | None,
-    allow_host: list[str] | None,
-    allow_write: list[str] | None,
-    deny_read: list[str] | None,
-    no_network: bool,
-    env: list[str] | None,
-    workdir: Path | None,
-    allow_hardlinked_secrets: bool,
-    verbose: bool,
-    as_root: bool = False,
-    allow_broad_workspace: bool = False,
-) -> int:
+def run_workload(options: Workload) -> int:
     """Run the command under the effective policy; returns the workload's exit status."""
     from krate.errors import UsageError
     from krate.runs import execute
 
-    if not command:
+    if not options.command:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
-    flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(
-        command, flags, workdir, allow_hardlinked_secrets, as_root, allow_broad_workspace
-    )
-    try:
-        result = execute(paths(), effective, request)
-    finally:
-        lock_down()  # also when the run was refused before anything started
-    report(result, effective, verbose)
+    effective, result = _launch(options, execute)
+    report(result, effective, options.verbose)
     return result.exit_code
 
 
-def build_workload(
-    command: list[str] | None,
-    out: list[str] | None,
-    input_: list[str] | None,
-    name: str | None,
-    policy: str | None,
-    allow_host: list[str] | None,
-    allow_write: list[str] | None,
-    deny_read: list[str] | None,
-    no_network: bool,
-    env: list[str] | None,
-    workdir: Path | None,
-    allow_hardlinked_secrets: bool,
-    verbose: bool,
-    as_root: bool = False,
-    allow_broad_workspace: bool = False,
-) -> int:
+def build_workload(options: Workload) -> int:
     """Run the build command as `run_workload` does, then record its outputs and provenance."""
     from krate import render
     from krate.errors import UsageError
     from krate.provenance.build import run_build
 
-    if not command:
+    if not options.command:
         raise UsageError("give the build command after `--`, e.g. krate build --out dist -- make")
-    if not out:
+    if not options.out:
         raise UsageError("name at least one output with --out PATH (a file or a folder)")
-    flags = (policy, allow_host, allow_write, deny_read, no_network, env)
-    effective, request = prepare(
-        command, flags, workdir, allow_hardlinked_secrets, as_root, allow_broad_workspace
-    )
-    try:
-        result, recorded = run_build(
-            paths(), effective, request, outs=out, input_globs=input_ or (), name=name
-        )
-    finally:
-        lock_down()  # also when the run was refused before anything started
-    report(result, effective, verbose)
+
+    def start(paths, effective, request):
+        outs, globs = options.out, options.input_ or ()
+        return run_build(paths, effective, request, outs=outs, input_globs=globs, name=options.name)
+
+    effective, (result, recorded) = _launch(options, start)
+    report(result, effective, options.verbose)
     if recorded.build is None:
         render.message(f"krate: no build recorded: {recorded.failed_reason}")
         return result.exit_code
@@ -184,3 +167,13 @@ def build_workload(
         f"{recorded.new_blobs} new in the store; `krate provenance` shows the record"
     )
     return 0
+
+
+def _launch(options: Workload, start):
+    """The effective policy and what `start(paths, effective, request)` returned; krate's
+    own process is locked out of the network afterwards, whatever happened."""
+    effective, request = prepare(options)
+    try:
+        return effective, start(paths(), effective, request)
+    finally:
+        lock_down()  # also when the run was refused before anything started
