@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from krate.store.connection import translate_errors
+from krate.store.connection import query
+from krate.store.events import data_of
 
 if TYPE_CHECKING:
     from krate.store.connection import Store
@@ -105,33 +106,24 @@ def _artifact(row: tuple) -> ArtifactRow:
     return ArtifactRow(*row)
 
 
-def _query(store: Store, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-    with translate_errors(store.path):
-        return store.conn.execute(sql, params).fetchall()
-
-
 def list_builds(store: Store, limit: int | None = None) -> list[BuildRow]:
     """Newest last (like `audit list`); `limit` keeps the newest N."""
     sql = f"SELECT {_BUILD_COLUMNS} FROM builds ORDER BY created DESC, rowid DESC"
-    params: list[Any] = []
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [_build(r) for r in reversed(_query(store, sql, params))]
+    return [_build(r) for r in reversed(query(store, sql, limit=limit))]
 
 
 def get_build(store: Store, build_id: str) -> BuildRow | None:
-    rows = _query(store, f"SELECT {_BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
+    rows = query(store, f"SELECT {_BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
     return _build(rows[0]) if rows else None
 
 
 def builds_with_prefix(store: Store, prefix: str, limit: int = 11) -> list[BuildRow]:
     sql = f"SELECT {_BUILD_COLUMNS} FROM builds WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
-    return [_build(r) for r in _query(store, sql, (prefix, prefix + _TOP, limit))]
+    return [_build(r) for r in query(store, sql, (prefix, prefix + _TOP, limit))]
 
 
 def last_build(store: Store) -> BuildRow | None:
-    rows = _query(
+    rows = query(
         store, f"SELECT {_BUILD_COLUMNS} FROM builds ORDER BY created DESC, rowid DESC LIMIT 1"
     )
     return _build(rows[0]) if rows else None
@@ -143,16 +135,12 @@ _ARTIFACTS_FROM = "FROM artifacts a LEFT JOIN builds b ON b.id = a.build_id"
 def list_artifacts(store: Store, limit: int | None = None) -> list[ArtifactRow]:
     """Newest last; `limit` keeps the newest N."""
     sql = f"SELECT {_ARTIFACT_COLUMNS} {_ARTIFACTS_FROM} ORDER BY a.stored_at DESC, a.id DESC"
-    params: list[Any] = []
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [_artifact(r) for r in reversed(_query(store, sql, params))]
+    return [_artifact(r) for r in reversed(query(store, sql, limit=limit))]
 
 
 def artifacts_of_build(store: Store, build_id: str) -> list[ArtifactRow]:
     sql = f"SELECT {_ARTIFACT_COLUMNS} {_ARTIFACTS_FROM} WHERE a.build_id = ? ORDER BY a.name"
-    return [_artifact(r) for r in _query(store, sql, (build_id,))]
+    return [_artifact(r) for r in query(store, sql, (build_id,))]
 
 
 def artifacts_with_digest(store: Store, digest: str) -> list[ArtifactRow]:
@@ -161,7 +149,7 @@ def artifacts_with_digest(store: Store, digest: str) -> list[ArtifactRow]:
         f"SELECT {_ARTIFACT_COLUMNS} {_ARTIFACTS_FROM} WHERE a.digest = ? "
         "ORDER BY a.stored_at DESC, a.id DESC"
     )
-    return [_artifact(r) for r in _query(store, sql, (digest,))]
+    return [_artifact(r) for r in query(store, sql, (digest,))]
 
 
 def digests_with_prefix(store: Store, prefix: str, limit: int = 11) -> list[str]:
@@ -170,7 +158,7 @@ def digests_with_prefix(store: Store, prefix: str, limit: int = 11) -> list[str]
         "SELECT DISTINCT digest FROM artifacts WHERE digest >= ? AND digest < ? "
         "ORDER BY digest LIMIT ?"
     )
-    return [r[0] for r in _query(store, sql, (prefix, prefix + _TOP, limit))]
+    return [r[0] for r in query(store, sql, (prefix, prefix + _TOP, limit))]
 
 
 def artifacts_named(store: Store, name: str) -> list[ArtifactRow]:
@@ -179,7 +167,7 @@ def artifacts_named(store: Store, name: str) -> list[ArtifactRow]:
         f"SELECT {_ARTIFACT_COLUMNS} {_ARTIFACTS_FROM} WHERE a.name = ? "
         "ORDER BY a.stored_at DESC, a.id DESC"
     )
-    return [_artifact(r) for r in _query(store, sql, (name,))]
+    return [_artifact(r) for r in query(store, sql, (name,))]
 
 
 def artifacts_name_ending(store: Store, tail: str) -> list[ArtifactRow]:
@@ -189,12 +177,12 @@ def artifacts_name_ending(store: Store, tail: str) -> list[ArtifactRow]:
         "WHERE substr(a.name, -?) = ? ORDER BY a.stored_at DESC, a.id DESC"
     )
     suffix = "/" + tail
-    return [_artifact(r) for r in _query(store, sql, (len(suffix), suffix))]
+    return [_artifact(r) for r in query(store, sql, (len(suffix), suffix))]
 
 
 def recorded_digests(store: Store) -> list[tuple[str, int, list[str]]]:
     """Each distinct digest with its recorded size and the names it was recorded under."""
-    rows = _query(store, "SELECT digest, size, name FROM artifacts ORDER BY digest, id")
+    rows = query(store, "SELECT digest, size, name FROM artifacts ORDER BY digest, id")
     out: dict[str, tuple[int, list[str]]] = {}
     for digest, size, name in rows:
         entry = out.setdefault(digest, (size, []))
@@ -205,7 +193,7 @@ def recorded_digests(store: Store) -> list[tuple[str, int, list[str]]]:
 
 def statement_digests_in_chain(store: Store) -> dict[str, str]:
     """build id -> statement_sha256 as written in the tamper-evident `build.recorded` events."""
-    rows = _query(
+    rows = query(
         store,
         "SELECT json_extract(data, '$.build_id'), json_extract(data, '$.statement_sha256') "
         "FROM events WHERE kind = 'build.recorded'",
@@ -226,7 +214,7 @@ def crosscheck_builds(conn: sqlite3.Connection) -> tuple[int, str | None]:
     for seq, run_id, data in conn.execute(
         "SELECT seq, run_id, data FROM events WHERE kind = 'build.recorded' ORDER BY seq"
     ):
-        parsed = _json(data)
+        parsed = data_of(data)
         recorded[str(parsed.get("build_id"))] = (seq, run_id, parsed)
     n = 0
     for build_id, run_id, name, exit_status, workdir, subjects, statement, sha in conn.execute(
@@ -255,17 +243,9 @@ def crosscheck_builds(conn: sqlite3.Connection) -> tuple[int, str | None]:
     return n, None
 
 
-def _json(text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _statement_facts(statement: str) -> dict[str, Any]:
     """Exit status, working directory and subject count as the provenance statement says."""
-    doc = _json(statement)
+    doc = data_of(statement)
     predicate = doc.get("predicate") or {}
     definition = predicate.get("buildDefinition") or {}
     details = predicate.get("runDetails") or {}
@@ -289,7 +269,7 @@ def crosscheck_artifacts(conn: sqlite3.Connection) -> tuple[int, str | None]:
     for seq, data in conn.execute(
         "SELECT seq, data FROM events WHERE kind = 'artifact.stored' ORDER BY seq"
     ):
-        parsed = _json(data)
+        parsed = data_of(data)
         key = tuple(parsed.get(k) for k in ("build_id", "digest", "name", "size"))
         stored[key] += 1
         first_seq.setdefault(key, seq)

@@ -12,10 +12,10 @@ import contextlib
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from krate.errors import StoreError
 from krate.paths import FILE_MODE, Paths, ensure_private_dir, make_private_file
@@ -371,6 +371,16 @@ def read_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
     finally:
         if conn.in_transaction:
             conn.execute("COMMIT")
+
+
+def query(
+    store: Store, sql: str, params: Sequence[Any] = (), *, limit: int | None = None
+) -> list[tuple]:
+    """The rows of one read, SQLite's errors said plainly; `limit` keeps the first N."""
+    if limit is not None:
+        sql, params = f"{sql} LIMIT ?", (*params, limit)
+    with translate_errors(store.path):
+        return store.conn.execute(sql, params).fetchall()
 
 
 @contextlib.contextmanager

@@ -208,6 +208,16 @@ def _latest_checkpoint(store: Store) -> tuple | None:
         ).fetchone()
 
 
+def data_of(text: str) -> dict[str, Any]:
+    """A stored event's data as a dict; {} when it is not one (a row edited behind
+    krate's back), so the checks that read it report a disagreement, not a crash."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def checkpoint_start(data: str) -> tuple[int, str] | None:
     """(first_seq, prev_hash) named by a checkpoint's data; None if malformed."""
     try:

@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from krate.store.connection import translate_errors
+from krate.store.connection import query
 
 if TYPE_CHECKING:
     from krate.store.connection import Store
@@ -69,24 +69,14 @@ def insert(writer: Writer, row: PushRow) -> None:
 
 def pushes_for_digest(store: Store, digest: str) -> list[PushRow]:
     """Every finished push of this artifact digest, oldest first."""
-    with translate_errors(store.path):
-        rows = store.conn.execute(
-            f"SELECT {_COLUMNS} FROM pushes WHERE artifact_digest = ? ORDER BY pushed_at, rowid",
-            (digest,),
-        ).fetchall()
-    return [PushRow(*r) for r in rows]
+    sql = f"SELECT {_COLUMNS} FROM pushes WHERE artifact_digest = ? ORDER BY pushed_at, rowid"
+    return [PushRow(*r) for r in query(store, sql, (digest,))]
 
 
 def list_pushes(store: Store, limit: int | None = None) -> list[PushRow]:
     """Newest last; `limit` keeps the newest N."""
     sql = f"SELECT {_COLUMNS} FROM pushes ORDER BY pushed_at DESC, rowid DESC"
-    params: list[Any] = []
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    with translate_errors(store.path):
-        rows = store.conn.execute(sql, params).fetchall()
-    return [PushRow(*r) for r in reversed(rows)]
+    return [PushRow(*r) for r in reversed(query(store, sql, limit=limit))]
 
 
 def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:

@@ -15,7 +15,8 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from krate.store.connection import translate_errors
+from krate.store.connection import query
+from krate.store.events import data_of
 
 if TYPE_CHECKING:
     from krate.store.connection import Store
@@ -114,44 +115,32 @@ def _row(values: tuple) -> RunRow:
 def list_runs(store: Store, limit: int | None = None) -> list[RunRow]:
     """Newest first."""
     sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs ORDER BY started DESC, id DESC"
-    params: list[Any] = []
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    with translate_errors(store.path):
-        return [_row(r) for r in store.conn.execute(sql, params).fetchall()]
+    return [_row(r) for r in query(store, sql, limit=limit)]
 
 
 def running(store: Store) -> list[RunRow]:
     """Runs whose `run.finished` is missing (still running, or their krate was killed)."""
     sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE status = 'running' ORDER BY started"
-    with translate_errors(store.path):
-        return [_row(r) for r in store.conn.execute(sql).fetchall()]
+    return [_row(r) for r in query(store, sql)]
 
 
 def get_run(store: Store, run_id: str) -> RunRow | None:
     """The run with exactly this id."""
     sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE id = ?"
-    with translate_errors(store.path):
-        rows = store.conn.execute(sql, (run_id,)).fetchall()
+    rows = query(store, sql, (run_id,))
     return _row(rows[0]) if rows else None
 
 
 def runs_with_prefix(store: Store, prefix: str, limit: int = 11) -> list[RunRow]:
     """Runs whose id starts with `prefix`, in id order."""
     sql = f"SELECT {_COLUMNS}, {_COUNTS} FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
-    with translate_errors(store.path):
-        rows = store.conn.execute(sql, (prefix, prefix + "\U0010ffff", limit)).fetchall()
-    return [_row(r) for r in rows]
+    return [_row(r) for r in query(store, sql, (prefix, prefix + "\U0010ffff", limit))]
 
 
 def decisions(store: Store, run_id: str) -> list[dict[str, Any]]:
     """The run's `policy.decision` events' data with seq and time, oldest first."""
-    with translate_errors(store.path):
-        rows = store.conn.execute(
-            "SELECT seq, ts, data FROM events WHERE run_id = ? AND kind = ? ORDER BY seq",
-            (run_id, DECISION),
-        ).fetchall()
+    sql = "SELECT seq, ts, data FROM events WHERE run_id = ? AND kind = ? ORDER BY seq"
+    rows = query(store, sql, (run_id, DECISION))
     return [{"seq": seq, "ts": ts, **json.loads(data)} for seq, ts, data in rows]
 
 
@@ -219,12 +208,12 @@ def _exact(conn: sqlite3.Connection) -> tuple[int, str | None]:
     ):
         if run_id in started or run_id is None:
             return 0, f"runs: event {seq} starts run {run_id} again"
-        started[run_id] = (seq, ts, _json(data))
+        started[run_id] = (seq, ts, data_of(data))
     finished: dict[str, tuple[int, str, dict[str, Any]]] = {}
     for seq, ts, run_id, data in conn.execute(
         "SELECT seq, ts, run_id, data FROM events WHERE kind IN (?, ?) ORDER BY seq", FINISHES
     ):
-        finished[run_id] = (seq, ts, _json(data))
+        finished[run_id] = (seq, ts, data_of(data))
     n = 0
     for values in conn.execute(f"SELECT {_CHECKED} FROM runs ORDER BY id"):
         n += 1
@@ -237,14 +226,6 @@ def _exact(conn: sqlite3.Connection) -> tuple[int, str | None]:
     for run_id, (seq, _, _) in started.items():
         return n, f"runs has no row for run {run_id} (started by event {seq})"
     return n, None
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _disagreement(values: tuple, start: tuple, finish: tuple | None) -> str | None:
