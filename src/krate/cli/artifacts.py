@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from krate.cli.common import paths
+from krate.cli.common import paths, print_stored
 from krate.cli.options import JSON, NEWEST
 
 app = typer.Typer(
@@ -30,26 +30,21 @@ def _short(digest: str) -> str:
 
 
 @app.command("list")
-def list_(
-    limit: int = NEWEST,
-    json_: bool = JSON,
-) -> None:
+def list_(limit: int = NEWEST, json_: bool = JSON) -> None:
     """List stored outputs, newest last: digest, size, name, build, when.
 
     Example: krate artifacts list --json | jq -r '.[].digest'
     """
     from krate import render
     from krate.store import artifacts as rows
-    from krate.store import open_store
 
-    with open_store(paths(), readonly=True) as store:
-        found = rows.list_artifacts(store, limit)
-    if json_:
-        render.print_json([a.to_dict() for a in found])
-        return
-    render.table(
+    print_stored(
+        rows.list_artifacts,
+        limit,
+        json_,
+        rows.ArtifactRow.to_dict,
         ["digest", "size", "name", "build", "stored (UTC)"],
-        ((_short(a.digest), a.size, a.name, a.build_id, render.when(a.stored_at)) for a in found),
+        lambda a: (_short(a.digest), a.size, a.name, a.build_id, render.when(a.stored_at)),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from krate.cli.common import paths
+from krate.cli.common import paths, print_stored
 from krate.cli.options import JSON, NEWEST
 
 app = typer.Typer(
@@ -18,26 +18,21 @@ app = typer.Typer(
 
 
 @app.command("list")
-def list_(
-    limit: int = NEWEST,
-    json_: bool = JSON,
-) -> None:
+def list_(limit: int = NEWEST, json_: bool = JSON) -> None:
     """List builds, newest last: id, when, name, run, number of outputs.
 
     Example: krate builds list --json | jq -r '.[].id'
     """
     from krate import render
     from krate.store import artifacts as rows
-    from krate.store import open_store
 
-    with open_store(paths(), readonly=True) as store:
-        found = rows.list_builds(store, limit)
-    if json_:
-        render.print_json([b.summary() for b in found])
-        return
-    render.table(
+    print_stored(
+        rows.list_builds,
+        limit,
+        json_,
+        rows.BuildRow.summary,
         ["id", "time (UTC)", "name", "run", "outputs"],
-        ((b.id, render.when(b.created), b.name or "", b.run_id or "", b.subjects) for b in found),
+        lambda b: (b.id, render.when(b.created), b.name or "", b.run_id or "", b.subjects),
     )
 
 

@@ -52,6 +52,25 @@ def abandon_transport() -> None:
         transport.abandon()
 
 
+def print_stored(fetch, limit: int | None, json_: bool, as_json, headers, cells) -> None:
+    """The newest `limit` rows `fetch(store, limit)` reads from the store, as `print_rows`."""
+    from krate.store import open_store
+
+    with open_store(paths(), readonly=True) as store:
+        found = fetch(store, limit)
+    print_rows(found, json_, as_json, headers, cells)
+
+
+def print_rows(rows, json_: bool, as_json, headers: list[str], cells) -> None:
+    """A listing: `as_json(row)` of each row as one JSON array, or a table of `cells(row)`."""
+    from krate import render
+
+    if json_:
+        render.print_json([as_json(row) for row in rows])
+    else:
+        render.table(headers, (cells(row) for row in rows))
+
+
 def output_mode(json_: bool, jsonl: bool = False) -> str:
     if json_ and jsonl:
         raise UsageError("choose one of --json and --jsonl")

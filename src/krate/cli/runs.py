@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from krate.cli.common import paths
+from krate.cli.common import paths, print_rows
 from krate.cli.complete import run_refs
 from krate.cli.options import JSON
 
@@ -41,23 +41,19 @@ def list_(
     from krate import render
     from krate.runs import list_runs
 
-    rows = list_runs(paths(), limit)
-    if json_:
-        render.print_json([r.to_dict() for r in rows])
-        return
-    render.table(
+    print_rows(
+        list_runs(paths(), limit),
+        json_,
+        lambda r: r.to_dict(),
         ["id", "started (UTC)", "status", "exit", "seconds", "denied", "command"],
-        (
-            (
-                r.id,
-                render.when(r.started),
-                r.status,
-                "" if r.exit_code is None else r.exit_code,
-                "" if r.duration_s is None else f"{r.duration_s:.2f}",
-                r.denied,
-                _argv_text(r.argv),
-            )
-            for r in rows
+        lambda r: (
+            r.id,
+            render.when(r.started),
+            r.status,
+            "" if r.exit_code is None else r.exit_code,
+            "" if r.duration_s is None else f"{r.duration_s:.2f}",
+            r.denied,
+            _argv_text(r.argv),
         ),
     )
 
@@ -77,27 +73,38 @@ def show(
     Example: krate runs show last --json | jq .decisions
     """
     from krate import render
-    from krate.egress import summarize_hosts
     from krate.runs import show_run
 
     row, decisions, run_events = show_run(paths(), run)
     started = next((e.data for e in run_events if e.kind == "run.started"), {})
     finished = next((e.data for e in run_events if e.kind == "run.finished"), {})
-    written = finished.get("policy_files_changed", [])
     if json_:
-        out = row.to_dict()
-        out["decision_counts"] = out.pop("decisions")
-        out["decisions"] = decisions
-        out["hosts"] = summarize_hosts(decisions)
-        out["limits"] = started.get("limits", {})
-        out["layout"] = started.get("layout", {})
-        out["ignored"] = started.get("ignored", [])
-        out["run_as"] = started.get("run_as")
-        out["as_root"] = bool(started.get("as_root"))
-        out["policy_files_changed"] = written
-        out["events"] = [e.seq for e in run_events]
-        render.print_json(out)
+        render.print_json(_as_json(row, decisions, run_events, started, finished))
         return
+    _print_facts(row, started, finished)
+    _print_decisions(decisions)
+
+
+def _as_json(row, decisions: list[dict], run_events: list, started: dict, finished: dict) -> dict:
+    """The run's row with its decisions, hosts, and what its start and finish recorded."""
+    from krate.egress import summarize_hosts
+
+    out = row.to_dict()
+    out["decision_counts"] = out.pop("decisions")
+    out["decisions"] = decisions
+    out["hosts"] = summarize_hosts(decisions)
+    out["limits"] = started.get("limits", {})
+    out["layout"] = started.get("layout", {})
+    out["ignored"] = started.get("ignored", [])
+    out["run_as"] = started.get("run_as")
+    out["as_root"] = bool(started.get("as_root"))
+    out["policy_files_changed"] = finished.get("policy_files_changed", [])
+    out["events"] = [e.seq for e in run_events]
+    return out
+
+
+def _print_facts(row, started: dict, finished: dict) -> None:
+    """One `key  value` line per fact of the run."""
     import shlex
 
     lines = [
@@ -120,11 +127,19 @@ def show(
         lines.append(("hidden", ", ".join(layout["hidden"])))
     if layout.get("network"):
         lines.append(("network", layout["network"]))
+    written = finished.get("policy_files_changed", [])
     if written:
         lines.append(("krate.toml written", ", ".join(written)))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         typer.echo(f"{key:<{width}}  {value}")
+
+
+def _print_decisions(decisions: list[dict]) -> None:
+    """The hosts the run reached or was refused, then every decision."""
+    from krate import render
+    from krate.egress import summarize_hosts
+
     hosts = summarize_hosts(decisions)
     if hosts:
         typer.echo("")
