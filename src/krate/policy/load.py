@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -233,12 +234,8 @@ class _Checker:
             items = self.strings(where, dotted, value)
             if items is None:
                 continue
-            check = {
-                "filesystem": self.check_path,
-                "network": self.check_host,
-                "env": self.check_env,
-            }[section]
-            good = tuple(item for item in items if check(where, dotted, item))
+            problem_of = _ITEM_PROBLEMS[section]
+            good = tuple(item for item in items if self.check(dotted, item, problem_of))
             field = {
                 "filesystem.deny_read": "deny_read",
                 "filesystem.allow_write": "allow_write",
@@ -262,27 +259,29 @@ class _Checker:
             items.append(Item(entry, self.locator.line(where, entry)))
         return items
 
-    def check_path(self, where: tuple[str, ...], dotted: str, item: Item) -> bool:
-        why = paths.check_text(item.text)
-        if why:
-            self.problems.append(Problem(item.line or 1, f"`{dotted}`: invalid path: {why}"))
-        return why is None
-
-    def check_host(self, where: tuple[str, ...], dotted: str, item: Item) -> bool:
-        try:
-            hosts.parse_pattern(item.text)
-        except ValueError as exc:
-            self.problems.append(
-                Problem(item.line or 1, f"`{dotted}`: invalid host pattern: {exc}")
-            )
-            return False
-        return True
-
-    def check_env(self, where: tuple[str, ...], dotted: str, item: Item) -> bool:
-        why = envnames.check_text(item.text)
+    def check(self, dotted: str, item: Item, problem_of: Callable[[str], str | None]) -> bool:
+        """Whether the entry is valid; if not, the problem is recorded at its line."""
+        why = problem_of(item.text)
         if why:
             self.problems.append(Problem(item.line or 1, f"`{dotted}`: {why}"))
         return why is None
+
+
+def _path_problem(text: str) -> str | None:
+    why = paths.check_text(text)
+    return f"invalid path: {why}" if why else None
+
+
+def _host_problem(text: str) -> str | None:
+    try:
+        hosts.parse_pattern(text)
+    except ValueError as exc:
+        return f"invalid host pattern: {exc}"
+    return None
+
+
+# What is wrong with one entry of each section's lists, or None.
+_ITEM_PROBLEMS = {"filesystem": _path_problem, "network": _host_problem, "env": envnames.check_text}
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?$")
