@@ -93,11 +93,12 @@ def export(
     from krate.store import events
 
     out = check_target(out, paths)
+    artifacts = artifact_files(paths) if with_artifacts else []
     fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     temp = Path(temp_name)
     try:
         with os.fdopen(fd, "w+b") as raw:
-            result = _write_zip(raw, store, paths, out, with_artifacts, now, version)
+            result = _write_zip(_Zip(raw, now), store, paths, out, artifacts, version)
             raw.flush()
             os.fsync(raw.fileno())
             raw.seek(0)
@@ -154,6 +155,7 @@ class _Zip:
 
     def __init__(self, raw: IO[bytes], now: datetime) -> None:
         self.zip = zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED)
+        self.now = now
         self.date_time = now.astimezone(UTC).timetuple()[:6]
         self.digests: dict[str, str] = {}
 
@@ -212,17 +214,11 @@ def artifact_files(paths: Paths) -> list[Path]:
 
 
 def _write_zip(
-    raw: IO[bytes],
-    store: Store,
-    paths: Paths,
-    out: Path,
-    with_artifacts: bool,
-    now: datetime,
-    version: str,
+    archive: _Zip, store: Store, paths: Paths, out: Path, artifacts: list[Path], version: str
 ) -> ExportResult:
     from krate.store import events, inventory
 
-    archive = _Zip(raw, now)
+    now = archive.now
     conn = store.conn
     inventory.snapshot(conn)
     try:
@@ -230,7 +226,6 @@ def _write_zip(
         tables = [t for t in inventory.tables(conn) if t != "events"]
         counts = inventory.table_counts(conn)
         configs = config_files(paths)
-        artifacts = artifact_files(paths) if with_artifacts else []
         archive.write_bytes(
             "README.txt",
             readme(now, version, head.seq, head.hash, tables, configs, len(artifacts)).encode(),

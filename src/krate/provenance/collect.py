@@ -18,10 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from krate.errors import KrateError, UsageError
-from krate.provenance.store import open_regular
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+from krate.provenance.store import NOFOLLOW, NONBLOCK, open_regular
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class Output:
         """
         if self.root is None or not self.parts:
             return open_regular(self.path)
-        flags_dir = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+        flags_dir = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NOFOLLOW
         try:
             fd = os.open(self.root, flags_dir)
             try:
@@ -48,7 +45,7 @@ class Output:
                     nxt = os.open(part, flags_dir, dir_fd=fd)
                     os.close(fd)
                     fd = nxt
-                leaf = os.open(self.parts[-1], os.O_RDONLY | _NOFOLLOW | _NONBLOCK, dir_fd=fd)
+                leaf = os.open(self.parts[-1], os.O_RDONLY | NOFOLLOW | NONBLOCK, dir_fd=fd)
             finally:
                 os.close(fd)
         except OSError as exc:

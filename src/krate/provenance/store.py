@@ -29,8 +29,8 @@ BLOB_MODE = 0o400
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_S = 24 * 3600  # a temp file untouched this long belongs to a krate that died
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # open flags for outputs: never follow a link,
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # never hang on a planted FIFO
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def split_digest(digest: str) -> str:
 def open_regular(path: Path) -> int:
     """Open `path` for reading without following a symbolic link; only regular files."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW | NONBLOCK)
     except OSError as exc:
         if exc.errno in (getattr(os, "ELOOP", 40), getattr(os, "EMLINK", 31)):
             raise KrateError(f"{path} is a symbolic link; krate does not follow links") from exc
@@ -170,7 +170,7 @@ class ArtifactStore:
         """None when the blob is present and hashes to its name; else what is wrong."""
         path = self.path_for(hex_digest)
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | NOFOLLOW)
         except FileNotFoundError:
             return "missing"
         except OSError as exc:
@@ -201,7 +201,7 @@ class ArtifactStore:
             raise KrateError(f"folder {folder} does not exist; create it first")
         src = self.path_for(hex_digest)
         try:
-            src_fd = os.open(src, os.O_RDONLY | _NOFOLLOW)
+            src_fd = os.open(src, os.O_RDONLY | NOFOLLOW)
         except FileNotFoundError:
             raise KrateError(
                 f"sha256:{hex_digest} is recorded but missing from the store {self.root}; "
