@@ -49,36 +49,53 @@ def where(paths: Paths) -> dict[str, Any]:
         accounts = inventory.credential_accounts(store.conn)
         exports = events.query(store, kind_prefix=EXPORTED_KIND)
 
-    places = [_at(paths.data_dir, "data folder", "everything krate records; private (0700)")]
+    places = [
+        _at(paths.data_dir, "data folder", "everything krate records; private (0700)"),
+        _database(paths, kinds, tables),
+        _artifact_store(paths),
+        *_configuration(paths),
+        *_pending(paths),
+        _keychain(accounts),
+        *(_export(event) for event in exports),
+    ]
+    return {
+        "data_dir": str(paths.data_dir),
+        "config_dir": str(paths.config_dir),
+        "pending_area": str(pending_area(paths)),
+        "places": [p.to_dict() for p in places],
+    }
+
+
+def _database(paths: Paths, kinds: dict[str, int], tables: dict[str, int]) -> Place:
     db_files = {DB_NAME + s: Path(str(paths.db_path) + s) for s in ("", "-wal", "-shm")}
     db_files[HEAD_COPY] = paths.db_path.with_name(HEAD_COPY)  # seq and hash of the newest event
     sizes = {name: p.stat().st_size for name, p in db_files.items() if p.exists()}
-    places.append(
-        Place(
-            "database",
-            str(paths.db_path),
-            paths.db_path.exists(),
-            sum(sizes.values()),
-            {
-                "events": sum(kinds.values()),
-                "events_by_kind": kinds,
-                "tables": tables,
-                "files": sizes,
-            },
-            "SQLite (WAL): the event chain and its index tables; krate.head beside it "
-            "repeats the newest event's seq and hash",
-        )
+    return Place(
+        "database",
+        str(paths.db_path),
+        paths.db_path.exists(),
+        sum(sizes.values()),
+        {
+            "events": sum(kinds.values()),
+            "events_by_kind": kinds,
+            "tables": tables,
+            "files": sizes,
+        },
+        "SQLite (WAL): the event chain and its index tables; krate.head beside it "
+        "repeats the newest event's seq and hash",
     )
-    artifacts = paths.artifacts_dir / "sha256"
-    n_artifacts = sum(1 for p in artifacts.iterdir() if p.is_file()) if artifacts.is_dir() else 0
-    places.append(
-        _at(
-            paths.artifacts_dir,
-            "artifact store",
-            "build outputs by SHA-256",
-            {"artifacts": n_artifacts},
-        )
-    )
+
+
+def _artifact_store(paths: Paths) -> Place:
+    blobs = paths.artifacts_dir / "sha256"
+    count = sum(1 for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
+    records = {"artifacts": count}
+    return _at(paths.artifacts_dir, "artifact store", "build outputs by SHA-256", records)
+
+
+def _configuration(paths: Paths) -> list[Place]:
+    """The config folder when it is not the data folder, the user policy, the other files."""
+    places = []
     config = separate_config(paths)
     if config is not None:
         places.append(_at(config, "config folder", "your configuration"))
@@ -87,64 +104,60 @@ def where(paths: Paths) -> dict[str, Any]:
     for path in config_files(paths):
         if path != policy:
             places.append(_at(path, "config file", "a file in krate's config folder"))
+    return places
 
-    pending = list_pending(paths)
-    for entry in pending:
-        places.append(
-            _at(
-                entry.path,
-                "pending deletion",
-                f"deleted {_short(entry.deleted_at)}; restorable with `krate data restore` until "
-                f"{_short(entry.purge_after)}, then purged",
-            )
-        )
-    if not pending:
-        places.append(
-            Place(
-                "pending deletions",
-                str(pending_area(paths)),
-                False,
-                0,
-                {"deletions": 0},
-                f"none (deleted data waits here {GRACE.days} days, then is purged)",
-            )
-        )
 
-    removal = "removed by `krate data delete --now`" if REMOVAL_AVAILABLE else "not removed"
-    places.append(
+def _pending(paths: Paths) -> list[Place]:
+    """Each deletion still in its grace period, or a line saying there is none."""
+    places = [
+        _at(
+            entry.path,
+            "pending deletion",
+            f"deleted {_short(entry.deleted_at)}; restorable with `krate data restore` until "
+            f"{_short(entry.purge_after)}, then purged",
+        )
+        for entry in list_pending(paths)
+    ]
+    return places or [
         Place(
-            "keychain",
-            None,
-            bool(accounts),
+            "pending deletions",
+            str(pending_area(paths)),
+            False,
             0,
-            {
-                "entries": len(accounts),
-                "accounts": [{"service": SERVICE, "account": name} for name in accounts],
-            },
-            f"OS keychain, service {SERVICE!r}; names from krate's record "
-            f"(credential.stored/removed events), secrets never read; {removal}",
+            {"deletions": 0},
+            f"none (deleted data waits here {GRACE.days} days, then is purged)",
         )
+    ]
+
+
+def _keychain(accounts: list[str]) -> Place:
+    removal = "removed by `krate data delete --now`" if REMOVAL_AVAILABLE else "not removed"
+    return Place(
+        "keychain",
+        None,
+        bool(accounts),
+        0,
+        {
+            "entries": len(accounts),
+            "accounts": [{"service": SERVICE, "account": name} for name in accounts],
+        },
+        f"OS keychain, service {SERVICE!r}; names from krate's record "
+        f"(credential.stored/removed events), secrets never read; {removal}",
     )
-    for event in exports:
-        target = Path(str(event.data.get("file", "")))
-        exists = target.is_file()
-        places.append(
-            Place(
-                "export",
-                str(target),
-                exists,
-                target.stat().st_size if exists else 0,
-                {"events": event.data.get("events", 0)},
-                f"a copy you exported {event.ts[:16].replace('T', ' ')} UTC; yours to keep or "
-                "delete (krate never touches it)",
-            )
-        )
-    return {
-        "data_dir": str(paths.data_dir),
-        "config_dir": str(paths.config_dir),
-        "pending_area": str(pending_area(paths)),
-        "places": [p.to_dict() for p in places],
-    }
+
+
+def _export(event: Any) -> Place:
+    target = Path(str(event.data.get("file", "")))
+    exists = target.is_file()
+    return Place(
+        "export",
+        str(target),
+        exists,
+        target.stat().st_size if exists else 0,
+        {"events": event.data.get("events", 0)},
+        f"a copy you exported {event.ts[:16].replace('T', ' ')} UTC; yours to keep or "
+        "delete (krate never touches it)",
+    )
 
 
 def _short(moment: Any) -> str:
