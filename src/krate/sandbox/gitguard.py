@@ -63,47 +63,8 @@ def inspect(
     writable: Sequence[Path], read_only: Iterable[Path] = (), hidden: Iterable[Path] = ()
 ) -> Guard:
     """The protection for the git folders of the `writable` roots (resolved, existing)."""
-    state = _Layout(writable, read_only, hidden)
-    protected: list[Path] = []
-    pins: list[Pin] = []
-    refusals: list[tuple[Path, str]] = []
-    gitdirs: list[Path] = []
-    reopened: list[Path] = []
-    for root in writable:
-        dot_git = root / ".git"
-        try:
-            st = os.lstat(dot_git)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            target = os.path.realpath(dot_git)
-            refusals.append(
-                (
-                    dot_git,
-                    f"{dot_git} is a symbolic link (to {target}), which a workload could replace "
-                    "by a git folder of its own; replace the link by a file holding "
-                    f"`gitdir: {target}`",
-                )
-            )
-        elif stat.S_ISDIR(st.st_mode):
-            gitdirs.append(dot_git)
-        elif stat.S_ISREG(st.st_mode):
-            protected.append(dot_git)
-            target = _gitfile_target(dot_git)
-            if target is not None and target.is_dir():
-                gitdirs.append(target)
-                if state.writable(target, git_rules=False):
-                    reopened.append(target)  # writable, even inside worktrees/ or modules/
-                    state.add(target, True)
-            elif target is not None and state.writable(target):
-                refusals.append(
-                    (
-                        dot_git,
-                        f"{dot_git} points to {target}, which is not a git folder, and the "
-                        "workload could create one there; fix or remove the .git file",
-                    )
-                )
-            # A .git file git cannot read stays as it is (read-only): git outside refuses it.
+    found = _Found(_Layout(writable, read_only, hidden))
+    gitdirs = [gitdir for root in writable for gitdir in found.dot_git(root / ".git")]
     seen: set[Path] = set()
     while gitdirs:
         gitdir = gitdirs.pop(0)
@@ -113,8 +74,62 @@ def inspect(
         common = _commondir(gitdir)
         if common is not None:
             gitdirs.append(common)
-        if not state.writable(gitdir):
-            continue  # read-only or hidden in the sandbox already
+        if found.layout.writable(gitdir):  # else read-only or hidden in the sandbox already
+            found.git_folder(gitdir, common)
+    return found.guard()
+
+
+class _Found:
+    """What `inspect` collects, step by step, into a Guard."""
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.protected: list[Path] = []
+        self.pins: list[Pin] = []
+        self.refusals: list[tuple[Path, str]] = []
+        self.reopened: list[Path] = []
+
+    def dot_git(self, dot_git: Path) -> list[Path]:
+        """Protect a writable root's `.git`; returns the git folder it is or names, if any."""
+        try:
+            st = os.lstat(dot_git)
+        except OSError:
+            return []
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(dot_git)
+            self.refusals.append(
+                (
+                    dot_git,
+                    f"{dot_git} is a symbolic link (to {target}), which a workload could replace "
+                    "by a git folder of its own; replace the link by a file holding "
+                    f"`gitdir: {target}`",
+                )
+            )
+            return []
+        if stat.S_ISDIR(st.st_mode):
+            return [dot_git]
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        self.protected.append(dot_git)
+        target = _gitfile_target(dot_git)
+        if target is not None and target.is_dir():
+            if self.layout.writable(target, git_rules=False):
+                self.reopened.append(target)  # writable, even inside worktrees/ or modules/
+                self.layout.add(target, True)
+            return [target]
+        if target is not None and self.layout.writable(target):
+            self.refusals.append(
+                (
+                    dot_git,
+                    f"{dot_git} points to {target}, which is not a git folder, and the "
+                    "workload could create one there; fix or remove the .git file",
+                )
+            )
+        # A .git file git cannot read stays as it is (read-only): git outside refuses it.
+        return []
+
+    def git_folder(self, gitdir: Path, common: Path | None) -> None:
+        """Each dangerous name in a writable git folder: read-only, or held by a placeholder."""
         for name in GIT_READ_ONLY:
             path = gitdir / name
             try:
@@ -122,13 +137,13 @@ def inspect(
             except FileNotFoundError:
                 pin = PLACEHOLDERS.get(name)
                 if pin is not None and (common is None or name in PER_WORKTREE):
-                    pins.append(pin._replace(path=path))
-                    state.add(path, False)
+                    self.pins.append(pin._replace(path=path))
+                    self.layout.add(path, False)
                 continue
             except OSError:
                 continue
             if stat.S_ISLNK(st.st_mode):
-                refusals.append(
+                self.refusals.append(
                     (
                         path,
                         f"{path} is a symbolic link (to {os.path.realpath(path)}), which a "
@@ -137,11 +152,18 @@ def inspect(
                     )
                 )
                 continue
-            protected.append(path)
-            state.add(path, False)
-    # Only those inside a read-only worktrees/ or modules/ need a mount of their own.
-    reopened = [g for g in reopened if state.inside_git_folders(g)]
-    return Guard(tuple(dict.fromkeys(protected)), tuple(pins), tuple(refusals), tuple(reopened))
+            self.protected.append(path)
+            self.layout.add(path, False)
+
+    def guard(self) -> Guard:
+        # Only those inside a read-only worktrees/ or modules/ need a mount of their own.
+        reopened = [g for g in self.reopened if self.layout.inside_git_folders(g)]
+        return Guard(
+            tuple(dict.fromkeys(self.protected)),
+            tuple(self.pins),
+            tuple(self.refusals),
+            tuple(reopened),
+        )
 
 
 class _Layout:
