@@ -1,4 +1,8 @@
-"""Options and settings several commands share, so their names and help read the same."""
+"""Options and settings several commands share, so their names and help read the same.
+
+Typer has no option groups: `sharing` splices a group of options into each command's
+signature, so the group is written once and its commands get it as one value.
+"""
 
 from __future__ import annotations
 

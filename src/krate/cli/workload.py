@@ -1,9 +1,9 @@
 """What `krate run` and `krate build` do once their options are parsed, with no CLI framework.
 
 Both entries read the options into one `Workload` and call `run_workload` /
-`build_workload`: the parser in cli/fastrun.py,
-which must not import Typer (start-up, and no third-party code before the
-lockdown), and the Typer commands, which the tests' in-process entry uses.
+`build_workload`: the parser in cli/fastrun.py, which must not import Typer
+(start-up, and no third-party code before the lockdown), and the Typer commands,
+which the tests' in-process entry uses.
 """
 
 from __future__ import annotations
