@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from krate import helper_process
 from krate.errors import KrateError, UsageError
 from krate.registry.transport_hosts import is_loopback as loopback_host
 
@@ -179,14 +180,7 @@ class Transport:
     def start(cls, *, python: str, env: Mapping[str, str]) -> Transport:
         """Start it now (before the lockdown): isolated interpreter, no site-packages."""
         try:
-            proc = subprocess.Popen(
-                [python, "-I", "-S", str(TRANSPORT)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(env),
-                close_fds=True,
-            )
+            proc = helper_process.spawn(python, TRANSPORT, env=env)
         except OSError as exc:
             raise KrateError(f"cannot start the registry transport: {exc.strerror or exc}") from exc
         return cls(proc)
@@ -217,19 +211,7 @@ class Transport:
         if self._done:
             return
         self._done = True
-        try:
-            if self.proc.stdin and not self.proc.stdin.closed:
-                self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        helper_process.stop(self.proc, timeout=5)
 
     def run(
         self,
@@ -258,8 +240,12 @@ class Transport:
         ledger = Ledger(open_store, command=command, helper=HELPER, on_other=other)
         ledger.follow(self.proc.stdout)
         stderr_lines: list[bytes] = []
-        reader = threading.Thread(target=lambda: stderr_lines.extend(self.proc.stderr), daemon=True)
-        reader.start()
+        errors = helper_process.LineReader(
+            self.proc.stderr.fileno(),
+            stderr_lines.append,
+            name="registry-transport-stderr",
+            on_torn=stderr_lines.append,
+        ).start()
         try:
             try:
                 self.proc.stdin.write(json.dumps(job).encode())
@@ -274,7 +260,7 @@ class Transport:
             ledger.finish(timeout=10)
             raise
         ledger.finish()
-        reader.join(timeout=10)
+        helper_process.stop(self.proc, 10, errors)  # its pipes, once both readers ended
         with lock:
             messages = list(self.messages)
         final = messages[-1] if messages else {}
@@ -284,7 +270,7 @@ class Transport:
             raise TransportFailed(
                 str(final.get("code", "error")), scrub(str(final.get("message", "")), secrets)
             )
-        tail = b"".join(stderr_lines).decode("utf-8", "replace").strip().splitlines()
+        tail = b"\n".join(stderr_lines).decode("utf-8", "replace").strip().splitlines()
         last = scrub(tail[-1], secrets)[:200] if tail else "no message"
         raise TransportFailed(
             "crashed", f"the registry transport stopped unexpectedly (exit {code}: {last})"
