@@ -30,25 +30,28 @@ if sys.platform == "darwin":
 else:
     _INET_FAMILIES = frozenset({2, 10, 17})  # AF_INET, AF_INET6, AF_PACKET
 
-# Refused whatever the arguments: they only exist to reach another machine.
-_ALWAYS = frozenset(
+# Events whose arguments are (self, host, port): a client connecting to a server.
+_TO_HOST_PORT = frozenset(
     {
-        "socket.getaddrinfo",
-        "socket.gethostbyname",
-        "socket.gethostbyaddr",
-        "socket.getnameinfo",
         "http.client.connect",
-        "http.client.send",
-        "urllib.Request",
         "ftplib.connect",
         "smtplib.connect",
         "poplib.connect",
         "imaplib.open",
         "nntplib.connect",
         "telnetlib.Telnet.open",
-        "webbrowser.open",
     }
 )
+# Refused whatever the arguments: they only exist to reach another machine.
+_ALWAYS = _TO_HOST_PORT | {
+    "socket.getaddrinfo",
+    "socket.gethostbyname",
+    "socket.gethostbyaddr",
+    "socket.getnameinfo",
+    "http.client.send",
+    "urllib.Request",
+    "webbrowser.open",
+}
 # Refused when the socket is an IP (or packet) socket.
 _ON_SOCKET = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
 _WATCHED = _ALWAYS | _ON_SOCKET | {"socket.__new__"}
@@ -178,15 +181,7 @@ def _target(event: str, args: tuple) -> str | None:
             return _host(args[0])
         if event == "socket.getnameinfo":
             return _address(args[0])
-        if event in (
-            "http.client.connect",
-            "ftplib.connect",
-            "smtplib.connect",
-            "poplib.connect",
-            "imaplib.open",
-            "nntplib.connect",
-            "telnetlib.Telnet.open",
-        ):
+        if event in _TO_HOST_PORT:
             return f"{_host(args[1])}:{args[2]}"
         if event == "urllib.Request":
             from urllib.parse import urlsplit
