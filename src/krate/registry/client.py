@@ -27,11 +27,17 @@ from typing import Any
 from krate import helper_process
 from krate.errors import KrateError, UsageError
 from krate.registry.transport_hosts import is_loopback as loopback_host
+from krate.registry.transport_hosts import split_host
 
 TRANSPORT = Path(__file__).with_name("transport.py")
 # Every file the transport runs: the script and the parts it loads by exact file.
 TRANSPORT_PARTS = ("transport_hosts", "transport_http", "transport_auth")  # = transport.PARTS
-TRANSPORT_FILES = (TRANSPORT, *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS))
+TRANSPORT_SHARED = ("hostport",)  # = transport.SHARED: krate modules it loads from above
+TRANSPORT_FILES = (
+    TRANSPORT,
+    *(TRANSPORT.parent.parent / f"{m}.py" for m in TRANSPORT_SHARED),
+    *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS),
+)
 HELPER = "registry-transport"
 # Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
 CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -48,18 +54,13 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # -- names ----------------------------------------------------------------------------------
 
 
-def split_registry(registry: str) -> tuple[str, int | None]:
-    if registry.startswith("["):
-        host, _, rest = registry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
-    host, sep, port = registry.rpartition(":")
-    if sep and port.isdigit():
-        return host, int(port)
-    return registry, None
-
-
 def parse_registry(text: str) -> str:
-    """`ghcr.io`, `registry.example.com:5000`, `127.0.0.1:5000`, `[::1]:5000` -> normalised."""
+    """`ghcr.io`, `registry.example.com:5000`, `127.0.0.1:5000`, `[::1]:5000` -> normalised.
+
+    Read as docker and the distribution reference grammar read a registry: an IPv6
+    address only in brackets (`::1:5000` is itself an address, so it is refused with a
+    hint rather than taken for `[::1]:5000`).
+    """
     value = text.strip().rstrip("/").lower()
     if "://" in value:
         scheme, _, rest = value.partition("://")
@@ -67,21 +68,28 @@ def parse_registry(text: str) -> str:
             f"give the registry without a scheme: {rest!r} (krate uses HTTPS; "
             + ("add --plain-http for plain HTTP)" if scheme == "http" else "always)")
         )
-    host, port = split_registry(value)
-    ok = bool(host) and (port is None or 0 < port < 65536)
+    try:
+        host, _port = split_host(value)
+    except ValueError:
+        host = ""
+    if ":" in host and not value.startswith("["):
+        raise UsageError(
+            f"{text!r}: write an IPv6 registry address in brackets, e.g. [::1]:5000 or [{host}]"
+        )
+    ok = bool(host) and "/" not in value
     if ok and not _HOST.match(host):
         try:
             ipaddress.ip_address(host)
         except ValueError:
             ok = False
-    if not ok or "/" in value:
+    if not ok:
         raise UsageError(f"{text!r} is not a registry host name (e.g. ghcr.io or localhost:5000)")
     return value
 
 
 def is_loopback(registry: str) -> bool:
     """Whether plain HTTP may be fallen back to: the transport's own check, on the host."""
-    return loopback_host(split_registry(registry)[0])
+    return loopback_host(split_host(registry)[0])
 
 
 @dataclass(frozen=True)
