@@ -37,6 +37,8 @@ from krate.store import egress as egress_store
 from krate.store import open_store
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from krate.store.connection import Store
 
 BATCH_MAX = 200
@@ -138,8 +140,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 def reconcile(
-    store, run_id: str, path: Path, recorded: set[int] | None = None,
-    coalescer: Coalescer | None = None,
+    store: Store | Callable[[], Store], run_id: str, path: Path,
+    recorded: set[int] | None = None, coalescer: Coalescer | None = None,
 ) -> int:  # fmt: skip
     """Record journal lines not yet in the store and the final counts, then delete the journal.
 

@@ -23,6 +23,8 @@ TYPE_CHECKING = False  # not `from typing import ...`: typing costs milliseconds
 if TYPE_CHECKING:
     from typing import Any
 
+    from krate.store.connection import Store
+
 EVENT_KIND = "guard.violation"
 
 if sys.platform == "darwin":
@@ -159,13 +161,13 @@ def _hook(event: str, args: tuple) -> None:
     raise NetworkRefused(13, f"krate refused network access ({event}); see `krate audit network`")
 
 
-def _address(address: Any) -> str | None:
+def _address(address: object) -> str | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{_host(address[0])}:{address[1]}"
     return None
 
 
-def _host(value: Any) -> str:
+def _host(value: object) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return str(value)[:253]
@@ -230,7 +232,7 @@ def _is_stdlib(filename: str) -> bool:
     )
 
 
-def record(store: Any, found: list[Violation], command: str) -> None:
+def record(store: Store, found: list[Violation], command: str) -> None:
     """Append one `guard.violation` event per refused attempt (called by the CLI boundary)."""
     with store.write() as writer:
         for violation in found:

@@ -22,12 +22,16 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krate import helper_process
 from krate.errors import KrateError, UsageError
 from krate.registry.transport_hosts import is_loopback as loopback_host
 from krate.registry.transport_hosts import split_host
+
+if TYPE_CHECKING:
+    from krate.registry.keychain import Keychain
+    from krate.store.connection import Store
 
 TRANSPORT = Path(__file__).with_name("transport.py")
 # Every file the transport runs: the script and the parts it loads by exact file.
@@ -225,7 +229,7 @@ class Transport:
         self,
         job: dict[str, Any],
         *,
-        open_store: Callable[[], Any],
+        open_store: Callable[[], Store],
         command: str,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         secrets: tuple[str, ...] = (),
@@ -315,8 +319,8 @@ class LoginResult:
 def login(
     transport: Transport,
     *,
-    open_store: Callable[[], Any],
-    keychain: Any,
+    open_store: Callable[[], Store],
+    keychain: Keychain,
     registry: str,
     username: str,
     password: str,
@@ -365,7 +369,7 @@ def login(
     return LoginResult(registry, username, str(done.get("auth")), keychain.label, used_http)
 
 
-def logout(*, open_store: Callable[[], Any], keychain: Any, registry: str) -> bool:
+def logout(*, open_store: Callable[[], Store], keychain: Keychain, registry: str) -> bool:
     """Remove the registry's keychain entry; records `credential.removed` when there was one."""
     from krate.registry.keychain import SERVICE
     from krate.store import events
