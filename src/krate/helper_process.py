@@ -20,6 +20,16 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Reader(Protocol):
+        """What `stop()` waits for: a LineReader, or an object reading through one."""
+
+        def join(self, timeout: float | None = None) -> bool: ...
+
+
 CHUNK = 65536
 
 
@@ -133,7 +143,7 @@ class LineReader:
 def stop(
     process: subprocess.Popen,
     timeout: float = 5.0,
-    reader: LineReader | None = None,
+    reader: Reader | None = None,
     *,
     kill: bool = False,
 ) -> int:

@@ -231,8 +231,9 @@ class Recorder:
     def start(self) -> None:
         self._reader.start()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._reader.join(timeout)
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the end of the proxy's stream; False when it is still open."""
+        return self._reader.join(timeout)
 
     def _wait(self) -> float | None:
         """Data is waited for as long as it takes, unless a batch is pending."""
