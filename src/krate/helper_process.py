@@ -17,12 +17,12 @@ import os
 import select
 import subprocess
 import threading
-from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
 
 TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
-    from typing import Protocol
+    from collections.abc import Callable, Collection, Mapping
+    from pathlib import Path
+    from typing import IO, Protocol
 
     class Reader(Protocol):
         """What `stop()` waits for: a LineReader, or an object reading through one."""
@@ -38,7 +38,7 @@ def spawn(
     script: str | Path,
     *,
     env: Mapping[str, str],
-    stderr: int | object = subprocess.PIPE,
+    stderr: int | IO[bytes] | None = subprocess.PIPE,
     pass_fds: Collection[int] = (),
     cwd: str | None = None,
 ) -> subprocess.Popen:
