@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from krate.netguard import ledger
 from krate.paths import Paths
 from krate.store import events, open_store
@@ -168,3 +170,43 @@ def test_claims(krate_home):
     )
     assert summary["workload"]["decisions"] == 2
     assert summary["lockdown"]["enforced"] is True
+
+
+def test_a_ledger_that_cannot_record_still_drains_the_helper_and_says_why(tmp_path):
+    """A store that fails must not leave the helper blocked on a full pipe (push would hang)."""
+    script = tmp_path / "chatty.py"
+    script.write_text(
+        "import sys\n"
+        f"line = {ledger.report_line('ghcr.io', 443).decode()!r}\n"
+        "for _ in range(5000):\n"
+        "    sys.stdout.write(line)\n"
+    )
+
+    def no_store():
+        raise OSError("the store is gone")
+
+    book = ledger.Ledger(no_store, command="krate push", helper="registry-transport")
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(script)], stdout=subprocess.PIPE)
+    book.follow(proc.stdout)
+    try:
+        assert proc.wait(timeout=30) == 0  # it could write everything
+    finally:
+        proc.kill()
+    with pytest.raises(OSError, match="the store is gone"):
+        book.finish()
+
+
+def test_a_whole_report_without_its_newline_is_still_recorded(tmp_path, krate_home):
+    """The helper's last report, cut before its newline (killed), counts like any other."""
+    paths = Paths(krate_home, krate_home)
+    first, last = ledger.report_line("a.example", 443), ledger.report_line("ghcr.io", 443)
+    script = tmp_path / "cut.py"
+    script.write_text(f"import os\nos.write(1, {first + last.rstrip()!r})\nos._exit(9)\n")
+    book = ledger.Ledger(lambda: open_store(paths), command="krate push", helper="t")
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(script)], stdout=subprocess.PIPE)
+    book.follow(proc.stdout)
+    assert proc.wait(timeout=30) == 9
+    assert [(e.host, e.outcome) for e in book.finish()] == [
+        ("a.example", "connected"),
+        ("ghcr.io", "connected"),
+    ]

@@ -323,3 +323,9 @@ def test_startup_analysis_of_an_strace_log():
         "/usr/lib/python3/json/__pycache__/x.pyc",  # the helper's
         "/venv/site-packages/krate/x.pyc",  # krate's thread, before the lockdown
     }
+
+
+def test_the_human_report_renders_every_layer_as_before():
+    """The text `krate audit network --prove` prints, pinned (netguard/proof_report.py)."""
+    pinned = json.loads((Path(__file__).parent / "fixtures" / "proof_report.json").read_text())
+    assert proof.lines(pinned["input"]) == pinned["text"]

@@ -26,15 +26,20 @@ import fcntl
 import json
 import os
 import re
-import select
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from krate.helper_process import LineReader
 from krate.paths import Paths, ensure_private_dir
 from krate.store import egress as egress_store
 from krate.store import open_store
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from krate.store.connection import Store
 
 BATCH_MAX = 200
 BATCH_SECONDS = 0.2
@@ -135,8 +140,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 def reconcile(
-    store, run_id: str, path: Path, recorded: set[int] | None = None,
-    coalescer: Coalescer | None = None,
+    store: Store | Callable[[], Store], run_id: str, path: Path,
+    recorded: set[int] | None = None, coalescer: Coalescer | None = None,
 ) -> int:  # fmt: skip
     """Record journal lines not yet in the store and the final counts, then delete the journal.
 
@@ -194,7 +199,7 @@ def recover(paths: Paths) -> int:
 
 
 class Recorder:
-    """Reads the proxy's stdout in a thread; records decisions in batches."""
+    """Reads the proxy's stdout in a thread (helper_process.LineReader); records in batches."""
 
     def __init__(self, paths: Paths, run_id: str, stream_fd: int) -> None:
         self.paths = paths
@@ -206,43 +211,40 @@ class Recorder:
         self.recorded: set[int] = set()  # the proxy's `n` of every line recorded or counted
         self.counts = {"allow": 0, "deny": 0}
         self.coalescer = Coalescer()
-        self.error: BaseException | None = None
         self._pending: list[dict[str, Any]] = []
-        self._store = None
-        self._thread = threading.Thread(target=self._run, name="krate-egress-recorder", daemon=True)
+        self._first_pending = 0.0
+        self._store: Store | None = None
+        self._reader = LineReader(
+            stream_fd,
+            self._line,
+            name="krate-egress-recorder",
+            wait=self._wait,
+            on_wait=self.flush,
+            on_end=self._end,
+        )
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the recording (the journal keeps the lines; close() records them)."""
+        return self._reader.error
 
     def start(self) -> None:
-        self._thread.start()
+        self._reader.start()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the end of the proxy's stream; False when it is still open."""
+        return self._reader.join(timeout)
 
-    def _run(self) -> None:
-        buffer = b""
-        first_pending = 0.0
+    def _wait(self) -> float | None:
+        """Data is waited for as long as it takes, unless a batch is pending."""
+        if not self._pending:
+            return None
+        return max(0.0, self._first_pending + BATCH_SECONDS - time.monotonic())
+
+    def _end(self) -> None:
         try:
-            while True:
-                wait = None
-                if self._pending:
-                    wait = max(0.0, first_pending + BATCH_SECONDS - time.monotonic())
-                readable, _, _ = select.select([self.fd], [], [], wait)
-                if not readable:
-                    self.flush()
-                    continue
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    break
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    if not self._pending:
-                        first_pending = time.monotonic()
-                    self._line(raw)
-                if len(self._pending) >= BATCH_MAX:
-                    self.flush()
-            self.flush()
-        except BaseException as exc:  # recorded by close(); the journal keeps the lines
-            self.error = exc
+            if self._reader.error is None:
+                self.flush()
         finally:
             self.ready.set()
             if self._store is not None:
@@ -257,7 +259,11 @@ class Recorder:
         kind = line.get("type") if isinstance(line, dict) else None
         if kind == "decision":
             if self.coalescer.take(line):
+                if not self._pending:
+                    self._first_pending = time.monotonic()
                 self._pending.append(line)
+                if len(self._pending) >= BATCH_MAX:
+                    self.flush()
             else:  # a repeated denial: counted, its count recorded when the run ends
                 self.recorded.add(line.get("n"))
                 self.counts["deny"] += 1

@@ -23,6 +23,8 @@ TYPE_CHECKING = False  # not `from typing import ...`: typing costs milliseconds
 if TYPE_CHECKING:
     from typing import Any
 
+    from krate.store.connection import Store
+
 EVENT_KIND = "guard.violation"
 
 if sys.platform == "darwin":
@@ -30,25 +32,28 @@ if sys.platform == "darwin":
 else:
     _INET_FAMILIES = frozenset({2, 10, 17})  # AF_INET, AF_INET6, AF_PACKET
 
-# Refused whatever the arguments: they only exist to reach another machine.
-_ALWAYS = frozenset(
+# Events whose arguments are (self, host, port): a client connecting to a server.
+_TO_HOST_PORT = frozenset(
     {
-        "socket.getaddrinfo",
-        "socket.gethostbyname",
-        "socket.gethostbyaddr",
-        "socket.getnameinfo",
         "http.client.connect",
-        "http.client.send",
-        "urllib.Request",
         "ftplib.connect",
         "smtplib.connect",
         "poplib.connect",
         "imaplib.open",
         "nntplib.connect",
         "telnetlib.Telnet.open",
-        "webbrowser.open",
     }
 )
+# Refused whatever the arguments: they only exist to reach another machine.
+_ALWAYS = _TO_HOST_PORT | {
+    "socket.getaddrinfo",
+    "socket.gethostbyname",
+    "socket.gethostbyaddr",
+    "socket.getnameinfo",
+    "http.client.send",
+    "urllib.Request",
+    "webbrowser.open",
+}
 # Refused when the socket is an IP (or packet) socket.
 _ON_SOCKET = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
 _WATCHED = _ALWAYS | _ON_SOCKET | {"socket.__new__"}
@@ -156,13 +161,13 @@ def _hook(event: str, args: tuple) -> None:
     raise NetworkRefused(13, f"krate refused network access ({event}); see `krate audit network`")
 
 
-def _address(address: Any) -> str | None:
+def _address(address: object) -> str | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{_host(address[0])}:{address[1]}"
     return None
 
 
-def _host(value: Any) -> str:
+def _host(value: object) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return str(value)[:253]
@@ -178,15 +183,7 @@ def _target(event: str, args: tuple) -> str | None:
             return _host(args[0])
         if event == "socket.getnameinfo":
             return _address(args[0])
-        if event in (
-            "http.client.connect",
-            "ftplib.connect",
-            "smtplib.connect",
-            "poplib.connect",
-            "imaplib.open",
-            "nntplib.connect",
-            "telnetlib.Telnet.open",
-        ):
+        if event in _TO_HOST_PORT:
             return f"{_host(args[1])}:{args[2]}"
         if event == "urllib.Request":
             from urllib.parse import urlsplit
@@ -235,7 +232,7 @@ def _is_stdlib(filename: str) -> bool:
     )
 
 
-def record(store: Any, found: list[Violation], command: str) -> None:
+def record(store: Store, found: list[Violation], command: str) -> None:
     """Append one `guard.violation` event per refused attempt (called by the CLI boundary)."""
     with store.write() as writer:
         for violation in found:

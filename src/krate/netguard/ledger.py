@@ -28,11 +28,15 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from krate.helper_process import LineReader
+
+if TYPE_CHECKING:
+    from krate.store.connection import Store
 
 EVENT_KIND = "network.egress"
 OUTCOMES = ("connected", "refused", "failed")
@@ -94,7 +98,9 @@ class Ledger:
     """Reads one helper's report stream and appends its connections as they arrive.
 
     `open_store` is a callable returning a writable store (the CLI passes one bound
-    to the user's paths); the reader thread opens its own connection. Typical use:
+    to the user's paths); the reader thread (helper_process.LineReader) opens its own
+    connection at the first report. A torn last line (the helper died mid-line) is
+    recorded too: as an unreadable report, unless it is a whole one. Typical use:
 
         ledger = Ledger(lambda: open_store(paths), command="krate push",
                         helper="registry-transport")
@@ -106,68 +112,66 @@ class Ledger:
 
     def __init__(
         self,
-        open_store: Callable[[], Any],
+        open_store: Callable[[], Store],
         *,
         command: str,
         helper: str,
         run_id: str | None = None,
         on_other: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self._open_store = open_store
-        self.command = command
-        self.helper = helper
-        self.run_id = run_id
-        self.on_other = on_other
+        self._open_store, self.command, self.helper = open_store, command, helper
+        self.run_id, self.on_other = run_id, on_other
         self.recorded: list[Egress] = []
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._store: Store | None = None
+        self._reader: LineReader | None = None
 
-    def consume(self, stream: IO[bytes]) -> int:
-        """Read `stream` to its end, recording every egress line; returns how many."""
-        from krate.store import events
-
-        n = 0
-        with self._open_store() as store:
-            for raw in stream:
-                line = raw.strip()
-                if not line:
-                    continue
-                egress = parse(line)
-                if egress is None:
-                    if self.on_other is not None:
-                        with contextlib.suppress(ValueError):
-                            self.on_other(json.loads(line))
-                    continue
-                events.append(
-                    store, EVENT_KIND, egress.event_data(self.command, self.helper), self.run_id
-                )
-                self.recorded.append(egress)
-                n += 1
-        return n
+    @property
+    def error(self) -> BaseException | None:
+        return None if self._reader is None else self._reader.error
 
     def follow(self, stream: IO[bytes]) -> None:
-        """Consume `stream` in a background thread (the command keeps working meanwhile)."""
+        """Record `stream`'s reports in a background thread (the command keeps working)."""
+        self._reader = LineReader(
+            stream.fileno(),
+            self._line,
+            name=f"ledger-{self.helper}",
+            on_torn=self._line,
+            on_end=self._close,
+        ).start()
 
-        def target() -> None:
-            try:
-                self.consume(stream)
-            except BaseException as exc:  # reported by finish()
-                self.error = exc
+    def _line(self, raw: bytes) -> None:
+        line = raw.strip()
+        if not line:
+            return
+        egress = parse(line)
+        if egress is None:
+            if self.on_other is not None:
+                with contextlib.suppress(ValueError):
+                    self.on_other(json.loads(line))
+            return
+        from krate.store import events
 
-        self._thread = threading.Thread(target=target, name=f"ledger-{self.helper}", daemon=True)
-        self._thread.start()
+        if self._store is None:
+            self._store = self._open_store()
+        events.append(
+            self._store, EVENT_KIND, egress.event_data(self.command, self.helper), self.run_id
+        )
+        self.recorded.append(egress)
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def finish(self, timeout: float | None = 30.0) -> list[Egress]:
         """Wait for the stream to end (the helper exited); raise what the reader hit."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                from krate.errors import KrateError
+        if self._reader is not None and not self._reader.join(timeout):
+            from krate.errors import KrateError
 
-                raise KrateError(
-                    f"the {self.helper} helper kept its report stream open; "
-                    "its egress may not be fully recorded"
-                )
+            raise KrateError(
+                f"the {self.helper} helper kept its report stream open; "
+                "its egress may not be fully recorded"
+            )
         if self.error is not None:
             raise self.error
         return list(self.recorded)

@@ -22,15 +22,26 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from krate import helper_process
 from krate.errors import KrateError, UsageError
 from krate.registry.transport_hosts import is_loopback as loopback_host
+from krate.registry.transport_hosts import split_host
+
+if TYPE_CHECKING:
+    from krate.registry.keychain import Keychain
+    from krate.store.connection import Store
 
 TRANSPORT = Path(__file__).with_name("transport.py")
 # Every file the transport runs: the script and the parts it loads by exact file.
 TRANSPORT_PARTS = ("transport_hosts", "transport_http", "transport_auth")  # = transport.PARTS
-TRANSPORT_FILES = (TRANSPORT, *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS))
+TRANSPORT_SHARED = ("hostport",)  # = transport.SHARED: krate modules it loads from above
+TRANSPORT_FILES = (
+    TRANSPORT,
+    *(TRANSPORT.parent.parent / f"{m}.py" for m in TRANSPORT_SHARED),
+    *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS),
+)
 HELPER = "registry-transport"
 # Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
 CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
@@ -47,18 +58,13 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # -- names ----------------------------------------------------------------------------------
 
 
-def split_registry(registry: str) -> tuple[str, int | None]:
-    if registry.startswith("["):
-        host, _, rest = registry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
-    host, sep, port = registry.rpartition(":")
-    if sep and port.isdigit():
-        return host, int(port)
-    return registry, None
-
-
 def parse_registry(text: str) -> str:
-    """`ghcr.io`, `registry.example.com:5000`, `127.0.0.1:5000`, `[::1]:5000` -> normalised."""
+    """`ghcr.io`, `registry.example.com:5000`, `127.0.0.1:5000`, `[::1]:5000` -> normalised.
+
+    Read as docker and the distribution reference grammar read a registry: an IPv6
+    address only in brackets (`::1:5000` is itself an address, so it is refused with a
+    hint rather than taken for `[::1]:5000`).
+    """
     value = text.strip().rstrip("/").lower()
     if "://" in value:
         scheme, _, rest = value.partition("://")
@@ -66,21 +72,28 @@ def parse_registry(text: str) -> str:
             f"give the registry without a scheme: {rest!r} (krate uses HTTPS; "
             + ("add --plain-http for plain HTTP)" if scheme == "http" else "always)")
         )
-    host, port = split_registry(value)
-    ok = bool(host) and (port is None or 0 < port < 65536)
+    try:
+        host, _port = split_host(value)
+    except ValueError:
+        host = ""
+    if ":" in host and not value.startswith("["):
+        raise UsageError(
+            f"{text!r}: write an IPv6 registry address in brackets, e.g. [::1]:5000 or [{host}]"
+        )
+    ok = bool(host) and "/" not in value
     if ok and not _HOST.match(host):
         try:
             ipaddress.ip_address(host)
         except ValueError:
             ok = False
-    if not ok or "/" in value:
+    if not ok:
         raise UsageError(f"{text!r} is not a registry host name (e.g. ghcr.io or localhost:5000)")
     return value
 
 
 def is_loopback(registry: str) -> bool:
     """Whether plain HTTP may be fallen back to: the transport's own check, on the host."""
-    return loopback_host(split_registry(registry)[0])
+    return loopback_host(split_host(registry)[0])
 
 
 @dataclass(frozen=True)
@@ -179,14 +192,7 @@ class Transport:
     def start(cls, *, python: str, env: Mapping[str, str]) -> Transport:
         """Start it now (before the lockdown): isolated interpreter, no site-packages."""
         try:
-            proc = subprocess.Popen(
-                [python, "-I", "-S", str(TRANSPORT)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(env),
-                close_fds=True,
-            )
+            proc = helper_process.spawn(python, TRANSPORT, env=env)
         except OSError as exc:
             raise KrateError(f"cannot start the registry transport: {exc.strerror or exc}") from exc
         return cls(proc)
@@ -217,25 +223,13 @@ class Transport:
         if self._done:
             return
         self._done = True
-        try:
-            if self.proc.stdin and not self.proc.stdin.closed:
-                self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        helper_process.stop(self.proc, timeout=5)
 
     def run(
         self,
         job: dict[str, Any],
         *,
-        open_store: Callable[[], Any],
+        open_store: Callable[[], Store],
         command: str,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         secrets: tuple[str, ...] = (),
@@ -258,8 +252,12 @@ class Transport:
         ledger = Ledger(open_store, command=command, helper=HELPER, on_other=other)
         ledger.follow(self.proc.stdout)
         stderr_lines: list[bytes] = []
-        reader = threading.Thread(target=lambda: stderr_lines.extend(self.proc.stderr), daemon=True)
-        reader.start()
+        errors = helper_process.LineReader(
+            self.proc.stderr.fileno(),
+            stderr_lines.append,
+            name="registry-transport-stderr",
+            on_torn=stderr_lines.append,
+        ).start()
         try:
             try:
                 self.proc.stdin.write(json.dumps(job).encode())
@@ -274,7 +272,7 @@ class Transport:
             ledger.finish(timeout=10)
             raise
         ledger.finish()
-        reader.join(timeout=10)
+        helper_process.stop(self.proc, 10, errors)  # its pipes, once both readers ended
         with lock:
             messages = list(self.messages)
         final = messages[-1] if messages else {}
@@ -284,7 +282,7 @@ class Transport:
             raise TransportFailed(
                 str(final.get("code", "error")), scrub(str(final.get("message", "")), secrets)
             )
-        tail = b"".join(stderr_lines).decode("utf-8", "replace").strip().splitlines()
+        tail = b"\n".join(stderr_lines).decode("utf-8", "replace").strip().splitlines()
         last = scrub(tail[-1], secrets)[:200] if tail else "no message"
         raise TransportFailed(
             "crashed", f"the registry transport stopped unexpectedly (exit {code}: {last})"
@@ -321,8 +319,8 @@ class LoginResult:
 def login(
     transport: Transport,
     *,
-    open_store: Callable[[], Any],
-    keychain: Any,
+    open_store: Callable[[], Store],
+    keychain: Keychain,
     registry: str,
     username: str,
     password: str,
@@ -371,7 +369,7 @@ def login(
     return LoginResult(registry, username, str(done.get("auth")), keychain.label, used_http)
 
 
-def logout(*, open_store: Callable[[], Any], keychain: Any, registry: str) -> bool:
+def logout(*, open_store: Callable[[], Store], keychain: Keychain, registry: str) -> bool:
     """Remove the registry's keychain entry; records `credential.removed` when there was one."""
     from krate.registry.keychain import SERVICE
     from krate.store import events

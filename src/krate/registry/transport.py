@@ -27,11 +27,12 @@ that registry announces; send credentials to any other host or over plain HTTP t
 a host the job did not allow; follow a redirect carrying Authorization; put a
 credential, URL path or response body in its output.
 
-The code is in four files, all standard library: this one (the job, the client
+The code is in four files of its own, all standard library: this one (the job, the client
 and the pusher), transport_http.py (connections and `retry()`), transport_auth.py
 (the challenge state machine) and transport_hosts.py (host names; krate's own side
-uses it too). Run as a script, krate is not importable (`-I -S`), so `_load_parts`
-loads the parts by their exact files beside this one, as the egress proxy loads
+uses it too), which splits host:port with krate/hostport.py. Run as a script, krate
+is not importable (`-I -S`), so `_load_parts` loads the parts by their exact files
+beside this one and hostport.py from the folder above, as the egress proxy loads
 krate's policy modules: nothing is added to sys.path, and the proof's helpers layer
 allows exactly these files (krate.registry.client.TRANSPORT_FILES). One script
 with everything inside would also keep the helper standard-library only, but not
@@ -47,6 +48,7 @@ import sys
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 PARTS = ("transport_hosts", "transport_http", "transport_auth")  # in the order they import
+SHARED = ("hostport",)  # krate's own modules the parts import (from the folder above)
 
 
 def _load_parts() -> None:
@@ -54,9 +56,10 @@ def _load_parts() -> None:
     from importlib.util import module_from_spec, spec_from_file_location
 
     here = os.path.dirname(__file__)
-    for part in PARTS:
-        name = f"krate.registry.{part}"
-        spec = spec_from_file_location(name, os.path.join(here, f"{part}.py"))
+    files = [(f"krate.{m}", os.path.join(os.path.dirname(here), f"{m}.py")) for m in SHARED]
+    files += [(f"krate.registry.{part}", os.path.join(here, f"{part}.py")) for part in PARTS]
+    for name, path in files:
+        spec = spec_from_file_location(name, path)
         module = module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

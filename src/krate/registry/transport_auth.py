@@ -13,8 +13,8 @@ import base64
 import json
 from urllib.parse import urlencode, urlsplit
 
-from krate.registry.transport_hosts import is_loopback, split_host
-from krate.registry.transport_http import Failure, Response
+from krate.registry.transport_hosts import is_loopback
+from krate.registry.transport_http import Failure, Response, destination
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -98,7 +98,7 @@ class Auth:
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise Failure("protocol", f"{self.registry} announced an unusable token realm")
-        host, port = split_host(parts.netloc, parts.scheme)
+        host, port = destination(parts.netloc, parts.scheme)
         if parts.scheme == "http" and not (registry_scheme == "http" and is_loopback(host)):
             raise Failure(
                 "protocol",

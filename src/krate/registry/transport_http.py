@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from krate.registry.transport_hosts import split_host
+from krate.registry.transport_hosts import scheme_port, split_host
 
 MAX_BODY = 4 << 20  # manifests, indexes, tokens and error documents are small
 SEND_STEP = 8 << 20  # progress granularity while streaming a blob
@@ -50,6 +50,15 @@ def emit(kind: str, **fields) -> None:
     fields = {"type": kind, **fields}
     sys.stdout.write(json.dumps(fields, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+def destination(netloc: str, scheme: str) -> tuple[str, int]:
+    """The host and port a URL names: a Failure, never a crash, when it names none usable."""
+    try:
+        host, port = split_host(netloc, scheme_port(scheme))
+    except ValueError:
+        raise Failure("protocol", "the registry named an unusable address (host:port)") from None
+    return host, scheme_port(scheme) if port is None else port
 
 
 def now_ts() -> str:
@@ -120,7 +129,7 @@ class Pool:
     def __init__(self, registry: str, scheme: str, job: dict) -> None:
         self.registry = registry
         self.scheme = scheme  # the registry's; becomes "http" after a loopback fallback
-        self.host, self.port = split_host(registry, scheme)
+        self.host, self.port = destination(registry, scheme)
         self.timeout = float(job.get("timeout", 60))
         self.allowed = {(self.host, self.port)}
         self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
@@ -177,7 +186,7 @@ class Pool:
         """One exchange, no retry. Connection problems raise Retryable."""
         parts = urlsplit(url)
         scheme = parts.scheme
-        host, port = split_host(parts.netloc, scheme)
+        host, port = destination(parts.netloc, scheme)
         if scheme not in ("http", "https"):
             raise Failure("protocol", f"the registry named an unsupported URL scheme {scheme!r}")
         if scheme == "http" and self.scheme == "https":
