@@ -23,8 +23,9 @@ def prepare(
 ):
     """The effective policy and the run request shared by `krate run` and `krate build`.
 
-    `flags` are the policy options in `flags_from` order. The request locks krate's
-    own process out of the network once the sandbox exists.
+    `flags` are the policy options in `flags_from` order. The request carries the
+    lockdown, step 5 of the run's launch: krate's own process leaves the network once
+    the workload is released.
     """
     from krate import render
     from krate.cli.policy_load import flags_from, load_effective
@@ -49,7 +50,7 @@ def prepare(
         allow_hardlinked_secrets=allow_hardlinked_secrets,
         as_root=as_root,
         allow_broad_workspace=allow_broad_workspace,
-        after_start=lock_down,
+        lock_down=lock_down,
     )
     return effective, request
 
