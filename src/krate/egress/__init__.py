@@ -418,8 +418,6 @@ def start_for_run(
         return None
     clean_stale()
     python = python or os.path.realpath(sys.executable)
-    # Its bytecode is this interpreter's: another one gets the source.
-    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
     folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
     os.chmod(folder, 0o700 if run_as is None else 0o711)
     loopback = network == VIA_LOOPBACK
@@ -439,52 +437,18 @@ def start_for_run(
         "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
         **limits._asdict(),
     }
-    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    process, stderr = _spawn_proxy(python, config, folder)
     try:
-        try:
-            process = subprocess.Popen(
-                [python, "-I", "-S", str(script)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                pass_fds=(journal_fd,),
-                close_fds=True,
-                cwd="/",
-                env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
-                start_new_session=False,
-            )
-        except OSError as exc:
-            stderr.close()
-            os.close(journal_fd)
-            shutil.rmtree(folder, ignore_errors=True)
-            raise KrateError(
-                f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
-                exit_code=EXIT_KRATE_FAILED,
-            ) from exc
-        # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.write((json.dumps(config) + "\n").encode())
-            process.stdin.flush()
         recorder = Recorder(paths, run_id, process.stdout.fileno())
         recorder.start()
-        session = EgressSession(
-            run_id=run_id,
-            paths=paths,
-            folder=folder,
-            process=process,
-            recorder=recorder,
-            journal_fd=journal_fd,
-            python=python,
-            forwards=forwards,
-            http_port=http_port,
-            socks_port=socks_port,
-            stderr=stderr,
-            network=network,
-        )
     except BaseException:
         stderr.close()
         raise
+    session = EgressSession(
+        run_id=run_id, paths=paths, folder=folder, process=process, recorder=recorder,
+        journal_fd=journal_fd, python=python, forwards=forwards, http_port=http_port,
+        socks_port=socks_port, stderr=stderr, network=network,
+    )  # fmt: skip
     # Behind the bridge the socket's path is known in advance and the bridge waits for it,
     # so the sandbox starts while the proxy does; `check()` reports a proxy that never came
     # up. On a loopback port the workload needs the proxy's port first.
@@ -492,3 +456,39 @@ def start_for_run(
         session.require_ready()
         session.tcp_port = int(recorder.ready_line["port"])
     return session
+
+
+def _spawn_proxy(
+    python: str, config: dict[str, Any], folder: Path
+) -> tuple[subprocess.Popen, IO[bytes]]:
+    """The proxy process, given its configuration, and the file its own errors go to."""
+    # Its bytecode is this interpreter's: another one gets the source.
+    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
+    journal_fd = config["journal_fd"]
+    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    try:
+        process = subprocess.Popen(
+            [python, "-I", "-S", str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            pass_fds=(journal_fd,),
+            close_fds=True,
+            cwd="/",
+            env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
+            start_new_session=False,
+        )
+    except OSError as exc:
+        stderr.close()
+        os.close(journal_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise KrateError(
+            f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
+            exit_code=EXIT_KRATE_FAILED,
+        ) from exc
+    # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.write((json.dumps(config) + "\n").encode())
+        process.stdin.flush()
+    return process, stderr
