@@ -400,3 +400,21 @@ def test_the_workload_cannot_act_before_run_started_is_committed(
             runs.execute(paths, policy_, request)
         assert failed.value.exit_code == 125
         assert seen == [("acted before the record", False)] and not marker.exists()
+
+
+def test_a_networked_run_recovers_killed_runs_journals_once(tmp_path, monkeypatch):
+    """Journals of killed runs are recorded once per run, before the proxy starts."""
+    import krate.egress
+    from krate import runs
+    from krate.cli.policy_load import flags_from, load_effective
+
+    ws, home = tmp_path / "ws", tmp_path / "home"
+    ws.mkdir()
+    paths = Paths(home, home)
+    calls = []
+    real = krate.egress.recover
+    monkeypatch.setattr(krate.egress, "recover", lambda p: calls.append(p) or real(p))
+    policy_ = load_effective(flags_from(None, ["localhost:9"], None, None, False, None), ws)
+    request = runs.RunRequest(("true",), ws, ws, {"PATH": os.defpath}, as_root=True)
+    assert runs.execute(paths, policy_, request).exit_code == 0
+    assert calls == [paths]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from krate.policy.decide import EffectivePolicy
+    from krate.policy.model import Decision
     from krate.runs import RunRequest
     from krate.sandbox.backend import Backend
     from krate.sandbox.cgroup import Place
@@ -41,7 +42,7 @@ class Prepared(NamedTuple):
 
 def _env_decider(
     policy: EffectivePolicy,
-) -> tuple[Callable[[str], Any], Callable[[str], bool]]:
+) -> tuple[Callable[[str], Decision], Callable[[str], bool]]:
     """The policy's env decision, and "did the user pass this name explicitly" for value checks."""
 
     def passed(name: str) -> bool:

@@ -35,7 +35,7 @@ class Capabilities(NamedTuple):
 
     memory: "cgroup", one hard limit for the whole sandbox that counts tmpfs files and
         shared memory (a run whose limit has no delegated cgroup is refused); "rlimit",
-        RLIMIT_DATA per process only (Seatbelt: documented in docs/policy.md).
+        RLIMIT_DATA per process only (Seatbelt: documented in docs/run.md).
     kernel: a seccomp filter and a fresh session keyring, and /proc's key lists hidden;
         recorded as `layout.kernel` in run.started.
     run_as_owner: a root krate can run the workload as the workspace's owner (otherwise

@@ -6,7 +6,7 @@ signal), signals go to its process group, and the only start failure krate can
 tell apart is `sandbox-exec` itself not starting (125). It cannot be held: it
 starts on release, after the run is recorded. The workload reaches the egress
 proxy on a loopback TCP port. Memory is RLIMIT_DATA per process only (no cgroup):
-docs/policy.md says so.
+docs/run.md says so.
 """
 
 from __future__ import annotations

@@ -2,20 +2,17 @@
 
 The workload inherits stdin, stdout and stderr directly (nothing is pumped
 through Python, so pipes, TTYs and gigabytes pass at full speed). krate forwards
-SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the workload's
+SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the sandbox's
 process group; three SIGINTs kill it outright. The workload's status becomes
-krate's (128+N for a signal). bubblewrap runs in its own process group so a
-terminal's Ctrl-C reaches krate only, which forwards it: the workload sees one
-SIGINT, and bubblewrap is not killed before the workload can clean up.
+krate's (128+N for a signal). The sandbox runs in its own process group so a
+terminal's Ctrl-C reaches krate only, which forwards it once.
 
-Whether the workload actually started is read from bubblewrap's
-`--json-status-fd`: it reports `exit-code` only when the sandbox was set up and
-the command ran, so a sandbox that failed to start is exit 125, never confused
-with the workload's own exit 1.
+`Launcher` is one sandbox process through the launch sequence (start held,
+release, wait); each backend subclasses it (backend_bwrap.py, backend_seatbelt.py)
+to say how its command is built and how it reports whether the workload ran.
 
 Never reads os.environ: the caller passes the environment for the workload.
 """
-
 from __future__ import annotations
 
 import contextlib
