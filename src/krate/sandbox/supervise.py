@@ -13,6 +13,7 @@ to say how its command is built and how it reports whether the workload ran.
 
 Never reads os.environ: the caller passes the environment for the workload.
 """
+
 from __future__ import annotations
 
 import contextlib
