@@ -115,9 +115,7 @@ def execute(
             record.finish("refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
             raise prepared.refusal
         try:
-            # 126/127 before launching, as the sandbox will see the command
-            visible = lambda path: backend.visible(path, spec)  # noqa: E731
-            supervise.find_command(spec.argv[0], spec.env.get("PATH"), spec.cwd, visible)
+            _check_command(spec, backend)
             outcome = _launch(backend, policy, record, request.lock_down)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
@@ -157,6 +155,15 @@ def execute(
         policy_files_changed=tuple(written.paths),
         policy_files_checked=written.complete,
     )
+
+
+def _check_command(spec: SandboxSpec, backend: Backend) -> None:
+    """126/127 before launching, as the sandbox will see the command."""
+
+    def visible(path: Path) -> bool:
+        return backend.visible(path, spec)
+
+    supervise.find_command(spec.argv[0], spec.env.get("PATH"), spec.cwd, visible)
 
 
 def _launch(
