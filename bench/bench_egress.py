@@ -142,14 +142,14 @@ def main() -> None:
         Rules(f"127.0.0.1:{port}", f"127.0.0.1:{small_port}"),
         "bench",
         Paths(home, home),
-        platform="darwin",  # the loopback-port listener, so curl can reach it from here
+        network="loopback",  # the loopback-port listener, so curl can reach it from here
     )
     # The same proxy with the portable relay (asyncio protocols), for comparison.
     portable = start_for_run(
         Rules(f"127.0.0.1:{port}"),
         "bench-portable",
         Paths(home, home),
-        platform="darwin",
+        network="loopback",
         limits=Limits(threads=False),
     )
     proxy = session.tcp_port

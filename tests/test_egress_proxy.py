@@ -47,7 +47,7 @@ def start(tmp_path, paths, *allow, run_id="run1", limits=None, python=None, prof
         policy(tmp_path, *allow, profile=profile),
         run_id,
         paths,
-        platform="darwin",
+        network="loopback",
         limits=limits or Limits(),
         python=python,
     )

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -349,34 +348,73 @@ def test_a_held_bridge_runs_the_workload_only_when_released(tmp_path, paths):
     assert results == [(5, True), (125, False)]
 
 
-def test_spawn_with_records_the_start_before_it_releases_the_workload(tmp_path, paths, monkeypatch):
-    from krate import egress
+@pytest.mark.parametrize("network", [True, False], ids=["bridge", "no-network"])
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "store-corrupt"])
+def test_the_workload_cannot_act_before_run_started_is_committed(
+    tmp_path, monkeypatch, network, recorded
+):
+    """The real launch sequence: real bubblewrap, the real egress gate, a real SQLite store.
 
+    An observer around the real record step (step 3) gives a workload that was let
+    go too early a second to act, and finds it has not; when the step returns,
+    run.started is committed. When the store cannot record the run, the workload
+    never runs and krate fails with 125.
+    """
+    from krate import runs
+    from krate.cli.policy_load import flags_from, load_effective
+    from krate.errors import KrateError
+
+    ws, home = tmp_path / "ws", tmp_path / "home"
+    ws.mkdir()
+    marker = ws / "acted"
+    paths = Paths(home, home)
+    if not recorded:
+        home.mkdir(mode=0o700)
+        (home / "krate.db").write_bytes(b"this is not a database, " * 100)
+    allow = ["localhost:9"] if network else None
+    policy_ = load_effective(flags_from(None, allow, None, None, not network, None), ws)
+    real_start = runs._RunRecord.start
+    seen: list[tuple[str, bool]] = []
+
+    def observed(record) -> None:
+        if record.state == "new":
+            deadline = time.monotonic() + 1.0  # a released workload acts well within this
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append(("acted before the record", marker.exists()))
+        real_start(record)
+        if record.state == "started" and len(seen) == 1:
+            committed = record.run_id in [r.id for r in runs.list_runs(paths)]
+            seen.append(("run.started committed", committed))
+
+    monkeypatch.setattr(runs._RunRecord, "start", observed)
+    request = runs.RunRequest(
+        ("sh", "-c", f"touch {marker}"), ws, ws, {"PATH": os.defpath}, as_root=True
+    )
+    if recorded:
+        result = runs.execute(paths, policy_, request)
+        assert result.exit_code == 0 and marker.exists()
+        assert seen == [("acted before the record", False), ("run.started committed", True)]
+    else:
+        with pytest.raises(KrateError) as failed:
+            runs.execute(paths, policy_, request)
+        assert failed.value.exit_code == 125
+        assert seen == [("acted before the record", False)] and not marker.exists()
+
+
+def test_a_networked_run_recovers_killed_runs_journals_once(tmp_path, monkeypatch):
+    """Journals of killed runs are recorded once per run, before the proxy starts."""
+    import krate.egress
+    from krate import runs
+    from krate.cli.policy_load import flags_from, load_effective
+
+    ws, home = tmp_path / "ws", tmp_path / "home"
+    ws.mkdir()
+    paths = Paths(home, home)
     calls = []
-    real_release = egress.EgressSession.release
-
-    def release(self, go=True):
-        calls.append(f"release go={go}")
-        real_release(self, go)
-
-    monkeypatch.setattr(egress.EgressSession, "release", release)
-
-    def launch(spec, go):
-        assert "--go" in spec.argv and spec.pass_fds
-        go()
-        return "done"
-
-    spec = SimpleNamespace(argv=("true",), env={}, extra_binds=(), pass_fds=())
-    spec._replace = lambda **kw: SimpleNamespace(**{**vars(spec), **kw})
-    rules = policy(tmp_path, "localhost:9")
-    assert egress.spawn_with(rules, "order1", paths, spec, launch,
-                             record_start=lambda: calls.append("record")) == "done"  # fmt: skip
-    assert calls[:2] == ["record", "release go=True"]
-
-    def failing() -> None:
-        raise RuntimeError("the store is locked")
-
-    calls.clear()
-    with pytest.raises(RuntimeError):
-        egress.spawn_with(rules, "order2", paths, spec, launch, record_start=failing)
-    assert calls[0] == "release go=False"
+    real = krate.egress.recover
+    monkeypatch.setattr(krate.egress, "recover", lambda p: calls.append(p) or real(p))
+    policy_ = load_effective(flags_from(None, ["localhost:9"], None, None, False, None), ws)
+    request = runs.RunRequest(("true",), ws, ws, {"PATH": os.defpath}, as_root=True)
+    assert runs.execute(paths, policy_, request).exit_code == 0
+    assert calls == [paths]

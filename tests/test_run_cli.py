@@ -190,7 +190,7 @@ def test_ctrl_c_while_the_run_starts_is_recorded_as_interrupted(tmp_path, networ
         raise KeyboardInterrupt
 
     request = RunRequest(
-        ("sleep", "30"), ws, ws, {"PATH": os.defpath}, as_root=True, after_start=interrupt
+        ("sleep", "30"), ws, ws, {"PATH": os.defpath}, as_root=True, lock_down=interrupt
     )
     with pytest.raises(KeyboardInterrupt):
         execute(paths, load_effective(flags, ws), request)

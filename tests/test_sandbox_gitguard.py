@@ -16,8 +16,10 @@ import pytest
 
 from krate.policy import Flags, effective_policy
 from krate.runs import RunRequest, prepare
-from krate.sandbox import bwrap, gitguard, placeholders, seatbelt
+from krate.sandbox import backend, bwrap, gitguard, placeholders, seatbelt
 from krate.sandbox.placeholders import Pin
+
+BWRAP_BACKEND = backend.named("bubblewrap", "bwrap")
 
 
 def repo(path: Path, *names: str) -> Path:
@@ -115,7 +117,7 @@ def test_both_backends_get_the_same_protection(tmp_path):
     gitdir = repo(ws, "config", "hooks/")
     policy = _policy(ws, tmp_path)
     request = RunRequest(argv=("true",), cwd=ws, workspace=ws, environ={})
-    spec = prepare(policy, request, "bubblewrap").spec
+    spec = prepare(policy, request, BWRAP_BACKEND).spec
     assert {p.path for p in spec.pins} >= {gitdir / "commondir", gitdir / "info"}
     argv = bwrap.command(spec, "/usr/bin/bwrap", empty=lambda: 0)
     for name in ("commondir", "config", "hooks", "info", "modules", "worktrees"):
@@ -133,7 +135,7 @@ def test_refusals_are_decided_and_recorded_before_the_run(tmp_path):
     ws.mkdir()
     (ws / ".git").symlink_to(repo(tmp_path / "real"))
     request = RunRequest(argv=("true",), cwd=ws, workspace=ws, environ={})
-    prepared = prepare(_policy(ws, tmp_path), request, "bubblewrap", euid=1000)
+    prepared = prepare(_policy(ws, tmp_path), request, BWRAP_BACKEND, euid=1000)
     assert prepared.refusal is not None and prepared.refusal.exit_code == 125
     assert "symbolic link" in str(prepared.refusal)
     [decision] = [d for d in prepared.decisions if d["area"] == "filesystem"]

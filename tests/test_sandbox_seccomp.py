@@ -69,12 +69,14 @@ def test_record_labels_and_the_bytes_bubblewrap_reads():
     assert data == lockdown.pack(seccomp.program("x86_64")) and len(data) % 8 == 0
 
 
-# The fresh session keyring, against the real kernel, as runs._spawn sets it up.
+# The fresh session keyring, against the real kernel, as the bubblewrap backend sets it up:
+# its launcher starts a stand-in `bwrap` that runs the probe as the workload.
 KEYRING_SCRIPT = textwrap.dedent(
     """
     import ctypes, json, platform, subprocess, sys
-    from krate import runs
-    from krate.sandbox import supervise
+    from pathlib import Path
+    from krate.sandbox import backend
+    from krate.sandbox.spec import build
 
     ADD, CTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -86,31 +88,33 @@ KEYRING_SCRIPT = textwrap.dedent(
              "libc.syscall.restype = ctypes.c_long; "
              f"print(libc.syscall({CTL}, 10, ctypes.c_int(-3), b'user', b'krate-unit-key', 0), "
              "ctypes.get_errno())")
-
-    def child():
-        return subprocess.run([sys.executable, "-c", probe], capture_output=True,
-                              text=True).stdout.split()
-
-    out = {"key": key, "before": child()}
-    supervise.launch = lambda *a, **kw: out.setdefault("sandbox", child())  # instead of bwrap
-    found = type("Found", (), {"backend": "bubblewrap", "executable": "/usr/bin/bwrap"})()
-    spec = runs.build(argv=("true",), cwd="/", workspace="/var/tmp", allow_write=(),
-                      read_only=(), deny_read=(), env={})
-    paths = type("Paths", (), {"data_dir": None})()  # no placeholders: nothing to hold
-    runs._spawn(spec, found, "r", paths)
-    print(json.dumps(out))
+    before = subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                            text=True).stdout.split()
+    spec = build(argv=(sys.executable, "-c", probe), cwd="/", workspace="/var/tmp",
+                 allow_write=(), read_only=(), deny_read=(), env={})
+    bubblewrap = backend.named("bubblewrap", sys.argv[1])
+    with bubblewrap.open(spec, run_id="r", data_dir=Path("/nonexistent")) as sandbox:
+        sandbox.start(None)
+        sandbox.release()
+        sandbox.wait()
+    print(json.dumps({"key": key, "before": before}))
     """
 )
+STAND_IN_BWRAP = '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n'
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel keyrings are Linux's")
-def test_the_sandbox_is_started_in_a_fresh_session_keyring():
-    out = subprocess.run([sys.executable, "-c", KEYRING_SCRIPT], capture_output=True, text=True,
-                         timeout=60)  # fmt: skip
+def test_the_sandbox_is_started_in_a_fresh_session_keyring(tmp_path):
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text(STAND_IN_BWRAP)
+    bwrap.chmod(0o755)
+    out = subprocess.run([sys.executable, "-c", KEYRING_SCRIPT, str(bwrap)], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    sandbox, last = out.stdout.splitlines()
+    result = json.loads(last)
     assert result["before"] == [str(result["key"]), "0"]  # a child inherits the caller's keys
-    assert result["sandbox"] == ["-1", "126"], result  # ENOKEY: a new, empty session keyring
+    assert sandbox.split() == ["-1", "126"], out.stdout  # ENOKEY: a new, empty session keyring
 
 
 def test_a_refused_session_keyring_refuses_the_run_and_none_is_needed_elsewhere():

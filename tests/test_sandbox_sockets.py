@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from krate.runs import RunRequest, prepare
+from krate.sandbox import backend, seccomp, sockets
 from krate.sandbox import env as env_mod
-from krate.sandbox import seccomp, sockets
 
 
 def test_socket_addresses_in_values():
@@ -95,8 +95,14 @@ def test_prepare_hides_sockets_of_stripped_names_and_proc_key_lists_on_linux_onl
             trusted={}, flags=Flags(),
         )  # fmt: skip
         environ = {"SSH_AUTH_SOCK": str(folder / "agent.sock"), "PATH": "/usr/bin"}
-        linux = prepare(policy, RunRequest(("true",), ws, ws, environ), "bubblewrap")
-        mac = prepare(policy, RunRequest(("true",), ws, ws, environ), "seatbelt")
+        linux = prepare(
+            policy, RunRequest(("true",), ws, ws, environ), backend.named("bubblewrap", "bwrap")
+        )
+        mac = prepare(
+            policy,
+            RunRequest(("true",), ws, ws, environ),
+            backend.named("seatbelt", "sandbox-exec"),
+        )
     finally:
         server.close()
     assert folder / "agent.sock" in linux.spec.hidden

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from krate.sandbox import bwrap, hardlinks, identity, limits
+from krate.sandbox.backend import named
 from krate.sandbox.spec import Limits, build, mount_order, protect_ancestors
+
+BWRAP = named("bubblewrap", "bwrap")
+SEATBELT = named("seatbelt", "sandbox-exec")
 
 
 @pytest.fixture
@@ -186,17 +190,17 @@ def test_limits_translate_to_rlimits_and_prlimit():
 
 def test_identity_choice_for_root_and_for_everyone_else(tmp_path):
     ws = Path(os.path.realpath(tmp_path))
-    assert identity.choose(ws, ws, as_root=True, euid=1000, backend="bubblewrap") == (
+    assert identity.choose(ws, ws, as_root=True, euid=1000, backend=BWRAP) == (
         identity.Choice()
     )  # --as-root means nothing without root
-    chosen = identity.choose(ws, ws, as_root=True, euid=0, backend="bubblewrap")
+    chosen = identity.choose(ws, ws, as_root=True, euid=0, backend=BWRAP)
     assert chosen.run_as is None and chosen.refusal is None and chosen.record == {"as_root": True}
     assert chosen.decision == {"area": "identity", "verdict": "allow", "rule": "--as-root",
                                "layer": "flags", "subject": "root"}  # fmt: skip
-    root_owned = identity.choose(Path("/"), Path("/"), as_root=False, euid=0, backend="bubblewrap")
+    root_owned = identity.choose(Path("/"), Path("/"), as_root=False, euid=0, backend=BWRAP)
     assert root_owned.refusal.exit_code == 125 and root_owned.decision["verdict"] == "deny"
     assert "belongs to root" in str(root_owned.refusal) and "--as-root" in str(root_owned.refusal)
-    seatbelt = identity.choose(ws, ws, as_root=False, euid=0, backend="seatbelt")
+    seatbelt = identity.choose(ws, ws, as_root=False, euid=0, backend=SEATBELT)
     assert seatbelt.refusal is not None and seatbelt.run_as is None
 
 

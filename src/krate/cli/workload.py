@@ -45,7 +45,8 @@ class Workload(NamedTuple):
 def prepare(options: Workload):
     """The effective policy and the run request shared by `krate run` and `krate build`.
 
-    The request locks krate's own process out of the network once the sandbox exists.
+    The request carries the lockdown, step 5 of the run's launch: krate's own process
+    leaves the network once the workload is released.
     """
     from krate import render
     from krate.cli.policy_load import load_effective
@@ -72,7 +73,7 @@ def prepare(options: Workload):
         allow_hardlinked_secrets=allow_hardlinked_secrets,
         as_root=as_root,
         allow_broad_workspace=allow_broad_workspace,
-        after_start=lock_down,
+        lock_down=lock_down,
     )
     return effective, request
 

@@ -1,13 +1,18 @@
 """Egress for one run: start the proxy helper, wire the sandbox to it, record its decisions.
 
-The run domain makes one call, `start_for_run(policy, run_id, paths)`, before it
-starts the sandbox (and before krate locks itself out of the network), and gets
-an `EgressSession` (or None when the policy allows no network at all):
+The run domain makes one call, `for_run(policy, run_id, paths, capabilities)`,
+before it starts the sandbox (and before krate locks itself out of the network),
+and gets an `EgressSession` (or None when the policy allows no network at all).
+Egress contributes a spec change and a gate, nothing else:
 
-    session.bind_args()   bwrap arguments that mount the proxy's socket folder
-    session.env()         HTTP_PROXY, HTTPS_PROXY, ALL_PROXY (both cases), NO_PROXY
-    session.wrap_argv(a)  the command to run inside the sandbox (the bridge first)
+    session.apply(spec)   the spec wired to the proxy: bridge first, proxy env, socket mount
+    session.gate          what holds the workload until the run is recorded (the bridge), or None
+    session.release(go)   the gate: let the held workload start, or make the bridge exit
     session.close()       stop the proxy, record every decision, return counts
+    session.check()       KrateError when the proxy never came up although the workload ran
+
+The backend's capabilities say how the workload reaches the proxy: through the
+bridge and its unix socket (`VIA_BRIDGE`) or on a loopback TCP port (`VIA_LOOPBACK`).
 
 This module never opens a socket itself: only the proxy process does.
 """
@@ -21,26 +26,32 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
+from krate.sandbox.backend import BRIDGE as VIA_BRIDGE
+from krate.sandbox.backend import LOOPBACK as VIA_LOOPBACK
+from krate.sandbox.backend import Capabilities
 
 from . import helperlib
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
+
+if TYPE_CHECKING:
+    from krate.policy.decide import EffectivePolicy
+    from krate.sandbox.spec import SandboxSpec
 
 __all__ = [
     "EgressSession",
     "Limits",
     "compile_rules",
+    "for_run",
     "recover",
-    "spawn_with",
     "start_for_run",
     "summarize_hosts",
 ]
-T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 PROXY = HERE / "proxy.py"
@@ -58,7 +69,7 @@ class Limits(NamedTuple):
     idle_timeout: float = 300.0
     header_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
-    threads: bool = True  # Linux tunnels relay in two threads; False uses asyncio protocols
+    threads: bool = True  # tunnels relay in two threads; False uses asyncio protocols
 
 
 DEFAULT_LIMITS = Limits()
@@ -75,7 +86,7 @@ class Summary(NamedTuple):
         return self._asdict()
 
 
-def compile_rules(policy: Any) -> list[dict[str, Any]]:
+def compile_rules(policy: EffectivePolicy) -> list[dict[str, Any]]:
     """The policy's network rules as plain data the proxy rebuilds them from."""
     return [
         {
@@ -133,7 +144,7 @@ def loopback_forwards(rules: list[dict[str, Any]]) -> list[tuple[str, int]]:
 class EgressSession:
     """One run's proxy: its process, socket folder, recorder and, once closed, its summary."""
 
-    tcp_port: int | None = None  # macOS: the proxy's loopback port
+    tcp_port: int | None = None  # VIA_LOOPBACK: the proxy's port
     summary: Summary | None = None
     start_errors: str = ""
     stopped_early: bool = False  # closed before the proxy was up: nothing can have used it
@@ -151,12 +162,14 @@ class EgressSession:
         forwards: list[tuple[str, int]] | None = None,
         http_port: int = HTTP_PORT,
         socks_port: int = SOCKS_PORT,
-        stderr: Any = None,  # the proxy's own error output, read only if it fails to start
+        stderr: IO[bytes] | None = None,  # the proxy's errors, read only if it fails to start
+        network: str = VIA_BRIDGE,
     ) -> None:
         self.run_id, self.paths, self.folder = run_id, paths, folder
         self.process, self.recorder, self.journal_fd = process, recorder, journal_fd
         self.python, self.forwards = python, forwards or []
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
+        self.network = network
         self.go_read: int | None = None  # the bridge's end of the hold (see hold())
         self.go_write: int | None = None
 
@@ -168,8 +181,8 @@ class EgressSession:
         runs unrecorded. Returns the descriptor the sandbox must inherit (the
         launcher closes krate's copy once the sandbox started).
         """
-        if self.tcp_port is not None:
-            raise ValueError("only the Linux bridge can hold the workload")
+        if self.network != VIA_BRIDGE:
+            raise ValueError("only the bridge can hold the workload")
         if self.go_read is None:
             self.go_read, self.go_write = os.pipe()
         return self.go_read
@@ -194,14 +207,15 @@ class EgressSession:
 
         Put them after any `--tmpfs /tmp` so the mount is not hidden.
         """
-        if self.tcp_port is not None:
+        if self.network != VIA_BRIDGE:
             return []
         return ["--ro-bind", str(self.folder), str(self.folder)]
 
     def env(self) -> dict[str, str]:
         """Proxy variables for the workload, both cases; NO_PROXY emptied so nothing bypasses."""
-        port = self.tcp_port if self.tcp_port is not None else self.http_port
-        socks = self.tcp_port if self.tcp_port is not None else self.socks_port
+        loopback = self.network == VIA_LOOPBACK and self.tcp_port is not None
+        port = self.tcp_port if loopback else self.http_port
+        socks = self.tcp_port if loopback else self.socks_port
         values = {
             "HTTP_PROXY": f"http://127.0.0.1:{port}",
             "HTTPS_PROXY": f"http://127.0.0.1:{port}",
@@ -216,7 +230,7 @@ class EgressSession:
 
     def wrap_argv(self, argv: list[str]) -> list[str]:
         """The sandbox's command: the bridge, which starts its listeners and then runs argv."""
-        if self.tcp_port is not None:
+        if self.network != VIA_BRIDGE:
             return list(argv)
         forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
         if self.go_read is not None:
@@ -237,11 +251,23 @@ class EgressSession:
             *argv,
         ]
 
-    def apply(self, spec: Any) -> Any:
-        """The sandbox spec with this session wired in: bridge first, proxy env, socket mount."""
+    @property
+    def gate(self) -> EgressSession | None:
+        """This session when its bridge holds the workload until `release()`, else None."""
+        return self if self.go_write is not None else None
+
+    def apply(self, spec: SandboxSpec) -> SandboxSpec:
+        """The sandbox spec with this session wired in: bridge first, proxy env, socket mount.
+
+        Behind the bridge the workload is held (`gate`): the sandbox may start while
+        krate records the run, and the workload runs only once released.
+        """
         from krate.sandbox.spec import Bind
 
-        binds = () if self.tcp_port is not None else (Bind(self.folder, self.folder),)
+        binds: tuple[Bind, ...] = ()
+        if self.network == VIA_BRIDGE:
+            self.hold()
+            binds = (Bind(self.folder, self.folder),)
         return spec._replace(
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},
@@ -249,6 +275,11 @@ class EgressSession:
             pass_fds=(*spec.pass_fds, *(() if self.go_read is None else (self.go_read,))),
             network="proxy",
         )
+
+    def check(self) -> None:
+        """After close(): the workload ran, but its allowed network never existed."""
+        if self.recorder.ready_line is None and not self.stopped_early:
+            raise self.failure()
 
     def require_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Wait for the proxy's ready line; KrateError (naming its own error) if none came."""
@@ -311,63 +342,26 @@ class EgressSession:
         self.summary = Summary(total, counts["allow"], total - counts["allow"])
         return self.summary
 
-    def __enter__(self) -> EgressSession:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def spawn_with(
-    policy: Any,
+def for_run(
+    policy: EffectivePolicy,
     run_id: str,
     paths: Paths,
-    spec: Any,
-    launch: Callable[..., T],
+    capabilities: Capabilities,
     *,
-    platform: str = sys.platform,
-    record_start: Callable[[], None] = lambda: None,
-) -> T:
-    """Run `launch(spec[, go])` with egress wired in when the policy allows any network.
+    run_as: int | None = None,
+) -> EgressSession | None:
+    """The run domain's one call: decisions a killed run left behind recorded, then this
+    run's proxy started (None when the policy allows no network at all).
 
-    The run domain's single call: the proxy starts before the sandbox (and before
-    krate locks itself out of the network), and every decision is recorded before
-    this returns, so the run's record that follows counts them all.
-
-    `record_start` records the run's start; the workload must not run before it has
-    returned. Behind the Linux bridge it runs while the sandbox starts: the bridge
-    holds the workload, and `launch` calls `go` once the sandbox exists, which
-    records and then releases it. Elsewhere it runs before the launch.
+    The proxy starts before the sandbox (and before krate locks itself out of the
+    network); the backend's capabilities say how the workload reaches it.
     """
     recover(paths)
-    run_as = getattr(spec, "run_as", None)
-    session = start_for_run(
-        policy, run_id, paths, platform=platform, run_as=None if run_as is None else run_as.uid
+    limits = DEFAULT_LIMITS._replace(threads=capabilities.relay_threads)
+    return start_for_run(
+        policy, run_id, paths, network=capabilities.network, limits=limits, run_as=run_as
     )
-    if session is None:
-        record_start()
-        return launch(spec)
-    try:
-        if session.tcp_port is None:
-            session.hold()
-
-            def go() -> None:
-                try:
-                    record_start()
-                except BaseException:
-                    session.release(go=False)  # the bridge exits; the workload never runs
-                    raise
-                session.release()
-
-            outcome = launch(session.apply(spec), go)
-        else:
-            record_start()
-            outcome = launch(session.apply(spec))
-    finally:
-        session.close()
-    if session.recorder.ready_line is None and not session.stopped_early:
-        raise session.failure()  # the workload ran, but its allowed network never existed
-    return outcome
 
 
 def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -404,12 +398,12 @@ def clean_stale(tmp: str | None = None) -> None:
 
 
 def start_for_run(
-    policy: Any,
+    policy: EffectivePolicy,
     run_id: str,
     paths: Paths,
     *,
     python: str | None = None,
-    platform: str = sys.platform,
+    network: str = VIA_BRIDGE,
     limits: Limits = DEFAULT_LIMITS,
     run_as: int | None = None,
 ) -> EgressSession | None:
@@ -423,16 +417,13 @@ def start_for_run(
     if not rules:
         return None
     clean_stale()
-    recover(paths)
     python = python or os.path.realpath(sys.executable)
-    # Its bytecode is this interpreter's: another one gets the source.
-    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
     folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
     os.chmod(folder, 0o700 if run_as is None else 0o711)
-    macos = platform == "darwin"
+    loopback = network == VIA_LOOPBACK
     shutil.copyfile(BRIDGE, folder / "bridge.py")
     os.chmod(folder / "bridge.py", 0o600 if run_as is None else 0o644)
-    forwards = [] if macos else loopback_forwards(rules)
+    forwards = [] if loopback else loopback_forwards(rules)
     ports = {port for _host, port in forwards}
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
     socks_port = next(p for p in range(SOCKS_PORT, 65536) if p not in ports | {http_port})
@@ -440,61 +431,64 @@ def start_for_run(
     config = {
         "rules": rules,
         "net_default": list(policy.net_default),
-        "listen": "tcp:127.0.0.1:0" if macos else f"unix:{folder / SOCKET_NAME}",
+        "listen": "tcp:127.0.0.1:0" if loopback else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
         "socket_uid": run_as,
         "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
         **limits._asdict(),
     }
-    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    process, stderr = _spawn_proxy(python, config, folder)
     try:
-        try:
-            process = subprocess.Popen(
-                [python, "-I", "-S", str(script)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                pass_fds=(journal_fd,),
-                close_fds=True,
-                cwd="/",
-                env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
-                start_new_session=False,
-            )
-        except OSError as exc:
-            stderr.close()
-            os.close(journal_fd)
-            shutil.rmtree(folder, ignore_errors=True)
-            raise KrateError(
-                f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
-                exit_code=EXIT_KRATE_FAILED,
-            ) from exc
-        # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.write((json.dumps(config) + "\n").encode())
-            process.stdin.flush()
         recorder = Recorder(paths, run_id, process.stdout.fileno())
         recorder.start()
-        session = EgressSession(
-            run_id=run_id,
-            paths=paths,
-            folder=folder,
-            process=process,
-            recorder=recorder,
-            journal_fd=journal_fd,
-            python=python,
-            forwards=forwards,
-            http_port=http_port,
-            socks_port=socks_port,
-            stderr=stderr,
-        )
     except BaseException:
         stderr.close()
         raise
-    # On Linux the socket's path is known in advance and the bridge waits for it, so the
-    # sandbox starts while the proxy does; `close()` reports a proxy that never came up.
-    # On macOS the workload needs the proxy's port first.
-    if macos:
+    session = EgressSession(
+        run_id=run_id, paths=paths, folder=folder, process=process, recorder=recorder,
+        journal_fd=journal_fd, python=python, forwards=forwards, http_port=http_port,
+        socks_port=socks_port, stderr=stderr, network=network,
+    )  # fmt: skip
+    # Behind the bridge the socket's path is known in advance and the bridge waits for it,
+    # so the sandbox starts while the proxy does; `check()` reports a proxy that never came
+    # up. On a loopback port the workload needs the proxy's port first.
+    if loopback:
         session.require_ready()
         session.tcp_port = int(recorder.ready_line["port"])
     return session
+
+
+def _spawn_proxy(
+    python: str, config: dict[str, Any], folder: Path
+) -> tuple[subprocess.Popen, IO[bytes]]:
+    """The proxy process, given its configuration, and the file its own errors go to."""
+    # Its bytecode is this interpreter's: another one gets the source.
+    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
+    journal_fd = config["journal_fd"]
+    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    try:
+        process = subprocess.Popen(
+            [python, "-I", "-S", str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            pass_fds=(journal_fd,),
+            close_fds=True,
+            cwd="/",
+            env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
+            start_new_session=False,
+        )
+    except OSError as exc:
+        stderr.close()
+        os.close(journal_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise KrateError(
+            f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
+            exit_code=EXIT_KRATE_FAILED,
+        ) from exc
+    # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.write((json.dumps(config) + "\n").encode())
+        process.stdin.flush()
+    return process, stderr

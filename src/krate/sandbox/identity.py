@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+
+if TYPE_CHECKING:
+    from krate.sandbox.backend import Backend
 
 OVERFLOW_GID = 65534  # nogroup: for an owner with no account, rather than root's group
 RULE_AS_ROOT = "--as-root"
@@ -99,7 +102,7 @@ class Choice(NamedTuple):
     refusal: KrateError | None = None
 
 
-def choose(workspace: Path, cwd: Path, *, as_root: bool, euid: int, backend: str) -> Choice:
+def choose(workspace: Path, cwd: Path, *, as_root: bool, euid: int, backend: Backend) -> Choice:
     """The identity for a run of krate with effective uid `euid` in `workspace`."""
     if euid != 0:
         return Choice()  # --as-root means nothing without root
@@ -112,8 +115,8 @@ def choose(workspace: Path, cwd: Path, *, as_root: bool, euid: int, backend: str
         "run krate as an ordinary user, or pass --as-root to accept running the workload "
         "with host root's identity (capabilities dropped, system and /proc knobs read-only)"
     )
-    if backend != "bubblewrap":
-        why = f"the {backend} sandbox cannot run the workload as the workspace's owner"
+    if not backend.capabilities().run_as_owner:
+        why = f"the {backend.name} sandbox cannot run the workload as the workspace's owner"
         return _refuse(why, fix, RULE_NO_DROP, workspace)
     owner = owner_of(workspace)
     if owner is None:

@@ -12,16 +12,20 @@ the supervisor's (supervise.py). Never raises a limit, only lowers it.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import shutil
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.sandbox.spec import Limits
 
+if TYPE_CHECKING:
+    from krate.sandbox.cgroup import Place, RunCgroup
+    from krate.sandbox.supervise import Outcome
+
 MB = 1024 * 1024
-T = TypeVar("T")
 
 
 def rlimit_pairs(limits: Limits) -> list[tuple[int, int, int]]:
@@ -67,21 +71,13 @@ def wrap_argv(limits: Limits, argv: list[str], path: str | None = None) -> list[
     return [exe, f"--nproc={n}:{n}", "--", *argv]
 
 
-def in_memory_cgroup(
-    place: Any,
-    run_id: str,
-    limit_mb: int,
-    preexec: Callable[[], None] | None,
-    launch: Callable[[Callable[[], None]], T],
-) -> T:
-    """`launch(preexec)` with the sandbox in its own cgroup of `limit_mb`; removed afterwards.
+@contextlib.contextmanager
+def memory_cgroup(place: Place, run_id: str, limit_mb: int) -> Iterator[RunCgroup]:
+    """The run's own cgroup of `limit_mb`, removed afterwards.
 
-    The launcher's child joins the cgroup before it executes the sandbox, so nothing of
-    the workload runs outside it. When the kernel killed processes for the limit, the
-    outcome's reason says so.
+    The launcher's child joins it (`joined`) before it executes the sandbox, so
+    nothing of the workload runs outside it.
     """
-    import subprocess
-
     from krate.sandbox import cgroup
 
     try:
@@ -92,6 +88,14 @@ def in_memory_cgroup(
             f"{exc.strerror or exc}; remove limits.memory_mb or see `krate doctor`",
             exit_code=EXIT_KRATE_FAILED,
         ) from exc
+    try:
+        yield group
+    finally:
+        group.remove()
+
+
+def joined(group: RunCgroup, preexec: Callable[[], None] | None) -> Callable[[], None]:
+    """The launcher child's work: join `group`, then `preexec`."""
     join = group.join()
 
     def both() -> None:
@@ -99,22 +103,15 @@ def in_memory_cgroup(
         if preexec is not None:
             preexec()
 
-    try:
-        try:
-            outcome = launch(both)
-        except subprocess.SubprocessError as exc:  # the child could not join: it never ran
-            raise KrateError(
-                f"cannot put the sandbox into its memory cgroup {group.path}; "
-                "remove limits.memory_mb or see `krate doctor`",
-                exit_code=EXIT_KRATE_FAILED,
-            ) from exc
-        kills = group.oom_kills()
-        if kills:
-            said = f"; {outcome.reason}" if outcome.reason else ""
-            outcome.reason = (
-                f"memory limit of {limit_mb} MB reached: the kernel killed {kills} "
-                f"process{'es' if kills != 1 else ''} in the sandbox{said}"
-            )
-        return outcome
-    finally:
-        group.remove()
+    return both
+
+
+def note_oom(group: RunCgroup, outcome: Outcome) -> None:
+    """When the kernel killed processes for the limit, the outcome's reason says so."""
+    kills = group.oom_kills()
+    if kills:
+        said = f"; {outcome.reason}" if outcome.reason else ""
+        outcome.reason = (
+            f"memory limit of {group.limit_mb} MB reached: the kernel killed {kills} "
+            f"process{'es' if kills != 1 else ''} in the sandbox{said}"
+        )

@@ -2,16 +2,14 @@
 
 The workload inherits stdin, stdout and stderr directly (nothing is pumped
 through Python, so pipes, TTYs and gigabytes pass at full speed). krate forwards
-SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the workload's
+SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the sandbox's
 process group; three SIGINTs kill it outright. The workload's status becomes
-krate's (128+N for a signal). bubblewrap runs in its own process group so a
-terminal's Ctrl-C reaches krate only, which forwards it: the workload sees one
-SIGINT, and bubblewrap is not killed before the workload can clean up.
+krate's (128+N for a signal). The sandbox runs in its own process group so a
+terminal's Ctrl-C reaches krate only, which forwards it once.
 
-Whether the workload actually started is read from bubblewrap's
-`--json-status-fd`: it reports `exit-code` only when the sandbox was set up and
-the command ran, so a sandbox that failed to start is exit 125, never confused
-with the workload's own exit 1.
+`Launcher` is one sandbox process through the launch sequence (start held,
+release, wait); each backend subclasses it (backend_bwrap.py, backend_seatbelt.py)
+to say how its command is built and how it reports whether the workload ran.
 
 Never reads os.environ: the caller passes the environment for the workload.
 """
@@ -19,8 +17,6 @@ Never reads os.environ: the caller passes the environment for the workload.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import shutil
 import signal
@@ -28,9 +24,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from krate.errors import EXIT_CANNOT_EXECUTE, EXIT_KRATE_FAILED, EXIT_NOT_FOUND, KrateError
+
+if TYPE_CHECKING:
+    from krate.sandbox.backend import Gate
+    from krate.sandbox.identity import Identity
 
 FORWARDED = tuple(
     getattr(signal, name)
@@ -38,6 +38,7 @@ FORWARDED = tuple(
     if hasattr(signal, name)
 )
 FORCE_AFTER_SIGINTS = 3
+RUN_DIRS = "run"  # under the data folder: per-run folders (run_folder), swept when stale
 
 
 class Outcome:
@@ -203,51 +204,7 @@ def terminal_kept(fd: int = 0):
 # ---------------------------------------------------------------- launching
 
 
-class _Status:
-    """bubblewrap's JSON status stream: the sandbox's init pid, and whether the command ran."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = b""
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-
-    def poll(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            if not chunk:
-                return
-            self.buffer += chunk
-
-    def documents(self) -> list[dict]:
-        self.poll()
-        out = []
-        for line in self.buffer.decode(errors="replace").splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line))
-        return out
-
-    def child_pid(self) -> int | None:
-        for doc in self.documents():
-            if "child-pid" in doc:
-                return int(doc["child-pid"])
-        return None
-
-    def exit_code(self) -> int | None:
-        for doc in self.documents():
-            if "exit-code" in doc:
-                return int(doc["exit-code"])
-        return None
-
-
-def _then_become(preexec: Callable[[], None] | None, who: Any) -> Callable[[], None]:
+def _then_become(preexec: Callable[[], None] | None, who: Identity) -> Callable[[], None]:
     """`preexec`, then drop to `who` for good (groups, then gid, then uid: all three ids)."""
 
     def child() -> None:
@@ -260,162 +217,189 @@ def _then_become(preexec: Callable[[], None] | None, who: Any) -> Callable[[], N
     return child
 
 
-def launch(
-    build_argv: Callable[[int, list[int]], list[str]],
-    env: dict[str, str],
-    *,
-    preexec: Callable[[], None] | None = None,
-    wall_seconds: int | None = None,
-    status_stream: bool = True,
-    clock: Callable[[], float] = time.monotonic,
-    after_start: Callable[[], None] | None = None,
-    run_as: Any = None,
-) -> Outcome:
-    """Run the sandbox to completion; `build_argv(status_fd, fds)` gives the sandbox's argv.
+class Launcher:
+    """One sandbox process: started held, released, waited for; signals, wall clock, outcome.
+
+    Used as a context manager: leaving it by an exception (the run could not be
+    recorded, Ctrl-C) kills a started sandbox, and the signal handlers are given back
+    whatever happened. A backend subclass says how to build its command (`command`),
+    which process is the sandbox's init, how to kill the whole tree and what the
+    workload's own exit status was; the defaults are for a backend whose process is
+    the workload itself (Seatbelt: `sandbox-exec` executes the command).
 
     `run_as` (an identity.Identity, for a root krate): the child takes that user's
     groups, gid and uid before it executes the sandbox, after `preexec` (which may
     still need root, e.g. to join the run's memory cgroup).
-
-    `build_argv` appends to `fds` any descriptor the sandbox must inherit; they are
-    closed here once it started.
-
-    `status_stream`: the backend reports through bubblewrap's JSON status fd. Without
-    it (Seatbelt) the child's own status is the workload's and signals go to its
-    process group.
-
-    This is the one place a workload process is created, so that callers can
-    bracket it: `after_start` runs once the sandbox exists (krate locks its own
-    network away there).
     """
-    read_fd, write_fd = os.pipe()
-    status = _Status(read_fd)
-    state = {"sigints": 0, "timed_out": False, "killed_early": None}
-    forwarded: list[int] = []
-    proc: subprocess.Popen | None = None
-    if run_as is not None:
-        preexec = _then_become(preexec, run_as)
 
-    def init_pid() -> int | None:
-        if not status_stream:
-            return proc.pid if proc else None
-        return status.child_pid()
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        preexec: Callable[[], None] | None = None,
+        wall_seconds: int | None = None,
+        run_as: Identity | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.env, self.wall_seconds, self.clock = env, wall_seconds, clock
+        self.preexec = preexec if run_as is None else _then_become(preexec, run_as)
+        self.proc: subprocess.Popen | None = None
+        self.gate: Gate | None = None
+        self.forwarded: list[int] = []
+        self.sigints = 0
+        self.timed_out = False
+        self.pending: int | None = None  # a signal that came before the sandbox existed
+        self.killed_early: int | None = None
+        self.previous: dict[int, Any] = {}
+        self.started_at = 0.0
+        self.waited = False
 
-    def kill_tree() -> None:
-        if not status_stream:
-            if proc is not None:
-                with contextlib.suppress(OSError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            return
-        init = init_pid()
-        if init:
+    # ------------------------------------------------ what a backend says
+
+    def command(self, fds: list[int]) -> list[str]:
+        """The sandbox's argv; descriptors it must inherit go into `fds` (closed once started)."""
+        raise NotImplementedError
+
+    def init_pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def kill_tree(self) -> None:
+        if self.proc is not None:
             with contextlib.suppress(OSError):
-                os.kill(init, signal.SIGKILL)
-        if proc is not None:
-            # bubblewrap's whole group: a setup child that has not reported its pid yet
-            # would otherwise wait forever for its killed parent.
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        forwarded.append(signum)
-        if proc is None:
-            state["pending"] = state.get("pending") or signum
-            return
-        init = init_pid()
-        if signum == signal.SIGINT:
-            state["sigints"] += 1
-        if init is None or state["sigints"] >= FORCE_AFTER_SIGINTS:
-            # Not started yet (or the user insists): stop everything now.
-            if state["killed_early"] is None and signum != getattr(signal, "SIGWINCH", -1):
-                state["killed_early"] = signum
-                kill_tree()
-            return
-        with contextlib.suppress(OSError):
-            os.killpg(init, signum)
+    def exit_code(self, returncode: int) -> int | None:
+        """The workload's exit status (128+N for a signal); None: the sandbox never ran it."""
+        return 128 - returncode if returncode < 0 else returncode
 
-    def on_alarm(_signum: int, _frame: object) -> None:
-        state["timed_out"] = True
-        kill_tree()
+    def not_started(self, outcome: Outcome, returncode: int) -> None:
+        """Fill in `outcome` for a sandbox that exited without running the workload."""
+        outcome.exit_code, outcome.status = EXIT_KRATE_FAILED, "failed"
+        outcome.reason = f"the sandbox failed to start (exit {returncode})"
 
-    # A signal krate inherited as ignored (`krate run ... &` from a script) stays ignored.
-    previous = {
-        s: signal.signal(s, on_signal) for s in FORWARDED if signal.getsignal(s) != signal.SIG_IGN
-    }
-    if wall_seconds:
-        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
-    started = clock()
-    try:
-        extra_fds: list[int] = []
+    def settle(self) -> None:
+        """Before an early kill: let the sandbox get to where the kill reaches all of it."""
+
+    # ------------------------------------------------ the sequence
+
+    def start(self, gate: Gate | None = None) -> None:
+        """Start held: behind `gate` (which holds the workload) the sandbox starts now;
+        without one nothing starts before `release()`."""
+        self.gate = gate
+        if gate is not None:
+            self._spawn()
+
+    def release(self) -> None:
+        """Let the workload run (start it, for a sandbox that could not be held)."""
+        if self.gate is not None:
+            self.gate.release()
+        else:
+            self._spawn()
+        if self.pending is not None:
+            self.killed_early = self.pending
+            self.kill_tree()
+        if self.wall_seconds:
+            signal.setitimer(signal.ITIMER_REAL, float(self.wall_seconds))
+
+    def wait(self) -> Outcome:
+        assert self.proc is not None, "release() first"
+        returncode = self.proc.wait()
+        self.waited = True
+        if self.wall_seconds:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return self.outcome(returncode, self.clock() - self.started_at)
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
         try:
-            argv = build_argv(write_fd, extra_fds)
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                pass_fds=((write_fd,) if status_stream else ()) + tuple(extra_fds),
-                process_group=0,
-                preexec_fn=preexec,
-                close_fds=True,
-            )
+            if self.proc is not None and not self.waited:
+                self.abort()
+        finally:
+            if self.wall_seconds:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
+            self.close()
+
+    def abort(self) -> None:
+        """Nothing may run on (e.g. the run could not be recorded): stop the sandbox."""
+        if self.gate is not None:
+            self.gate.release(go=False)  # a held workload never starts
+        self.settle()
+        self.kill_tree()
+        assert self.proc is not None
+        self.proc.wait()
+
+    def close(self) -> None:
+        """Free what the backend holds for the run (its status descriptor)."""
+
+    # ------------------------------------------------ inside
+
+    def _spawn(self) -> None:
+        # A signal krate inherited as ignored (`krate run ... &` from a script) stays ignored.
+        for s in FORWARDED:
+            if signal.getsignal(s) != signal.SIG_IGN:
+                self.previous[s] = signal.signal(s, self._on_signal)
+        if self.wall_seconds:
+            self.previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+        self.started_at = self.clock()
+        fds: list[int] = []
+        argv = ["the sandbox"]
+        try:
+            argv = self.command(fds)
+            self.proc = subprocess.Popen(
+                argv, env=self.env, pass_fds=tuple(fds), process_group=0,
+                preexec_fn=self.preexec, close_fds=True,
+            )  # fmt: skip
         except OSError as exc:
             raise KrateError(
                 f"cannot start the sandbox ({argv[0]}): {exc.strerror or exc}",
                 exit_code=EXIT_KRATE_FAILED,
             ) from exc
         finally:
-            for fd in (write_fd, *extra_fds):
+            for fd in fds:
                 os.close(fd)
-        if after_start is not None:
-            try:
-                after_start()
-            except BaseException:
-                # e.g. the run could not be recorded: nothing may run on. Killed before it
-                # names its init, bubblewrap can leave that init behind (and the caller's
-                # pipes open): wait briefly for the name.
-                deadline = time.monotonic() + 2.0
-                while status_stream and init_pid() is None and proc.poll() is None:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.002)
-                kill_tree()
-                proc.wait()
-                raise
-        if state.get("pending"):
-            state["killed_early"] = state["pending"]
-            kill_tree()
-        if wall_seconds:
-            signal.setitimer(signal.ITIMER_REAL, float(wall_seconds))
-        returncode = proc.wait()
-        if wall_seconds:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    duration = clock() - started
-    if not status_stream:
-        status.buffer = b'{"exit-code": %d}' % (128 - returncode if returncode < 0 else returncode)
-    code = status.exit_code()
-    os.close(read_fd)
-    outcome = Outcome(0, "finished", duration_s=duration, forwarded=forwarded)
-    if state["timed_out"]:
-        outcome.exit_code, outcome.status = 128 + signal.SIGKILL, "timeout"
-        outcome.reason = (
-            f"wall-clock limit of {wall_seconds} s reached; the process tree was killed"
-        )
-        outcome.started = code is not None or status.child_pid() is not None
-    elif state["killed_early"] is not None:
-        signum = state["killed_early"]
-        outcome.exit_code, outcome.status = 128 + signum, "interrupted"
-        outcome.reason = f"{signal.Signals(signum).name} received; the sandbox was killed"
-        outcome.started = code is not None
-    elif code is None:
-        if returncode < 0:
-            outcome.exit_code, outcome.status = 128 - returncode, "interrupted"
-            outcome.reason = f"bubblewrap was killed by {signal.Signals(-returncode).name}"
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.forwarded.append(signum)
+        if self.proc is None:
+            self.pending = self.pending or signum
+            return
+        init = self.init_pid()
+        if signum == signal.SIGINT:
+            self.sigints += 1
+        if init is None or self.sigints >= FORCE_AFTER_SIGINTS:
+            # Not started yet (or the user insists): stop everything now.
+            if self.killed_early is None and signum != getattr(signal, "SIGWINCH", -1):
+                self.killed_early = signum
+                self.kill_tree()
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(init, signum)
+
+    def _on_alarm(self, _signum: int, _frame: object) -> None:
+        self.timed_out = True
+        self.kill_tree()
+
+    def outcome(self, returncode: int, duration: float) -> Outcome:
+        code = self.exit_code(returncode)
+        outcome = Outcome(0, "finished", duration_s=duration, forwarded=self.forwarded)
+        if self.timed_out:
+            outcome.exit_code, outcome.status = 128 + signal.SIGKILL, "timeout"
+            outcome.reason = (
+                f"wall-clock limit of {self.wall_seconds} s reached; the process tree was killed"
+            )
+            outcome.started = code is not None or self.init_pid() is not None
+        elif self.killed_early is not None:
+            signum = self.killed_early
+            outcome.exit_code, outcome.status = 128 + signum, "interrupted"
+            outcome.reason = f"{signal.Signals(signum).name} received; the sandbox was killed"
+            outcome.started = code is not None
+        elif code is None:
+            self.not_started(outcome, returncode)
+            outcome.started = False
         else:
-            outcome.exit_code, outcome.status = EXIT_KRATE_FAILED, "failed"
-            outcome.reason = f"the sandbox failed to start (bubblewrap exit {returncode})"
-        outcome.started = False
-    else:
-        outcome.exit_code = code
-    return outcome
+            outcome.exit_code = code
+        return outcome

@@ -1,0 +1,100 @@
+"""The sandbox backend of a run: chosen once, asked what it can enforce, started held.
+
+A run asks its backend instead of asking which platform it is on. `choose()`
+picks the one this machine has (bubblewrap on Linux, Seatbelt on macOS; image and
+VM backends plug in here later) or refuses the run with 125. A backend says what
+it enforces (`capabilities()`), which paths its workload can see (the 126/127
+checks), and `open()`s a launcher for one run: a context manager whose
+`start(gate)`, `release()` and `wait()` are steps 2, 4 and 6 of the launch
+sequence in runs.py (the launcher is supervise.Launcher or a subclass).
+
+Kept free of imports beyond the standard library's typing: it is on the run path.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError
+
+if TYPE_CHECKING:
+    from krate.sandbox.cgroup import Place
+    from krate.sandbox.spec import SandboxSpec
+    from krate.sandbox.supervise import Launcher
+
+# How the workload's network reaches the egress proxy (Capabilities.network).
+BRIDGE = "bridge"  # the proxy's unix socket is mounted in; the bridge inside can hold the workload
+LOOPBACK = "loopback"  # the proxy listens on a host loopback TCP port; nothing holds the workload
+
+
+class Capabilities(NamedTuple):
+    """What a backend enforces, asked by the run instead of the platform.
+
+    memory: "cgroup", one hard limit for the whole sandbox that counts tmpfs files and
+        shared memory (a run whose limit has no delegated cgroup is refused); "rlimit",
+        RLIMIT_DATA per process only (Seatbelt: documented in docs/run.md).
+    kernel: a seccomp filter and a fresh session keyring, and /proc's key lists hidden;
+        recorded as `layout.kernel` in run.started.
+    run_as_owner: a root krate can run the workload as the workspace's owner (otherwise
+        a root run without --as-root is refused).
+    network: BRIDGE or LOOPBACK, how the workload reaches the egress proxy.
+    relay_threads: the egress proxy may relay tunnels in two blocking threads.
+    """
+
+    memory: str
+    kernel: bool
+    run_as_owner: bool
+    network: str
+    relay_threads: bool
+
+
+class Gate(Protocol):
+    """What holds a started workload until the run is recorded (egress's bridge)."""
+
+    def release(self, go: bool = True) -> None: ...
+
+
+class Backend(Protocol):
+    name: str  # recorded as run.started's `backend`
+    executable: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    def visible(self, path: Path, spec: SandboxSpec) -> bool:
+        """Whether the workload can see `path` (resolved): for the 126/127 checks."""
+        ...
+
+    def open(
+        self, spec: SandboxSpec, *, run_id: str, data_dir: Path, memory: Place | None = None
+    ) -> AbstractContextManager[Launcher]:
+        """The launcher for one run of `spec`, with what the backend needs around it."""
+        ...
+
+
+def choose(path: str | None = None, platform: str = sys.platform) -> Backend:
+    """This machine's backend; KrateError 125 when it is not installed."""
+    from krate.sandbox import detect
+
+    found = detect.detect(path=path, platform=platform)
+    if not found.available or found.executable is None:
+        raise KrateError(
+            f"the {found.backend} sandbox is not available: {found.install_hint}",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+    return named(found.backend, found.executable)
+
+
+def named(name: str, executable: str) -> Backend:
+    """The backend called `name` (as detect() and run records call it)."""
+    if name == "bubblewrap":
+        from krate.sandbox.backend_bwrap import Bubblewrap
+
+        return Bubblewrap(executable)
+    if name == "seatbelt":
+        from krate.sandbox.backend_seatbelt import Seatbelt
+
+        return Seatbelt(executable)
+    raise ValueError(f"no sandbox backend called {name}")

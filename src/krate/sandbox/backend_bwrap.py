@@ -1,0 +1,200 @@
+"""The bubblewrap backend (Linux): bwrap.py's command, started and watched.
+
+Whether the workload actually started is read from bubblewrap's
+`--json-status-fd`: it reports `exit-code` only when the sandbox was set up and
+the command ran, so a sandbox that failed to start is exit 125, never confused
+with the workload's own exit 1. bubblewrap runs in its own process group so a
+terminal's Ctrl-C reaches krate only, which forwards it to the sandbox's init:
+the workload sees one SIGINT, and bubblewrap is not killed before the workload
+can clean up.
+
+Holding: behind the egress bridge the sandbox starts at once and the bridge holds
+the workload until the run is recorded. Without network the sandbox starts only
+on release. bubblewrap's own `--block-fd` is not used for that hold: it proceeds
+when the descriptor reaches end of file, which is also what a SIGKILLed krate's
+closed pipe looks like, so a killed krate could let a workload run unrecorded; the
+bridge runs the workload only on an explicit "go" byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.sandbox import bwrap, limits, placeholders
+from krate.sandbox.backend import BRIDGE, Capabilities
+from krate.sandbox.supervise import Launcher, Outcome
+
+if TYPE_CHECKING:
+    from krate.sandbox.cgroup import Place, RunCgroup
+    from krate.sandbox.spec import SandboxSpec
+
+CAPABILITIES = Capabilities(
+    memory="cgroup", kernel=True, run_as_owner=True, network=BRIDGE, relay_threads=True
+)
+SETTLE_S = 2.0
+
+
+class Bubblewrap:
+    name = "bubblewrap"
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    def visible(self, path: Path, spec: SandboxSpec) -> bool:
+        return bwrap.visible_inside(path, spec)
+
+    @contextlib.contextmanager
+    def open(
+        self, spec: SandboxSpec, *, run_id: str, data_dir: Path, memory: Place | None = None
+    ) -> Iterator[BwrapLauncher]:
+        """The launcher, in a fresh session keyring, with the placeholders bubblewrap mounts
+        over made for the run and, for limits.memory_mb, in the run's own memory cgroup."""
+        from krate.sandbox import keyrings
+
+        spec = spec._replace(argv=tuple(limits.wrap_argv(spec.limits, list(spec.argv))))
+        preexec = limits.preexec(spec.limits)
+        keyrings.join_new_session()  # the caller's session keyring stays outside
+        with placeholders.held(spec.pins, data_dir) as absent, contextlib.ExitStack() as stack:
+            if absent:
+                spec = spec._replace(read_only=tuple(p for p in spec.read_only if p not in absent))
+            group = None
+            if memory is not None and spec.limits.memory_mb is not None:
+                group = stack.enter_context(
+                    limits.memory_cgroup(memory, run_id, spec.limits.memory_mb)
+                )
+                preexec = limits.joined(group, preexec)
+            with BwrapLauncher(spec, self.executable, preexec, group) as launcher:
+                yield launcher
+
+
+class BwrapLauncher(Launcher):
+    """bubblewrap's process: its JSON status names the sandbox's init and the workload's exit."""
+
+    def __init__(
+        self, spec: SandboxSpec, exe: str, preexec: Callable[[], None] | None,
+        group: RunCgroup | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            dict(spec.env), preexec=preexec, wall_seconds=spec.limits.wall_seconds,
+            run_as=spec.run_as,
+        )  # fmt: skip
+        self.spec, self.exe, self.group = spec, exe, group
+        self.status: _Status | None = None
+
+    def command(self, fds: list[int]) -> list[str]:
+        read_fd, write_fd = os.pipe()
+        self.status = _Status(read_fd)
+        fds.append(write_fd)
+        return bwrap.command(self.spec, self.exe, status_fd=write_fd, fds=fds)
+
+    def _spawn(self) -> None:
+        try:
+            super()._spawn()
+        except Exception as exc:
+            import subprocess
+
+            if self.group is None or not isinstance(exc, subprocess.SubprocessError):
+                raise
+            # the child could not join the memory cgroup: it never ran
+            raise KrateError(
+                f"cannot put the sandbox into its memory cgroup {self.group.path}; "
+                "remove limits.memory_mb or see `krate doctor`",
+                exit_code=EXIT_KRATE_FAILED,
+            ) from exc
+
+    def init_pid(self) -> int | None:
+        return self.status.child_pid() if self.status is not None else None
+
+    def kill_tree(self) -> None:
+        init = self.init_pid()
+        if init:
+            with contextlib.suppress(OSError):
+                os.kill(init, signal.SIGKILL)
+        # bubblewrap's whole group: a setup child that has not reported its pid yet would
+        # otherwise wait forever for its killed parent.
+        super().kill_tree()
+
+    def settle(self) -> None:
+        # Killed before it names its init, bubblewrap can leave that init behind (and the
+        # caller's pipes open): wait briefly for the name.
+        deadline = time.monotonic() + SETTLE_S
+        while self.init_pid() is None and self.proc is not None and self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+
+    def exit_code(self, returncode: int) -> int | None:
+        return self.status.exit_code() if self.status is not None else None
+
+    def not_started(self, outcome: Outcome, returncode: int) -> None:
+        if returncode < 0:
+            outcome.exit_code, outcome.status = 128 - returncode, "interrupted"
+            outcome.reason = f"bubblewrap was killed by {signal.Signals(-returncode).name}"
+        else:
+            outcome.exit_code, outcome.status = EXIT_KRATE_FAILED, "failed"
+            outcome.reason = f"the sandbox failed to start (bubblewrap exit {returncode})"
+
+    def wait(self) -> Outcome:
+        outcome = super().wait()
+        if self.group is not None:
+            limits.note_oom(self.group, outcome)
+        return outcome
+
+    def close(self) -> None:
+        if self.status is not None:
+            os.close(self.status.fd)
+            self.status = None
+
+
+class _Status:
+    """bubblewrap's JSON status stream: the sandbox's init pid, and whether the command ran."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+    def poll(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # BlockingIOError, InterruptedError included
+                return
+            if not chunk:
+                return
+            self.buffer += chunk
+
+    def documents(self) -> list[dict]:
+        self.poll()
+        out = []
+        for line in self.buffer.decode(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def child_pid(self) -> int | None:
+        for doc in self.documents():
+            if "child-pid" in doc:
+                return int(doc["child-pid"])
+        return None
+
+    def exit_code(self) -> int | None:
+        for doc in self.documents():
+            if "exit-code" in doc:
+                return int(doc["exit-code"])
+        return None
