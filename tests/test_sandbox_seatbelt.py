@@ -20,13 +20,9 @@ from krate.sandbox import seatbelt
 from krate.sandbox.spec import build
 
 from .sbpl import decide, parse
+from .seatbelt_support import CACHE, RUN_TMP, WS, spec_for
 
 GOLDEN = Path(__file__).parent / "golden"
-HOME = Path("/Users/alice")
-WS = HOME / "src" / "app"
-DATA = HOME / "Library" / "Application Support" / "krate"
-RUN_TMP = DATA / "run" / "01m8d0000000abcd" / "tmp"
-CACHE = "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/C"
 
 USER_POLICIES = {
     "user-extra-rules": """
@@ -45,30 +41,6 @@ allow_write = ["~/.npm", "/opt/shared cache"]
 }
 
 
-def _spec(tmp_path: Path, flags: Flags, user_policy: str | None = None):
-    policy_path = tmp_path / "policy.toml"
-    if user_policy is not None:
-        policy_path.write_text(user_policy)
-    policy = effective_policy(
-        workspace=WS,
-        home=HOME,
-        user_policy_path=policy_path,
-        trusted={},
-        flags=flags,
-        private_dirs=(DATA,),
-    )
-    spec = build(
-        argv=("make",),
-        cwd=WS,
-        workspace=policy.workspace,
-        allow_write=policy.allow_write,
-        read_only=policy.read_only,
-        deny_read=policy.deny_read,
-        env={},
-    )
-    return seatbelt.with_tmpdir(spec, RUN_TMP), policy
-
-
 CASES = [(f"profile-{name}", Flags(policy=name), None) for name in ("strict", "default", "open")]
 CASES += [(name, Flags(), text) for name, text in USER_POLICIES.items()]
 CASES += [
@@ -78,7 +50,7 @@ CASES += [
 
 @pytest.mark.parametrize(("name", "flags", "user_policy"), CASES, ids=[c[0] for c in CASES])
 def test_profile_matches_golden_file(tmp_path, name, flags, user_policy):
-    spec, policy = _spec(tmp_path, flags, user_policy)
+    spec, policy = spec_for(tmp_path, flags, user_policy)
     text = seatbelt.profile(spec, title=f"policy {policy.name}", user_cache=CACHE)
     golden = GOLDEN / f"seatbelt-{name}.sb"
     if os.environ.get("KRATE_UPDATE_GOLDEN"):

@@ -9,6 +9,16 @@ from .sbpl import SBPLError, decide, parse
 BASE = "(version 1)\n(deny default)\n"
 
 
+def expect(text, *cases):
+    """Each case: "EXPECTED OPERATION SUBJECT [gap] [+EXTENSION]" (see sbpl.decide)."""
+    prof = parse(text)
+    for case in cases:
+        want, op, subject, *rest = case.split()
+        extensions = [r[1:] for r in rest if r.startswith("+")]
+        got = decide(prof, op, subject, gap="gap" in rest, extensions=extensions)
+        assert got == want, case
+
+
 def test_default_decides_when_no_rule_matches():
     assert decide(BASE, "file-read-data", "/etc/hosts") == "deny"
     assert decide("(version 1)(allow default)", "file-read-data", "/etc/hosts") == "allow"
@@ -39,78 +49,88 @@ def test_wildcard_operations_are_prefixes_and_queries_report_mixed():
     assert decide(writes, "file-ioctl", "/x") == "deny"
 
 
-def test_path_filters():
-    text = BASE + (
-        '(allow file-read-data (literal "/a/lit"))\n'
-        '(allow file-write-data (subpath "/a/sub"))\n'
-        '(allow file-write-create (prefix "/a/pre"))\n'
-        '(allow file-write-unlink (regex #"^/a/re[0-9]+$"))\n'
-    )
-    assert decide(text, "file-read-data", "/a/lit") == "allow"
-    assert decide(text, "file-read-data", "/a/lit/x") == "deny"
-    assert decide(text, "file-write-data", "/a/sub") == "allow"
-    assert decide(text, "file-write-data", "/a/sub/deep/x") == "allow"
-    assert decide(text, "file-write-data", "/a/subway") == "deny"
-    assert decide(text, "file-write-create", "/a/prefix") == "allow"
-    assert decide(text, "file-write-unlink", "/a/re12") == "allow"
-    assert decide(text, "file-write-unlink", "/a/re12x") == "deny"
-    # the reported gap: subpath P read as not matching P itself
-    assert decide(text, "file-write-data", "/a/sub", gap=True) == "deny"
-    assert decide(text, "file-write-data", "/a/sub/x", gap=True) == "allow"
+TABLES = {
+    "path filters": (
+        BASE
+        + '(allow file-read-data (literal "/a/lit"))\n'
+        + '(allow file-write-data (subpath "/a/sub"))\n'
+        + '(allow file-write-create (prefix "/a/pre"))\n'
+        + '(allow file-write-unlink (regex #"^/a/re[0-9]+$"))\n',
+        [
+            "allow file-read-data /a/lit",
+            "deny file-read-data /a/lit/x",
+            "allow file-write-data /a/sub",
+            "allow file-write-data /a/sub/deep/x",
+            "deny file-write-data /a/subway",
+            "allow file-write-create /a/prefix",
+            "allow file-write-unlink /a/re12",
+            "deny file-write-unlink /a/re12x",
+            # the reported gap: subpath P read as not matching P itself
+            "deny file-write-data /a/sub gap",
+            "allow file-write-data /a/sub/x gap",
+        ],
+    ),
+    "several filters are any; logic filters combine": (
+        BASE
+        + '(allow file-read-data (literal "/x") (literal "/y"))\n'
+        + '(allow file-write-data (require-all (subpath "/w") (require-not (subpath "/w/ro"))))\n'
+        + '(allow file-ioctl (require-any (literal "/dev/a") (literal "/dev/b")))\n'
+        + '(allow file-write-data (require-all (regex #"^/dev/ttys[0-9]+$") (extension "pty")))\n',
+        [
+            "allow file-read-data /y",
+            "allow file-write-data /w/f",
+            "deny file-write-data /w/ro/f",
+            "allow file-ioctl /dev/b",
+            "deny file-write-data /dev/ttys001",
+            "allow file-write-data /dev/ttys001 +pty",
+        ],
+    ),
+    "non-path filters": (
+        BASE
+        + '(allow mach-lookup (global-name "com.apple.logd"))\n'
+        + '(allow sysctl-read (sysctl-name "hw.ncpu") (sysctl-name-prefix "kern.proc.pid."))\n'
+        + '(deny sysctl-read (sysctl-name-prefix "kern.proc.pid.1"))\n'
+        + "(allow signal (target same-sandbox))\n"
+        + "(allow system-socket (socket-domain AF_UNIX))\n"
+        + '(allow network-bind (local ip "*:*"))\n'
+        + '(allow network-inbound (local ip "localhost:*"))\n'
+        + '(allow network-outbound (remote ip "localhost:3128"))\n'
+        + '(allow network-outbound (remote unix-socket (subpath "/w")))\n',
+        [
+            "allow mach-lookup com.apple.logd",
+            "deny mach-lookup com.apple.securityd",
+            "allow sysctl-read hw.ncpu",
+            "allow sysctl-read kern.proc.pid.42",
+            "deny sysctl-read kern.proc.pid.123",
+            "deny sysctl-read kern.procargs2",
+            "allow signal same-sandbox",
+            "deny signal other",
+            "allow system-socket AF_UNIX",
+            "deny system-socket AF_ROUTE",
+            "allow network-bind 0.0.0.0:3000",
+            "allow network-inbound 127.0.0.1:3000",
+            "allow network-inbound [::1]:3000",
+            "deny network-inbound 192.168.1.5:3000",
+            "allow network-outbound 127.0.0.1:3128",
+            "allow network-outbound ::1:3128",
+            "deny network-outbound 127.0.0.1:9222",
+            "deny network-outbound 93.184.216.34:3128",
+            "allow network-outbound /w/s.sock",
+            "deny network-outbound /var/run/docker.sock",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_filters(name):
+    text, cases = TABLES[name]
+    expect(text, *cases)
 
 
 def test_regexes_are_unanchored_unless_written_so():
     text = BASE + '(allow file-read-data (regex #"/secret"))\n'
     assert decide(text, "file-read-data", "/home/secret/x") == "allow"
-
-
-def test_several_filters_are_any_and_logic_filters_combine():
-    text = BASE + (
-        '(allow file-read-data (literal "/x") (literal "/y"))\n'
-        '(allow file-write-data (require-all (subpath "/w") (require-not (subpath "/w/ro"))))\n'
-        '(allow file-ioctl (require-any (literal "/dev/a") (literal "/dev/b")))\n'
-        '(allow file-write-data (require-all (regex #"^/dev/ttys[0-9]+$") (extension "pty")))\n'
-    )
-    assert decide(text, "file-read-data", "/y") == "allow"
-    assert decide(text, "file-write-data", "/w/f") == "allow"
-    assert decide(text, "file-write-data", "/w/ro/f") == "deny"
-    assert decide(text, "file-ioctl", "/dev/b") == "allow"
-    assert decide(text, "file-write-data", "/dev/ttys001") == "deny"
-    assert decide(text, "file-write-data", "/dev/ttys001", extensions=["pty"]) == "allow"
-
-
-def test_non_path_filters():
-    text = BASE + (
-        '(allow mach-lookup (global-name "com.apple.logd"))\n'
-        '(allow sysctl-read (sysctl-name "hw.ncpu") (sysctl-name-prefix "kern.proc.pid."))\n'
-        '(deny sysctl-read (sysctl-name-prefix "kern.proc.pid.1"))\n'
-        "(allow signal (target same-sandbox))\n"
-        "(allow system-socket (socket-domain AF_UNIX))\n"
-        '(allow network-bind (local ip "*:*"))\n'
-        '(allow network-inbound (local ip "localhost:*"))\n'
-        '(allow network-outbound (remote ip "localhost:3128"))\n'
-        '(allow network-outbound (remote unix-socket (subpath "/w")))\n'
-    )
-    assert decide(text, "mach-lookup", "com.apple.logd") == "allow"
-    assert decide(text, "mach-lookup", "com.apple.securityd") == "deny"
-    assert decide(text, "sysctl-read", "hw.ncpu") == "allow"
-    assert decide(text, "sysctl-read", "kern.proc.pid.42") == "allow"
-    assert decide(text, "sysctl-read", "kern.proc.pid.123") == "deny"
-    assert decide(text, "sysctl-read", "kern.procargs2") == "deny"
-    assert decide(text, "signal", "same-sandbox") == "allow"
-    assert decide(text, "signal", "other") == "deny"
-    assert decide(text, "system-socket", "AF_UNIX") == "allow"
-    assert decide(text, "system-socket", "AF_ROUTE") == "deny"
-    assert decide(text, "network-bind", "0.0.0.0:3000") == "allow"
-    assert decide(text, "network-inbound", "127.0.0.1:3000") == "allow"
-    assert decide(text, "network-inbound", "[::1]:3000") == "allow"
-    assert decide(text, "network-inbound", "192.168.1.5:3000") == "deny"
-    assert decide(text, "network-outbound", "127.0.0.1:3128") == "allow"
-    assert decide(text, "network-outbound", "::1:3128") == "allow"
-    assert decide(text, "network-outbound", "127.0.0.1:9222") == "deny"
-    assert decide(text, "network-outbound", "93.184.216.34:3128") == "deny"
-    assert decide(text, "network-outbound", "/w/s.sock") == "allow"
-    assert decide(text, "network-outbound", "/var/run/docker.sock") == "deny"
 
 
 def test_strings_and_comments():

@@ -14,17 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from krate.policy import Flags, effective_policy
+from krate.policy import Flags
 from krate.sandbox import seatbelt
 from krate.sandbox.spec import build
 
 from .sbpl import decide, parse
+from .seatbelt_support import CACHE, DATA, HOME, RUN_TMP, WS, spec_for
 
-HOME = Path("/Users/alice")
-WS = HOME / "src" / "app"
-DATA = HOME / "Library" / "Application Support" / "krate"
-RUN_TMP = DATA / "run" / "01m8d0000000abcd" / "tmp"
-CACHE = "/private/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/C"
 FIRM = "/System/Volumes/Data"
 PROXY_PORT = 49731
 
@@ -38,32 +34,13 @@ def make(
     proxy: bool = False,
     forwards: tuple[int, ...] = (),
 ):
-    policy_path = tmp_path / "policy.toml"
-    if user_policy is not None:
-        policy_path.write_text(user_policy)
-    policy = effective_policy(
-        workspace=workspace,
-        home=HOME,
-        user_policy_path=policy_path,
-        trusted={},
-        flags=flags or Flags(),
-        private_dirs=(DATA,),
-    )
-    spec = build(
-        argv=("make",),
-        cwd=workspace,
-        workspace=policy.workspace,
-        allow_write=policy.allow_write,
-        read_only=policy.read_only,
-        deny_read=policy.deny_read,
-        env={"PATH": "/usr/bin:/bin", "HTTP_PROXY": "http://127.0.0.1:9222"},
-    )
+    env = {"PATH": "/usr/bin:/bin", "HTTP_PROXY": "http://127.0.0.1:9222"}  # the user's own
+    spec, _ = spec_for(tmp_path, flags or Flags(), user_policy, workspace=workspace, env=env)
     if proxy:  # as EgressSession.apply does on macOS: the proxy's loopback port in the variables
         url = f"http://127.0.0.1:{PROXY_PORT}"
         env = {**spec.env, "HTTP_PROXY": url, "https_proxy": url}
         env["ALL_PROXY"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
         spec = spec._replace(env=env, network="proxy", loopback_ports=forwards)
-    spec = seatbelt.with_tmpdir(spec, RUN_TMP)
     return parse(seatbelt.profile(spec, user_cache=CACHE))
 
 
