@@ -18,6 +18,12 @@ wildcard answers "allow" or "deny" only when every concrete member agrees, else
 `gap=True` reads `(subpath P)` as not matching P itself (Codex reports that a
 subpath rule alone leaves the first-time creation of P open); a decision that
 must hold either way is asked both ways.
+
+What it does not model: Seatbelt's fallback from an operation without any rule
+to a broader one (here such an operation gets the default), symlink resolution
+(query the resolved path, as the kernel checks it), firmlinks and case folding
+(query each spelling: the evaluator compares bytes, as Seatbelt does). So the
+profile names the operations whose decision matters (`file-link`) explicitly.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def test_quotes_are_escaped_and_long_paths_refused():
     with pytest.raises(ValueError):
         seatbelt.quote("/" + "x" * 2000)
     with pytest.raises(ValueError):
-        seatbelt.deny_regex("/" + "x" * 300)
+        seatbelt.path_regex("/" + "x" * 300)
 
 
 def test_paths_with_quotes_and_line_breaks_cannot_add_rules(tmp_path):
@@ -87,6 +87,7 @@ def test_paths_with_quotes_and_line_breaks_cannot_add_rules(tmp_path):
     prof = parse(text)
     assert prof.default == "deny"
     assert decide(prof, "file-write*", odd + "/x") == "allow"
+    assert decide(prof, "file-write*", odd.replace('"', "x") + "/x") == "deny"
     assert decide(prof, "file-write*", odd + "/ro/x") == "deny"
     assert decide(prof, "file-read*", odd + "/secret") == "deny"
     assert decide(prof, "file-write*", "/Users/alice/elsewhere") == "deny"

@@ -144,6 +144,12 @@ def test_case_variants_of_hidden_paths_are_hidden(prof, path):
     assert decide(prof, "file-read*", path) == "deny"
 
 
+def test_case_variants_of_writable_paths_are_writable(prof):
+    """Whichever spelling the kernel reports, the workspace is the workspace."""
+    assert decide(prof, "file-write*", "/users/alice/SRC/App/build/out.o") == "allow"
+    assert decide(prof, "file-write*", f"{str(RUN_TMP).upper()}/x") == "allow"
+
+
 def test_case_variants_of_protected_paths_are_protected(prof):
     for path in (
         f"{WS}/.ENVRC",
@@ -155,10 +161,17 @@ def test_case_variants_of_protected_paths_are_protected(prof):
     assert decide(prof, "file-write-unlink", f"{WS}/.Git") == "deny"
 
 
-def test_hard_links_and_clones_are_refused(prof):
+def test_hard_links_are_refused_and_hidden_files_not_cloned(prof):
+    """A link is checked by its path: a link in the workspace to a read-only or hidden file
+    would be written or read through the workspace's rules. The profile names file-link
+    itself: Seatbelt may fall back from an operation without rules to a broader one."""
     for path in (f"{HOME}/.ssh/id_ed25519", f"{WS}/.envrc", f"{HOME}/.zshrc", f"{WS}/a.txt"):
         assert decide(prof, "file-link", path) == "deny", path
-        assert decide(prof, "file-clone", path) == "deny", path
+    assert prof.rules[-1].action == "deny" and prof.rules[-1].ops == {"file-link"}
+    assert not prof.rules[-1].filters
+    # a clone copies what it reads: no rule allows it, and a hidden file is not readable
+    assert decide(prof, "file-clone", f"{HOME}/.ssh/id_ed25519") == "deny"
+    assert decide(prof, "file-read-data", f"{HOME}/.ssh/id_ed25519") == "deny"
 
 
 def test_xcode_user_cache_is_writable_and_preferences_readable(prof):

@@ -119,11 +119,13 @@ def _regex_text(text: str) -> str:
     return "".join(out)
 
 
-def deny_regex(path: Path | str, *, subtree: bool = True) -> str:
-    """The one regex a deny rule needs for `path`: any case, either firmlink spelling.
+def path_regex(path: Path | str, *, subtree: bool = True) -> str:
+    """The one regex a rule needs for `path` (and, `subtree`, what is inside it).
 
-    It matches the path itself too, so a protected name that does not exist yet
-    cannot be created (`subpath` alone is reported to leave that gap: Codex).
+    Any ASCII case (APFS folds case: ~/.SSH is ~/.ssh, whichever spelling the
+    kernel reports) and either firmlink spelling (/System/Volumes/Data/Users/... is
+    /Users/...). It matches the path itself too, so a protected name that does not
+    exist yet cannot be created (`subpath` alone is reported to leave that gap: Codex).
     """
     text = str(path)
     volume = "" if is_within(Path(text), Path(DATA_VOLUME)) else f"({_regex_text(DATA_VOLUME)})?"
@@ -139,7 +141,7 @@ def glob_regex(path: Path | str) -> str:
     Seatbelt, unlike bubblewrap, can name paths that do not exist yet, so the pattern
     itself is denied rather than today's matches.
     """
-    return deny_regex(path)
+    return path_regex(path)
 
 
 def _spellings(path: Path | str) -> list[str]:
@@ -149,9 +151,17 @@ def _spellings(path: Path | str) -> list[str]:
     return [text, DATA_VOLUME + text if text != "/" else DATA_VOLUME]
 
 
-def _allow(kind: str, path: Path | str) -> str:
-    """`(subpath ...)`/`(literal ...)` filters for both firmlink spellings of `path`."""
+def _exact(path: Path | str, kind: str = "subpath") -> str:
+    """`(subpath ...)` filters for both firmlink spellings of `path`, exact case (sockets)."""
     return " ".join(f"({kind} {quote(p)})" for p in _spellings(path))
+
+
+def _allowed(path: Path, *, subtree: bool = True) -> str:
+    """The filter of an allow rule: the any-case regex, or (a `"` in the path, which the
+    regex could only widen to any character) the exact spellings."""
+    if '"' in str(path):
+        return _exact(path, "subpath" if subtree else "literal")
+    return f"(regex {path_regex(path, subtree=subtree)})"
 
 
 def with_tmpdir(spec: SandboxSpec, folder: Path) -> SandboxSpec:
@@ -297,17 +307,18 @@ def profile(spec: SandboxSpec, *, title: str = "", user_cache: str | None = None
         rules.append((len(path.parts), 2, "hide", path))
     for _depth, _rank, kind, path in sorted(set(rules), key=lambda r: (r[0], r[1], str(r[3]))):
         if kind == "write":
-            lines.append(f"(allow file-read* file-write* {_allow('subpath', path)})")
+            lines.append(f"(allow file-read* file-write* {_allowed(path)}) ; {_comment(path)}")
         elif kind == "reveal":
-            lines.append(f"(allow file-read-metadata {_allow('literal', path)})")
+            found = _allowed(path, subtree=False)
+            lines.append(f"(allow file-read-metadata {found}) ; {_comment(path)}")
         elif kind == "read-only":
-            lines.append(f"(deny file-write* (regex {deny_regex(path)})) ; {_comment(path)}")
+            lines.append(f"(deny file-write* (regex {path_regex(path)})) ; {_comment(path)}")
         elif kind == "pin":
-            regex = deny_regex(path, subtree=False)
+            regex = path_regex(path, subtree=False)
             lines.append(f"(deny file-write-unlink (regex {regex})) ; {_comment(path)}")
         else:
             lines.append(
-                f"(deny file-read* file-write* (regex {deny_regex(path)})) ; {_comment(path)}"
+                f"(deny file-read* file-write* (regex {path_regex(path)})) ; {_comment(path)}"
             )
     pinned: list[Path] = []
     for path in hidden:
@@ -317,7 +328,7 @@ def profile(spec: SandboxSpec, *, title: str = "", user_cache: str | None = None
             if parent not in pinned and any(is_within(parent, w) for w in writable):
                 pinned.append(parent)
     for parent in sorted(pinned, key=lambda p: (len(p.parts), str(p))):
-        regex = deny_regex(parent, subtree=False)
+        regex = path_regex(parent, subtree=False)
         lines.append(f"(deny file-write-unlink (regex {regex})) ; {_comment(parent)}")
     lines += _local_sockets(writable, [*read_only, *hidden])
     lines += [
@@ -332,7 +343,7 @@ def profile(spec: SandboxSpec, *, title: str = "", user_cache: str | None = None
 
 def _local_sockets(writable: list[Path], closed: list[Path]) -> list[str]:
     """Unix sockets: bound and connected only in the run's writable places, not in closed ones."""
-    where = " ".join(_allow("subpath", w) for w in writable)
+    where = " ".join(_exact(w) for w in writable)
     inside = [c for c in closed if any(is_within(c, w) for w in writable)]
     lines = [
         "",
@@ -341,7 +352,7 @@ def _local_sockets(writable: list[Path], closed: list[Path]) -> list[str]:
         f"(allow network-outbound (remote unix-socket (require-any {where})))",
     ]
     if inside:
-        regexes = " ".join(f"(regex {deny_regex(c)})" for c in sorted(set(inside), key=str))
+        regexes = " ".join(f"(regex {path_regex(c)})" for c in sorted(set(inside), key=str))
         lines += [
             f"(deny network-bind (local unix-socket (require-any {regexes})))",
             f"(deny network-outbound (remote unix-socket (require-any {regexes})))",
