@@ -60,7 +60,7 @@ OPERATIONS = frozenset(
         "ipc-posix-shm-write-create", "ipc-posix-shm-write-data", "ipc-posix-shm-write-unlink",
         "pseudo-tty", "user-preference-read", "user-preference-write",
         "network-bind", "network-inbound", "network-outbound", "system-socket",
-        "iokit-open", "mach-priv-task-port", "appleevent-send",
+        "iokit-open", "mach-priv-task-port", "appleevent-send", "lsopen",
     }
 )  # fmt: skip
 

@@ -276,6 +276,9 @@ def test_processes_and_services(prof):
     for service in ("com.apple.securityd", "com.apple.SecurityServer", "com.apple.securityd.xpc"):
         assert decide(prof, "mach-lookup", service) == "deny"
     assert decide(prof, "mach-lookup", "com.apple.trustd.agent") == "allow"
+    # starting programs outside the sandbox through LaunchServices or Apple events
+    assert decide(prof, "lsopen") == "deny"
+    assert decide(prof, "appleevent-send") == "deny"
 
 
 # ---------------------------------------------------------------- network
@@ -307,9 +310,10 @@ def test_unix_sockets_only_in_the_runs_writable_places(prof):
     for path in (f"{RUN_TMP}/pymp-1/listener", f"{WS}/.gradle/daemon.sock"):
         assert decide(prof, "network-bind", path) == "allow", path
         assert decide(prof, "network-outbound", path) == "allow", path
-    for path in ("/private/var/run/docker.sock", f"{HOME}/.docker/run/docker.sock",
-                 f"{HOME}/.1password/agent.sock", "/private/tmp/com.apple.launchd.x/Listeners",
-                 f"{DATA}/run/01m8d0000000ffff/tmp/s", f"{WS}/.git/hooks/s"):  # fmt: skip
+    closed = ["/private/var/run/docker.sock", f"{HOME}/.docker/run/docker.sock"]
+    closed += [f"{HOME}/.1password/agent.sock", "/private/tmp/com.apple.launchd.x/Listeners"]
+    closed += [f"{DATA}/run/01m8d0000000ffff/tmp/s", f"{WS}/.git/hooks/s", f"{CACHE}/s"]
+    for path in closed:
         assert decide(prof, "network-outbound", path) == "deny", path
         assert decide(prof, "network-bind", path) == "deny", path
 

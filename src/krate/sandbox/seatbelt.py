@@ -330,7 +330,8 @@ def profile(spec: SandboxSpec, *, title: str = "", user_cache: str | None = None
     for parent in sorted(pinned, key=lambda p: (len(p.parts), str(p))):
         regex = path_regex(parent, subtree=False)
         lines.append(f"(deny file-write-unlink (regex {regex})) ; {_comment(parent)}")
-    lines += _local_sockets(writable, [*read_only, *hidden])
+    own = [w for w in writable if user_cache is None or w != Path(user_cache)]
+    lines += _local_sockets(own, [*read_only, *hidden])
     lines += [
         "",
         ";; hard links: never (a link to a read-only or hidden file in a writable folder",
@@ -343,20 +344,16 @@ def profile(spec: SandboxSpec, *, title: str = "", user_cache: str | None = None
 
 def _local_sockets(writable: list[Path], closed: list[Path]) -> list[str]:
     """Unix sockets: bound and connected only in the run's writable places, not in closed ones."""
-    where = " ".join(_exact(w) for w in writable)
-    inside = [c for c in closed if any(is_within(c, w) for w in writable)]
-    lines = [
-        "",
-        ";; local sockets: only in the run's own writable places",
-        f"(allow network-bind (local unix-socket (require-any {where})))",
-        f"(allow network-outbound (remote unix-socket (require-any {where})))",
-    ]
-    if inside:
-        regexes = " ".join(f"(regex {path_regex(c)})" for c in sorted(set(inside), key=str))
-        lines += [
-            f"(deny network-bind (local unix-socket (require-any {regexes})))",
-            f"(deny network-outbound (remote unix-socket (require-any {regexes})))",
-        ]
+    where = [f"(subpath {quote(p)})" for w in writable for p in _spellings(w)]
+    inside = sorted({c for c in closed if any(is_within(c, w) for w in writable)}, key=str)
+    lines = ["", ";; local sockets: only in the run's own writable places"]
+    for action, filters in (
+        ("allow", where),
+        ("deny", [f"(regex {path_regex(c)})" for c in inside]),
+    ):
+        for op, side in (("network-bind", "local"), ("network-outbound", "remote")):
+            if filters:
+                lines += [f"({action} {op}", *[f"  ({side} unix-socket {f})" for f in filters], ")"]
     return lines
 
 
