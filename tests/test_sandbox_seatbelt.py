@@ -96,25 +96,43 @@ def test_paths_with_quotes_and_line_breaks_cannot_add_rules(tmp_path):
 MAC = sys.platform == "darwin" and shutil.which("sandbox-exec")
 
 
+# Run inside the sandbox on a Mac: each line prints its marker only when the profile
+# decided as issue 16 requires (the TMPDIR inside the hidden data folder, /dev/stderr,
+# a protected name that does not exist, a hard link to a hidden file, case and firmlink
+# spellings of a hidden file).
+MAC_SCRIPT = """
+echo t > "$TMPDIR/t" && cat "$TMPDIR/t" >/dev/null && echo tmp-ok
+echo e > /dev/stderr && echo stderr-ok
+cat {home}/.ssh/id {home}/.SSH/id /System/Volumes/Data{home}/.ssh/id
+touch .envrc 2>/dev/null || echo envrc-refused
+ln {home}/.ssh/id hidden-link 2>/dev/null || echo link-refused
+echo ok > out; echo x > {home}/escape
+"""
+
+
 @pytest.mark.skipif(not MAC, reason="Seatbelt profiles execute only on macOS (sandbox-exec)")
 def test_profile_executes_on_macos(tmp_path):  # pragma: no cover - macOS only
     home = Path(os.path.realpath(tmp_path))
-    ws = home / "ws"
+    ws, data = home / "ws", home / "data"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id").write_text("SECRET")
     ws.mkdir()
     policy = effective_policy(
-        workspace=ws, home=home, user_policy_path=home / "none", trusted={}, flags=Flags()
-    )
+        workspace=ws, home=home, user_policy_path=home / "none", trusted={}, flags=Flags(),
+        private_dirs=(data,),
+    )  # fmt: skip
     spec = build(
-        argv=("/bin/sh", "-c", f"cat {home}/.ssh/id; echo ok > out; echo x > {home}/escape"),
+        argv=("/bin/sh", "-c", MAC_SCRIPT.format(home=home)),
         cwd=ws, workspace=ws, allow_write=policy.allow_write, read_only=policy.read_only,
         deny_read=policy.deny_read, env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
-    (home / "tmp").mkdir()
-    spec = seatbelt.with_tmpdir(spec, home / "tmp")
-    out = subprocess.run(seatbelt.command(spec, "/usr/bin/sandbox-exec"), cwd=ws,
+    (data / "run" / "r" / "tmp").mkdir(parents=True)
+    spec = seatbelt.with_tmpdir(spec, data / "run" / "r" / "tmp")
+    out = subprocess.run(seatbelt.command(spec), cwd=ws, env=dict(spec.env),
                          capture_output=True, text=True)  # fmt: skip
     assert "SECRET" not in out.stdout
+    for marker in ("tmp-ok", "stderr-ok", "envrc-refused", "link-refused"):
+        assert marker in out.stdout, (marker, out.stdout, out.stderr)
     assert (ws / "out").read_text() == "ok\n"
     assert not (home / "escape").exists()
+    assert not (ws / ".envrc").exists() and not (ws / "hidden-link").exists()
