@@ -80,7 +80,7 @@ def test_quotes_are_escaped_and_long_paths_refused():
 
 def test_paths_with_quotes_and_line_breaks_cannot_add_rules(tmp_path):
     """A policy path is data: a `"` or a line break in it must not end a string or a comment."""
-    odd = '/Users/alice/odd "name"\n(allow default)'
+    odd = '/Users/alice/odd* "name"\n(allow default)'
     spec = build(argv=("make",), cwd=WS, workspace=WS, allow_write=(odd,), read_only=(odd + "/ro",),
                  deny_read=(odd + "/secret",), env={})  # fmt: skip
     text = seatbelt.profile(seatbelt.with_tmpdir(spec, RUN_TMP), title="policy\n(allow default)")
@@ -88,6 +88,7 @@ def test_paths_with_quotes_and_line_breaks_cannot_add_rules(tmp_path):
     assert prof.default == "deny"
     assert decide(prof, "file-write*", odd + "/x") == "allow"
     assert decide(prof, "file-write*", odd.replace('"', "x") + "/x") == "deny"
+    assert decide(prof, "file-write*", odd.replace("*", "-more") + "/x") == "deny"
     assert decide(prof, "file-write*", odd + "/ro/x") == "deny"
     assert decide(prof, "file-read*", odd + "/secret") == "deny"
     assert decide(prof, "file-write*", "/Users/alice/elsewhere") == "deny"

@@ -25,7 +25,7 @@ FIRM = "/System/Volumes/Data"
 PROXY_PORT = 49731
 
 
-def make(
+def make_spec(
     tmp_path: Path,
     flags: Flags | None = None,
     *,
@@ -41,7 +41,11 @@ def make(
         env = {**spec.env, "HTTP_PROXY": url, "https_proxy": url}
         env["ALL_PROXY"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
         spec = spec._replace(env=env, network="proxy", loopback_ports=forwards)
-    return parse(seatbelt.profile(spec, user_cache=CACHE))
+    return spec
+
+
+def make(tmp_path: Path, flags: Flags | None = None, **kw):
+    return parse(seatbelt.profile(make_spec(tmp_path, flags, **kw), user_cache=CACHE))
 
 
 POLICIES = ["strict", "default", "open"]
@@ -215,6 +219,25 @@ def test_workspace_inside_a_hidden_folder(tmp_path):
     assert decide(p, "file-read-data", f"{HOME}/work") == "deny"
     # and the hidden folder cannot be renamed from under the rule
     assert decide(p, "file-write-unlink", f"{ws}/.env") == "deny"
+
+
+@pytest.mark.parametrize("deny_read", [(), ("~/work",)])
+def test_the_pre_run_visibility_check_agrees_with_the_profile(tmp_path, deny_read):
+    """`visible_inside` (126/127 before the run) must answer what the profile decides."""
+    ws = HOME / "work" / "app"
+    spec = make_spec(tmp_path, Flags(deny_read=deny_read), workspace=ws)
+    prof = parse(seatbelt.profile(spec, user_cache=CACHE))
+    paths = [f"{ws}/build.sh", f"{HOME}/WORK/App/build.sh", f"{FIRM}{ws}/bin/x"]
+    paths += [f"{HOME}/work/other/x", f"{HOME}/.ssh/tool", f"{HOME}/.SSH/tool", "/usr/bin/make"]
+    paths += [
+        f"{FIRM}{HOME}/.ssh/tool",
+        f"{RUN_TMP}/x",
+        f"{DATA}/bin/x",
+        f"{HOME}/.cargo/credentialsx",
+    ]
+    for path in paths:
+        readable = decide(prof, "file-read-data", path) == "allow"
+        assert seatbelt.visible_inside(Path(path), spec) is readable, path
 
 
 # ---------------------------------------------------------------- devices

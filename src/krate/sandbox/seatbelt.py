@@ -4,16 +4,22 @@ Same meaning as the bubblewrap backend: everything readable except hidden paths;
 writes only in the workspace, allow_write folders and the run's private TMPDIR;
 protected paths read-only (and their parent folders cannot be renamed or
 removed, so a protected file cannot be moved out of the way and replaced);
-network only on the workload's own loopback; no `mach-lookup` beyond a short
-list of system services (the keychain's services are not in it).
+outbound network only to the run's proxy and forwarded loopback ports; no
+`mach-lookup` beyond a short list of system services (not the keychain's).
 
-Seatbelt evaluates the *last* matching rule, so rules are emitted shallow
-first, like the bubblewrap mounts: the most specific path wins. Unlike
+Seatbelt evaluates the *last* matching rule, so path rules are emitted shallow
+first, like the bubblewrap mounts: the most specific path wins (the TMPDIR and
+a workspace inside a hidden folder come after that folder's hide). Unlike
 bubblewrap, SBPL can name paths that do not exist yet, so the declared
 (unfiltered) lists are used: a protected `krate.toml` cannot even be created.
+Seatbelt compares path bytes while APFS folds case and reaches `/Users` also
+through `/System/Volumes/Data`: each path rule is one regex covering both.
 
-Generates text only. It is pinned by golden files on Linux and executed by the
-tests on macOS; never run it with a profile built from anything but a spec.
+Generates text only. Its decisions are checked on Linux by the SBPL evaluator in
+tests/sbpl.py (tests/test_seatbelt_decisions.py), its text pinned by golden
+files, and it is executed by the tests on macOS; never run it with a profile
+built from anything but a spec. The rules follow Codex's base policy and
+Anthropic's sandbox-runtime where they agree (sysctls, devices, sockets).
 """
 
 from __future__ import annotations
@@ -157,9 +163,9 @@ def _exact(path: Path | str, kind: str = "subpath") -> str:
 
 
 def _allowed(path: Path, *, subtree: bool = True) -> str:
-    """The filter of an allow rule: the any-case regex, or (a `"` in the path, which the
-    regex could only widen to any character) the exact spellings."""
-    if '"' in str(path):
+    """The filter of an allow rule: the any-case regex, or (a `"` or `*` in the path, which
+    the regex would widen to any character or name) the exact spellings."""
+    if '"' in str(path) or "*" in str(path):
         return _exact(path, "subpath" if subtree else "literal")
     return f"(regex {path_regex(path, subtree=subtree)})"
 
@@ -362,7 +368,22 @@ def command(spec: SandboxSpec, exe: str = SANDBOX_EXEC) -> list[str]:
 
 
 def visible_inside(path: Path, spec: SandboxSpec) -> bool:
+    """Can the workload read `path`? The profile's answer, for the 126/127 check before a run.
+
+    As in the profile: the deepest hidden or writable path around it decides (hiding
+    wins a tie), in any case and either firmlink spelling.
+    """
     from krate.policy.paths import under
 
-    hidden = spec.declared_hidden or spec.hidden
-    return not any(under(str(path), str(h)) for h in hidden)
+    def plain(p: Path | str) -> str:
+        text = str(p)
+        if text.startswith(DATA_VOLUME + "/"):
+            text = text[len(DATA_VOLUME) :]
+        return text.lower()
+
+    def depth(roots: list[Path]) -> int:
+        return max((len(r.parts) for r in roots if under(plain(path), plain(r))), default=-1)
+
+    writable = [*(spec.declared_writable or spec.writable), Path(spec.tmpdir)]
+    hidden = depth(list(spec.declared_hidden or spec.hidden))
+    return hidden < 0 or depth(writable) > hidden
