@@ -120,6 +120,16 @@ def test_protected_names_cannot_be_written_or_created(prof):
     assert decide(prof, "file-write*", f"{HOME}/.zshrc") == "deny"
 
 
+def test_writable_roots_cannot_be_moved_away_from_their_rules(prof):
+    """`mv $WS $TMPDIR/ws`, edit .git/hooks there, move it back: rules follow paths."""
+    for root in (WS, RUN_TMP):
+        assert decide(prof, "file-write-unlink", str(root)) == "deny", root
+        assert decide(prof, "file-write-unlink", f"{FIRM}{root}") == "deny", root
+    # what is inside stays removable
+    assert decide(prof, "file-write-unlink", f"{WS}/build") == "allow"
+    assert decide(prof, "file-write-unlink", f"{RUN_TMP}/x") == "allow"
+
+
 def test_firmlinked_data_volume_paths_get_the_same_decisions(prof):
     """Issue 16: /System/Volumes/Data/Users/... is the same file as /Users/...."""
     assert decide(prof, "file-read*", f"{FIRM}{HOME}/.ssh/id_ed25519") == "deny"

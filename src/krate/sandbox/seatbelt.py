@@ -326,10 +326,11 @@ def profile(spec: SandboxSpec, *, title: str = "", user_cache: str | None = None
             lines.append(
                 f"(deny file-read* file-write* (regex {path_regex(path)})) ; {_comment(path)}"
             )
-    pinned: list[Path] = []
+    # Seatbelt rules follow paths: moving a writable root (the workspace into the TMPDIR
+    # and back) or a hidden path's parent would carry protected and hidden files out from
+    # under their rules, so these cannot be renamed or removed (bubblewrap: mount points).
+    pinned = [w for w in writable if not any(o != w and is_within(w, o) for o in writable)]
     for path in hidden:
-        # Seatbelt rules follow paths: moving a hidden path's parent would carry the secret
-        # out from under its rule, so parents in writable places cannot be renamed or removed.
         for parent in _ancestors(path, Path("/")):
             if parent not in pinned and any(is_within(parent, w) for w in writable):
                 pinned.append(parent)
