@@ -344,14 +344,6 @@ class Profile:
                 decision = rule.action
         return decision
 
-    def deciding_rule(self, q: Query, gap: bool = False) -> Rule | None:
-        """The rule that decides `q` (None: the default)."""
-        found = None
-        for rule in self.rules:
-            if rule.matches(q, gap):
-                found = rule
-        return found
-
 
 def parse(text: str) -> Profile:
     forms = read(text)
