@@ -52,6 +52,9 @@ class SandboxSpec(NamedTuple):
     limits: Limits = NO_LIMITS
     # "none": the workload's own loopback only. The egress issue adds "proxy".
     network: str = "none"
+    # Host-loopback TCP ports the workload may connect to besides the proxy's (whose port
+    # Seatbelt reads from the proxy variables): on macOS, the ports the policy forwards.
+    loopback_ports: tuple[int, ...] = ()
     extra_binds: tuple[Bind, ...] = ()
     # Descriptors the sandbox's first process inherits (the egress bridge's go-ahead);
     # the launcher closes krate's copies once the sandbox started.
