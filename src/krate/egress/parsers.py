@@ -95,16 +95,14 @@ def normalize_host(raw: str) -> str:
 
 
 def split_hostport(text: str, default_port: int | None) -> tuple[str, int]:
+    """(normal host, port) from HOST[:PORT] or [V6][:PORT]; ValueError saying what is wrong."""
     host, port_text, _ = hostport.split(text)
-    if port_text:
-        if not port_text.isdigit():
-            raise ValueError("port is not a number")
-        port = int(port_text)
-    elif default_port is None:
+    if not port_text and default_port is None:
         raise ValueError("port missing")
-    else:
-        port = default_port
-    if not 0 < port < 65536:
+    if port_text and not port_text.isdigit():
+        raise ValueError("port is not a number")
+    port = int(port_text) if port_text else default_port
+    if port is None or not 0 < port < 65536:
         raise ValueError("port out of range")
     return normalize_host(host), port
 
