@@ -263,10 +263,14 @@ def socks_greeting(data: bytes) -> Greeted | Refusal:
 
 
 def socks_request_size(data: bytes) -> int:
-    """Bytes the request (VER CMD RSV ATYP ADDR PORT) needs, given what has come so far."""
-    if len(data) < 5:
-        return 5
-    return 4 + {1: 4, 4: 16, 3: 1 + data[4]}.get(data[3], 0) + 2
+    """Bytes the request (VER CMD RSV ATYP ADDR PORT) needs, given what has come so far.
+
+    A wrong version or address type is answered after the first four bytes."""
+    if len(data) < 4 or data[0] != 5 or data[3] not in (1, 3, 4):
+        return 4
+    if data[3] == 3:
+        return 5 if len(data) < 5 else 4 + 1 + data[4] + 2
+    return 4 + (4 if data[3] == 1 else 16) + 2
 
 
 def socks_request(data: bytes) -> Target | Refusal:
