@@ -176,3 +176,27 @@ def test_the_proxy_is_named_krate_files_not_given_a_path():
     for name, file in files.items():
         assert Path(file) == Path(helperlib.SRC) / (name.replace(".", "/") + ".py")
         assert Path(file).is_file()
+
+
+def test_the_proxy_reads_no_private_attributes_and_asks_no_platform():
+    """It hands a request's leftovers on through public API (no `reader._buffer`; the old
+    proxy failed this on `_buffer` and `_eof`, and on `sys.platform`), and it
+    trusts its configuration (`threads`) instead of asking which platform it is on."""
+    import ast
+    from pathlib import Path
+
+    from krate.egress import helperlib
+
+    for rel in ("krate/egress/proxy.py", *helperlib.PARTS):
+        source = (Path(helperlib.SRC) / rel).read_text()
+        private = [
+            node.attr
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr != "_exit"  # os._exit: public, despite its name
+            and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+        ]
+        assert private == [], (rel, private)
+        assert "platform" not in source, rel
