@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024  # reads of a bulk transfer
+FIRST_CHUNK = 64 * 1024  # reads until one fills it: most connections are short
 IDLE_STEP = 0.05  # the supervisor never sleeps less than this
 
 
@@ -38,6 +39,24 @@ class Meter:
             self.up += n
         else:
             self.down += n
+
+
+class Buffer:
+    """One direction's read buffer: small at first, CHUNK once a read filled it."""
+
+    def __init__(self) -> None:
+        self.grow(FIRST_CHUNK)
+
+    def grow(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+
+    def got(self, n: int) -> memoryview:
+        """The `n` bytes just read (valid until the next read)."""
+        out = self.view[:n]
+        if n == len(self.data) < CHUNK:
+            self.grow(CHUNK)
+        return out
 
 
 class Relay:
@@ -74,12 +93,10 @@ class Relay:
 
     def pump(self, src: socket.socket, dst: socket.socket, up: bool, feed) -> None:
         """One direction with blocking calls (in its own thread)."""
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        exc = None
+        buffer, exc = Buffer(), None
         try:
-            while n := src.recv_into(buffer):
-                dst.sendall(self.passed(up, view[:n], feed))
+            while n := src.recv_into(buffer.data):
+                dst.sendall(self.passed(up, buffer.got(n), feed))
         except (OSError, ValueError) as error:
             exc = error
         self.ended(dst, feed, exc)
@@ -87,12 +104,10 @@ class Relay:
     async def pump_on_loop(self, src: socket.socket, dst: socket.socket, up: bool, feed) -> None:
         """One direction as a coroutine (non-blocking sockets)."""
         loop = asyncio.get_running_loop()
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        exc = None
+        buffer, exc = Buffer(), None
         try:
-            while n := await loop.sock_recv_into(src, buffer):
-                await loop.sock_sendall(dst, self.passed(up, view[:n], feed))
+            while n := await loop.sock_recv_into(src, buffer.data):
+                await loop.sock_sendall(dst, self.passed(up, buffer.got(n), feed))
         except (OSError, ValueError) as error:
             exc = error
         self.ended(dst, feed, exc)
