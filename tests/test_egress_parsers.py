@@ -146,10 +146,11 @@ def test_http_refusals_answer_as_before():
         b"GET http://[::1/ HTTP/1.1\r\n\r\n": "not an absolute http:// URI (use CONNECT for https)",
     }
     for data, reason in cases.items():
-        refusal = parsers.http_request(data, LIMIT)
+        refusal = parsers.http_request(data, LIMIT)._replace(protocol=None)
         assert refusal == Refusal(
             "bad-request", reason, parsers.http_error(400, "Bad Request", reason)
         )
+    assert parsers.http_request(b"CONNECT a HTTP/1.1\r\n\r\n", LIMIT).protocol == "connect"
     body = f"{reason}\n".encode()
     assert parsers.http_error(400, "Bad Request", reason) == (
         b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"

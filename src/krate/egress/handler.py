@@ -117,6 +117,7 @@ class Proxy:
         """Dial the target and tell the client; or tell it why not. None: nothing to relay."""
         if isinstance(target, Refusal):
             record.reason = record.reason or target.reason
+            record.protocol = target.protocol or record.protocol
             if target.host is not None:
                 record.host, record.port = target.host, target.port
             await self.send(client, target.reply)

@@ -65,6 +65,7 @@ class Refusal(NamedTuple):
     reply: bytes = b""
     host: str | None = None  # when the request named a destination before it failed
     port: int | None = None
+    protocol: str | None = None  # when it is known (a CONNECT with a bad target)
 
 
 class Greeted(NamedTuple):
@@ -158,8 +159,9 @@ def http_head_size(data: bytes, limit: int) -> int | None:
     return 0 if len(data) > limit else None
 
 
-def bad_request(reason: str) -> Refusal:
-    return Refusal("bad-request", reason, http_error(400, "Bad Request", reason))
+def bad_request(reason: str, protocol: str | None = None) -> Refusal:
+    reply = http_error(400, "Bad Request", reason)
+    return Refusal("bad-request", reason, reply, protocol=protocol)
 
 
 def http_request(data: bytes, limit: int) -> Target | Refusal:
@@ -181,7 +183,7 @@ def http_request(data: bytes, limit: int) -> Target | Refusal:
         try:
             host, port = split_hostport(target, None)
         except ValueError as exc:
-            return bad_request(f"bad CONNECT target: {exc}")
+            return bad_request(f"bad CONNECT target: {exc}", "connect")
         return Target("connect", host, port, size)
     url = urlsplit_or_none(target)
     if url is None or url.scheme.lower() != "http" or not url.netloc:
