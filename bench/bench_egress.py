@@ -4,9 +4,11 @@ Run: .venv/bin/python bench/bench_egress.py [--gib 1] [--connections 200]
 Targets (issue 5): a 1 GiB download through the CONNECT tunnel at least 0.5 of a
 direct loopback download; added latency per new connection (connect + first
 byte) at most 5 ms median. The proxy is the real isolated helper process
-(`python -I -S proxy.py`), listening on a loopback port (as on macOS); on Linux
-the same download also runs from inside `krate run`, where the in-sandbox bridge
-hands each connection to the proxy over its Unix socket.
+(`python -I -S proxy.py`), listening on a loopback port (as on macOS), once per
+way its relay can run (`RELAYS`: two blocking threads, or coroutines on the event
+loop), each measured tunnelled (CONNECT) and as plain HTTP; on Linux the same
+download also runs from inside `krate run`, where the in-sandbox bridge hands
+each connection to the proxy over its Unix socket.
 
 `--one-cpu` pins the server, the proxy and curl to one CPU: the ratio then
 compares the work per byte of the two paths. Without it, on a machine with
@@ -124,6 +126,62 @@ def tunnel(proxy_port: int, port: int) -> socket.socket:
     return sock
 
 
+RELAYS = {"threads": True, "loop": False}  # config.threads: the relay's two pumps
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process used so far (Linux /proc; 0 elsewhere): its work, whatever the load."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(pid: int | None, run) -> tuple[float, float]:
+    """(wall seconds of `run()`, CPU seconds the proxy `pid` spent meanwhile)."""
+    cpu = cpu_seconds(pid) if pid else 0.0
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start, (cpu_seconds(pid) - cpu if pid else 0.0)
+
+
+def downloads(proxies: dict[str, tuple[int, int]], url: str, repeat: int) -> dict:
+    """Median (wall seconds, proxy CPU seconds) per download: direct, then through each
+    proxy (port, pid) tunnelled (CONNECT) and as plain HTTP; interleaved, so a busy
+    moment hits all alike."""
+    runs: dict[str, list[tuple[float, float]]] = {"direct": []}
+    for _ in range(repeat):
+        runs["direct"].append(timed(None, lambda: curl_seconds([url])))
+        for name, (port, pid) in proxies.items():
+            proxy = f"http://127.0.0.1:{port}"
+            for kind, extra in (("CONNECT", ["-p"]), ("plain HTTP", [])):
+                took = timed(pid, lambda e=extra, p=proxy: curl_seconds([*e, "-x", p, url]))
+                runs.setdefault(f"{name} {kind}", []).append(took)
+    return {
+        name: (statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
+        for name, times in runs.items()
+    }
+
+
+def latencies(proxies: dict[str, tuple[int, int]], port: int, n: int) -> dict:
+    """Median ms to connect and get the first byte, and the proxy's CPU ms per connection:
+    direct and through each proxy."""
+    runs: dict[str, list[float]] = {"direct": []}
+    cpu = {name: cpu_seconds(pid) for name, (_port, pid) in proxies.items()}
+    for _ in range(n):
+        runs["direct"].append(first_byte_ms(lambda: socket.create_connection(("127.0.0.1", port))))
+        for name, (proxy, _pid) in proxies.items():
+            runs.setdefault(name, []).append(first_byte_ms(lambda p=proxy: tunnel(p, port)))
+    return {
+        name: (
+            statistics.median(times),
+            (cpu_seconds(proxies[name][1]) - cpu[name]) * 1000 / n if name in cpu else 0.0,
+        )
+        for name, times in runs.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=1.0)
@@ -138,62 +196,45 @@ def main() -> None:
     listener, port = serve_bytes(total)
     small, small_port = serve_bytes(1)
     home = Path(tempfile.mkdtemp(prefix="krate-bench-"))
-    session = start_for_run(
-        Rules(f"127.0.0.1:{port}", f"127.0.0.1:{small_port}"),
-        "bench",
-        Paths(home, home),
-        network="loopback",  # the loopback-port listener, so curl can reach it from here
-    )
-    # The same proxy with the portable relay (asyncio protocols), for comparison.
-    portable = start_for_run(
-        Rules(f"127.0.0.1:{port}"),
-        "bench-portable",
-        Paths(home, home),
-        network="loopback",
-        limits=Limits(threads=False),
-    )
-    proxy = session.tcp_port
+    sessions = {
+        name: start_for_run(
+            Rules(f"127.0.0.1:{port}", f"127.0.0.1:{small_port}"),
+            f"bench-{name}",
+            Paths(home, home),
+            network="loopback",  # the loopback-port listener, so curl can reach it from here
+            limits=Limits(threads=threads),
+        )
+        for name, threads in RELAYS.items()
+    }
+    proxies = {name: (s.tcp_port, s.process.pid) for name, s in sessions.items()}
     url = f"http://127.0.0.1:{port}/"
     try:
-        rows = []
-        for _ in range(args.repeat):  # interleaved, so a busy moment hits all three alike
-            direct = curl_seconds([url])
-            tunnelled = curl_seconds(["-p", "-x", f"http://127.0.0.1:{proxy}", url])
-            other = curl_seconds(["-p", "-x", f"http://127.0.0.1:{portable.tcp_port}", url])
-            rows.append((direct, tunnelled, other))
-        direct = statistics.median(r[0] for r in rows)
-        tunnelled = statistics.median(r[1] for r in rows)
-        other = statistics.median(r[2] for r in rows)
+        seconds = downloads(proxies, url, args.repeat)
         gib = total / (1024 * MIB)
-        print(f"download {gib:g} GiB (curl, median of {args.repeat})")
-        print(f"  direct loopback      {gib / direct * 1024:8.0f} MiB/s")
-        print(f"  CONNECT tunnel       {gib / tunnelled * 1024:8.0f} MiB/s  (thread relay)")
-        print(f"  CONNECT, portable    {gib / other * 1024:8.0f} MiB/s  (asyncio relay)")
-        print(f"  ratio tunnel/direct  {direct / tunnelled:8.2f}   (target >= 0.5)")
-        print(f"  ratio portable/direct{direct / other:8.2f}")
+        print(f"download {gib:g} GiB (curl, median of {args.repeat}): ratio to direct, proxy CPU")
+        direct = seconds["direct"][0]
+        for name, (took, cpu) in seconds.items():
+            work = f"  {cpu / gib:5.2f} CPU s/GiB" if name != "direct" else ""
+            print(f"  {name:<22}{gib / took * 1024:8.0f} MiB/s  {direct / took:6.2f}{work}")
+        print("  (target: CONNECT ratio >= 0.5)")
         if sys.platform.startswith("linux") and shutil.which("bwrap"):
-            sandboxed = statistics.median(sandboxed_seconds(port, url, home) for _ in rows)
-            rate, ratio = gib / sandboxed * 1024, direct / sandboxed
-            print(f"  Linux sandbox path   {rate:8.0f} MiB/s  (bridge + proxy; ratio {ratio:.2f})")
-
-        n = args.connections
-        direct_ms, proxied_ms = [], []
-        for _ in range(n):
-            direct_ms.append(
-                first_byte_ms(lambda: socket.create_connection(("127.0.0.1", small_port)))
+            sandboxed = statistics.median(
+                sandboxed_seconds(port, url, home) for _ in range(args.repeat)
             )
-            proxied_ms.append(first_byte_ms(lambda: tunnel(proxy, small_port)))
-        d, p = statistics.median(direct_ms), statistics.median(proxied_ms)
-        print(f"\nnew connection, connect + first byte (median of {n})")
-        print(f"  direct               {d:8.2f} ms")
-        print(f"  CONNECT tunnel       {p:8.2f} ms")
-        print(f"  added                {p - d:8.2f} ms   (target <= 5)")
+            rate, ratio = gib / sandboxed * 1024, direct / sandboxed
+            print(f"  Linux sandbox path    {rate:8.0f} MiB/s  {ratio:6.2f}  (bridge + proxy)")
+
+        ms = latencies(proxies, small_port, args.connections)
+        print(f"\nnew connection, connect + first byte (median of {args.connections}), proxy CPU")
+        for name, (took, cpu) in ms.items():
+            added = f"  added {took - ms['direct'][0]:.2f} ms, {cpu:.2f} CPU ms" if cpu else ""
+            print(f"  {name:<22}{took:8.2f} ms{added}")
+        print("  (target: added <= 5 ms)")
     finally:
-        summary = session.close()
-        portable.close()
+        counts = [session.close().connections for session in sessions.values()]
         listener.close()
         small.close()
-        print(f"\nrecorded decisions: {summary.connections}")
+        print(f"\nrecorded decisions: {sum(counts)}")
         shutil.rmtree(home, ignore_errors=True)
         if os.environ.get("KRATE_BENCH_KEEP"):
             print(home, file=sys.stderr)

@@ -84,11 +84,18 @@ try:
 
     _real_decide = _decide.EffectivePolicy.decide_net
 
-    def _allow(self, host, port=None):
-        _d = _real_decide(self, host, port)
+    def _allow(self, host, port=None, _inner=None):
+        _d = _real_decide(self, host, port) if _inner is None else _inner(host, port)
         return _d._replace(verdict="allow", rule="planted", layer="planted")
 
     _decide.EffectivePolicy.decide_net = _allow
+    _real_decider = _decide.net_decider
+
+    def _allowing(*args, **kwargs):
+        _inner = _real_decider(*args, **kwargs)
+        return lambda host, port: _allow(None, host, port, _inner)
+
+    _decide.net_decider = _allowing
 except Exception as _exc:
     _seen["patch"] = repr(_exc)
 """

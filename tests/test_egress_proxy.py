@@ -287,6 +287,52 @@ def test_half_close_through_both_relays(tmp_path, paths):
     echo.close()
 
 
+def test_bytes_sent_behind_a_request_reach_the_server_with_both_relays(tmp_path, paths):
+    """What a client sends right behind its CONNECT or SOCKS request (read with the request)
+    is handed to the relay, counted, and reaches the server."""
+    echo = EchoCount()
+    early = os.urandom(70_000)  # more than one read of the request
+    socks_request = b"\x05\x01\x00\x01\x7f\x00\x00\x01" + echo.port.to_bytes(2, "big")
+    for threads in (True, False):
+        run_id = f"early{int(threads)}"
+        rules = (f"127.0.0.1:{echo.port}",)
+        session = start(tmp_path, paths, *rules, run_id=run_id, limits=Limits(threads=threads))
+        try:
+            for hello in (
+                f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\n\r\n".encode(),
+                b"\x05\x01\x00" + socks_request,
+            ):
+                with socket.create_connection(("127.0.0.1", session.tcp_port), timeout=10) as sock:
+                    sock.sendall(hello + early)
+                    sock.shutdown(socket.SHUT_WR)
+                    answer = b""
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                assert answer.endswith(f"got {len(early)}".encode())
+        finally:
+            session.close()
+        rows = decisions(paths, run_id)  # in the order the connections ended
+        assert sorted((r["protocol"], r["bytes_up"]) for r in rows) == [
+            ("connect", len(early)),
+            ("socks5", len(early)),
+        ]
+    echo.close()
+
+
+def test_a_bad_socks_address_type_is_answered_at_once(tmp_path, paths):
+    session = start(tmp_path, paths, "allowed.example")
+    try:
+        with socket.create_connection(("127.0.0.1", session.tcp_port), timeout=5) as sock:
+            sock.sendall(b"\x05\x01\x00\x05\x01\x00\x02")  # address type 2 does not exist
+            reply = b""
+            while len(reply) < 12:  # the client waits: no end of stream to go by
+                reply += sock.recv(12)
+        assert reply == b"\x05\x00" + bytes([5, 8, 0, 1, 0, 0, 0, 0, 0, 0])
+    finally:
+        session.close()
+    assert decisions(paths, "run1")[0]["reason"] == "unsupported SOCKS address type"
+
+
 def test_header_cap_idle_timeout_and_connection_cap(tmp_path, paths, server):
     limits = Limits(max_connections=2, idle_timeout=1.0, max_header_bytes=8192)
     session = start(tmp_path, paths, f"127.0.0.1:{server.port}", limits=limits)

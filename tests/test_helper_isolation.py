@@ -109,8 +109,10 @@ def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted
         assert helper["ok"] and helper["modules_loaded"] > 20
         assert helper["path"] == layer["standard_library"]  # nothing else, ever
     assert proxy["given_by_krate"] == [
-        "krate", "krate.canonical", "krate.errors", "krate.hostport", "krate.policy",
-        "krate.policy.decide", "krate.policy.hosts", "krate.policy.model", "krate.policy.paths",
+        "krate", "krate.canonical", "krate.egress", "krate.egress.dial", "krate.egress.handler",
+        "krate.egress.listener", "krate.egress.parsers", "krate.egress.relay", "krate.egress.wire",
+        "krate.errors", "krate.hostport", "krate.policy", "krate.policy.decide",
+        "krate.policy.hosts", "krate.policy.model", "krate.policy.paths",
     ]  # fmt: skip
     assert transport["given_by_krate"] == []
     assert reports(report) == []
@@ -140,14 +142,16 @@ def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch
 
 
 def test_the_proxy_is_given_exactly_the_krate_modules_decide_imports():
-    """helperlib.MODULES must follow krate.policy.decide's imports (or the proxy cannot start)."""
+    """helperlib.MODULES must follow the imports of proxy.py and its parts (or the proxy cannot
+    start), and name nothing they do not import."""
     from pathlib import Path
 
     from krate.egress import helperlib
     from krate.netguard.static import imported_modules
 
     src = Path(helperlib.SRC)
-    needed, todo = set(), ["krate.policy.decide"]
+    needed: set[str] = set()
+    todo = [n for n, _ in imported_modules((src / "krate/egress/proxy.py").read_text())]
     while todo:
         module = todo.pop()
         rel = module.replace(".", "/") + ".py"
@@ -172,3 +176,27 @@ def test_the_proxy_is_named_krate_files_not_given_a_path():
     for name, file in files.items():
         assert Path(file) == Path(helperlib.SRC) / (name.replace(".", "/") + ".py")
         assert Path(file).is_file()
+
+
+def test_the_proxy_reads_no_private_attributes_and_asks_no_platform():
+    """It hands a request's leftovers on through public API (no `reader._buffer`; the old
+    proxy failed this on `_buffer` and `_eof`, and on `sys.platform`), and it
+    trusts its configuration (`threads`) instead of asking which platform it is on."""
+    import ast
+    from pathlib import Path
+
+    from krate.egress import helperlib
+
+    for rel in ("krate/egress/proxy.py", *helperlib.PARTS):
+        source = (Path(helperlib.SRC) / rel).read_text()
+        private = [
+            node.attr
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr != "_exit"  # os._exit: public, despite its name
+            and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+        ]
+        assert private == [], (rel, private)
+        assert "platform" not in source, rel

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from krate import hostport
-from krate.egress import proxy
+from krate.egress import parsers as proxy
 from krate.policy import hosts
 
 INPUTS = [

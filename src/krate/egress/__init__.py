@@ -69,7 +69,7 @@ class Limits(NamedTuple):
     idle_timeout: float = 300.0
     header_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
-    threads: bool = True  # tunnels relay in two threads; False uses asyncio protocols
+    threads: bool = True  # each relay direction a blocking thread; False: a coroutine (relay.py)
 
 
 DEFAULT_LIMITS = Limits()

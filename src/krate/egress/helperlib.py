@@ -1,16 +1,16 @@
-"""krate's policy code for the egress proxy, sent over its stdin: only the stdlib on its path.
+"""The krate files the egress proxy loads, sent over its stdin: only the stdlib on its path.
 
-Why: the proxy can reach the network, so nothing but the standard library and
-krate's own decision code may ever be importable in it. It runs `python -I -S`
-(no site-packages, no .pth files, no PYTHON* variables, not even its own
-folder), so its path is the standard library alone; the few pure krate modules
-it decides with are named here, by their exact files in krate's own
-installation, and sent with its configuration. The proxy loads exactly those
-names from exactly those files (and their cached bytecode, as any import would),
-after every standard finder (proxy.py, `Given`); nothing is added to its path. A
-third-party package, or a `pathlib.py` planted next to krate in site-packages
-(the folder krate is installed in, when it is not an editable install), is never
-found there.
+Why: the proxy can reach the network, so nothing but the standard library, its
+own parts and krate's own decision code may ever be importable in it. It runs
+`python -I -S` (no site-packages, no .pth files, no PYTHON* variables, not even
+its own folder), so its path is the standard library alone; its parts beside
+proxy.py and the few pure krate modules it decides with are named here, by their
+exact files in krate's own installation, and sent with its configuration. The
+proxy loads exactly those names from exactly those files (and their cached
+bytecode, as any import would), after every standard finder (proxy.py, `Given`);
+nothing is added to its path. A third-party package, or a `pathlib.py` planted
+next to krate in site-packages (the folder krate is installed in, when it is not
+an editable install), is never found there.
 
 Chosen over copying the files to a private folder (which also works) because a
 file created in /tmp costs about 0.3 ms here and this runs on every networked
@@ -26,8 +26,18 @@ from pathlib import Path
 from typing import Any
 
 SRC = Path(__file__).resolve().parent.parent.parent  # the folder holding the `krate` package
-# What `krate.policy.decide` needs, and nothing more (a test keeps this equal to its imports).
+# The proxy's parts and what they and `krate.policy.decide` import, and nothing more (a test
+# keeps this equal to their imports).
+PARTS = (
+    "krate/egress/dial.py",
+    "krate/egress/handler.py",
+    "krate/egress/listener.py",
+    "krate/egress/parsers.py",
+    "krate/egress/relay.py",
+    "krate/egress/wire.py",
+)
 MODULES = (
+    *PARTS,
     "krate/canonical.py",
     "krate/errors.py",
     "krate/hostport.py",
@@ -36,8 +46,9 @@ MODULES = (
     "krate/policy/model.py",
     "krate/policy/paths.py",
 )
-# Served as empty packages: the real `krate/policy/__init__.py` loads the whole policy loader.
-PACKAGES = ("krate", "krate.policy")
+# Served as empty packages: the real `krate/policy/__init__.py` loads the whole policy loader,
+# `krate/egress/__init__.py` the run's egress session.
+PACKAGES = ("krate", "krate.egress", "krate.policy")
 
 
 def given() -> dict[str, dict[str, Any]]:

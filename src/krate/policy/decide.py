@@ -53,6 +53,57 @@ class NetRule(NamedTuple):
     layer: str
 
 
+def net_decider(
+    net_rules: tuple[NetRule, ...], net_default: tuple[str, str]
+) -> Callable[[str, int], Decision]:
+    """`decide(host, port) -> Decision` from the network rules and the default alone.
+
+    `EffectivePolicy.decide_net` (and so `krate policy explain`) and the egress proxy,
+    which has only these two, decide with it.
+    """
+    exact: dict[str, list] = {}
+    suffix: dict[str, list] = {}
+    anyhost = []
+    for r in net_rules:
+        entry = (r.pattern.ports, r.rule, r.layer)
+        if r.pattern.kind == "exact":
+            exact.setdefault(r.pattern.host, []).append(entry)
+        elif r.pattern.kind == "suffix":
+            suffix.setdefault(r.pattern.host, []).append(entry)
+        else:
+            anyhost.append(entry)
+    exacts = {k: tuple(v) for k, v in exact.items()}
+    suffixes = {k: tuple(v) for k, v in suffix.items()}
+    anys = tuple(anyhost)
+    default_rule, default_layer = net_default
+
+    def first(entries, port: int, subject: str) -> Decision | None:
+        for ports, rule, layer in entries:
+            if ports is None or port in ports:
+                return _decision(ALLOW, rule, layer, subject)
+        return None
+
+    def decide(host: str, port: int) -> Decision:
+        norm = normalize_subject(host)
+        if norm is None:
+            return _decision(DENY, "invalid host name", "input", f"{host}:{port}")
+        name, is_ip = norm
+        subject = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+        if not 0 < port < 65536:
+            return _decision(DENY, "invalid port", "input", subject)
+        found = first(exacts.get(name, ()), port, subject)
+        if found is None and not is_ip and suffixes:
+            dot = name.find(".")
+            while dot >= 0 and found is None:
+                found = first(suffixes.get(name[dot + 1 :], ()), port, subject)
+                dot = name.find(".", dot + 1)
+        if found is None:
+            found = first(anys, port, subject)
+        return found or _decision(DENY, default_rule, default_layer, subject)
+
+    return decide
+
+
 class EnvLayer(NamedTuple):
     layer: str
     strip: tuple[tuple[str, str, Callable[[str], object]], ...]  # (pattern, rule, match)
@@ -106,20 +157,7 @@ class EffectivePolicy:
         self.env_layers, self.limit_layers, self.layers = env_layers, limit_layers, layers
         # The compile's path lookups (policy.paths.Resolver), reused by the run's sandbox spec.
         self.resolver: Any = None
-        exact: dict[str, list] = {}
-        suffix: dict[str, list] = {}
-        anyhost = []
-        for rule in net_rules:
-            entry = (rule.pattern.ports, rule.rule, rule.layer)
-            if rule.pattern.kind == "exact":
-                exact.setdefault(rule.pattern.host, []).append(entry)
-            elif rule.pattern.kind == "suffix":
-                suffix.setdefault(rule.pattern.host, []).append(entry)
-            else:
-                anyhost.append(entry)
-        self._exact = {k: tuple(v) for k, v in exact.items()}
-        self._suffix = {k: tuple(v) for k, v in suffix.items()}
-        self._any = tuple(anyhost)
+        self._decide_net = net_decider(net_rules, net_default)
         self._memo: dict[tuple[str, int], Decision] = {}
 
     def __repr__(self) -> str:
@@ -149,31 +187,6 @@ class EffectivePolicy:
             memo.clear()
         memo[key] = decision
         return decision
-
-    def _decide_net(self, host: str, port: int) -> Decision:
-        norm = normalize_subject(host)
-        if norm is None:
-            return _decision(DENY, "invalid host name", "input", f"{host}:{port}")
-        name, is_ip = norm
-        subject = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-        if not 0 < port < 65536:
-            return _decision(DENY, "invalid port", "input", subject)
-        for ports, rule, layer in self._exact.get(name, ()):
-            if ports is None or port in ports:
-                return _decision(ALLOW, rule, layer, subject)
-        if not is_ip and self._suffix:
-            suffixes = self._suffix
-            dot = name.find(".")
-            while dot >= 0:
-                for ports, rule, layer in suffixes.get(name[dot + 1 :], ()):
-                    if ports is None or port in ports:
-                        return _decision(ALLOW, rule, layer, subject)
-                dot = name.find(".", dot + 1)
-        for ports, rule, layer in self._any:
-            if ports is None or port in ports:
-                return _decision(ALLOW, rule, layer, subject)
-        rule, layer = self.net_default
-        return _decision(DENY, rule, layer, subject)
 
     # -- filesystem ------------------------------------------------------------------------
     def _norm(self, path: Path | str) -> str:

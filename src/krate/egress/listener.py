@@ -1,0 +1,150 @@
+"""Where the egress proxy's clients come from: a Unix socket (Linux) or a loopback port (macOS).
+
+On Linux the socket is bind-mounted into the sandbox, and the in-sandbox bridge
+does not relay: it hands each client socket it accepted over the Unix socket
+(SCM_RIGHTS, after a NUL byte and `P` or `F host:port`), so bytes are copied
+once, in the proxy. A handed-over descriptor must be a TCP socket (it lives in
+the sandbox's network namespace); anything else is closed unread. A connection
+that does not start with the NUL byte is served as a client itself. On macOS
+the workload reaches a loopback TCP port directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from krate.egress.parsers import split_hostport
+
+HANDOFF = b"\x00"  # first byte of a bridge's hand-over; no HTTP or SOCKS5 client sends it
+BACKLOG = 512
+
+Handle = Callable[[socket.socket, "tuple[str, int] | None"], Awaitable[None]]
+
+
+class Listener:
+    """Accepts clients and passes each to `handle(sock, forward)` in its own task."""
+
+    def __init__(self, listen: str, handle: Handle, tasks: set, header_timeout: float) -> None:
+        self.kind, _, self.where = listen.partition(":")
+        self.handle, self.tasks, self.header_timeout = handle, tasks, header_timeout
+        self.sock: socket.socket | None = None
+        self.accepting: asyncio.Future | None = None
+
+    def open(self, socket_uid: int | None) -> object:
+        """Bind and listen; returns the address for the ready line (path or port)."""
+        if self.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # Made under another name and renamed once it has its owner: the bridge, waiting
+            # for the name, never finds a socket it may not connect to yet.
+            making = self.where + ".new"
+            sock.bind(making)
+            os.chmod(making, 0o600)
+            if socket_uid is not None:
+                os.chown(making, socket_uid, -1)
+            sock.listen(BACKLOG)
+            os.rename(making, self.where)
+            address: object = self.where
+        else:
+            host, _, port = self.where.rpartition(":")
+            sock = socket.create_server((host, int(port)), backlog=BACKLOG)
+            address = sock.getsockname()[1]
+        sock.setblocking(False)
+        self.sock = sock
+        self.accepting = asyncio.ensure_future(self.accept(sock))
+        return address
+
+    async def accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        serve = self.take if self.kind == "unix" else self.handle
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            task = asyncio.ensure_future(serve(conn, None))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def close(self) -> None:
+        if self.accepting is not None:
+            self.accepting.cancel()
+        if self.sock is not None:
+            self.sock.close()
+
+    async def wait_closed(self) -> None:
+        if self.accepting is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.accepting
+
+    def remove(self) -> None:
+        """The Unix socket's folder is this run's alone (socket and bridge copy): leave
+        nothing behind, even when krate itself was killed."""
+        if self.kind != "unix":
+            return
+        folder = os.path.dirname(self.where)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                os.unlink(os.path.join(folder, name))
+            os.rmdir(folder)
+
+    # -- the Unix socket: clients handed over by the in-sandbox bridge
+
+    async def take(self, conn: socket.socket, _forward=None) -> None:
+        """Serve a connection on the Unix socket: a handed-over client, or the caller itself."""
+        forward = None
+        try:
+            await asyncio.wait_for(readable(conn), self.header_timeout)
+            if conn.recv(1, socket.MSG_PEEK) == HANDOFF:
+                conn, forward = handed_over(conn)
+        except (TimeoutError, OSError, ValueError):
+            conn.close()
+            return
+        await self.handle(conn, forward)
+
+
+async def readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def handed_over(conn: socket.socket) -> tuple[socket.socket, tuple[str, int] | None]:
+    """The client socket in a bridge's hand-over, and the forwarded target if any.
+
+    Raises ValueError (after closing everything) unless exactly one TCP socket came."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(conn, 512, 4, socket.MSG_CMSG_CLOEXEC)
+    finally:
+        conn.close()
+    client = None
+    for fd in fds:
+        if client is not None:
+            os.close(fd)
+            continue
+        try:
+            client = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise ValueError("not a socket") from None
+    if client is None:
+        raise ValueError("no socket handed over")
+    if client.family not in (socket.AF_INET, socket.AF_INET6) or client.type != (
+        socket.SOCK_STREAM
+    ):
+        client.close()
+        raise ValueError("not a TCP socket")
+    text = data[1:].decode("ascii", "replace").strip()
+    if text == "P":
+        return client, None
+    if text.startswith("F "):
+        try:
+            return client, split_hostport(text[2:], None)
+        except ValueError:
+            pass
+    client.close()
+    raise ValueError("malformed hand-over")

@@ -1,0 +1,139 @@
+"""The egress proxy's protocol with krate: one configuration line in, JSON lines out.
+
+- stdin: one JSON line of configuration (`Config`); afterwards stdin stays open,
+  and its end (krate closed it, or died) means "shut down" (`watch_stdin`).
+- stdout: JSON lines. First `{"type": "ready", ...}`, then one
+  `{"type": "decision", ...}` per connection when it ends (`Record.line`), last
+  `{"type": "closed", ...}`. Decision lines also go to an inherited journal file
+  descriptor, so that a killed krate loses none (`Emitter`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Config:
+    rules: list[dict]
+    listen: str  # "unix:/path" or "tcp:127.0.0.1:0"
+    max_connections: int = 256
+    connect_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    header_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    shutdown_grace: float = 2.0
+    threads: bool = True  # relay each connection with two blocking threads (else on the loop)
+    journal_fd: int | None = None
+    socket_uid: int | None = None  # the sandbox's uid when it is not krate's (a root krate)
+    given: dict = field(default_factory=dict)  # krate's policy modules (helperlib.given())
+    net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Config:
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+@dataclass
+class Record:
+    """What is reported about one connection: metadata only, never contents."""
+
+    n: int
+    protocol: str = "unknown"
+    host: str | None = None
+    port: int | None = None
+    verdict: str = "deny"
+    rule: str = ""
+    layer: str = ""
+    reason: str = ""
+    address: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    started: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.monotonic)
+
+    def line(self) -> dict:
+        return {
+            "type": "decision",
+            "n": self.n,
+            "protocol": self.protocol,
+            "host": self.host,
+            "port": self.port,
+            "verdict": self.verdict,
+            "rule": self.rule,
+            "layer": self.layer,
+            "reason": self.reason,
+            "address": self.address,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration_ms": round((time.monotonic() - self.t0) * 1000, 1),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started))
+            + f".{int(self.started % 1 * 1e6):06d}Z",
+        }
+
+
+class Emitter:
+    """Writes decision lines to stdout (the parent) and the journal (crash safety)."""
+
+    def __init__(self, journal_fd: int | None) -> None:
+        self.journal_fd = journal_fd
+        self.stdout_ok = True
+
+    def __call__(self, line: dict) -> None:
+        data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
+        if self.journal_fd is not None and line.get("type") == "decision":
+            with contextlib.suppress(OSError):
+                os.write(self.journal_fd, data)
+        if self.stdout_ok:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(1, view) :]
+            except OSError:
+                self.stdout_ok = False  # the parent is gone; the journal keeps the record
+
+    def ready(self, config: Config, address: object) -> None:
+        self(
+            {
+                "type": "ready",
+                "listen": config.listen,
+                "port": address,
+                "pid": os.getpid(),
+                "python": import_report(),
+            }
+        )
+
+
+async def watch_stdin(stop: asyncio.Event) -> None:
+    """Set `stop` when stdin ends: krate finished, or died."""
+
+    class Watch(asyncio.Protocol):
+        def connection_lost(self, exc) -> None:
+            stop.set()
+
+        def eof_received(self) -> None:
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(Watch, os.fdopen(0, "rb", buffering=0))
+
+
+def import_report() -> dict:
+    """What this process can import and what it did: its sys.path and its loaded modules' files.
+
+    (The transport has the same few lines: neither helper may import the other.)
+    """
+    loaded = list(sys.modules.values())
+    files = {getattr(m, "__file__", None) for m in loaded}
+    given = sorted(m.__name__ for m in loaded if m.__name__.partition(".")[0] == "krate")
+    return {
+        "path": list(sys.path),
+        "files": sorted(f for f in files if isinstance(f, str)),
+        "given": given,
+    }
