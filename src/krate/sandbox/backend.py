@@ -74,6 +74,19 @@ class Backend(Protocol):
         ...
 
 
+class Installed:
+    """What every backend shares: its executable and its declared capabilities."""
+
+    name: str
+    CAPABILITIES: Capabilities
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+
+    def capabilities(self) -> Capabilities:
+        return self.CAPABILITIES
+
+
 def choose(path: str | None = None, platform: str = sys.platform) -> Backend:
     """This machine's backend; KrateError 125 when it is not installed."""
     from krate.sandbox import detect

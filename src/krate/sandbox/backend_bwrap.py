@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.sandbox import bwrap, limits, placeholders
-from krate.sandbox.backend import BRIDGE, Capabilities
+from krate.sandbox.backend import BRIDGE, Capabilities, Installed
 from krate.sandbox.supervise import Launcher, Outcome
 
 if TYPE_CHECKING:
@@ -43,14 +43,9 @@ CAPABILITIES = Capabilities(
 SETTLE_S = 2.0
 
 
-class Bubblewrap:
+class Bubblewrap(Installed):
     name = "bubblewrap"
-
-    def __init__(self, executable: str) -> None:
-        self.executable = executable
-
-    def capabilities(self) -> Capabilities:
-        return CAPABILITIES
+    CAPABILITIES = CAPABILITIES
 
     def visible(self, path: Path, spec: SandboxSpec) -> bool:
         return bwrap.visible_inside(path, spec)

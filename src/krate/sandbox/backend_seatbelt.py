@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from krate.sandbox import limits, seatbelt, supervise
-from krate.sandbox.backend import LOOPBACK, Capabilities
+from krate.sandbox.backend import LOOPBACK, Capabilities, Installed
 from krate.sandbox.supervise import Launcher
 
 if TYPE_CHECKING:
@@ -29,14 +29,9 @@ CAPABILITIES = Capabilities(
 )
 
 
-class Seatbelt:
+class Seatbelt(Installed):
     name = "seatbelt"
-
-    def __init__(self, executable: str) -> None:
-        self.executable = executable
-
-    def capabilities(self) -> Capabilities:
-        return CAPABILITIES
+    CAPABILITIES = CAPABILITIES
 
     def visible(self, path: Path, spec: SandboxSpec) -> bool:
         return seatbelt.visible_inside(path, spec)
