@@ -14,8 +14,9 @@ here) as child processes with an isolated KRATE_HOME, and gathers:
 5. start-up (seen by strace, startup.py): no process of krate opened third-party
    code before its lockdown, and nothing it started before then outlived it but
    the sandbox and the helpers; for every command, and for a real `krate run`
-   and a real `krate build` of a no-op workload (which start the sandbox and the
-   egress proxy, then lock down);
+   and a real `krate build` whose workload writes one file (they start the
+   sandbox and the egress proxy, then lock down; they count only if the
+   workload ran);
 6. helpers (helpercheck.py): the egress proxy and the registry transport, started
    as krate starts them, can import only the standard library and krate's copied
    files;
@@ -29,8 +30,10 @@ disagrees. login and push (they reach a registry) are run with --help only: what
 they do on the network is recorded by the egress ledger instead. Never writes
 outside its own temporary folder, never uses the network.
 
-The parts: proof_run.py runs one command and observes it, proof_layers.py checks
-each layer's evidence, proof_report.py renders the result for a person.
+The parts: proof_run.py runs one command and observes it, proof_early.py starts
+the real run and build before the prove command locks itself down (cli/main.py),
+proof_layers.py checks each layer's evidence, proof_report.py renders the result
+for a person.
 """
 
 from __future__ import annotations
@@ -143,8 +146,8 @@ LIMITS = [
     "sitecustomize, LD_PRELOAD) runs before the lockdown; the hooks present are listed "
     "under layers.static.hooks and the files they opened under "
     "layers.startup.before_entry_point.",
-    "run and build are checked through a real no-op workload, login and push through "
-    "--help only; the connections their helpers make are in `krate audit network`.",
+    "run and build are checked through a real workload that writes one file, login and "
+    "push through --help only; the connections their helpers make are in `krate audit network`.",
     "The helpers' import report is their own; the start-up and bytecode layers check "
     "from outside what they opened and ran (with strace; without it, only krate's own "
     "bytecode and this process's are compared with their sources).",
