@@ -279,6 +279,20 @@ def test_prove_passes_on_a_clean_install_even_with_egress_recorded(krate_home):
         assert events.count(store) == 2
 
 
+@pytest.mark.skipif(not (shutil.which("strace") and shutil.which("bwrap")), reason="needs both")
+def test_prove_real_runs_run_their_workload_as_an_ordinary_user(ordinary_user, user_tmp):
+    if ordinary_user is None:
+        pytest.skip("needs root to create the ordinary user")
+    env = {"PATH": os.environ["PATH"], "HOME": str(user_tmp), "KRATE_HOME": str(user_tmp / "k")}
+    result = run_krate("audit", "network", "--prove", "--json", env=env, user=ordinary_user,
+                       cwd=user_tmp)  # fmt: skip
+    out = json.loads(result.stdout)
+    real = out["layers"]["startup"]["real_runs"]
+    assert all(r["workload"]["ran"] for r in real.values()), real
+    assert "--as-root" not in str([c["argv"] for c in out["commands"]])
+    assert out["verdict"] == "proven" and result.returncode == 0, out["summary"]
+
+
 LOCKED_PARENT = (
     "import subprocess, sys\n"
     "from krate.netguard import lockdown\n"
@@ -326,6 +340,10 @@ def test_a_real_run_counts_only_when_its_workload_ran_and_was_recorded(tmp_path,
     assert row["workload"]["ran"] is False and row["workload"]["why"].startswith(why), row
     layer = proof_layers.startup_layer([row], strace="strace")
     assert layer["checked"] is False and why in layer["why"]
+    from krate.netguard import proof_report
+
+    text = proof_report._startup(layer)  # the human report says why, too
+    assert text[0].startswith("startup UNCHECKED") and why in text[1], text
 
 
 def test_a_proof_that_stops_early_ends_its_real_runs(tmp_path):

@@ -186,7 +186,7 @@ def prove(
     # The real runs were started before this process locked down (cli/main.py); called
     # in-process (tests), or where that failed, they start now and say what they can.
     early = proof_early.take() or proof_early.Early(
-        Path(tempfile.mkdtemp(prefix="krate-prove-")), {}, "not started before the lockdown"
+        Path(tempfile.mkdtemp(prefix="krate-prove-")), {}, "not started at krate's entry"
     )
     try:
         results = _run_all(plan(root), early, krate, environ, seen, package_dir)

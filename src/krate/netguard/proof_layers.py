@@ -130,7 +130,7 @@ def startup_layer(results: list[Row], strace: str | None, early: str | None = No
         ),
     }
     if early:
-        layer["real_runs_started"] = f"after the prove command's lockdown: {early}"
+        layer["real_runs_started"] = f"during the proof, not before its lockdown ({early})"
     if not exercised:
         why = [
             f"{name}: {_not_exercised(v)}"
