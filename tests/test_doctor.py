@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -242,3 +243,54 @@ def test_pending_deletions_are_reported_and_overdue_ones_fail(krate_home):
     check = doctor.check_pending(Paths(krate_home, krate_home), later)
     assert check.status == "fail"
     assert "past their grace period" in check.detail and "purge" in check.fix
+
+
+LOCKED_TRIAL = (
+    "import json, shutil\n"
+    "from krate import doctor\n"
+    "from krate.netguard import lockdown\n"
+    "state = lockdown.apply()\n"
+    "print(json.dumps([state['applied'], doctor._trial('bubblewrap', shutil.which('bwrap'))]))\n"
+)
+
+
+@needs_bwrap
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_doctor_sandbox_trial_works_inside_doctors_own_lockdown(who, ordinary_user, user_tmp):
+    """`krate doctor` locks down at entry, then runs its sandboxed trial: unlike a run with the
+    egress proxy (whose bridge needs a loopback IP socket), the trial needs no IP socket, so
+    the lockdown it inherits cannot silently break it. Checked for real, both ways."""
+    if who == "user" and ordinary_user is None:
+        pytest.skip("the ordinary-user variant needs root to create the user")
+    user = ordinary_user if who == "user" else None
+    kw = {"user": user, "group": user, "extra_groups": []} if user else {}
+    done = subprocess.run(
+        [sys.executable, "-c", LOCKED_TRIAL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=user_tmp,
+        env={"PATH": os.environ["PATH"], "HOME": str(user_tmp)},
+        **kw,
+    )
+    assert done.returncode == 0, done.stderr
+    applied, problem = json.loads(done.stdout)
+    assert applied is True  # the trial really ran inside the lockdown
+    assert problem is None  # and the sandbox printed its marker
+
+
+@needs_bwrap
+def test_doctor_sandbox_trial_starts_no_egress_bridge(monkeypatch):
+    """What makes the trial safe inside the lockdown: its sandbox has no network at all."""
+    from krate.sandbox import bwrap
+
+    seen = []
+    real = bwrap.command
+
+    def spy(spec, *args, **kw):
+        seen.append(spec)
+        return real(spec, *args, **kw)
+
+    monkeypatch.setattr(bwrap, "command", spy)
+    assert doctor._trial("bubblewrap", BWRAP) is None
+    assert [spec.network for spec in seen] == ["none"]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,12 +15,21 @@ import pytest
 import typer.main
 
 from krate.cli.app import app
-from krate.netguard import ledger, lockdown, observer, proof, static
+from krate.netguard import (
+    ledger,
+    lockdown,
+    observer,
+    proof,
+    proof_early,
+    proof_layers,
+    proof_run,
+    static,
+)
 from krate.netguard.commands import command_path, leaf_commands
 from krate.paths import Paths
 from krate.store import events, open_store
 
-from .conftest import as_root, run_krate
+from .conftest import KRATE, as_root, run_krate
 
 LINUX = sys.platform.startswith("linux")
 
@@ -60,7 +70,8 @@ def test_run_and_build_are_really_run_login_and_push_through_help_only():
     root = Group({"push": Leaf(), "audit": Group({"head": Leaf()}), "run": Leaf()})
     by_name = {i.command: i for i in proof.plan(root)}
     assert by_name["push"].argv == ["push", "--help"] and "network purpose" in by_name["push"].note
-    assert by_name["run"].argv == as_root(["run", "--", "true"]) and by_name["run"].mode == "real"
+    assert by_name["run"].argv == as_root(["run", "--", "touch", "ran"])
+    assert by_name["run"].mode == "real" and by_name["run"].marker == "ran"
     assert by_name["audit head"].mode == "safe"
     assert command_path(root, ["audit", "head", "--json"]) == ("audit", "head")
     assert command_path(root, ["push", "dist/app.tar.gz"]) == ("push",)
@@ -252,6 +263,13 @@ def test_prove_passes_on_a_clean_install_even_with_egress_recorded(krate_home):
         assert set(real) == {"run", "build"} and layers["startup"]["checked"]
         assert all(r["locked_down"] and r["exit_code"] == 0 for r in real.values())
         assert "egress proxy" in real["run"]["helpers"]  # the default policy starts it
+        # Their workloads really ran: each left its file, and the fresh store agrees.
+        for name in ("run", "build"):
+            workload = real[name]["workload"]
+            assert workload["ran"] and workload["marker_found"], (name, workload)
+            assert workload["recorded"]["status"] == "finished", (name, workload)
+            assert workload["recorded"]["exit_code"] == 0
+        assert real["build"]["workload"]["recorded"]["artifact"] is True
         assert layers["startup"]["third_party_while_unlocked"] == []
         assert layers["helpers"]["agrees"] and layers["bytecode"]["agrees"]
         missing = layers["kernel"]["per_command"]["missing"]
@@ -259,6 +277,81 @@ def test_prove_passes_on_a_clean_install_even_with_egress_recorded(krate_home):
     # The user's store was not touched by the proof.
     with open_store(Paths(krate_home, krate_home), readonly=True) as store:
         assert events.count(store) == 2
+
+
+@pytest.mark.skipif(not (shutil.which("strace") and shutil.which("bwrap")), reason="needs both")
+def test_prove_real_runs_run_their_workload_as_an_ordinary_user(ordinary_user, user_tmp):
+    if ordinary_user is None:
+        pytest.skip("needs root to create the ordinary user")
+    env = {"PATH": os.environ["PATH"], "HOME": str(user_tmp), "KRATE_HOME": str(user_tmp / "k")}
+    result = run_krate("audit", "network", "--prove", "--json", env=env, user=ordinary_user,
+                       cwd=user_tmp)  # fmt: skip
+    out = json.loads(result.stdout)
+    real = out["layers"]["startup"]["real_runs"]
+    assert all(r["workload"]["ran"] for r in real.values()), real
+    assert "--as-root" not in str([c["argv"] for c in out["commands"]])
+    assert out["verdict"] == "proven" and result.returncode == 0, out["summary"]
+
+
+LOCKED_PARENT = (
+    "import subprocess, sys\n"
+    "from krate.netguard import lockdown\n"
+    "assert lockdown.apply()['applied']\n"
+    "done = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=300)\n"
+    "sys.stdout.write(done.stdout); sys.stderr.write(done.stderr); sys.exit(done.returncode)\n"
+)
+
+
+@pytest.mark.skipif(not (LINUX and shutil.which("bwrap")), reason="needs the Linux sandbox")
+def test_prove_does_not_count_real_runs_whose_workload_could_not_run(krate_home):
+    """Started from a locked-down parent, the real runs' sandboxes cannot start their workload
+    (the egress bridge is refused its loopback socket): the proof must say so, not "proven"."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOCKED_PARENT, KRATE, "audit", "network", "--prove", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=320,
+    )
+    out = json.loads(result.stdout)
+    startup = out["layers"]["startup"]
+    assert startup["checked"] is False and out["proven"] is False, out["summary"]
+    assert "startup" in out["summary"] and out["verdict"] != "proven"
+    assert set(startup["real_runs"]) == {"run", "build"}
+    for name, run in startup["real_runs"].items():
+        assert run["workload"]["ran"] is False and not run["workload"]["marker_found"], name
+    assert "left no 'ran'" in startup["why"] and "left no 'out'" in startup["why"]
+    assert result.returncode == 0  # unchecked lowers the verdict; nothing checked disagrees
+
+
+@pytest.mark.parametrize(
+    ("workload", "why"),
+    [
+        (["true"], "its workload left no 'ran'"),  # exits 0, leaves nothing
+        (["sh", "-c", "touch ran; exit 3"], "its store disagrees"),  # fails after the file
+    ],
+)
+@pytest.mark.skipif(not (LINUX and shutil.which("bwrap")), reason="needs the Linux sandbox")
+def test_a_real_run_counts_only_when_its_workload_ran_and_was_recorded(tmp_path, workload, why):
+    item = proof_early.real_invocations()[("run",)]
+    item.argv = [*item.argv[: item.argv.index("--") + 1], *workload]
+    row = proof_run.run_one(
+        item, [KRATE], os.environ, tmp_path / "home", tmp_path, strace=None, bwrap=None
+    )
+    assert row["workload"]["ran"] is False and row["workload"]["why"].startswith(why), row
+    layer = proof_layers.startup_layer([row], strace="strace")
+    assert layer["checked"] is False and why in layer["why"]
+    from krate.netguard import proof_report
+
+    text = proof_report._startup(layer)  # the human report says why, too
+    assert text[0].startswith("startup UNCHECKED") and why in text[1], text
+
+
+def test_a_proof_that_stops_early_ends_its_real_runs(tmp_path):
+    env = dict(os.environ, TMPDIR=str(tmp_path), KRATE_HOME=str(tmp_path / "home"))
+    result = run_krate("audit", "network", "--prove", "--no-such-option", env=env)
+    assert result.returncode == 2 and "no-such-option" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("krate-prove-*"))  # its folder (and runs) are gone
 
 
 @pytest.mark.skipif(not LINUX, reason="the kernel layer is implemented for Linux here")

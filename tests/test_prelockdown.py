@@ -13,6 +13,7 @@ them was only ever imported under the kernel's filter, and that nothing got out.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,21 @@ def test_a_run_reaching_typer_after_the_lockdown_is_refused_not_run_locked(tmp_p
     )
     assert "could not read this command line before locking itself out" in done.stderr
     assert done.returncode != 0 and not (tmp_path / "ran").exists()
+
+
+def test_prove_starts_its_real_runs_then_locks_down_before_any_third_party_code(hostile, tmp_path):
+    """`audit network --prove` starts its real run and build before its own lockdown (so their
+    sandboxes are not born inside it): the prove process itself must still load no planted
+    module unlocked, and its real runs must have run their workload."""
+    venv, report, accepted = hostile
+    done = krate(venv, "audit", "network", "--prove", "--json", home=tmp_path / "krate-home",
+                 timeout=300)  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    layers = json.loads(done.stdout)["layers"]
+    startup = layers["startup"]
+    assert "real_runs_started" not in startup, startup["real_runs_started"]  # started early
+    if "strace" in (layers["os"].get("observer") or ""):
+        assert all(r["workload"]["ran"] for r in startup["real_runs"].values()), startup
+    seen = settle(report, accepted)
+    assert "typer" in {s["module"] for s in seen}  # the prove process loaded it...
+    assert_only_ever_locked(seen, accepted)  # ...and every planted module, only locked

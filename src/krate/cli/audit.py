@@ -200,7 +200,6 @@ def network(
 
 def _prove(json_: bool) -> None:
     import os
-    import shutil
     import sys
     from pathlib import Path
 
@@ -209,12 +208,11 @@ def _prove(json_: bool) -> None:
     import krate
     from krate import render
     from krate.cli.app import app as root_app
-    from krate.netguard import proof
+    from krate.netguard import proof, proof_early
 
-    script = shutil.which("krate", path=os.path.dirname(sys.executable))
     result = proof.prove(
         typer.main.get_command(root_app),
-        krate=[script] if script else [sys.executable, "-m", "krate"],
+        krate=proof_early.krate_command(),
         python=sys.executable,
         environ=dict(os.environ),
         package_dir=Path(krate.__file__).parent,

@@ -8,7 +8,9 @@ lockdown applied here, before typer or any third-party package is imported.
 login and push start their registry transport first; run and build (parsed
 without Typer, cli/fastrun.py) start their sandbox and egress proxy first and
 then call `krate.netguard.lockdown.apply()` themselves, and until then only krate
-and the standard library can be imported (`lockdown.hold_imports()`). `main(argv)`
+and the standard library can be imported (`lockdown.hold_imports()`).
+`audit network --prove` starts its real runs of run and build the same way
+(netguard/proof_early.py), then locks down. `main(argv)`
 called in-process (the tests' `cli` fixture) leaves the calling process alone: a
 lockdown cannot be undone.
 """
@@ -69,8 +71,22 @@ def _protect(args: list[str]) -> bool:
         from krate.cli.common import start_transport
 
         start_transport()  # standard library only; the command takes it over
+    elif not completing and _proves(args):
+        # Its real runs of run and build must not be born inside this lockdown (they
+        # start a sandbox that needs its own loopback); krate and stdlib only until then.
+        lockdown.hold_imports()
+        from krate.netguard import proof_early
+
+        proof_early.start(os.environ)
     lockdown.apply()
     return False
+
+
+def _proves(args: list[str]) -> bool:
+    """`krate audit network --prove` that will really run (not print help)."""
+    words = [a for a in args if not a.startswith("-")]
+    asks_help = "-h" in args or "--help" in args
+    return words[:2] == ["audit", "network"] and "--prove" in args and not asks_help
 
 
 def _after_command(args: list[str], held: bool) -> None:
@@ -86,6 +102,9 @@ def _after_command(args: list[str], held: bool) -> None:
     from krate.cli.common import abandon_transport
 
     abandon_transport()
+    early = sys.modules.get("krate.netguard.proof_early")
+    if early is not None:
+        early.abandon()  # real runs of a proof that stopped before taking them
 
 
 def _starts_children(args: list[str], deferred) -> str | None:

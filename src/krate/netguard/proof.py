@@ -14,8 +14,9 @@ here) as child processes with an isolated KRATE_HOME, and gathers:
 5. start-up (seen by strace, startup.py): no process of krate opened third-party
    code before its lockdown, and nothing it started before then outlived it but
    the sandbox and the helpers; for every command, and for a real `krate run`
-   and a real `krate build` of a no-op workload (which start the sandbox and the
-   egress proxy, then lock down);
+   and a real `krate build` whose workload writes one file (they start the
+   sandbox and the egress proxy, then lock down; they count only if the
+   workload ran);
 6. helpers (helpercheck.py): the egress proxy and the registry transport, started
    as krate starts them, can import only the standard library and krate's copied
    files;
@@ -29,8 +30,10 @@ disagrees. login and push (they reach a registry) are run with --help only: what
 they do on the network is recorded by the egress ledger instead. Never writes
 outside its own temporary folder, never uses the network.
 
-The parts: proof_run.py runs one command and observes it, proof_layers.py checks
-each layer's evidence, proof_report.py renders the result for a person.
+The parts: proof_run.py runs one command and observes it, proof_early.py starts
+the real run and build before the prove command locks itself down (cli/main.py),
+proof_layers.py checks each layer's evidence, proof_report.py renders the result
+for a person.
 """
 
 from __future__ import annotations
@@ -41,19 +44,28 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from krate.netguard import guard, helpercheck, lockdown, observer, proof_layers, static
+from krate.netguard import (
+    guard,
+    helpercheck,
+    lockdown,
+    observer,
+    proof_early,
+    proof_layers,
+    proof_run,
+    static,
+)
 from krate.netguard.commands import leaf_commands
+from krate.netguard.proof_early import REAL_INVOCATIONS
 from krate.netguard.proof_report import lines
-from krate.netguard.proof_run import run_one
+from krate.netguard.proof_run import Invocation, run_one
 
 if TYPE_CHECKING:
     import click
 
-__all__ = ["Invocation", "lines", "plan", "prove"]
+__all__ = ["REAL_INVOCATIONS", "Invocation", "lines", "plan", "prove"]
 
 # Harmless invocations that exercise the real command (not just its --help) in an
 # isolated, throw-away KRATE_HOME. A command without an entry runs with --help.
@@ -77,26 +89,8 @@ SAFE_INVOCATIONS: dict[tuple[str, ...], list[str]] = {
     ("policy", "list"): ["policy", "list", "--json"],
     ("doctor",): ["doctor", "--json"],  # runs a real sandboxed test command
 }
-# Real runs of the commands that start a sandbox and the egress proxy before their
-# lockdown (default policy: the proxy starts), with a no-op workload, in a fresh store.
-REAL_INVOCATIONS: dict[tuple[str, ...], list[str]] = {
-    ("run",): ["run", "--", "true"],
-    ("build",): ["build", "--out", "out", "--", "touch", "out"],
-}
 # Run these first: later invocations read what they wrote (audit show 1).
 RUN_FIRST = (("audit", "note"),)
-
-
-@dataclass
-class Invocation:
-    command: str
-    argv: list[str]
-    mode: str  # "safe", "help", "real", "fast path", "completion"
-    env: dict[str, str] = field(default_factory=dict)
-    expect_lockdown: bool = True
-    note: str | None = None
-    writes_base: bool = False  # runs first, in the store every later command starts from
-    fresh: bool = False  # starts from an empty store (migrations pending)
 
 
 def plan(root: click.Command) -> list[Invocation]:
@@ -118,21 +112,11 @@ def plan(root: click.Command) -> list[Invocation]:
         ),
     ]
     paths = leaf_commands(root)
+    real = proof_early.real_invocations()
     for path in paths:
         name = " ".join(path)
-        if path in REAL_INVOCATIONS:
-            argv = list(REAL_INVOCATIONS[path])
-            if os.geteuid() == 0:  # the proof's own root-owned folder: a root run on purpose
-                argv.insert(1, "--as-root")
-            items.append(
-                Invocation(
-                    name,
-                    argv,
-                    "real",
-                    fresh=True,
-                    note=f"a real no-op workload: {lockdown.DEFERRED_COMMANDS[path[0]]}",
-                )
-            )
+        if path in real:
+            items.append(real[path])
         elif path[0] in lockdown.DEFERRED_COMMANDS:
             items.append(
                 Invocation(
@@ -162,8 +146,8 @@ LIMITS = [
     "sitecustomize, LD_PRELOAD) runs before the lockdown; the hooks present are listed "
     "under layers.static.hooks and the files they opened under "
     "layers.startup.before_entry_point.",
-    "run and build are checked through a real no-op workload, login and push through "
-    "--help only; the connections their helpers make are in `krate audit network`.",
+    "run and build are checked through a real workload that writes one file, login and "
+    "push through --help only; the connections their helpers make are in `krate audit network`.",
     "The helpers' import report is their own; the start-up and bytecode layers check "
     "from outside what they opened and ran (with strace; without it, only krate's own "
     "bytecode and this process's are compared with their sources).",
@@ -199,12 +183,21 @@ def prove(
     """Run the whole self-test; returns the JSON the command prints."""
     seen = Observers.find()
     kernel = proof_layers.kernel_layer(python)
-    with tempfile.TemporaryDirectory(prefix="krate-prove-") as tmp:
-        results = _run_all(plan(root), Path(tmp), krate, environ, seen, package_dir)
-        control = proof_layers.guard_control(python, environ, Path(tmp))
+    # The real runs were started before this process locked down (cli/main.py); called
+    # in-process (tests), or where that failed, they start now and say what they can.
+    early = proof_early.take() or proof_early.Early(
+        Path(tempfile.mkdtemp(prefix="krate-prove-")), {}, "not started at krate's entry"
+    )
+    try:
+        results = _run_all(plan(root), early, krate, environ, seen, package_dir)
+        control = proof_layers.guard_control(python, environ, early.tmp)
         helpers_layer = helpercheck.check(python, environ)
+    finally:
+        for running in early.runs.values():
+            proof_run.stop(running)  # any the plan did not name
+        shutil.rmtree(early.tmp, ignore_errors=True)
     static_layer = static.check(package_dir, environ, sys_path)
-    startup_layer = proof_layers.startup_layer(results, seen.strace)
+    startup_layer = proof_layers.startup_layer(results, seen.strace, early.error)
     bytecode_layer = proof_layers.bytecode_layer(results, helpers_layer, package_dir, seen.strace)
     # Read last: opening the stores above imported third-party code into this process too.
     guard_layer = proof_layers.guard_layer(results, guard.violations(), control)
@@ -224,17 +217,24 @@ def prove(
 
 def _run_all(
     items: list[Invocation],
-    tmp: Path,
+    early: proof_early.Early,
     krate: list[str],
     environ: Mapping[str, str],
     seen: Observers,
     package_dir: Path,
 ) -> list[dict[str, Any]]:
-    """Every planned command, in plan order: the base store's writers first, the rest at once."""
+    """Every planned command, in plan order: the base store's writers first, the rest at once.
+
+    A real run started before the lockdown (`early`) is only waited for and read.
+    """
+    tmp = early.tmp
     base = tmp / "base"
 
     def one(pair: tuple[int, Invocation]) -> dict[str, Any]:
         index, item = pair
+        running = early.runs.pop(item.command, None) if item.mode == "real" else None
+        if running is not None:
+            return proof_run.finish(running, seen.strace, package_dir)
         work = tmp / f"c{index}"
         work.mkdir(mode=0o700)
         home = work / "home"

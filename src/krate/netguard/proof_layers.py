@@ -89,8 +89,14 @@ def lockdown_per_command(kernel: Layer, results: list[Row], strace: str | None) 
         kernel["agrees"] = False
 
 
-def startup_layer(results: list[Row], strace: str | None) -> Layer:
-    """No third-party code before any lockdown; nothing started before it outlives it."""
+def startup_layer(results: list[Row], strace: str | None, early: str | None = None) -> Layer:
+    """No third-party code before any lockdown; nothing started before it outlives it.
+
+    Checked only when the real run and build each ran their workload (the file it
+    writes, the store's record) and locked down: a krate whose sandbox failed
+    before the workload started says nothing about a real run. `early` says why
+    the real runs were not started before the prove command's own lockdown.
+    """
     if not strace:
         return {"checked": False, "agrees": False, "why": "needs strace to see what ran when"}
     code, outlived, before_entry = [], [], set()
@@ -106,8 +112,11 @@ def startup_layer(results: list[Row], strace: str | None) -> Layer:
                 "locked_down": s.get("locked_down"),
                 "helpers": s.get("helpers", []),
                 "children_before_lockdown": s.get("children_before_lockdown", []),
+                "workload": r.get("workload") or {"ran": False, "why": "no evidence was read"},
             }
-    exercised = bool(real) and all(v["exit_code"] == 0 and v["locked_down"] for v in real.values())
+    exercised = bool(real) and all(
+        v["exit_code"] == 0 and v["locked_down"] and v["workload"]["ran"] for v in real.values()
+    )
     layer = {
         "checked": exercised,
         "agrees": exercised and not code and not outlived,
@@ -120,9 +129,24 @@ def startup_layer(results: list[Row], strace: str | None) -> Layer:
             "before_entry_point); what a process does without opening a file"
         ),
     }
+    if early:
+        layer["real_runs_started"] = f"during the proof, not before its lockdown ({early})"
     if not exercised:
-        layer["why"] = "the real run and build did not both start and lock down here"
+        why = [
+            f"{name}: {_not_exercised(v)}"
+            for name, v in sorted(real.items())
+            if not (v["exit_code"] == 0 and v["locked_down"] and v["workload"]["ran"])
+        ]
+        layer["why"] = "the real run and build did not both run their workload and lock down" + (
+            f" ({'; '.join(why)})" if why else ""
+        )
     return layer
+
+
+def _not_exercised(run: dict[str, Any]) -> str:
+    if not run["workload"]["ran"]:
+        return run["workload"].get("why") or "its workload did not run"
+    return f"exit {run['exit_code']}, locked down: {run['locked_down']}"
 
 
 def bytecode_layer(

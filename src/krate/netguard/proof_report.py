@@ -117,6 +117,8 @@ def _startup(st: Layer) -> list[str]:
     else:
         text = st.get("why", "")
     out = [f"startup {_status(st):<9}  {text}"]
+    if st.get("real_runs") and not st["checked"] and st.get("why"):
+        out.append(f"{INDENT}not counted: {st['why']}")
     for c in st.get("third_party_while_unlocked", [])[:10]:
         out.append(f"{INDENT}{c['command']}: {c['process']} opened {c['path']}")
     for o in st.get("outlived_lockdown", [])[:10]:

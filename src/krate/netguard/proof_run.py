@@ -3,19 +3,50 @@
 Each command runs as a child process (under strace and in an empty network
 namespace where they exist, or a deny-network Seatbelt profile on macOS); what
 it recorded in its own store and what the observers saw become one JSON row.
+`start` and `finish` are apart so the real runs of run and build can be started
+before the prove command's own lockdown (proof_early.py) and read after it; this
+half loads only krate and the standard library.
 """
 
 from __future__ import annotations
 
 import subprocess
+import tempfile
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any, NamedTuple
 
 from krate.netguard import guard, observer, startup
 
-if TYPE_CHECKING:
-    from krate.netguard.proof import Invocation
+TIMEOUT_S = 120
+
+
+@dataclass
+class Invocation:
+    command: str
+    argv: list[str]
+    mode: str  # "safe", "help", "real", "fast path", "completion"
+    env: dict[str, str] = field(default_factory=dict)
+    expect_lockdown: bool = True
+    note: str | None = None
+    writes_base: bool = False  # runs first, in the store every later command starts from
+    fresh: bool = False  # starts from an empty store (migrations pending)
+    marker: str | None = None  # real runs: the file their workload leaves in its folder
+
+
+class Running(NamedTuple):
+    """A started command: what `finish` needs to wait for it and read what it left."""
+
+    item: Invocation
+    process: subprocess.Popen
+    home: Path
+    cwd: Path
+    log: Path
+    stderr: IO[bytes]
+    before: int
+    deadline: float
 
 
 def child_env(environ: Mapping[str, str], home: Path, extra: Mapping[str, str]) -> dict[str, str]:
@@ -36,37 +67,78 @@ def run_one(
     seatbelt: str | None = None,
     package_dir: Path | None = None,
 ) -> dict[str, Any]:
-    log = str(cwd / "strace.log")
+    running = start(item, krate, environ, home, cwd, strace, bwrap, seatbelt)
+    return finish(running, strace, package_dir)
+
+
+def start(
+    item: Invocation,
+    krate: list[str],
+    environ: Mapping[str, str],
+    home: Path,
+    cwd: Path,
+    strace: str | None,
+    bwrap: str | None,
+    seatbelt: str | None = None,
+) -> Running:
+    """Start one command under the observers; its output goes to files, not pipes left unread."""
+    log = cwd / "strace.log"
     argv = [*krate, *item.argv]
     strings = 512 if item.mode == "real" else 0  # argv names the helpers; no workload data
     cmd = observer.wrap(
-        argv, strace=strace, bwrap=bwrap, log=log, trace=startup.TRACE, strings=strings
+        argv, strace=strace, bwrap=bwrap, log=str(log), trace=startup.TRACE, strings=strings
     )
     if seatbelt:
         cmd = observer.seatbelt_wrap(cmd, seatbelt)
     before = violation_count(home)
     home.parent.mkdir(parents=True, exist_ok=True)
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (finish() reads and closes it)
     try:
-        done = subprocess.run(
+        process = subprocess.Popen(
             cmd,
             env=child_env(environ, home, item.env),
             cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=120,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
-        code, err = done.returncode, done.stderr
+    except BaseException:
+        stderr.close()
+        raise
+    deadline = time.monotonic() + TIMEOUT_S
+    return Running(item, process, home, cwd, log, stderr, before, deadline)
+
+
+def stop(running: Running) -> None:
+    """End a started command nobody will read (the prove command stopped early)."""
+    if running.process.poll() is None:
+        running.process.kill()
+    running.process.wait()
+    running.stderr.close()
+
+
+def finish(running: Running, strace: str | None, package_dir: Path | None = None) -> dict[str, Any]:
+    """Wait for a started command and turn what it left into the proof's row."""
+    item, home = running.item, running.home
+    try:
+        code = running.process.wait(timeout=max(0.0, running.deadline - time.monotonic()))
+        running.stderr.seek(0)
+        err = running.stderr.read().decode("utf-8", errors="replace")
     except subprocess.TimeoutExpired:
-        code, err = None, "timed out after 120 s"
-    recorded = violation_count(home) - before
+        code, err = None, f"timed out after {TIMEOUT_S} s"
+        stop(running)
+    finally:
+        running.stderr.close()
+    recorded = violation_count(home) - running.before
     guard_hits = max(recorded, err.count("krate: refused network access"))
     observed = started = None
     if strace:
         try:
-            text = Path(log).read_text(encoding="utf-8", errors="replace")
+            text = running.log.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
         finally:
-            Path(log).unlink(missing_ok=True)
+            running.log.unlink(missing_ok=True)
         package = str((package_dir or Path(__file__).parent.parent).resolve())
         started = startup.analyse(text, package)
         observed = observer.classify(text, ignore=set(started.pop("sandbox_pids", ())))
@@ -85,19 +157,72 @@ def run_one(
     }
     if item.note:
         result["note"] = item.note
+    if item.marker:
+        result["workload"] = workload_evidence(item, home, running.cwd)
     if code not in (0, None) and item.mode != "help":
         result["stderr_tail"] = err.strip().splitlines()[-1:] if err.strip() else []
     return result
 
 
+def workload_evidence(item: Invocation, home: Path, cwd: Path) -> dict[str, Any]:
+    """Did a real run's workload run? Its marker file, and what the fresh store recorded.
+
+    A krate whose sandbox failed before the workload started may still exit 0; the
+    file the workload itself writes cannot appear without it. The store must agree:
+    the run finished with exit 0 (and the build recorded the marker as its artifact).
+    """
+    marker = bool(item.marker) and (cwd / str(item.marker)).is_file()
+    recorded = recorded_workload(home, item.argv[0], str(item.marker))
+    ran = marker and recorded.get("status") == "finished" and recorded.get("exit_code") == 0
+    if item.argv[0] == "build":
+        ran = ran and recorded.get("build_exit_status") == 0 and recorded.get("artifact", False)
+    evidence: dict[str, Any] = {"ran": ran, "marker": item.marker, "marker_found": marker}
+    evidence["recorded"] = recorded
+    if not ran:
+        evidence["why"] = (
+            f"its workload left no {item.marker!r}" if not marker else "its store disagrees"
+        ) + (f" (recorded: {recorded.get('reason')})" if recorded.get("reason") else "")
+    return evidence
+
+
+def recorded_workload(home: Path, command: str, artifact: str) -> dict[str, Any]:
+    """The newest run (and build) in a proof run's fresh store, or why there is none."""
+    if not (home / "krate.db").exists():
+        return {"status": None, "reason": "no store was written"}
+    from krate.errors import KrateError
+    from krate.paths import Paths
+    from krate.store import artifacts, open_store
+    from krate.store import runs as runs_store
+
+    try:
+        with open_store(Paths(home, home), readonly=True) as store:
+            run = next(iter(runs_store.list_runs(store, 1)), None)
+            if run is None:
+                return {"status": None, "reason": "no run was recorded"}
+            found: dict[str, Any] = {
+                "status": run.status,
+                "exit_code": run.exit_code,
+                "reason": run.reason,
+            }
+            if command == "build":
+                build = artifacts.last_build(store)
+                found["build_exit_status"] = build.exit_status if build else None
+                found["artifact"] = bool(build) and any(
+                    a.name == artifact for a in artifacts.artifacts_of_build(store, build.id)
+                )
+            return found
+    except KrateError as exc:
+        return {"status": None, "reason": str(exc)}
+
+
 def violation_count(home: Path) -> int:
     """guard.violation events in the isolated store (each child records its own)."""
+    if not (home / "krate.db").exists():
+        return 0  # checked first: a real run is started before the lockdown, store code unloaded
     from krate.errors import KrateError
     from krate.paths import Paths
     from krate.store import events, open_store
 
-    if not (home / "krate.db").exists():
-        return 0
     try:
         with open_store(Paths(home, home), readonly=True) as store:
             return len(events.query(store, kind_prefix=guard.EVENT_KIND))
