@@ -43,19 +43,25 @@ def smoke(*args: str, env: dict, user: str | None = None, cwd=None) -> tuple[int
         [sys.executable, str(SCRIPT), *args],
         env=env,
         cwd=cwd,
+        stdin=subprocess.DEVNULL,  # no terminal, whatever pytest was started from
         capture_output=True,
         text=True,
         timeout=600,
         **kw,
     )
+    return out.returncode, table(out.stdout), out.stdout + out.stderr
+
+
+def table(text: str) -> dict:
+    """{probe: (expect, result, detail)} from the script's table."""
     rows = {}
-    for line in out.stdout.splitlines():
+    for line in text.splitlines():
         m = re.match(
             r"^(\S.*?)\s{2,}(allowed|denied|no hang|no secret|exit 0)\s+(\S+)\s*(.*)$", line
         )
         if m:
-            rows[m[1]] = (m[2], m[3], m[4])
-    return out.returncode, rows, out.stdout + out.stderr
+            rows[m[1]] = (m[2], m[3], m[4].rstrip())
+    return rows
 
 
 def test_every_probe_that_linux_can_answer_passes_under_bubblewrap(box):
@@ -70,7 +76,7 @@ def test_every_probe_that_linux_can_answer_passes_under_bubblewrap(box):
         if name in MACOS_ONLY:
             assert result == "skipped" and detail.startswith("macOS only"), (name, text)
         elif name == "tty: stty on your terminal":
-            assert (result, detail) == ("skipped", "no tty"), text  # pytest has no terminal
+            assert result == "skipped" and detail.startswith("no tty"), text  # stdin: /dev/null
         else:
             assert result == "pass", (name, text)
     # Linux keeps no controlling terminal inside (bubblewrap --new-session): it answers at once.
@@ -80,6 +86,43 @@ def test_every_probe_that_linux_can_answer_passes_under_bubblewrap(box):
     assert not list(box.home.glob("krate-smoke-*")), text
     assert sorted(p.name for p in (box.home / ".ssh").iterdir()) == ["id_ed25519"]
     assert box.key.read_text() == SECRET + "\n"
+
+
+def test_with_a_terminal_the_stty_probe_runs_and_linux_answers_at_once(box):
+    """The script itself on a pseudo-terminal, as a maintainer at a terminal runs it."""
+    import pty
+    import pwd
+
+    argv = [sys.executable, str(SCRIPT), "--krate", KRATE]
+    argv += ["--run-arg=--as-root"] if box.as_root else []
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(box.home)
+            if box.user:
+                entry = pwd.getpwnam(box.user)
+                os.setgroups([])
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
+            os.execve(argv[0], argv, box.env())
+        finally:
+            os._exit(127)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the script and everything on its terminal are gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = out.decode(errors="replace").replace("\r", "")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    expect, result, detail = table(text)["tty: stty on your terminal"]
+    assert (expect, result) == ("no hang", "pass"), text
+    assert detail.startswith("answered at once, no terminal inside"), text
 
 
 FAKE_KRATE = """#!/bin/sh
