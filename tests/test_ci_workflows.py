@@ -35,6 +35,7 @@ def test_the_macos_workflow_runs_the_tests_and_the_smoke_on_macos_14_and_15():
     doc = json.loads(out.stdout)
     triggers = doc.get("on", doc.get("true"))  # YAML 1.1 reads a bare `on` key as true
     assert {"push", "pull_request"} <= set(triggers)
+    assert doc["permissions"] == {"contents": "read"}  # the token can change nothing
     (job,) = doc["jobs"].values()
     assert job["strategy"]["matrix"] == {"os": ["macos-14", "macos-15"]}
     assert job["strategy"]["fail-fast"] is False  # one runner's failure does not hide the other's

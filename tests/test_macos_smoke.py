@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import KRATE
+from .conftest import KRATE, wait_for
 from .run_support import SECRET
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "macos-smoke"
@@ -169,3 +169,25 @@ def test_no_krate_is_a_usage_error(tmp_path):
     assert code == 2 and text.strip() == (
         "macos-smoke: no krate executable; run scripts/install or pass --krate"
     )
+
+
+def test_stopped_midway_it_still_removes_what_it_planted(tmp_path):
+    fake = tmp_path / "krate"
+    fake.write_text('#!/bin/sh\n[ "$1" = run ] && exec sleep 600\nexit 0\n')
+    fake.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--krate", str(fake)],
+        env=env,
+        cwd=home,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: list(home.glob(".ssh/krate-smoke-*")), what="the planted secret")
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + 15, out
+    assert os.listdir(home) == [], out
