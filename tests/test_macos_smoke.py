@@ -191,3 +191,59 @@ def test_stopped_midway_it_still_removes_what_it_planted(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + 15, out
     assert os.listdir(home) == [], out
+
+
+def load_script():
+    """The script as a module, to check its macOS verdicts with the answers a Mac would give."""
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    spec = spec_from_loader("macos_smoke", SourceFileLoader("macos_smoke", str(SCRIPT)))
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [
+        ("krate-smoke:procargs read 0, refused 2 (errno 1)", "pass"),  # Seatbelt: EPERM
+        ("krate-smoke:procargs read 1, refused 1 (errno 1)", "FAIL"),  # one was readable
+        ("krate-smoke:procargs read 1 42=MARKER, refused 1 (errno 1)", "FAIL"),
+        ("", "FAIL"),  # the probe did not run
+    ],
+)
+def test_the_macos_verdict_on_procargs(monkeypatch, tmp_path, answer, verdict):
+    mod = load_script()
+    monkeypatch.setattr(mod, "MACOS", True)
+    smoke = mod.Smoke(str(tmp_path / "krate"), [], 5)
+    monkeypatch.setattr(
+        smoke, "py", lambda *a, **k: subprocess.CompletedProcess(a, 0, answer + "\n", "")
+    )
+    smoke.probe_procargs()
+    ((name, expect, result, _),) = smoke.rows
+    assert (name, expect, result) == (
+        "other processes' argv/env (kern.procargs2)",
+        "denied",
+        verdict,
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "output", "verdict"),
+    [
+        (0, "krate-smoke:ready\r\nTOKEN\r\nkrate-smoke:ok line=TOKEN\r\n", "pass"),
+        (2, "krate-smoke:ready\r\nsh: /dev/tty: Device not configured\r\n", "FAIL"),
+        (-1, "krate-smoke:ready\r\n", "FAIL"),  # stopped as a background job: hung
+    ],
+)
+def test_the_macos_verdict_on_reading_the_terminal(monkeypatch, tmp_path, code, output, verdict):
+    mod = load_script()
+    monkeypatch.setattr(mod, "MACOS", True)
+    smoke = mod.Smoke(str(tmp_path / "krate"), [], 5)
+    smoke.ws = tmp_path
+    smoke.token = "TOKEN"
+    monkeypatch.setattr(mod, "_in_pty", lambda *a: (code, output))
+    smoke.probe_tty(own=True)
+    ((_, expect, result, _),) = smoke.rows
+    assert (expect, result) == ("allowed", verdict)
