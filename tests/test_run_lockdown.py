@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import AS_ROOT, KRATE
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads seccomp state from Linux's /proc"
+)
 
 WORKLOAD = (
     "grep '^Seccomp' /proc/self/status | tr '\\n' ' '; echo; "

@@ -102,12 +102,38 @@ class Keychain:
         try:
             return fn(*args)
         except Exception as exc:  # keyring's errors name no secret; we still print only the type
+            if _interaction_not_allowed(exc):
+                raise KrateError(
+                    f"cannot {what} the credentials of {args[1]} in the {self.label}: it is "
+                    "locked, and macOS cannot show its unlock prompt in this session (error "
+                    f"{_NO_UI}: SSH and screen/tmux sessions cannot); run `security "
+                    "unlock-keychain`, then try again"
+                ) from None
             kind = type(exc).__name__
             detail = _first_line(exc, secret=args[-1] if what == "store" else None)
             raise KrateError(
                 f"cannot {what} the credentials of {args[1]} in the {self.label} "
                 f"({kind}{': ' + detail if detail else ''}); {_install_hint(self.name)}"
             ) from None
+
+
+_NO_UI = -25308  # errSecInteractionNotAllowed
+
+
+def _interaction_not_allowed(exc: BaseException | None) -> bool:
+    """True when the Security framework refused to show its unlock prompt (-25308).
+
+    keyring's macOS backend raises its own api.Error(-25308, "Unknown Error") and re-raises
+    it as a KeyringError (or PasswordSetError/PasswordDeleteError) "from" it: the status is
+    in the cause's first argument, and in the message text.
+    """
+    for _ in range(5):
+        if exc is None:
+            return False
+        if (exc.args[:1] == (_NO_UI,)) or str(_NO_UI) in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _first_line(exc: BaseException, secret: str | None) -> str:
