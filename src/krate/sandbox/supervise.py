@@ -105,13 +105,10 @@ def find_command(
 
 
 def process_identity(pid: int) -> str | None:
-    """Something that changes when `pid` is reused: the start time from /proc (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode(errors="replace")
-        return text.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    """Something that changes when `pid` is reused: its start time (procstart.py, any platform)."""
+    from krate.sandbox import procstart
+
+    return procstart.identity(pid)
 
 
 def alive(pid: int | None, identity: str | None) -> bool:
