@@ -5,7 +5,8 @@ code from DESIGN.md; a traceback appears only for bugs, and only with KRATE_DEBU
 
 When krate runs as a program, the network guard is installed and the kernel
 lockdown applied here, before typer or any third-party package is imported.
-login and push start their registry transport first; run and build (parsed
+login and push start their registry transport first, doctor its sandbox test
+command (macOS refuses a sandbox inside the lockdown's own); run and build (parsed
 without Typer, cli/fastrun.py) start their sandbox and egress proxy first and
 then call `krate.netguard.lockdown.apply()` themselves, and until then only krate
 and the standard library can be imported (`lockdown.hold_imports()`). `main(argv)`
@@ -20,6 +21,10 @@ import os
 import sys
 
 from krate import __version__
+
+# Commands that start a sandbox of their own before locking down (not a network purpose:
+# the sandbox cannot be started inside the macOS lockdown, which is a Seatbelt profile).
+EARLY_SANDBOX = ("doctor",)
 
 
 def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
@@ -49,7 +54,10 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
 def _protect(args: list[str]) -> bool:
     """Guard always; lockdown before any third-party import, after the unlocked children.
 
-    login/push: the registry transport starts here, then the lockdown. run/build
+    login/push: the registry transport starts here, then the lockdown. doctor: its
+    sandbox test command starts here (krate and the standard library only), then
+    the lockdown; on macOS the lockdown is a Seatbelt profile, inside which
+    sandbox-exec is refused. run/build
     that cli/fastrun.py parsed: third-party imports are held until the command has
     started its sandbox and proxy and locked down (returns True). Anything else:
     locked down now.
@@ -69,6 +77,11 @@ def _protect(args: list[str]) -> bool:
         from krate.cli.common import start_transport
 
         start_transport()  # standard library only; the command takes it over
+    elif not completing and _starts_children(args, EARLY_SANDBOX) is not None:
+        lockdown.hold_imports()  # until apply(): krate and the standard library only
+        from krate import doctor
+
+        doctor.start_early(os.environ.get("PATH"))  # the command takes it over
     lockdown.apply()
     return False
 
