@@ -21,6 +21,7 @@ process-group and signal behaviour.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -232,3 +233,28 @@ def test_a_refused_rlimit_in_the_launcher_child_is_a_one_line_125(tmp_path, monk
         launcher.release()
     assert failed.value.exit_code == 125 and "\n" not in str(failed.value)
     assert "limits" in str(failed.value) and not (tmp_path / "acted").exists()
+
+
+def test_the_launcher_leaves_argv_and_environment_exactly_as_given(seatbelt, tmp_path, capfd):
+    """The workload gets its argv and environment unchanged: no LC_CTYPE from Python's
+    locale coercion (PEP 538), no SHLVL, PWD or `_` (what a shell launcher would add)."""
+    exact = seatbelt.executable + "-exact"  # the stand-in without sh's own PWD
+    Path(exact).write_text('#!/bin/sh\nshift 3\nexec env -u PWD "$@"\n')
+    Path(exact).chmod(0o755)
+    exact_backend = backend.named("seatbelt", exact)
+
+    def output(argv: tuple[str, ...], env: dict[str, str]) -> str:
+        spec = build(argv=argv, cwd=tmp_path, workspace=tmp_path, allow_write=(), read_only=(),
+                     deny_read=(), env=env)  # fmt: skip
+        capfd.readouterr()
+        with exact_backend.open(spec, run_id="r2", data_dir=tmp_path / "data") as sandbox:
+            sandbox.start(None)
+            sandbox.release()
+            assert sandbox.wait().exit_code == 0
+        return capfd.readouterr().out
+
+    printf = shutil.which("printf")
+    assert output((printf, "[%s]\\n", "two words", ""), {}) == "[two words]\n[]\n"
+    for env in ({"PATH": os.defpath, "KEEP": "x y"}, {"PATH": os.defpath, "LC_CTYPE": "C"}):
+        seen = dict(line.split("=", 1) for line in output(("/usr/bin/env",), env).splitlines())
+        assert seen == {**env, "TMPDIR": seen["TMPDIR"]}

@@ -14,7 +14,8 @@ taking the workload's stderr (and its terminal) away, so sandbox-exec does not r
 the workload directly: it runs `LAUNCHER`, a few lines of standard-library Python
 (`python -I -S`, krate's own interpreter), inside the profile. The launcher sets
 the run's rlimits, writes "1" on a pipe krate passes it, closes that pipe and
-executes the workload (same process, same argv and environment). After the exit
+executes the workload (same process, same argv and environment: it undoes the
+LC_CTYPE that Python's start-up sets for a C locale). After the exit
 krate reads the pipe: "1" means the workload ran and its status is krate's; nothing
 means sandbox-exec (or the interpreter) failed first: 125, with a one-line reason;
 "E..." is a limit the system refused: 125 naming that limit. The cost is the
@@ -54,10 +55,16 @@ CAPABILITIES = Capabilities(
     memory="rlimit", kernel=False, run_as_owner=False, network=LOOPBACK, relay_threads=False
 )
 
-# argv: -c FD LIMITS COMMAND...; LIMITS is "which:soft:hard,..." (may be empty).
+# argv: -c FD LIMITS CTYPE COMMAND...; LIMITS is "which:soft:hard,..." (may be empty);
+# CTYPE is "=" + the workload's LC_CTYPE, or "" when it has none: Python's start-up may
+# coerce a C locale by setting LC_CTYPE (PEP 538), which the workload must not inherit.
 LAUNCHER = """\
 import os, sys
 fd = int(sys.argv[1])
+if sys.argv[3]:
+    os.environ["LC_CTYPE"] = sys.argv[3][1:]
+else:
+    os.environ.pop("LC_CTYPE", None)
 for item in filter(None, sys.argv[2].split(",")):
     which, soft, hard = (int(x) for x in item.split(":"))
     try:
@@ -72,7 +79,7 @@ for item in filter(None, sys.argv[2].split(",")):
         sys.exit(125)
 os.write(fd, b"1")
 os.close(fd)
-argv = sys.argv[3:]
+argv = sys.argv[4:]
 try:
     os.execvp(argv[0], argv)
 except OSError as exc:
@@ -147,7 +154,9 @@ class SeatbeltLauncher(Launcher):
         self.status = read
         fds.append(write)
         pairs = ",".join(f"{which}:{soft}:{hard}" for which, soft, hard in self.pairs)
-        launcher = [self.python, "-I", "-S", "-c", LAUNCHER, str(write), pairs]
+        ctype = self.env.get("LC_CTYPE")
+        ctype_arg = "" if ctype is None else "=" + ctype
+        launcher = [self.python, "-I", "-S", "-c", LAUNCHER, str(write), pairs, ctype_arg]
         return [self.exe, "-p", self.profile, "--", *launcher, *self.spec.argv]
 
     def _read_status(self) -> bytes:
