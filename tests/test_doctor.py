@@ -252,14 +252,17 @@ LOCKED_TRIAL = (
     "state = lockdown.apply()\n"
     "print(json.dumps([state['applied'], doctor._trial('bubblewrap', shutil.which('bwrap'))]))\n"
 )
+def _filters(text: str) -> tuple[int, int]:
+    fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+    return int(fields["Seccomp_filters"]), int(fields["NoNewPrivs"])
 
 
 @needs_bwrap
 @pytest.mark.parametrize("who", ["root", "user"])
 def test_doctor_sandbox_trial_works_inside_doctors_own_lockdown(who, ordinary_user, user_tmp):
-    """`krate doctor` locks down at entry, then runs its sandboxed trial: unlike a run with the
-    egress proxy (whose bridge needs a loopback IP socket), the trial needs no IP socket, so
-    the lockdown it inherits cannot silently break it. Checked for real, both ways."""
+    """A trial started inside a lockdown (doctor's fallback when its early start failed) still
+    works: unlike a run with the egress proxy (whose bridge needs a loopback IP socket), the
+    trial needs no IP socket. Checked for real, both ways."""
     if who == "user" and ordinary_user is None:
         pytest.skip("the ordinary-user variant needs root to create the user")
     user = ordinary_user if who == "user" else None
@@ -294,3 +297,41 @@ def test_doctor_sandbox_trial_starts_no_egress_bridge(monkeypatch):
     monkeypatch.setattr(bwrap, "command", spy)
     assert doctor._trial("bubblewrap", BWRAP) is None
     assert [spec.network for spec in seen] == ["none"]
+def test_doctors_sandbox_test_is_started_before_doctor_locks_itself_down(
+    who, ordinary_user, user_tmp
+):
+    """The test command's sandbox is not born inside doctor's own lockdown.
+
+    On macOS the lockdown is a Seatbelt profile and sandbox-exec inside it is refused
+    (`forbidden-sandbox-reinit`); here a `bwrap` planted first on PATH records its own
+    seccomp state and hands over to the real one, and a planted `true` (run by the
+    memory check after the lockdown) shows that doctor did lock down. It does not
+    cover macOS itself: that sandbox-exec started before `sandbox_init` then works.
+    """
+    if who == "user" and ordinary_user is None:
+        pytest.skip("needs root to run as the ordinary user")
+    user = ordinary_user if who == "user" else None
+    planted = user_tmp / "bin"
+    planted.mkdir()
+    for name, real in (("bwrap", BWRAP), ("true", shutil.which("true"))):
+        wrapper = planted / name
+        wrapper.write_text(f'#!/bin/sh\ncat /proc/self/status > {user_tmp}/{name}.status\n'
+                           f'exec {real} "$@"\n')  # fmt: skip
+        wrapper.chmod(0o755)
+    if user:
+        from tests.conftest import chown_tree
+
+        chown_tree(user_tmp, user)
+    env = {"PATH": f"{planted}:{os.environ['PATH']}", "KRATE_HOME": str(user_tmp / "k"),
+           "HOME": str(user_tmp)}  # fmt: skip
+    done = run_krate("doctor", "--json", env=env, user=user)
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["sandbox"]["status"] == "ok", checks["sandbox"]
+    with open("/proc/self/status") as f:
+        base = _filters(f.read())
+    assert _filters((user_tmp / "bwrap.status").read_text()) == base  # born before the lockdown
+    late = user_tmp / "true.status"
+    assert late.exists() == (checks["memory limits"]["status"] == "ok")
+    if late.exists():  # the memory check ran `true` after it: inside the lockdown
+        filters, no_new_privs = _filters(late.read_text())
+        assert filters > base[0] and no_new_privs == 1

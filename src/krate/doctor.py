@@ -63,12 +63,13 @@ def diagnose(
     platform: str = sys.platform,
     keyring_write_test: bool = False,
     proc: Path = Path("/proc"),
+    trial: Trial | None = None,
 ) -> Report:
-    """Every check, in the order a user would fix them."""
+    """Every check, in the order a user would fix them (`trial`: started at entry)."""
     database = check_database(paths)
     return Report(
         (
-            check_sandbox(path_env, platform, proc),
+            check_sandbox(path_env, platform, proc, trial=trial),
             check_memory_limits(platform, proc),
             database,
             check_chain(paths, database_ok=database.status != FAIL),
@@ -82,8 +83,13 @@ def diagnose(
 # ---------------------------------------------------------------- sandbox
 
 
-def check_sandbox(path_env: str | None, platform: str, proc: Path = Path("/proc")) -> Check:
-    """The backend is installed and really runs a command in a sandbox."""
+def check_sandbox(
+    path_env: str | None, platform: str, proc: Path = Path("/proc"), *, trial: Trial | None = None
+) -> Check:
+    """The backend is installed and really runs a command in a sandbox.
+
+    `trial`: the test command started at entry (before the lockdown), if any.
+    """
     from krate.sandbox.detect import detect
 
     found = detect(path=path_env, platform=platform)
@@ -96,7 +102,7 @@ def check_sandbox(path_env: str | None, platform: str, proc: Path = Path("/proc"
             else ("sandbox-exec was not found")
         )
         return Check("sandbox", FAIL, f"{what}: `krate run` cannot isolate", found.install_hint)
-    error = _trial(found.backend, found.executable)
+    error = _trial(found.backend, found.executable, trial)
     if error is None:
         return Check(
             "sandbox", OK, f"{found.backend} ({found.executable}) ran a test command in a sandbox"
@@ -163,12 +169,24 @@ def check_memory_limits(platform: str, proc: Path = Path("/proc")) -> Check:
     return Check(name, OK, f"limits.memory_mb is enforced by a per-run {place.describe()}")
 
 
-def _trial(backend: str, executable: str) -> str | None:
-    """Run `echo` in the real backend with an empty workspace; None when it worked."""
-    from krate.sandbox import spec as spec_mod
+class Trial:
+    """`echo` in the real backend with an empty workspace, started now, judged by `result()`.
 
-    with tempfile.TemporaryDirectory(prefix="krate-doctor-") as scratch:
-        workspace = Path(scratch) / "workspace"
+    `krate doctor` starts it at entry, before its own network lockdown (cli/main.py,
+    `start_early`): on macOS that lockdown is itself a Seatbelt profile, and macOS
+    refuses a sandbox inside a sandbox (`forbidden-sandbox-reinit`), so a test
+    command started after it would always fail there. Only krate and the standard
+    library run before the lockdown; the child is the sandbox and a shell in it.
+    """
+
+    def __init__(self, backend: str, executable: str) -> None:
+        from krate.sandbox import spec as spec_mod
+
+        self.backend, self.executable = backend, executable
+        self.proc: subprocess.Popen | None = None
+        self.error: str | None = None
+        self.scratch = tempfile.TemporaryDirectory(prefix="krate-doctor-")
+        workspace = Path(self.scratch.name) / "workspace"
         workspace.mkdir()
         spec = spec_mod.build(
             argv=["/bin/sh", "-c", f"echo {TRIAL_MARKER}"],
@@ -180,37 +198,82 @@ def _trial(backend: str, executable: str) -> str | None:
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
         )
         fds: list[int] = []
-        if backend == "bubblewrap":
-            from krate.sandbox import bwrap
-
-            argv = bwrap.command(spec, executable, fds=fds)
-        else:
-            from krate.sandbox import seatbelt
-
-            tmp = Path(scratch) / "tmp"
-            tmp.mkdir(mode=0o700)
-            argv = seatbelt.command(seatbelt.with_tmpdir(spec, tmp), executable)
         try:
-            done = subprocess.run(
+            if backend == "bubblewrap":
+                from krate.sandbox import bwrap
+
+                argv = bwrap.command(spec, executable, fds=fds)
+            else:
+                from krate.sandbox import seatbelt
+
+                tmp = Path(self.scratch.name) / "tmp"
+                tmp.mkdir(mode=0o700)
+                argv = seatbelt.command(seatbelt.with_tmpdir(spec, tmp), executable)
+            self.proc = subprocess.Popen(
                 argv,
                 env=dict(spec.env),
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=TRIAL_TIMEOUT_S,
                 pass_fds=fds,
+                cwd=workspace,
             )
-        except subprocess.TimeoutExpired:
-            return f"no answer within {TRIAL_TIMEOUT_S} s"
-        except OSError as exc:
-            return exc.strerror or str(exc)
+        except (OSError, ValueError) as exc:
+            self.error = getattr(exc, "strerror", None) or str(exc)
         finally:
             for fd in fds:
                 os.close(fd)
-    if done.returncode == 0 and TRIAL_MARKER in done.stdout:
-        return None
-    said = done.stderr.strip().splitlines()
-    return said[-1][:200] if said else f"exit status {done.returncode}"
+
+    def result(self) -> str | None:
+        """None when the test command ran in the sandbox; else why not (one line)."""
+        try:
+            if self.proc is None:
+                return self.error or "it did not start"
+            try:
+                out, err = self.proc.communicate(timeout=TRIAL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+                return f"no answer within {TRIAL_TIMEOUT_S} s"
+        finally:
+            self.scratch.cleanup()
+        if self.proc.returncode == 0 and TRIAL_MARKER in out:
+            return None
+        said = err.strip().splitlines()
+        return said[-1][:200] if said else f"exit status {self.proc.returncode}"
+
+
+_early: Trial | None = None  # started by cli/main.py before the lockdown, taken by diagnose
+
+
+def start_early(path_env: str | None, platform: str = sys.platform) -> None:
+    """Start the sandbox test now, before `krate doctor` locks itself down; never raises."""
+    global _early
+    from krate.sandbox.detect import detect
+
+    try:
+        found = detect(path=path_env, platform=platform)
+        if found.available and found.executable is not None:
+            _early = Trial(found.backend, found.executable)
+    except Exception:  # the check then starts its own and reports what fails
+        _early = None
+
+
+def take_early() -> Trial | None:
+    """The test started at entry (once), or None (the in-process entry, --help)."""
+    global _early
+    trial, _early = _early, None
+    return trial
+
+
+def _trial(backend: str, executable: str, early: Trial | None = None) -> str | None:
+    """Run `echo` in the real backend with an empty workspace; None when it worked."""
+    if early is None or (early.backend, early.executable) != (backend, executable):
+        if early is not None:
+            early.result()  # not this backend's: wait for it and clean up
+        early = Trial(backend, executable)
+    return early.result()
 
 
 def userns_blockers(proc: Path) -> list[tuple[str, str]]:

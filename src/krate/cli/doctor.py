@@ -29,7 +29,7 @@ def doctor(
     from datetime import UTC, datetime
 
     from krate import render
-    from krate.doctor import FAIL, WARN, diagnose
+    from krate.doctor import FAIL, WARN, diagnose, take_early
     from krate.registry.keychain import backend_name
 
     report = diagnose(
@@ -38,6 +38,7 @@ def doctor(
         keyring_backend=backend_name(os.environ),
         now=datetime.now(UTC),
         keyring_write_test=keyring_write_test,
+        trial=take_early(),  # started before the lockdown (cli/main.py)
     )
     if json_:
         render.print_json(report.to_dict())

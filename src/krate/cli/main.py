@@ -5,7 +5,8 @@ code from DESIGN.md; a traceback appears only for bugs, and only with KRATE_DEBU
 
 When krate runs as a program, the network guard is installed and the kernel
 lockdown applied here, before typer or any third-party package is imported.
-login and push start their registry transport first; run and build (parsed
+login and push start their registry transport first, doctor its sandbox test
+command (macOS refuses a sandbox inside the lockdown's own); run and build (parsed
 without Typer, cli/fastrun.py) start their sandbox and egress proxy first and
 then call `krate.netguard.lockdown.apply()` themselves, and until then only krate
 and the standard library can be imported (`lockdown.hold_imports()`).
@@ -22,6 +23,10 @@ import os
 import sys
 
 from krate import __version__
+
+# Commands that start a sandbox of their own before locking down (not a network purpose:
+# the sandbox cannot be started inside the macOS lockdown, which is a Seatbelt profile).
+EARLY_SANDBOX = ("doctor",)
 
 
 def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
@@ -51,7 +56,11 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
 def _protect(args: list[str]) -> bool:
     """Guard always; lockdown before any third-party import, after the unlocked children.
 
-    login/push: the registry transport starts here, then the lockdown. run/build
+    login/push: the registry transport starts here, then the lockdown. doctor: its
+    sandbox test command starts here (krate and the standard library only), then
+    the lockdown; on macOS the lockdown is a Seatbelt profile, inside which
+    sandbox-exec is refused. audit network --prove: its real runs of run and build
+    start here, then the lockdown (netguard/proof_early.py). run/build
     that cli/fastrun.py parsed: third-party imports are held until the command has
     started its sandbox and proxy and locked down (returns True). Anything else:
     locked down now.
@@ -78,6 +87,11 @@ def _protect(args: list[str]) -> bool:
         from krate.netguard import proof_early
 
         proof_early.start(os.environ)
+    elif not completing and _starts_children(args, EARLY_SANDBOX) is not None:
+        lockdown.hold_imports()  # until apply(): krate and the standard library only
+        from krate import doctor
+
+        doctor.start_early(os.environ.get("PATH"))  # the command takes it over
     lockdown.apply()
     return False
 

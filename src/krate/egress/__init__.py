@@ -145,6 +145,9 @@ class EgressSession:
     """One run's proxy: its process, socket folder, recorder and, once closed, its summary."""
 
     tcp_port: int | None = None  # VIA_LOOPBACK: the proxy's port
+    # VIA_LOOPBACK: host-loopback ports the policy names (`127.0.0.1:5432`); without a
+    # bridge to forward them the workload connects to them directly (SandboxSpec.loopback_ports)
+    direct_ports: tuple[int, ...] = ()
     summary: Summary | None = None
     start_errors: str = ""
     stopped_early: bool = False  # closed before the proxy was up: nothing can have used it
@@ -260,7 +263,8 @@ class EgressSession:
         """The sandbox spec with this session wired in: bridge first, proxy env, socket mount.
 
         Behind the bridge the workload is held (`gate`): the sandbox may start while
-        krate records the run, and the workload runs only once released.
+        krate records the run, and the workload runs only once released. On a loopback
+        port the policy's loopback ports become the spec's `loopback_ports`.
         """
         from krate.sandbox.spec import Bind
 
@@ -274,6 +278,7 @@ class EgressSession:
             extra_binds=tuple(spec.extra_binds) + binds,
             pass_fds=(*spec.pass_fds, *(() if self.go_read is None else (self.go_read,))),
             network="proxy",
+            loopback_ports=tuple(sorted({*spec.loopback_ports, *self.direct_ports})),
         )
 
     def check(self) -> None:
@@ -453,6 +458,7 @@ def start_for_run(
     # so the sandbox starts while the proxy does; `check()` reports a proxy that never came
     # up. On a loopback port the workload needs the proxy's port first.
     if loopback:
+        session.direct_ports = tuple(sorted({port for _host, port in loopback_forwards(rules)}))
         session.require_ready()
         session.tcp_port = int(recorder.ready_line["port"])
     return session

@@ -167,8 +167,15 @@ class Observers(NamedTuple):
         return cls(
             observer.find_strace() if linux else None,
             observer.find_bwrap() if linux else None,
-            shutil.which("sandbox-exec") if sys.platform == "darwin" else None,
+            _sandbox_exec() if sys.platform == "darwin" else None,
         )
+
+
+def _sandbox_exec() -> str | None:
+    """/usr/bin/sandbox-exec, never one found on PATH."""
+    from krate.sandbox.seatbelt import SANDBOX_EXEC
+
+    return SANDBOX_EXEC if os.access(SANDBOX_EXEC, os.X_OK) else None
 
 
 def prove(

@@ -1,11 +1,14 @@
 """Which sandbox backend this platform uses, and whether it is installed.
 
 Cheap on purpose (no subprocess): `krate info` calls it; `krate doctor` runs a
-real sandboxed command to check that the backend works.
+real sandboxed command to check that the backend works. On macOS only
+`/usr/bin/sandbox-exec` is used, never one found on PATH (a planted `sandbox-exec`
+earlier on PATH would otherwise run every workload unconfined).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from typing import NamedTuple
@@ -23,9 +26,9 @@ class Backend(NamedTuple):
 
 def detect(path: str | None = None, platform: str = sys.platform) -> Backend:
     if platform == "darwin":
-        exe = shutil.which("sandbox-exec", path=path) or (
-            "/usr/bin/sandbox-exec" if shutil.which("/usr/bin/sandbox-exec") else None
-        )
+        from krate.sandbox.seatbelt import SANDBOX_EXEC
+
+        exe = SANDBOX_EXEC if os.access(SANDBOX_EXEC, os.X_OK) else None
         return Backend("seatbelt", exe is not None, exe, "sandbox-exec ships with macOS")
     if platform.startswith("linux"):
         exe = shutil.which("bwrap", path=path)

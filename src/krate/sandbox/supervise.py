@@ -105,13 +105,10 @@ def find_command(
 
 
 def process_identity(pid: int) -> str | None:
-    """Something that changes when `pid` is reused: the start time from /proc (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode(errors="replace")
-        return text.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    """Something that changes when `pid` is reused: its start time (procstart.py, any platform)."""
+    from krate.sandbox import procstart
+
+    return procstart.identity(pid)
 
 
 def alive(pid: int | None, identity: str | None) -> bool:
@@ -232,6 +229,8 @@ class Launcher:
     still need root, e.g. to join the run's memory cgroup).
     """
 
+    cwd: str | None = None  # the folder the sandbox process starts in (None: krate's)
+
     def __init__(
         self,
         env: dict[str, str],
@@ -351,11 +350,18 @@ class Launcher:
             argv = self.command(fds)
             self.proc = subprocess.Popen(
                 argv, env=self.env, pass_fds=tuple(fds), process_group=0,
-                preexec_fn=self.preexec, close_fds=True,
+                preexec_fn=self.preexec, close_fds=True, cwd=self.cwd,
             )  # fmt: skip
         except OSError as exc:
             raise KrateError(
                 f"cannot start the sandbox ({argv[0]}): {exc.strerror or exc}",
+                exit_code=EXIT_KRATE_FAILED,
+            ) from exc
+        except subprocess.SubprocessError as exc:  # preexec_fn raised in the child
+            raise KrateError(
+                f"cannot start the sandbox ({argv[0]}): setting its limits or identity failed "
+                "in the child before it started (limits.cpu_seconds or limits.memory_mb refused "
+                "by the system, the memory cgroup, or the workspace owner's ids)",
                 exit_code=EXIT_KRATE_FAILED,
             ) from exc
         finally:
