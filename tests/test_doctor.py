@@ -252,6 +252,8 @@ LOCKED_TRIAL = (
     "state = lockdown.apply()\n"
     "print(json.dumps([state['applied'], doctor._trial('bubblewrap', shutil.which('bwrap'))]))\n"
 )
+
+
 def _filters(text: str) -> tuple[int, int]:
     fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
     return int(fields["Seccomp_filters"]), int(fields["NoNewPrivs"])
@@ -297,6 +299,10 @@ def test_doctor_sandbox_trial_starts_no_egress_bridge(monkeypatch):
     monkeypatch.setattr(bwrap, "command", spy)
     assert doctor._trial("bubblewrap", BWRAP) is None
     assert [spec.network for spec in seen] == ["none"]
+
+
+@needs_bwrap
+@pytest.mark.parametrize("who", ["root", "user"])
 def test_doctors_sandbox_test_is_started_before_doctor_locks_itself_down(
     who, ordinary_user, user_tmp
 ):
