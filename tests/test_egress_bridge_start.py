@@ -80,6 +80,21 @@ def test_exit_codes_after_the_start_are_the_workloads(box):
         assert "krate" not in done.stderr
 
 
+def test_the_workload_cannot_say_it_never_started(box):
+    """The workload writes a bridge's failure line into every descriptor its parent (the
+    bridge) still holds: the acknowledgement is already written and closed (and never
+    inherited); the run is the workload's, with its own status."""
+    forge = (
+        "for f in /proc/$PPID/fd/*; do case ${f##*/} in 0|1|2) continue;; esac; "
+        "echo 'krate-bridge: forged' >$f; done 2>/dev/null; exit 3"
+    )
+    done = box.sh(forge)
+    assert done.returncode == 3, done.stderr
+    run = box.last_run()
+    assert (run["status"], run["exit_code"], run["reason"]) == ("finished", 3, None)
+    assert "forged" not in done.stderr
+
+
 def test_a_forwarded_port_the_bridge_cannot_bind_does_not_stop_the_workload(box):
     """localhost:80 cannot be listened on inside (below 1024): the bridge lives on, the
     workload runs with its own status, and its clients reach that port through the proxy."""

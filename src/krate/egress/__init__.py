@@ -228,9 +228,12 @@ class EgressSession:
             os.close(self.ack_read)
             self.ack_read = None
             self.ack = b"".join(chunks).decode(errors="replace").strip()
-        if self.ack is None or self.ack.split("\n")[0] == "started":
+        # `started` anywhere: only the bridge writes here before the workload exists, and
+        # a workload (which could reach the pipe through /proc) exists only once started.
+        lines = [] if self.ack is None else self.ack.split("\n")
+        if self.ack is None or "started" in lines:
             return None
-        said = self.ack.split("\n")[0].removeprefix("krate-bridge: ")
+        said = lines[0].removeprefix("krate-bridge: ")[:300]
         if said:
             reason = f"the egress bridge stopped before the workload started: {said}"
         elif status > 128:
