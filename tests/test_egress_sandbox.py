@@ -330,13 +330,14 @@ def test_a_held_bridge_runs_the_workload_only_when_released(tmp_path, paths):
     results = []
     for go in (True, False):
         session = start_for_run(policy(tmp_path, "localhost:9"), f"held{int(go)}", paths)
-        gate = session.hold()
+        session.hold()
         argv = sandbox_argv(session, ["sh", "-c", f"touch {marker}; exit 5"])
         at = argv.index("--")  # after `--tmpfs /tmp`, which would hide it
         argv[at:at] = ["--bind", str(tmp_path), str(tmp_path)]
         try:
-            proc = subprocess.Popen(argv, env=env, pass_fds=(gate,))
-            os.close(gate)
+            proc = subprocess.Popen(argv, env=env, pass_fds=session.held_fds())
+            for fd in session.held_fds():
+                os.close(fd)
             json_child_pid(proc.pid)  # the sandbox is set up: its bridge is running
             time.sleep(1.0)  # the thing under test: a held bridge does nothing meanwhile
             assert proc.poll() is None and not marker.exists()  # set up, and waiting

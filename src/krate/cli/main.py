@@ -221,10 +221,16 @@ def _dispatch(args: list[str]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return 130
-    except BrokenPipeError:
-        # The reader went away (`krate audit list | head`): not an error of ours.
-        _silence_stdout()
-        return 0
+    except BrokenPipeError as exc:
+        if _stdout_gone():
+            # The reader went away (`krate audit list | head`): not an error of ours.
+            _silence_stdout()
+            return 0
+        # One of krate's own pipes (to a helper it started): a failure, never a quiet 0.
+        if os.environ.get("KRATE_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set KRATE_DEBUG=1 for the traceback)")
+        return _failed(args, 1)
     except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         # A file or folder the user named (or KRATE_HOME) that cannot be used as it is.
         if os.environ.get("KRATE_DEBUG"):
@@ -280,6 +286,24 @@ def _settle_deletions() -> None:
 
 def _fail(message: str) -> None:
     sys.stderr.write(f"krate: {message}\n")
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has closed it (POLLERR/POLLHUP)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # errors and hang-ups are always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _silence_stdout() -> None:

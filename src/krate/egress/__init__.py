@@ -8,6 +8,7 @@ Egress contributes a spec change and a gate, nothing else:
     session.apply(spec)   the spec wired to the proxy: bridge first, proxy env, socket mount
     session.gate          what holds the workload until the run is recorded (the bridge), or None
     session.release(go)   the gate: let the held workload start, or make the bridge exit
+    session.unstarted(s)  after the sandbox exited: why the bridge never started the workload
     session.close()       stop the proxy, record every decision, return counts
     session.check()       KrateError when the proxy never came up although the workload ran
 
@@ -175,6 +176,9 @@ class EgressSession:
         self.network = network
         self.go_read: int | None = None  # the bridge's end of the hold (see hold())
         self.go_write: int | None = None
+        self.ack_read: int | None = None  # the bridge says here whether it started CMD
+        self.ack_write: int | None = None
+        self.ack: str | None = None  # what it said, once read (see unstarted())
 
     def hold(self) -> int:
         """Make the bridge wait for `release()` before it starts the workload.
@@ -188,18 +192,64 @@ class EgressSession:
             raise ValueError("only the bridge can hold the workload")
         if self.go_read is None:
             self.go_read, self.go_write = os.pipe()
+            self.ack_read, self.ack_write = os.pipe()
+            os.set_blocking(self.ack_read, False)
         return self.go_read
 
+    def held_fds(self) -> tuple[int, ...]:
+        """What the sandbox inherits for the hold: the go pipe's and the ack pipe's ends."""
+        if self.go_read is None or self.ack_write is None:
+            return ()
+        return (self.go_read, self.ack_write)
+
     def release(self, go: bool = True) -> None:
-        """Let the held workload start (`go`), or make the bridge exit without it."""
+        """Let the held workload start (`go`), or make the bridge exit without it.
+
+        A bridge that already died cannot take the go-ahead: that is no error here
+        (no broken pipe reaches the CLI); `unstarted()` reports it once the sandbox exited.
+        """
         if self.go_write is None:
             return
         try:
             if go:
                 os.write(self.go_write, b"1")
+        except OSError:  # BrokenPipeError: the bridge is gone, the workload never ran
+            pass
         finally:
             os.close(self.go_write)
             self.go_write = None
+
+    def unstarted(self, status: int) -> tuple[int, str] | None:
+        """After the sandbox exited with the bridge's `status`: None when the bridge
+        started the workload (its status is the workload's), else (exit code, reason):
+        125, or 126/127 when the command could not be executed."""
+        if self.ack is None and self.ack_read is not None:
+            chunks = []
+            with contextlib.suppress(OSError):  # BlockingIOError: nothing was written
+                while chunk := os.read(self.ack_read, 4096):
+                    chunks.append(chunk)
+            os.close(self.ack_read)
+            self.ack_read = None
+            self.ack = b"".join(chunks).decode(errors="replace").strip()
+        # `started` anywhere: only the bridge writes here before the workload exists, and
+        # a workload (which could reach the pipe through /proc) exists only once started.
+        lines = [] if self.ack is None else self.ack.split("\n")
+        if self.ack is None or "started" in lines:
+            return None
+        said = lines[0].removeprefix("krate-bridge: ")[:300]
+        if said:
+            reason = f"the egress bridge stopped before the workload started: {said}"
+        elif status > 128:
+            import signal
+
+            try:
+                name = signal.Signals(status - 128).name
+            except ValueError:
+                name = f"signal {status - 128}"
+            reason = f"the egress bridge was killed by {name} before the workload started"
+        else:
+            reason = f"the egress bridge exited {status} before the workload started"
+        return (status if said and status in (126, 127) else EXIT_KRATE_FAILED), reason
 
     @property
     def socket_path(self) -> Path:
@@ -237,7 +287,7 @@ class EgressSession:
             return list(argv)
         forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
         if self.go_read is not None:
-            forwards += ["--go", str(self.go_read)]
+            forwards += ["--go", str(self.go_read), "--ack", str(self.ack_write)]
         return [
             self.python,
             "-I",
@@ -276,7 +326,7 @@ class EgressSession:
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},
             extra_binds=tuple(spec.extra_binds) + binds,
-            pass_fds=(*spec.pass_fds, *(() if self.go_read is None else (self.go_read,))),
+            pass_fds=(*spec.pass_fds, *self.held_fds()),
             network="proxy",
             loopback_ports=tuple(sorted({*spec.loopback_ports, *self.direct_ports})),
         )
@@ -308,6 +358,9 @@ class EgressSession:
         if self.summary is not None:
             return self.summary
         self.release(go=False)  # a bridge still waiting exits without the workload
+        if self.ack_read is not None:  # never read: the sandbox did not run to its end
+            os.close(self.ack_read)
+            self.ack_read = None
         if self.recorder.ready_line is None and self.process.poll() is None:
             # The sandbox is gone and the proxy never listened: no connection went through
             # it, so there is nothing to wait for (a quick `krate run -- true`).

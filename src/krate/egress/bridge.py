@@ -9,6 +9,13 @@ Unix socket (SCM_RIGHTS): the proxy decides, records and relays it, so bytes
 are copied once. Then it runs CMD, passes signals on, and exits with CMD's
 status (128+N when CMD was killed by signal N).
 
+krate must know whether CMD ran, not guess it from the bridge's status (a bridge
+that dies exits 1, like many workloads): once `posix_spawnp` returned, the bridge
+writes `started` on the `--ack` descriptor; if it stops before that it writes one
+line `krate-bridge: <reason>` there instead (not on stderr, which is the
+workload's), and krate records the run as failed with that reason (125, or
+126/127 when CMD could not be executed).
+
 It stands between krate and every workload that may use the network, so it
 starts the workload as soon as its listeners exist: it uses the C modules
 `_socket`, `_thread` and `_signal` and `os.posix_spawnp`, because their
@@ -31,6 +38,8 @@ import time
 HANDOFF = b"\x00"  # see proxy.py: a hand-over, not a client speaking HTTP or SOCKS5
 PROXY_WAIT_S = 10.0
 GO = b"1"  # krate's go-ahead on the --go descriptor
+STARTED = "started"  # on the --ack descriptor: CMD was executed
+ACK: list[int] = []  # the --ack descriptor, once parsed
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 # Python ignores these at start-up; the workload gets the default back (as subprocess does).
 RESTORED_SIGNALS = ("SIGPIPE", "SIGXFSZ")
@@ -84,26 +93,43 @@ def hand_over(client, path: str, target: str | None) -> None:
     client.close()
 
 
+def say(line: str) -> None:
+    """Tell krate whether CMD ran: `started`, or why not (one line, on --ack; else stderr)."""
+    text = (line if line == STARTED else "krate-bridge: " + " ".join(line.split())) + "\n"
+    if not ACK:
+        if line != STARTED:
+            sys.stderr.write(text)
+        return
+    try:  # noqa: SIM105
+        os.write(ACK[0], text.encode(errors="replace"))
+    except OSError:
+        pass
+    os.close(ACK.pop())
+
+
 def listen(host: str, port: int):
+    """A listening socket, or the reason there is none (e.g. `socket()` refused)."""
     family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
-    sock = _socket.socket(family, STREAM)
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-    if family == _socket.AF_INET6:
-        sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+    sock = None
     try:
+        sock = _socket.socket(family, STREAM)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        if family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
         sock.listen(512)
-    except OSError:
-        sock.close()
-        return None
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        return exc.strerror or type(exc).__name__
     return sock
 
 
 def parse(argv: list[str]) -> tuple[str, int, int, list[str], int | None, list[str]]:
     if "--" not in argv:
         raise SystemExit(
-            "bridge: usage: bridge.py --socket PATH --http P --socks P [--forward H:P]... "
-            "[--go FD] -- CMD"
+            "usage: bridge.py --socket PATH --http P --socks P [--forward H:P]... "
+            "[--go FD] [--ack FD] -- CMD"
         )
     split = argv.index("--")
     opts, command = argv[:split], argv[split + 1 :]
@@ -120,6 +146,12 @@ def parse(argv: list[str]) -> tuple[str, int, int, list[str], int | None, list[s
             forwards.append(value)
         elif name == "--go":
             go = int(value)
+        elif name == "--ack":
+            try:
+                os.set_inheritable(int(value), False)  # krate's alone: CMD never gets it
+                ACK.append(int(value))
+            except OSError:  # not inherited: say it on stderr
+                pass
     return path, http, socks, forwards, go, command
 
 
@@ -137,13 +169,13 @@ def wait_for_go(fd: int) -> bool:
 def main(argv: list[str]) -> int:
     path, http, socks, forwards, go, command = parse(argv)
     if not command:
-        raise SystemExit("bridge: no command given")
+        raise SystemExit("no command given")
     _thread.stack_size(256 * 1024)
     listeners: list[tuple[object, str | None]] = []
     for port in (http, socks):
         sock = listen("127.0.0.1", port)
-        if sock is None:
-            sys.stderr.write(f"krate: cannot listen on 127.0.0.1:{port} in the sandbox\n")
+        if isinstance(sock, str):
+            say(f"cannot listen on 127.0.0.1:{port} in the sandbox ({sock})")
             return 125
         listeners.append((sock, None))
     for target in forwards:
@@ -151,7 +183,8 @@ def main(argv: list[str]) -> int:
         addresses = ("127.0.0.1", "::1") if host == "localhost" else (host,)
         for address in addresses:
             sock = listen(address, int(port))
-            if sock is not None:
+            # one it cannot listen on (below 1024) is reached through the proxy variables
+            if not isinstance(sock, str):
                 listeners.append((sock, target if host != "::1" else f"[::1]:{port}"))
 
     # Handlers first, so a signal that arrives while the workload starts is not lost
@@ -171,6 +204,7 @@ def main(argv: list[str]) -> int:
     for name in FORWARDED_SIGNALS:
         _signal.signal(getattr(_signal, name), forward)
     if go is not None and not wait_for_go(go):
+        say("krate did not let the workload start")
         return 125
     try:
         # Its own process group: krate signals the sandbox's first process group (the
@@ -183,15 +217,16 @@ def main(argv: list[str]) -> int:
             setsigdef=[getattr(_signal, name) for name in RESTORED_SIGNALS],
         )
     except FileNotFoundError:
-        sys.stderr.write(f"krate: {command[0]}: command not found\n")
+        say(f"{command[0]}: command not found")
         return 127
     except PermissionError:
-        sys.stderr.write(f"krate: {command[0]}: cannot execute (permission denied)\n")
+        say(f"{command[0]}: cannot execute (permission denied)")
         return 126
     except OSError as exc:
-        sys.stderr.write(f"krate: {command[0]}: cannot execute ({exc.strerror})\n")
+        say(f"{command[0]}: cannot execute ({exc.strerror})")
         return 126
     child.append(pid)
+    say(STARTED)
     for sock, target in listeners:
         _thread.start_new_thread(serve, (sock, path, target))
     for signum in pending:
@@ -202,6 +237,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
+    try:
+        code = main(sys.argv[1:])
+    except BaseException as exc:  # anything before CMD started: one line for krate, no traceback
+        say(str(exc.code) if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}")
+        code = 125
     sys.stdout.flush()
     os._exit(code)

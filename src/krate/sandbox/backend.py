@@ -56,6 +56,11 @@ class Gate(Protocol):
 
     def release(self, go: bool = True) -> None: ...
 
+    def unstarted(self, status: int) -> tuple[int, str] | None:
+        """Once the sandbox exited with `status`: None if the workload was started,
+        else the run's exit code and the reason it never started."""
+        ...
+
 
 class Backend(Protocol):
     name: str  # recorded as run.started's `backend`

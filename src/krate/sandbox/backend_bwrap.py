@@ -8,6 +8,11 @@ terminal's Ctrl-C reaches krate only, which forwards it to the sandbox's init:
 the workload sees one SIGINT, and bubblewrap is not killed before the workload
 can clean up.
 
+Behind the egress bridge, bubblewrap's `exit-code` is the bridge's: whether the
+workload ran is the bridge's acknowledgement (the gate's `unstarted()`), so a
+bridge that died before it (exit 1 with a traceback, a signal) is 125, with its
+reason, and never passed off as the workload's status.
+
 Holding: behind the egress bridge the sandbox starts at once and the bridge holds
 the workload until the run is recorded. Without network the sandbox starts only
 on release. bubblewrap's own `--block-fd` is not used for that hold: it proceeds
@@ -131,10 +136,18 @@ class BwrapLauncher(Launcher):
             time.sleep(0.002)
 
     def exit_code(self, returncode: int) -> int | None:
-        return self.status.exit_code() if self.status is not None else None
+        code = self.status.exit_code() if self.status is not None else None
+        if code is not None and self.gate is not None and self.gate.unstarted(code):
+            return None  # the bridge exited without starting the workload: its status is not one
+        return code
 
     def not_started(self, outcome: Outcome, returncode: int) -> None:
-        if returncode < 0:
+        code = self.status.exit_code() if self.status is not None else None
+        unstarted = None if code is None or self.gate is None else self.gate.unstarted(code)
+        if unstarted is not None:
+            outcome.status = "failed"
+            outcome.exit_code, outcome.reason = unstarted
+        elif returncode < 0:
             outcome.exit_code, outcome.status = 128 - returncode, "interrupted"
             outcome.reason = f"bubblewrap was killed by {signal.Signals(-returncode).name}"
         else:
