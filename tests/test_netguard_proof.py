@@ -334,9 +334,8 @@ def test_prove_does_not_count_real_runs_whose_workload_could_not_run(krate_home)
 def test_a_real_run_counts_only_when_its_workload_ran_and_was_recorded(tmp_path, workload, why):
     item = proof_early.real_invocations()[("run",)]
     item.argv = [*item.argv[: item.argv.index("--") + 1], *workload]
-    row = proof_run.run_one(
-        item, [KRATE], os.environ, tmp_path / "home", tmp_path, strace=None, bwrap=None
-    )
+    no_observers = proof_run.Observers(strace=None, bwrap=None, seatbelt=None)
+    row = proof_run.run_one(item, [KRATE], os.environ, tmp_path / "home", tmp_path, no_observers)
     assert row["workload"]["ran"] is False and row["workload"]["why"].startswith(why), row
     layer = proof_layers.startup_layer([row], strace="strace")
     assert layer["checked"] is False and why in layer["why"]

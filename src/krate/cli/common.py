@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from krate.errors import UsageError
+from krate.handoff import Handoff
 from krate.paths import Paths
 
 
@@ -25,24 +26,21 @@ def lock_down() -> None:
         lockdown.apply()
 
 
-_transport = None  # login/push: started at entry, before the lockdown and any third-party import
+_transport: Handoff = Handoff()  # login/push: started at entry, before the lockdown
 
 
 def start_transport() -> None:
     """Start the registry transport now (cli/main.py, for login/push); the command takes it."""
-    global _transport
     import sys
 
     from krate.registry.client import Transport, child_env
 
-    _transport = Transport.start(python=sys.executable, env=child_env(os.environ))
+    _transport.put(Transport.start(python=sys.executable, env=child_env(os.environ)))
 
 
 def take_transport():
     """The transport started at entry (once), or None (the in-process test entry)."""
-    global _transport
-    transport, _transport = _transport, None
-    return transport
+    return _transport.take()
 
 
 def abandon_transport() -> None:

@@ -29,7 +29,8 @@ def doctor(
     from datetime import UTC, datetime
 
     from krate import render
-    from krate.doctor import FAIL, WARN, diagnose, take_early
+    from krate.doctor import FAIL, WARN, diagnose
+    from krate.doctor_trial import take_early
     from krate.registry.keychain import backend_name
 
     report = diagnose(

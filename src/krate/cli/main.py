@@ -89,9 +89,9 @@ def _protect(args: list[str]) -> bool:
         proof_early.start(os.environ)
     elif not completing and _starts_children(args, EARLY_SANDBOX) is not None:
         lockdown.hold_imports()  # until apply(): krate and the standard library only
-        from krate import doctor
+        from krate import doctor_trial
 
-        doctor.start_early(os.environ.get("PATH"))  # the command takes it over
+        doctor_trial.start_early(os.environ.get("PATH"))  # the command takes it over
     lockdown.apply()
     return False
 

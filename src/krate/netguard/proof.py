@@ -40,18 +40,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate.netguard import (
     guard,
     helpercheck,
     lockdown,
-    observer,
     proof_early,
     proof_layers,
     proof_run,
@@ -60,7 +58,7 @@ from krate.netguard import (
 from krate.netguard.commands import leaf_commands
 from krate.netguard.proof_early import REAL_INVOCATIONS
 from krate.netguard.proof_report import lines
-from krate.netguard.proof_run import Invocation, run_one
+from krate.netguard.proof_run import Invocation, Observers, run_one
 
 if TYPE_CHECKING:
     import click
@@ -154,30 +152,6 @@ LIMITS = [
 ]
 
 
-class Observers(NamedTuple):
-    """What watches the commands from outside, where this platform has it."""
-
-    strace: str | None
-    bwrap: str | None
-    seatbelt: str | None  # macOS: a deny-network Seatbelt profile (it shows no attempts)
-
-    @classmethod
-    def find(cls) -> Observers:
-        linux = sys.platform.startswith("linux")
-        return cls(
-            observer.find_strace() if linux else None,
-            observer.find_bwrap() if linux else None,
-            _sandbox_exec() if sys.platform == "darwin" else None,
-        )
-
-
-def _sandbox_exec() -> str | None:
-    """/usr/bin/sandbox-exec, never one found on PATH."""
-    from krate.sandbox.seatbelt import SANDBOX_EXEC
-
-    return SANDBOX_EXEC if os.access(SANDBOX_EXEC, os.X_OK) else None
-
-
 def prove(
     root: click.Command,
     *,
@@ -247,13 +221,13 @@ def _run_all(
         home = work / "home"
         if base.exists() and not item.fresh:
             shutil.copytree(base, home)
-        return run_one(item, krate, environ, home, work, *seen, package_dir)
+        return run_one(item, krate, environ, home, work, seen, package_dir)
 
     first = [(i, it) for i, it in enumerate(items) if it.writes_base]
     rest = [(i, it) for i, it in enumerate(items) if not it.writes_base]
     results: dict[int, dict[str, Any]] = {}
     for index, item in first:
-        results[index] = run_one(item, krate, environ, base, tmp, *seen, package_dir)
+        results[index] = run_one(item, krate, environ, base, tmp, seen, package_dir)
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         for (index, _), result in zip(rest, pool.map(one, rest), strict=True):
             results[index] = result

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from krate.netguard import lockdown, observer, proof_run
+from krate.handoff import Handoff
+from krate.netguard import lockdown, proof_run
 from krate.netguard.proof_run import Invocation, Running
 
 # Real runs of the commands that start a sandbox and the egress proxy before their
@@ -42,7 +43,7 @@ class Early(NamedTuple):
     error: str | None = None
 
 
-_early: Early | None = None
+_early: Handoff[Early] = Handoff()
 
 
 def krate_command() -> list[str]:
@@ -71,32 +72,26 @@ def real_invocations() -> dict[tuple[str, ...], Invocation]:
 
 def start(environ: Mapping[str, str]) -> None:
     """Make the proof's folder and start its real runs; never raises (the proof says why)."""
-    global _early
     tmp = Path(tempfile.mkdtemp(prefix="krate-prove-"))
     runs: dict[str, Running] = {}
     try:
-        linux = sys.platform.startswith("linux")
-        strace = observer.find_strace() if linux else None
-        bwrap = observer.find_bwrap() if linux else None
-        seatbelt = shutil.which("sandbox-exec") if sys.platform == "darwin" else None
+        seen = proof_run.Observers.find()
         for index, item in enumerate(real_invocations().values()):
             work = tmp / f"real{index}"
             work.mkdir(mode=0o700)
             runs[item.command] = proof_run.start(
-                item, krate_command(), environ, work / "home", work, strace, bwrap, seatbelt
+                item, krate_command(), environ, work / "home", work, seen
             )
-        _early = Early(tmp, runs)
+        _early.put(Early(tmp, runs))
     except Exception as exc:
         for running in runs.values():
             proof_run.stop(running)
-        _early = Early(tmp, {}, f"{type(exc).__name__}: {exc}")
+        _early.put(Early(tmp, {}, f"{type(exc).__name__}: {exc}"))
 
 
 def take() -> Early | None:
     """The runs started before the lockdown (once), or None (not started: the test entry)."""
-    global _early
-    early, _early = _early, None
-    return early
+    return _early.take()
 
 
 def abandon() -> None:

@@ -10,7 +10,9 @@ half loads only krate and the standard library.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -56,40 +58,51 @@ def child_env(environ: Mapping[str, str], home: Path, extra: Mapping[str, str]) 
     return env
 
 
+class Observers(NamedTuple):
+    """What watches the commands from outside, where this platform has it."""
+
+    strace: str | None
+    bwrap: str | None
+    seatbelt: str | None  # macOS: a deny-network Seatbelt profile (it shows no attempts)
+
+    @classmethod
+    def find(cls) -> Observers:
+        linux = sys.platform.startswith("linux")
+        return cls(
+            observer.find_strace() if linux else None,
+            observer.find_bwrap() if linux else None,
+            _sandbox_exec() if sys.platform == "darwin" else None,
+        )
+
+
+def _sandbox_exec() -> str | None:
+    """/usr/bin/sandbox-exec, never one found on PATH."""
+    from krate.sandbox.seatbelt import SANDBOX_EXEC
+
+    return SANDBOX_EXEC if os.access(SANDBOX_EXEC, os.X_OK) else None
+
+
 def run_one(
-    item: Invocation,
-    krate: list[str],
-    environ: Mapping[str, str],
-    home: Path,
-    cwd: Path,
-    strace: str | None,
-    bwrap: str | None,
-    seatbelt: str | None = None,
-    package_dir: Path | None = None,
-) -> dict[str, Any]:
-    running = start(item, krate, environ, home, cwd, strace, bwrap, seatbelt)
-    return finish(running, strace, package_dir)
+    item: Invocation, krate: list[str], environ: Mapping[str, str], home: Path, cwd: Path,
+    seen: Observers, package_dir: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    return finish(start(item, krate, environ, home, cwd, seen), seen.strace, package_dir)
 
 
 def start(
-    item: Invocation,
-    krate: list[str],
-    environ: Mapping[str, str],
-    home: Path,
-    cwd: Path,
-    strace: str | None,
-    bwrap: str | None,
-    seatbelt: str | None = None,
-) -> Running:
+    item: Invocation, krate: list[str], environ: Mapping[str, str], home: Path, cwd: Path,
+    seen: Observers,
+) -> Running:  # fmt: skip
     """Start one command under the observers; its output goes to files, not pipes left unread."""
     log = cwd / "strace.log"
     argv = [*krate, *item.argv]
     strings = 512 if item.mode == "real" else 0  # argv names the helpers; no workload data
     cmd = observer.wrap(
-        argv, strace=strace, bwrap=bwrap, log=str(log), trace=startup.TRACE, strings=strings
-    )
-    if seatbelt:
-        cmd = observer.seatbelt_wrap(cmd, seatbelt)
+        argv, strace=seen.strace, bwrap=seen.bwrap, log=str(log), trace=startup.TRACE,
+        strings=strings,
+    )  # fmt: skip
+    if seen.seatbelt:
+        cmd = observer.seatbelt_wrap(cmd, seen.seatbelt)
     before = violation_count(home)
     home.parent.mkdir(parents=True, exist_ok=True)
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 (finish() reads and closes it)
