@@ -13,21 +13,20 @@ import re
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 TIMEOUT_S = 30
 _COMMIT = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 
-@dataclass(frozen=True)
-class GitState:
+class GitState(NamedTuple):
     toplevel: str
     commit: str
     dirty: bool
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
 
 def _env(environ: Mapping[str, str]) -> dict[str, str]:
