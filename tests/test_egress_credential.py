@@ -11,11 +11,9 @@ test_sandbox_seatbelt_launcher.py does), since Seatbelt itself needs a Mac.
 
 from __future__ import annotations
 
-import http.server
 import os
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,38 +26,17 @@ from krate.egress import start_for_run
 from krate.paths import Paths
 from krate.sandbox import backend
 
-from .egress_support import all_event_text, decisions, policy
+from .egress_support import Server, all_event_text, decisions, policy
+from .test_sandbox_seatbelt_launcher import STAND_IN
 
 PROXY_RULE = ("proxy credential", "proxy")
-STAND_IN = '#!/bin/sh\n[ "$1" = "-p" ] && [ "$3" = "--" ] || exit 71\nshift 3\nexec "$@"\n'
-
-
-class Recording(http.server.BaseHTTPRequestHandler):
-    """An origin that keeps every request head it was sent."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.server.heads.append(str(self.headers))
-        body = b"hello\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
 def origin():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
-    httpd.daemon_threads = True
-    httpd.heads = []
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    server = Server()
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -95,8 +72,9 @@ def store_bytes(home: Path) -> bytes:
 
 
 def test_only_clients_with_this_runs_credential_are_served(tmp_path, paths, origin):
-    port = origin.server_address[1]
+    port = origin.port
     url = f"http://127.0.0.1:{port}/x"
+    hello = f"hello from {port}\n"
     session = start_for_run(policy(tmp_path, f"127.0.0.1:{port}"), "r1", paths, network="loopback")
     assert session is not None and session.secret and len(session.secret) >= 40
     bare = f"http://127.0.0.1:{session.tcp_port}"
@@ -120,16 +98,16 @@ def test_only_clients_with_this_runs_credential_are_served(tmp_path, paths, orig
         # The workload's own URLs, as apply() gives them: explicit, and from the environment.
         good = session.proxy_url()
         assert good == f"http://krate:{session.secret}@127.0.0.1:{session.tcp_port}"
-        assert curl("-x", good, url).stdout == "hello\n"
-        assert curl("-p", "-x", good, url).stdout == "hello\n"
-        assert curl("-x", session.proxy_url("socks5h"), url).stdout == "hello\n"
+        assert curl("-x", good, url).stdout == hello
+        assert curl("-p", "-x", good, url).stdout == hello
+        assert curl("-x", session.proxy_url("socks5h"), url).stdout == hello
         assert urllib_status(good, url) == (200, "")
         env = {"PATH": os.defpath, **session.env()}
-        assert curl(url, env=env).stdout == "hello\n"  # curl reads http_proxy
+        assert curl(url, env=env).stdout == hello  # curl reads http_proxy
         fetch = f"import urllib.request as u; print(u.urlopen({url!r}).read().decode(), end='')"
         python = [sys.executable, "-I", "-c", fetch]
         fetched = subprocess.run(python, env=env, capture_output=True, text=True, timeout=30)
-        assert fetched.stdout == "hello\n", fetched.stderr
+        assert fetched.stdout == hello, fetched.stderr
     finally:
         session.close()
     # The origin never saw the proxy credential: stripped from the plain-HTTP requests.
@@ -151,7 +129,7 @@ def test_only_clients_with_this_runs_credential_are_served(tmp_path, paths, orig
 
 def test_another_process_knowing_the_port_but_not_the_secret_is_refused(tmp_path, paths, origin):
     """Run B's workload (another process, with B's own credential) tries run A's port."""
-    port = origin.server_address[1]
+    port = origin.port
     allow = policy(tmp_path, f"127.0.0.1:{port}")
     run_a = start_for_run(allow, "run-a", paths, network="loopback")
     run_b = start_for_run(allow, "run-b", paths, network="loopback")
@@ -179,23 +157,18 @@ def test_another_process_knowing_the_port_but_not_the_secret_is_refused(tmp_path
     assert decisions(paths, "run-b") == []
 
 
-@pytest.fixture
-def seatbelt(tmp_path):
-    exe = tmp_path / "bin" / "sandbox-exec"
-    exe.parent.mkdir()
-    exe.write_text(STAND_IN)
-    exe.chmod(0o755)
-    return backend.named("seatbelt", str(exe))
-
-
-def test_a_loopback_run_keeps_its_secret_out_of_every_record(seatbelt, tmp_path, origin):
+def test_a_loopback_run_keeps_its_secret_out_of_every_record(tmp_path, origin):
     """A whole run on the Seatbelt backend's network (`runs.execute`): the workload's
     curl uses the credential from its environment; the secret is in no record, no
     journal line and no file krate keeps."""
     ws, home = tmp_path / "ws", tmp_path / "home"
     ws.mkdir()
     paths = Paths(home, home)
-    port = origin.server_address[1]
+    stand_in = tmp_path / "sandbox-exec"  # runs the command as sandbox-exec would, unconfined
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(0o755)
+    seatbelt = backend.named("seatbelt", str(stand_in))
+    port = origin.port
     policy_ = load_effective(flags_from(None, [f"127.0.0.1:{port}"], None, None, False, None), ws)
     journals = home / "egress"
     script = (
@@ -204,7 +177,7 @@ def test_a_loopback_run_keeps_its_secret_out_of_every_record(seatbelt, tmp_path,
     )
     request = runs.RunRequest(("sh", "-c", script), ws, ws, {"PATH": os.defpath}, as_root=True)
     result = runs.execute(paths, policy_, request, backend=seatbelt)
-    assert result.exit_code == 0 and (ws / "out").read_text() == "hello\n"
+    assert result.exit_code == 0 and (ws / "out").read_text() == f"hello from {port}\n"
     secret = (ws / "url").read_text().partition("krate:")[2].partition("@")[0]
     assert len(secret) >= 40
     journal = (ws / "journal").read_text()
