@@ -176,9 +176,8 @@ def credential_ok(value: str | None, secret: str) -> bool:
     return same_secret(given, f"{USER}:{secret}".encode())
 
 
-def unauthenticated(protocol: str, target: Target | None = None) -> Refusal:
-    """The refusal of a client without this run's credential: 407 (HTTP) or nothing more."""
-    reply = b""
+def unauthenticated(protocol: str, target: Target | None = None, reply: bytes = b"") -> Refusal:
+    """The refusal of a client without this run's credential: 407 (HTTP), or `reply` (SOCKS)."""
     if protocol != "socks5":
         body = (UNAUTHENTICATED + "\n").encode()
         reply = (
@@ -330,7 +329,7 @@ def socks_greeting(data: bytes, userpass: bool = False) -> Greeted | Refusal:
         return Refusal("incomplete", "incomplete SOCKS greeting")
     if userpass:
         if 2 not in data[2:size]:
-            return unauthenticated("socks5")._replace(reply=SOCKS_NO_METHOD)
+            return unauthenticated("socks5", reply=SOCKS_NO_METHOD)
         return Greeted(size, SOCKS_USERPASS)
     if 0 not in data[2:size]:
         reason = "SOCKS client offered no acceptable authentication method"
@@ -351,11 +350,11 @@ def socks_auth(data: bytes, secret: str) -> Greeted | Refusal:
     """The RFC 1929 sub-negotiation: user `krate` and this run's secret, else refused."""
     size = socks_auth_size(data)
     if len(data) < size or data[0] != 1:
-        return unauthenticated("socks5")._replace(reply=SOCKS_AUTH_FAILED)
+        return unauthenticated("socks5", reply=SOCKS_AUTH_FAILED)
     ulen = data[1]
     user_ok = same_secret(data[2 : 2 + ulen], USER.encode())
     if not (same_secret(data[3 + ulen : size], secret.encode()) and user_ok):
-        return unauthenticated("socks5")._replace(reply=SOCKS_AUTH_FAILED)
+        return unauthenticated("socks5", reply=SOCKS_AUTH_FAILED)
     return Greeted(size, SOCKS_AUTH_OK)
 
 
