@@ -25,6 +25,7 @@ from krate.cli.policy_load import flags_from, load_effective
 from krate.egress import start_for_run
 from krate.paths import Paths
 from krate.sandbox import backend
+from krate.store import events, open_store
 
 from .egress_support import Server, all_event_text, decisions, policy
 from .test_sandbox_seatbelt_launcher import STAND_IN
@@ -155,6 +156,15 @@ def test_another_process_knowing_the_port_but_not_the_secret_is_refused(tmp_path
         run_a.close()
     assert refused_count(decisions(paths, "run-a")) == 2  # recorded as run A's attempt
     assert decisions(paths, "run-b") == []
+    # `krate audit` (the installed command, on the real store) shows the attempt.
+    with open_store(paths, readonly=True) as store:
+        first = next(iter(events.query(store, kind_prefix="policy.decision", run_id="run-a")))
+    krate = str(Path(sys.executable).with_name("krate"))
+    shown = subprocess.run([krate, "audit", "show", str(first.seq)], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "run_id: run-a" in shown.stdout and '"rule": "proxy credential"' in shown.stdout
+    assert run_a.secret not in shown.stdout and run_b.secret not in shown.stdout
 
 
 def test_a_loopback_run_keeps_its_secret_out_of_every_record(tmp_path, origin):
@@ -202,3 +212,22 @@ def test_the_bridge_network_has_no_credential(tmp_path, paths):
         assert "GIT_HTTP_PROXY_AUTHMETHOD" not in env
     finally:
         session.close()
+
+
+def test_another_users_process_is_refused(tmp_path, paths, origin, ordinary_user):
+    """As root, the attacker is the ordinary test account; run as that account, the
+    previous test's attacker (another process of the same user) is the case."""
+    if ordinary_user is None:
+        pytest.skip("needs root to act as another user")
+    session = start_for_run(policy(tmp_path, f"127.0.0.1:{origin.port}"), "r", paths,
+                            network="loopback")  # fmt: skip
+    try:
+        other = subprocess.run(
+            ["runuser", "-u", ordinary_user, "--", "curl", "-sS", "-w", "%{http_code}",
+             "-x", f"http://127.0.0.1:{session.tcp_port}", f"http://127.0.0.1:{origin.port}/"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert other.stdout.endswith("407"), other.stderr
+    finally:
+        session.close()
+    assert origin.heads == [] and refused_count(decisions(paths, "r")) == 1
