@@ -20,6 +20,7 @@ logic at all measures about 0.4 there too.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from krate.egress import Limits, start_for_run
 from krate.paths import Paths
@@ -116,9 +118,13 @@ def first_byte_ms(connect) -> float:
     return elapsed
 
 
-def tunnel(proxy_port: int, port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy_port))
-    sock.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+def tunnel(session, port: int) -> socket.socket:
+    """A CONNECT tunnel through `session`'s proxy, with the run's credential (as curl sends it)."""
+    sock = socket.create_connection(("127.0.0.1", session.tcp_port))
+    token = base64.b64encode(f"krate:{session.secret}".encode()).decode()
+    sock.sendall(
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode()
+    )
     head = b""
     while not head.endswith(b"\r\n\r\n"):
         head += sock.recv(1)
@@ -146,15 +152,15 @@ def timed(pid: int | None, run) -> tuple[float, float]:
     return time.perf_counter() - start, (cpu_seconds(pid) - cpu if pid else 0.0)
 
 
-def downloads(proxies: dict[str, tuple[int, int]], url: str, repeat: int) -> dict:
+def downloads(proxies: dict[str, tuple[Any, int]], url: str, repeat: int) -> dict:
     """Median (wall seconds, proxy CPU seconds) per download: direct, then through each
-    proxy (port, pid) tunnelled (CONNECT) and as plain HTTP; interleaved, so a busy
+    proxy (session, pid) tunnelled (CONNECT) and as plain HTTP; interleaved, so a busy
     moment hits all alike."""
     runs: dict[str, list[tuple[float, float]]] = {"direct": []}
     for _ in range(repeat):
         runs["direct"].append(timed(None, lambda: curl_seconds([url])))
-        for name, (port, pid) in proxies.items():
-            proxy = f"http://127.0.0.1:{port}"
+        for name, (session, pid) in proxies.items():
+            proxy = session.proxy_url()  # with the run's credential, as the workload gets it
             for kind, extra in (("CONNECT", ["-p"]), ("plain HTTP", [])):
                 took = timed(pid, lambda e=extra, p=proxy: curl_seconds([*e, "-x", p, url]))
                 runs.setdefault(f"{name} {kind}", []).append(took)
@@ -164,7 +170,7 @@ def downloads(proxies: dict[str, tuple[int, int]], url: str, repeat: int) -> dic
     }
 
 
-def latencies(proxies: dict[str, tuple[int, int]], port: int, n: int) -> dict:
+def latencies(proxies: dict[str, tuple[Any, int]], port: int, n: int) -> dict:
     """Median ms to connect and get the first byte, and the proxy's CPU ms per connection:
     direct and through each proxy."""
     runs: dict[str, list[float]] = {"direct": []}
@@ -206,7 +212,7 @@ def main() -> None:
         )
         for name, threads in RELAYS.items()
     }
-    proxies = {name: (s.tcp_port, s.process.pid) for name, s in sessions.items()}
+    proxies = {name: (s, s.process.pid) for name, s in sessions.items()}
     url = f"http://127.0.0.1:{port}/"
     try:
         seconds = downloads(proxies, url, args.repeat)

@@ -20,6 +20,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.heads.append(str(self.headers))  # what reached the origin (no proxy auth)
         body = f"hello from {self.server.server_address[1]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -36,6 +37,8 @@ class Server:
     def __init__(self, bind: str = "127.0.0.1") -> None:
         self.httpd = http.server.ThreadingHTTPServer((bind, 0), Handler)
         self.httpd.daemon_threads = True
+        self.httpd.heads = []
+        self.heads: list[str] = self.httpd.heads
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

@@ -6,6 +6,7 @@ with Hypothesis here; the real proxy answers the same refusals in test_egress_pr
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 
 import pytest
@@ -18,6 +19,15 @@ from krate.egress.parsers import Greeted, Refusal, ResponseHeads, Target
 LIMIT = 8192
 SOCKS_KINDS = {"incomplete", "malformed", "atyp", "command"}
 HTTP_KINDS = {"too-large", "incomplete", "bad-request"}
+SECRET = "s3cr3t-Run_Token"
+GOOD_AUTH = "Proxy-Authorization: Basic " + base64.b64encode(f"krate:{SECRET}".encode()).decode()
+PROXY_407 = (
+    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+    b'Proxy-Authenticate: Basic realm="krate"\r\n'
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 48\r\n"
+    b"X-Krate-Decision: deny\r\nConnection: close\r\n\r\n"
+    b"client did not give this run's proxy credential\n"
+)
 
 
 def check_target(t: Target, data: bytes) -> None:
@@ -61,6 +71,43 @@ def test_any_http_bytes_give_a_target_or_a_refusal(data):
         assert result.reply == b"" or result.reply.startswith(b"HTTP/1.1 4")
 
 
+auth_headers = st.one_of(
+    st.just(GOOD_AUTH),
+    st.builds(lambda t: f"Proxy-Authorization: Basic {t}", st.text(max_size=40)),
+    st.builds(
+        lambda pair: "Proxy-Authorization: Basic " + base64.b64encode(pair).decode(),
+        st.one_of(st.binary(max_size=40), st.just(f"krate:{SECRET}x".encode())),
+    ),
+    st.text(st.characters(max_codepoint=255, exclude_characters="\r\n"), max_size=60),
+)
+authed_requests = st.builds(
+    lambda method, target, auth: f"{method} {target} HTTP/1.1\r\n{auth}\r\n\r\n".encode(
+        "latin-1", "replace"
+    ),
+    st.sampled_from(["CONNECT", "GET"]),
+    st.sampled_from(["a.example:443", "http://a.example/p", "http://b:8080/", "bad"]),
+    auth_headers,
+)
+
+
+@settings(max_examples=400)
+@given(st.one_of(st.binary(max_size=300), request_lines, authed_requests))
+def test_with_a_secret_only_this_runs_credential_gives_a_target(data):
+    result = parsers.http_request(data, LIMIT, SECRET)
+    plain = parsers.http_request(data, LIMIT)
+    if isinstance(result, Target):
+        assert result == plain  # the same target, the credential never passed on
+        head = data[: result.used].decode("latin-1")
+        assert GOOD_AUTH.lower() in head.lower().replace("\r\n ", " ")
+        assert SECRET.encode() not in result.send
+    elif result.kind == "unauthenticated":
+        assert isinstance(plain, Target) and result.reply == PROXY_407
+        assert (result.host, result.port, result.protocol) == (plain.host, plain.port,
+                                                               plain.protocol)  # fmt: skip
+    else:
+        assert result == plain
+
+
 socks_requests = st.builds(
     lambda ver, cmd, atyp, addr, port: bytes([ver, cmd, 0, atyp]) + addr + port,
     st.sampled_from([5, 5, 5, 4, 0]),
@@ -98,6 +145,37 @@ def test_any_socks_greeting_is_accepted_or_refused(data):
         assert data[0] == 5 and 0 in data[2 : result.used] and result.reply == b"\x05\x00"
     else:
         assert isinstance(result, Refusal) and result.kind in {"incomplete", "auth"}
+
+
+@given(st.binary(max_size=300))
+def test_with_a_secret_a_socks_greeting_must_offer_username_password(data):
+    result = parsers.socks_greeting(data, userpass=True)
+    if isinstance(result, Greeted):
+        assert data[0] == 5 and 2 in data[2 : result.used] and result.reply == b"\x05\x02"
+    else:
+        assert result.kind in {"incomplete", "unauthenticated"}
+        assert result.reply in (b"", b"\x05\xff")
+
+
+def rfc1929(user: bytes, password: bytes) -> bytes:
+    return bytes([1, len(user)]) + user + bytes([len(password)]) + password
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=80),
+        st.builds(rfc1929, st.binary(max_size=20), st.binary(max_size=40)),
+        st.builds(lambda p: rfc1929(b"krate", p), st.binary(max_size=40)),
+    )
+)
+def test_only_this_runs_socks_username_and_password_pass(data):
+    result = parsers.socks_auth(data, SECRET)
+    if isinstance(result, Greeted):
+        assert data[: result.used] == rfc1929(b"krate", SECRET.encode())
+        assert result.reply == b"\x01\x00"
+    else:
+        assert result.kind == "unauthenticated" and result.reply == b"\x01\x01"
+    assert parsers.socks_auth_size(data) >= 2
 
 
 @given(st.lists(st.binary(max_size=200), max_size=6), st.integers(16, 400))
@@ -174,6 +252,51 @@ def test_http_targets_and_the_rewritten_request():
     )  # fmt: skip
     head = b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n"
     assert parsers.http_request(head + b"early", LIMIT) == Target("connect", "::1", 443, len(head))
+
+
+def test_credential_refusals_answer_byte_exact():
+    for head in (b"CONNECT a.example:443 HTTP/1.1\r\n", b"GET http://a.example/x HTTP/1.1\r\n"):
+        for auth in (
+            b"",  # none
+            b"Proxy-Authorization: Basic " + base64.b64encode(b"krate:wrong") + b"\r\n",
+            b"Proxy-Authorization: Basic "
+            + base64.b64encode(b"other:" + SECRET.encode())
+            + b"\r\n",
+            b"Proxy-Authorization: Bearer " + SECRET.encode() + b"\r\n",
+            b"Proxy-Authorization: Basic !!notbase64\r\n",
+            b"Authorization: " + GOOD_AUTH.split(": ", 1)[1].encode() + b"\r\n",  # origin's
+        ):
+            refusal = parsers.http_request(head + auth + b"\r\n", LIMIT, SECRET)
+            assert refusal == Refusal(
+                "unauthenticated",
+                "client did not give this run's proxy credential",
+                PROXY_407,
+                "a.example",
+                443 if head.startswith(b"CONNECT") else 80,
+                "connect" if head.startswith(b"CONNECT") else "http",
+            ), auth
+    ok = f"GET http://a.example/x HTTP/1.1\r\nproxy-authorization:  basic {GOOD_AUTH[27:]}\r\n\r\n"
+    target = parsers.http_request(ok.encode(), LIMIT, SECRET)
+    assert target.send == b"GET /x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"
+    # Malformed requests are still answered as malformed, credential or not.
+    assert parsers.http_request(b"GET / HTTP/1.1\r\n\r\n", LIMIT, SECRET).kind == "bad-request"
+    # SOCKS5: only username/password (2) is offered, then RFC 1929 checks the pair.
+    assert parsers.socks_greeting(b"\x05\x01\x00", userpass=True) == Refusal(
+        "unauthenticated", "client did not give this run's proxy credential", b"\x05\xff",
+        protocol="socks5",
+    )  # fmt: skip
+    assert parsers.socks_greeting(b"\x05\x02\x00\x02", userpass=True) == Greeted(4, b"\x05\x02")
+    good = rfc1929(b"krate", SECRET.encode())
+    assert parsers.socks_auth(good + b"\x05", SECRET) == Greeted(len(good), b"\x01\x00")
+    for bad in (
+        rfc1929(b"krate", b"wrong"),
+        rfc1929(b"krat", b"e:" + SECRET.encode()),
+        rfc1929(b"", SECRET.encode()),
+        b"\x05" + good[1:],
+        good[:-1],
+    ):
+        refused = parsers.socks_auth(bad, SECRET)
+        assert refused.kind == "unauthenticated" and refused.reply == b"\x01\x01", bad
 
 
 def test_socks_refusals_answer_as_before():

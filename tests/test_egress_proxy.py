@@ -8,6 +8,7 @@ bridge is covered in test_egress_sandbox.py.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import random
@@ -53,15 +54,32 @@ def start(tmp_path, paths, *allow, run_id="run1", limits=None, python=None, prof
     )
 
 
+def auth(session) -> bytes:
+    """The Proxy-Authorization line of this run's credential (the loopback listener's)."""
+    token = base64.b64encode(f"krate:{session.secret}".encode())
+    return b"Proxy-Authorization: Basic " + token + b"\r\n"
+
+
+def socks_hello(session) -> bytes:
+    """A SOCKS5 greeting offering username/password, and the RFC 1929 pair of this run."""
+    secret = session.secret.encode()
+    return b"\x05\x01\x02" + b"\x01\x05krate" + bytes([len(secret)]) + secret
+
+
+SOCKS_AUTHED = b"\x05\x02\x01\x00"  # the proxy's answers to `socks_hello`
+
+
 def curl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "20", *args], capture_output=True, text=True, timeout=30
     )
 
 
-def tunnel(port: int, target: str) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+def tunnel(session, target: str) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", session.tcp_port))
+    sock.sendall(
+        f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode() + auth(session) + b"\r\n"
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)
@@ -73,7 +91,7 @@ def tunnel(port: int, target: str) -> tuple[socket.socket, bytes]:
 
 def test_real_clients_allowed_denied_and_recorded_without_paths(tmp_path, paths, server):
     session = start(tmp_path, paths, f"127.0.0.1:{server.port}")
-    proxy = f"http://127.0.0.1:{session.tcp_port}"
+    proxy = session.proxy_url()
     url = f"http://127.0.0.1:{server.port}{SECRET_PATH}?{SECRET_QUERY}"
     try:
         plain = curl("-x", proxy, url)
@@ -86,7 +104,8 @@ def test_real_clients_allowed_denied_and_recorded_without_paths(tmp_path, paths,
             assert response.read() == f"hello from {server.port}\n".encode()
 
         conn = http.client.HTTPConnection("127.0.0.1", session.tcp_port, timeout=20)
-        conn.set_tunnel("127.0.0.1", server.port)  # what urllib does for https: CONNECT
+        token = auth(session).decode().partition(": ")[2].strip()
+        conn.set_tunnel("127.0.0.1", server.port, {"Proxy-Authorization": token})  # CONNECT
         conn.request("GET", f"{SECRET_PATH}?{SECRET_QUERY}")
         assert conn.getresponse().read() == f"hello from {server.port}\n".encode()
         conn.close()
@@ -134,22 +153,19 @@ def test_real_clients_allowed_denied_and_recorded_without_paths(tmp_path, paths,
 
 def test_socks5_is_decided_the_same_way(tmp_path, paths, server):
     session = start(tmp_path, paths, f"localhost:{server.port}")
-    socks = f"127.0.0.1:{session.tcp_port}"
+    socks, http = session.proxy_url("socks5h"), session.proxy_url()
     try:
-        ok = curl("--socks5-hostname", socks, f"http://localhost:{server.port}/x")
+        ok = curl("-x", socks, f"http://localhost:{server.port}/x")
         assert ok.returncode == 0 and ok.stdout == f"hello from {server.port}\n"
-        by_ip = curl("--socks5-hostname", socks, f"http://127.0.0.1:{server.port}/")
+        by_ip = curl("-x", socks, f"http://127.0.0.1:{server.port}/")
         assert by_ip.returncode == 0
-        other_port = curl("--socks5-hostname", socks, f"http://localhost:{server.port + 1}/")
+        other_port = curl("-x", socks, f"http://localhost:{server.port + 1}/")
         assert other_port.returncode == 97  # curl: SOCKS connection refused by the proxy
-        denied = curl("--socks5-hostname", socks, "http://denied.example/")
+        denied = curl("-x", socks, "http://denied.example/")
         assert denied.returncode == 97
         # The HTTP proxy on the same listener gives the same answers.
-        assert curl("-x", f"http://{socks}", f"http://localhost:{server.port}/").returncode == 0
-        assert (
-            "403"
-            in curl("-x", f"http://{socks}", "-w", "%{http_code}", "http://denied.example/").stdout
-        )
+        assert curl("-x", http, f"http://localhost:{server.port}/").returncode == 0
+        assert "403" in curl("-x", http, "-w", "%{http_code}", "http://denied.example/").stdout
     finally:
         session.close()
     rows = decisions(paths, "run1")
@@ -170,16 +186,17 @@ def test_socks_handshake_fuzzing_never_connects(tmp_path, paths, server):
     try:
         for i in range(200):
             payload = bytes([5]) + rng.randbytes(rng.randrange(1, 40))
-            if i % 3 == 0:  # a valid greeting, then a random request
-                payload = b"\x05\x01\x00\x05" + rng.randbytes(rng.randrange(0, 30))
+            if i % 3 == 0:  # a valid greeting and credential, then a random request
+                payload = socks_hello(session) + b"\x05" + rng.randbytes(rng.randrange(0, 30))
             with socket.create_connection(("127.0.0.1", session.tcp_port), timeout=5) as sock:
                 sock.sendall(payload)
                 sock.shutdown(socket.SHUT_WR)
                 reply = b""
                 while chunk := sock.recv(4096):
                     reply += chunk
-            # After the method answer (05 00 / 05 ff) no success reply (05 00 00) may follow.
+            # After the method and credential answers no success reply (05 00 00) may follow.
             assert reply[2:5] != b"\x05\x00\x00", (payload, reply)
+            assert reply[4:7] != b"\x05\x00\x00", (payload, reply)
     finally:
         session.close()
     assert all(r["verdict"] == "deny" for r in decisions(paths, "run1"))
@@ -211,17 +228,9 @@ def test_name_resolving_to_loopback_is_refused_unless_named(
     session = start(tmp_path, paths, *rules, python=python)
     try:
         result = curl(
-            "-x",
-            f"http://127.0.0.1:{session.tcp_port}",
-            "-w",
-            "%{http_code}",
-            f"http://app.example:{server.port}/",
+            "-x", session.proxy_url(), "-w", "%{http_code}", f"http://app.example:{server.port}/"
         )
-        socks = curl(
-            "--socks5-hostname",
-            f"127.0.0.1:{session.tcp_port}",
-            f"http://app.example:{server.port}/",
-        )
+        socks = curl("-x", session.proxy_url("socks5h"), f"http://app.example:{server.port}/")
     finally:
         session.close()
     rows = decisions(paths, "run1")
@@ -240,7 +249,7 @@ def test_name_resolving_to_loopback_is_refused_unless_named(
 
 def test_open_profile_still_refuses_loopback_private_and_metadata(tmp_path, paths, server):
     session = start(tmp_path, paths, profile="open")
-    proxy = f"http://127.0.0.1:{session.tcp_port}"
+    proxy = session.proxy_url()
     try:
         for target in (
             f"http://127.0.0.1:{server.port}/",
@@ -271,7 +280,7 @@ def test_half_close_through_both_relays(tmp_path, paths):
             limits=Limits(threads=threads),
         )
         try:
-            sock, head = tunnel(session.tcp_port, f"127.0.0.1:{echo.port}")
+            sock, head = tunnel(session, f"127.0.0.1:{echo.port}")
             assert head.startswith(b"HTTP/1.1 200")
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)  # our half is done; the answer must still arrive
@@ -299,8 +308,8 @@ def test_bytes_sent_behind_a_request_reach_the_server_with_both_relays(tmp_path,
         session = start(tmp_path, paths, *rules, run_id=run_id, limits=Limits(threads=threads))
         try:
             for hello in (
-                f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\n\r\n".encode(),
-                b"\x05\x01\x00" + socks_request,
+                f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\n".encode() + auth(session) + b"\r\n",
+                socks_hello(session) + socks_request,
             ):
                 with socket.create_connection(("127.0.0.1", session.tcp_port), timeout=10) as sock:
                     sock.sendall(hello + early)
@@ -323,11 +332,11 @@ def test_a_bad_socks_address_type_is_answered_at_once(tmp_path, paths):
     session = start(tmp_path, paths, "allowed.example")
     try:
         with socket.create_connection(("127.0.0.1", session.tcp_port), timeout=5) as sock:
-            sock.sendall(b"\x05\x01\x00\x05\x01\x00\x02")  # address type 2 does not exist
+            sock.sendall(socks_hello(session) + b"\x05\x01\x00\x02")  # address type 2: none
             reply = b""
-            while len(reply) < 12:  # the client waits: no end of stream to go by
-                reply += sock.recv(12)
-        assert reply == b"\x05\x00" + bytes([5, 8, 0, 1, 0, 0, 0, 0, 0, 0])
+            while len(reply) < 14:  # the client waits: no end of stream to go by
+                reply += sock.recv(14)
+        assert reply == SOCKS_AUTHED + bytes([5, 8, 0, 1, 0, 0, 0, 0, 0, 0])
     finally:
         session.close()
     assert decisions(paths, "run1")[0]["reason"] == "unsupported SOCKS address type"
@@ -336,11 +345,10 @@ def test_a_bad_socks_address_type_is_answered_at_once(tmp_path, paths):
 def test_header_cap_idle_timeout_and_connection_cap(tmp_path, paths, server):
     limits = Limits(max_connections=2, idle_timeout=1.0, max_header_bytes=8192)
     session = start(tmp_path, paths, f"127.0.0.1:{server.port}", limits=limits)
-    port = session.tcp_port
     try:
         big = curl(
             "-x",
-            f"http://127.0.0.1:{port}",
+            session.proxy_url(),
             "-H",
             "X-Big: " + "a" * 10000,
             "-w",
@@ -349,9 +357,9 @@ def test_header_cap_idle_timeout_and_connection_cap(tmp_path, paths, server):
         )
         assert big.stdout.endswith("431")
 
-        held = [tunnel(port, f"127.0.0.1:{server.port}") for _ in range(2)]
+        held = [tunnel(session, f"127.0.0.1:{server.port}") for _ in range(2)]
         assert all(head.startswith(b"HTTP/1.1 200") for _sock, head in held)
-        third, head = tunnel(port, f"127.0.0.1:{server.port}")
+        third, head = tunnel(session, f"127.0.0.1:{server.port}")
         assert head.startswith(b"HTTP/1.1 503")
         third.close()
         start_idle = time.monotonic()
@@ -381,7 +389,7 @@ def test_proxy_is_isolated_and_shuts_down_cleanly(tmp_path, paths, server):
     assert cmdline[3] == str(krate.egress.proxy_script()).encode()  # proxy.py or its bytecode
     environ = Path(f"/proc/{session.process.pid}/environ").read_bytes()
     assert b"KRATE_HOME" not in environ and b"HOME=" not in environ
-    held, head = tunnel(session.tcp_port, f"127.0.0.1:{server.port}")
+    held, head = tunnel(session, f"127.0.0.1:{server.port}")
     assert head.startswith(b"HTTP/1.1 200")
     began = time.monotonic()
     summary = session.close()  # an open tunnel gets a short grace, then is cut

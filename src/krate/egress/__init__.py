@@ -62,6 +62,7 @@ DIR_PREFIX = "krate-egress-"
 HTTP_PORT, SOCKS_PORT = 3128, 1080
 READY_TIMEOUT_S = 15.0
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+PROXY_USER = "krate"  # parsers.USER (not imported here: the run path does not load parsers)
 
 
 class Limits(NamedTuple):
@@ -146,6 +147,10 @@ class EgressSession:
     """One run's proxy: its process, socket folder, recorder and, once closed, its summary."""
 
     tcp_port: int | None = None  # VIA_LOOPBACK: the proxy's port
+    # VIA_LOOPBACK: the run's proxy credential, in the proxy URLs the workload gets
+    # (`http://krate:SECRET@127.0.0.1:PORT`); any local process reaches the port, only
+    # this run knows the secret. Held in memory only: never recorded.
+    secret: str | None = None
     # VIA_LOOPBACK: host-loopback ports the policy names (`127.0.0.1:5432`); without a
     # bridge to forward them the workload connects to them directly (SandboxSpec.loopback_ports)
     direct_ports: tuple[int, ...] = ()
@@ -270,16 +275,26 @@ class EgressSession:
         port = self.tcp_port if loopback else self.http_port
         socks = self.tcp_port if loopback else self.socks_port
         values = {
-            "HTTP_PROXY": f"http://127.0.0.1:{port}",
-            "HTTPS_PROXY": f"http://127.0.0.1:{port}",
-            "ALL_PROXY": f"socks5h://127.0.0.1:{socks}",
+            "HTTP_PROXY": self.proxy_url("http", port),
+            "HTTPS_PROXY": self.proxy_url("http", port),
+            "ALL_PROXY": self.proxy_url("socks5h", socks),
             "NO_PROXY": "",
         }
         out = {}
         for name, value in values.items():
             out[name] = value
             out[name.lower()] = value
+        if self.secret:
+            # git's default (`anyauth`) first asks without the credential: each such try
+            # would be refused and recorded as another process's. Basic sends it at once.
+            out["GIT_HTTP_PROXY_AUTHMETHOD"] = "basic"
         return out
+
+    def proxy_url(self, scheme: str = "http", port: int | None = None) -> str:
+        """The proxy's URL for the workload, with the run's credential when it has one."""
+        port = port or self.tcp_port or self.http_port
+        auth = f"{PROXY_USER}:{self.secret}@" if self.secret else ""
+        return f"{scheme}://{auth}127.0.0.1:{port}"
 
     def wrap_argv(self, argv: list[str]) -> list[str]:
         """The sandbox's command: the bridge, which starts its listeners and then runs argv."""
@@ -486,6 +501,11 @@ def start_for_run(
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
     socks_port = next(p for p in range(SOCKS_PORT, 65536) if p not in ports | {http_port})
     journal_fd = open_journal(paths, run_id)
+    # The loopback port is reachable by every local process: only clients that give this
+    # run's secret are served. The bridge's socket is reachable from this run's sandbox only.
+    # 256 bits, hex (URL-safe as it is): what secrets.token_hex(32) returns, without the
+    # import (secrets loads random, hmac and base64: about 1 ms of every networked run).
+    secret = os.urandom(32).hex() if loopback else None
     config = {
         "rules": rules,
         "net_default": list(policy.net_default),
@@ -493,6 +513,7 @@ def start_for_run(
         "journal_fd": journal_fd,
         "socket_uid": run_as,
         "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
+        "secret": secret,  # on stdin with the rest: never in argv or the environment
         **limits._asdict(),
     }
     process, stderr = _spawn_proxy(python, config, folder)
@@ -510,6 +531,7 @@ def start_for_run(
     # Behind the bridge the socket's path is known in advance and the bridge waits for it,
     # so the sandbox starts while the proxy does; `check()` reports a proxy that never came
     # up. On a loopback port the workload needs the proxy's port first.
+    session.secret = secret
     if loopback:
         session.direct_ports = tuple(sorted({port for _host, port in loopback_forwards(rules)}))
         session.require_ready()

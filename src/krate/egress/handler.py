@@ -3,7 +3,9 @@
 HTTP CONNECT, plain HTTP with absolute URIs and SOCKS5 are told apart by the
 first byte and parsed by `parsers` (pure); `Dialer.dial` decides and connects;
 `Relay` moves the bytes. Each connection ends with one decision line (`Record`),
-metadata only: never a URL path, query, header or body.
+metadata only: never a URL path, query, header or body. On the loopback listener
+(`Config.secret`) a client must first give this run's credential: the port is
+reachable by every local process, the bridge's socket only by this run's sandbox.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Proxy:
 
     async def request(self, client: socket.socket, record: Record) -> tuple:
         """(Target or Refusal, every byte the client sent so far)."""
+        secret = self.config.secret  # the loopback listener's per-run credential, or None
         data = await self.read(client, b"", lambda d: 1)
         if not data:
             record.reason = "client closed before a request"
@@ -78,14 +81,22 @@ class Proxy:
             record.protocol = "http"
             limit = self.config.max_header_bytes
             data = await self.read(client, data, lambda d: parsers.http_head_size(d, limit))
-            return parsers.http_request(data, limit), data
+            return parsers.http_request(data, limit, secret), data
         record.protocol = "socks5"
         data = await self.read(client, data, parsers.socks_greeting_size)
-        greeted = parsers.socks_greeting(data)
+        greeted = parsers.socks_greeting(data, userpass=secret is not None)
         if isinstance(greeted, Refusal):
             return greeted, data
         await self.send(client, greeted.reply)
-        rest = await self.read(client, data[greeted.used :], parsers.socks_request_size)
+        data = data[greeted.used :]
+        if secret is not None:  # RFC 1929: this run's user name and secret
+            data = await self.read(client, data, parsers.socks_auth_size)
+            greeted = parsers.socks_auth(data, secret)
+            if isinstance(greeted, Refusal):
+                return greeted, data
+            await self.send(client, greeted.reply)
+            data = data[greeted.used :]
+        rest = await self.read(client, data, parsers.socks_request_size)
         return parsers.socks_request(rest), rest
 
     async def read(self, sock: socket.socket, data: bytes, size: Callable) -> bytes:
@@ -116,6 +127,8 @@ class Proxy:
     ) -> Upstream | None:
         """Dial the target and tell the client; or tell it why not. None: nothing to relay."""
         if isinstance(target, Refusal):
+            if target.kind == "unauthenticated":  # another local process, not this run
+                record.rule, record.layer = "proxy credential", "proxy"
             record.reason = record.reason or target.reason
             record.protocol = target.protocol or record.protocol
             if target.host is not None:

@@ -10,6 +10,8 @@ plus `krate.hostport`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ipaddress
 from typing import NamedTuple
@@ -44,6 +46,10 @@ HTTP_STATUS = {
 }
 CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 SOCKS_ACCEPT, SOCKS_NO_METHOD = b"\x05\x00", b"\x05\xff"
+SOCKS_USERPASS = b"\x05\x02"  # RFC 1929: username/password chosen
+SOCKS_AUTH_OK, SOCKS_AUTH_FAILED = b"\x01\x00", b"\x01\x01"
+USER = "krate"  # the user name in the proxy URL (`http://krate:SECRET@127.0.0.1:PORT`)
+UNAUTHENTICATED = "client did not give this run's proxy credential"
 
 
 class Target(NamedTuple):
@@ -69,7 +75,7 @@ class Refusal(NamedTuple):
 
 
 class Greeted(NamedTuple):
-    """A SOCKS5 greeting that offers "no authentication": answer it, then read the request."""
+    """A SOCKS5 greeting (or RFC 1929 sub-negotiation) accepted: answer it, then read on."""
 
     used: int
     reply: bytes = SOCKS_ACCEPT
@@ -148,6 +154,53 @@ def refused(protocol: str, kind: str, reason: str, where: tuple[str, int, str, s
     return http_error(*status, body)
 
 
+# ---------------------------------------------------------------- the run's credential
+
+
+def same_secret(given: bytes, expected: bytes) -> bool:
+    """Constant-time comparison (the secret must not leak through timing)."""
+    import hmac  # only the loopback listener asks: the bridge's proxy never pays its import
+
+    return hmac.compare_digest(given, expected)
+
+
+def credential_ok(value: str | None, secret: str) -> bool:
+    """Whether a Proxy-Authorization value is `Basic base64(krate:SECRET)` for this secret."""
+    scheme, _, token = (value or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(token.strip().encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return same_secret(given, f"{USER}:{secret}".encode())
+
+
+def unauthenticated(protocol: str, target: Target | None = None, reply: bytes = b"") -> Refusal:
+    """The refusal of a client without this run's credential: 407 (HTTP), or `reply` (SOCKS)."""
+    if protocol != "socks5":
+        body = (UNAUTHENTICATED + "\n").encode()
+        reply = (
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+            b'Proxy-Authenticate: Basic realm="krate"\r\n'
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            + f"Content-Length: {len(body)}\r\n".encode()
+            + b"X-Krate-Decision: deny\r\nConnection: close\r\n\r\n"
+            + body
+        )
+    host, port = (target.host, target.port) if target is not None else (None, None)
+    return Refusal("unauthenticated", UNAUTHENTICATED, reply, host, port, protocol)
+
+
+def header(lines: list[str], name: str) -> str | None:
+    """The first value of header `name` (lower case) among a head's lines."""
+    for line in lines:
+        field, sep, value = line.partition(":")
+        if sep and field.strip().lower() == name:
+            return value
+    return None
+
+
 # ---------------------------------------------------------------- HTTP
 
 
@@ -164,8 +217,23 @@ def bad_request(reason: str, protocol: str | None = None) -> Refusal:
     return Refusal("bad-request", reason, reply, protocol=protocol)
 
 
-def http_request(data: bytes, limit: int) -> Target | Refusal:
-    """A CONNECT or absolute-URI request from the bytes a client sent (all of them, at EOF)."""
+def http_request(data: bytes, limit: int, secret: str | None = None) -> Target | Refusal:
+    """A CONNECT or absolute-URI request from the bytes a client sent (all of them, at EOF).
+
+    With a `secret` (the loopback listener), a request without `Proxy-Authorization:
+    Basic base64(krate:SECRET)` is refused (407); the header is never sent upstream.
+    """
+    target = parse_http(data, limit)
+    if secret is None or not isinstance(target, Target):
+        return target
+    size = target.used
+    lines = data[:size].decode("latin-1").split("\r\n")[1:]
+    if not credential_ok(header(lines, "proxy-authorization"), secret):
+        return unauthenticated(target.protocol, target)
+    return target
+
+
+def parse_http(data: bytes, limit: int) -> Target | Refusal:
     size = http_head_size(data, limit)
     if size == 0:
         reason = f"request header over {limit} bytes"
@@ -253,15 +321,41 @@ def socks_greeting_size(data: bytes) -> int:
     return 2 if len(data) < 2 else 2 + data[1]
 
 
-def socks_greeting(data: bytes) -> Greeted | Refusal:
-    """CONNECT only, without authentication: the greeting must offer method 0."""
+def socks_greeting(data: bytes, userpass: bool = False) -> Greeted | Refusal:
+    """The greeting must offer method 0 (no authentication), or with `userpass` (the
+    loopback listener) method 2 (RFC 1929 username/password) and nothing else will do."""
     size = socks_greeting_size(data)
     if len(data) < size or data[0] != 5:
         return Refusal("incomplete", "incomplete SOCKS greeting")
+    if userpass:
+        if 2 not in data[2:size]:
+            return unauthenticated("socks5", reply=SOCKS_NO_METHOD)
+        return Greeted(size, SOCKS_USERPASS)
     if 0 not in data[2:size]:
         reason = "SOCKS client offered no acceptable authentication method"
         return Refusal("auth", reason, SOCKS_NO_METHOD)
     return Greeted(size)
+
+
+def socks_auth_size(data: bytes) -> int:
+    """Bytes the RFC 1929 request (VER ULEN UNAME PLEN PASSWD) needs, given what came."""
+    if len(data) < 2:
+        return 2
+    if len(data) < 3 + data[1]:
+        return 3 + data[1]
+    return 3 + data[1] + data[2 + data[1]]
+
+
+def socks_auth(data: bytes, secret: str) -> Greeted | Refusal:
+    """The RFC 1929 sub-negotiation: user `krate` and this run's secret, else refused."""
+    size = socks_auth_size(data)
+    if len(data) < size or data[0] != 1:
+        return unauthenticated("socks5", reply=SOCKS_AUTH_FAILED)
+    ulen = data[1]
+    user_ok = same_secret(data[2 : 2 + ulen], USER.encode())
+    if not (same_secret(data[3 + ulen : size], secret.encode()) and user_ok):
+        return unauthenticated("socks5", reply=SOCKS_AUTH_FAILED)
+    return Greeted(size, SOCKS_AUTH_OK)
 
 
 def socks_request_size(data: bytes) -> int:

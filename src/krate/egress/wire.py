@@ -34,6 +34,9 @@ class Config:
     socket_uid: int | None = None  # the sandbox's uid when it is not krate's (a root krate)
     given: dict = field(default_factory=dict)  # krate's policy modules (helperlib.given())
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
+    # The loopback listener's per-run credential (`krate:SECRET` in the proxy URL); never
+    # reported or recorded. None on the bridge's socket, which only the run's sandbox reaches.
+    secret: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict) -> Config:
