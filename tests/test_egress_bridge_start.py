@@ -177,7 +177,7 @@ def _bridge_alone(tmp_path: Path, paths: Paths, http_port: int, ack: bool):
     session = start_for_run(policy(tmp_path, "localhost:9"), f"alone{http_port}{ack}", paths)
     session.http_port = http_port
     session.hold()
-    fds = session.held_fds() if ack else (session.go_read,)
+    fds = session.held_fds() if ack else (session.bridge.go_read,)
     argv = sandbox_argv(session, ["sh", "-c", f"touch {tmp_path / 'ran'}; exit 7"])
     try:
         proc = subprocess.Popen(

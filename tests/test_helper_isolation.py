@@ -123,6 +123,7 @@ def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch
     import site
 
     import krate.egress
+    import krate.egress.spawn
 
     where = site.getsitepackages()[0]
     future = "from __future__ import annotations\n"
@@ -134,6 +135,7 @@ def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch
     )
     assert helpercheck.check(sys.executable, os.environ)["agrees"]
     monkeypatch.setattr(krate.egress, "PROXY", hostile)
+    monkeypatch.setattr(krate.egress.spawn, "PROXY", hostile)  # what the proxy is started from
     layer = helpercheck.check(sys.executable, os.environ)
     assert layer["checked"] and not layer["agrees"]
     proxy = layer["helpers"]["egress proxy"]

@@ -21,7 +21,6 @@ This module never opens a socket itself: only the proxy process does.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -38,25 +37,27 @@ from krate.sandbox.backend import LOOPBACK as VIA_LOOPBACK
 from krate.sandbox.backend import Capabilities
 
 from . import helperlib
+from .gate import BridgeGate
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
+from .spawn import BRIDGE, PROXY, proxy_script, spawn_proxy
 
 if TYPE_CHECKING:
     from krate.policy.decide import EffectivePolicy
     from krate.sandbox.spec import SandboxSpec
 
 __all__ = [
+    "BRIDGE",
+    "PROXY",
     "EgressSession",
     "Limits",
     "compile_rules",
     "for_run",
+    "proxy_script",
     "recover",
     "start_for_run",
     "summarize_hosts",
 ]
 
-HERE = Path(__file__).resolve().parent
-PROXY = HERE / "proxy.py"
-BRIDGE = HERE / "bridge.py"
 SOCKET_NAME = "proxy.sock"
 DIR_PREFIX = "krate-egress-"
 HTTP_PORT, SOCKS_PORT = 3128, 1080
@@ -101,34 +102,6 @@ def compile_rules(policy: EffectivePolicy) -> list[dict[str, Any]]:
         }
         for r in policy.net_rules
     ]
-
-
-def proxy_script() -> Path:
-    """What the proxy runs: its cached bytecode when it matches proxy.py, else proxy.py.
-
-    Python compiles a script on every start (about 5 ms of every networked run for
-    proxy.py) but can run its bytecode directly; the header is checked against the
-    source here exactly as an import would check it. `krate audit network --prove`
-    compares that bytecode with its source.
-    """
-    tag = sys.implementation.cache_tag
-    cached = HERE / "__pycache__" / f"proxy.{tag}.pyc"
-    try:
-        with open(cached, "rb") as fh:
-            header = fh.read(16)
-        stat = os.stat(PROXY)
-    except (OSError, TypeError):
-        return PROXY
-    external = sys.modules.get("_frozen_importlib_external")
-    fresh = (
-        external is not None
-        and len(header) == 16
-        and header[:4] == external.MAGIC_NUMBER
-        and int.from_bytes(header[4:8], "little") == 0
-        and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
-        and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
-    )
-    return cached if fresh else PROXY
 
 
 def loopback_forwards(rules: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -179,14 +152,10 @@ class EgressSession:
         self.python, self.forwards = python, forwards or []
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
         self.network = network
-        self.go_read: int | None = None  # the bridge's end of the hold (see hold())
-        self.go_write: int | None = None
-        self.ack_read: int | None = None  # the bridge says here whether it started CMD
-        self.ack_write: int | None = None
-        self.ack: str | None = None  # what it said, once read (see unstarted())
+        self.bridge: BridgeGate | None = None  # the hold, once made (see hold())
 
     def hold(self) -> int:
-        """Make the bridge wait for `release()` before it starts the workload.
+        """Make the bridge wait for `release()` before it starts the workload (gate.py).
 
         The sandbox and the bridge then start while krate records the run's start:
         their start-up leaves the run's critical path, and the workload still never
@@ -195,66 +164,20 @@ class EgressSession:
         """
         if self.network != VIA_BRIDGE:
             raise ValueError("only the bridge can hold the workload")
-        if self.go_read is None:
-            self.go_read, self.go_write = os.pipe()
-            self.ack_read, self.ack_write = os.pipe()
-            os.set_blocking(self.ack_read, False)
-        return self.go_read
+        if self.bridge is None:
+            self.bridge = BridgeGate()
+        return self.bridge.go_read
 
     def held_fds(self) -> tuple[int, ...]:
         """What the sandbox inherits for the hold: the go pipe's and the ack pipe's ends."""
-        if self.go_read is None or self.ack_write is None:
-            return ()
-        return (self.go_read, self.ack_write)
+        return () if self.bridge is None else self.bridge.fds()
 
     def release(self, go: bool = True) -> None:
-        """Let the held workload start (`go`), or make the bridge exit without it.
-
-        A bridge that already died cannot take the go-ahead: that is no error here
-        (no broken pipe reaches the CLI); `unstarted()` reports it once the sandbox exited.
-        """
-        if self.go_write is None:
-            return
-        try:
-            if go:
-                os.write(self.go_write, b"1")
-        except OSError:  # BrokenPipeError: the bridge is gone, the workload never ran
-            pass
-        finally:
-            os.close(self.go_write)
-            self.go_write = None
+        if self.bridge is not None:
+            self.bridge.release(go)
 
     def unstarted(self, status: int) -> tuple[int, str] | None:
-        """After the sandbox exited with the bridge's `status`: None when the bridge
-        started the workload (its status is the workload's), else (exit code, reason):
-        125, or 126/127 when the command could not be executed."""
-        if self.ack is None and self.ack_read is not None:
-            chunks = []
-            with contextlib.suppress(OSError):  # BlockingIOError: nothing was written
-                while chunk := os.read(self.ack_read, 4096):
-                    chunks.append(chunk)
-            os.close(self.ack_read)
-            self.ack_read = None
-            self.ack = b"".join(chunks).decode(errors="replace").strip()
-        # `started` anywhere: only the bridge writes here before the workload exists, and
-        # a workload (which could reach the pipe through /proc) exists only once started.
-        lines = [] if self.ack is None else self.ack.split("\n")
-        if self.ack is None or "started" in lines:
-            return None
-        said = lines[0].removeprefix("krate-bridge: ")[:300]
-        if said:
-            reason = f"the egress bridge stopped before the workload started: {said}"
-        elif status > 128:
-            import signal
-
-            try:
-                name = signal.Signals(status - 128).name
-            except ValueError:
-                name = f"signal {status - 128}"
-            reason = f"the egress bridge was killed by {name} before the workload started"
-        else:
-            reason = f"the egress bridge exited {status} before the workload started"
-        return (status if said and status in (126, 127) else EXIT_KRATE_FAILED), reason
+        return None if self.bridge is None else self.bridge.unstarted(status)
 
     @property
     def socket_path(self) -> Path:
@@ -301,8 +224,8 @@ class EgressSession:
         if self.network != VIA_BRIDGE:
             return list(argv)
         forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
-        if self.go_read is not None:
-            forwards += ["--go", str(self.go_read), "--ack", str(self.ack_write)]
+        if self.bridge is not None:
+            forwards += self.bridge.bridge_args()
         return [
             self.python,
             "-I",
@@ -320,9 +243,9 @@ class EgressSession:
         ]
 
     @property
-    def gate(self) -> EgressSession | None:
-        """This session when its bridge holds the workload until `release()`, else None."""
-        return self if self.go_write is not None else None
+    def gate(self) -> BridgeGate | None:
+        """The bridge's hold while it holds the workload until `release()`, else None."""
+        return self.bridge if self.bridge is not None and self.bridge.holding else None
 
     def apply(self, spec: SandboxSpec) -> SandboxSpec:
         """The sandbox spec with this session wired in: bridge first, proxy env, socket mount.
@@ -372,10 +295,8 @@ class EgressSession:
         """Stop the proxy (open connections get a short grace), record everything, clean up."""
         if self.summary is not None:
             return self.summary
-        self.release(go=False)  # a bridge still waiting exits without the workload
-        if self.ack_read is not None:  # never read: the sandbox did not run to its end
-            os.close(self.ack_read)
-            self.ack_read = None
+        if self.bridge is not None:
+            self.bridge.close()  # a bridge still waiting exits without the workload
         if self.recorder.ready_line is None and self.process.poll() is None:
             # The sandbox is gone and the proxy never listened: no connection went through
             # it, so there is nothing to wait for (a quick `krate run -- true`).
@@ -516,7 +437,7 @@ def start_for_run(
         "secret": secret,  # on stdin with the rest: never in argv or the environment
         **limits._asdict(),
     }
-    process, stderr = _spawn_proxy(python, config, folder)
+    process, stderr = spawn_proxy(python, config, folder)
     try:
         recorder = Recorder(paths, run_id, process.stdout.fileno())
         recorder.start()
@@ -537,39 +458,3 @@ def start_for_run(
         session.require_ready()
         session.tcp_port = int(recorder.ready_line["port"])
     return session
-
-
-def _spawn_proxy(
-    python: str, config: dict[str, Any], folder: Path
-) -> tuple[subprocess.Popen, IO[bytes]]:
-    """The proxy process, given its configuration, and the file its own errors go to."""
-    # Its bytecode is this interpreter's: another one gets the source.
-    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
-    journal_fd = config["journal_fd"]
-    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
-    try:
-        process = subprocess.Popen(
-            [python, "-I", "-S", str(script)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            pass_fds=(journal_fd,),
-            close_fds=True,
-            cwd="/",
-            env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
-            start_new_session=False,
-        )
-    except OSError as exc:
-        stderr.close()
-        os.close(journal_fd)
-        shutil.rmtree(folder, ignore_errors=True)
-        raise KrateError(
-            f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
-            exit_code=EXIT_KRATE_FAILED,
-        ) from exc
-    # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
-    with contextlib.suppress(BrokenPipeError):
-        process.stdin.write((json.dumps(config) + "\n").encode())
-        process.stdin.flush()
-    return process, stderr

@@ -1,0 +1,87 @@
+"""Start the egress proxy process: its script (or that script's fresh bytecode) and its config.
+
+The configuration goes over stdin as one JSON line, never in argv or the environment
+(it may hold the run's proxy credential).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from krate.errors import EXIT_KRATE_FAILED, KrateError
+
+HERE = Path(__file__).resolve().parent
+PROXY = HERE / "proxy.py"
+BRIDGE = HERE / "bridge.py"
+
+
+def proxy_script() -> Path:
+    """What the proxy runs: its cached bytecode when it matches proxy.py, else proxy.py.
+
+    Python compiles a script on every start (about 5 ms of every networked run for
+    proxy.py) but can run its bytecode directly; the header is checked against the
+    source here exactly as an import would check it. `krate audit network --prove`
+    compares that bytecode with its source.
+    """
+    tag = sys.implementation.cache_tag
+    cached = HERE / "__pycache__" / f"proxy.{tag}.pyc"
+    try:
+        with open(cached, "rb") as fh:
+            header = fh.read(16)
+        stat = os.stat(PROXY)
+    except (OSError, TypeError):
+        return PROXY
+    external = sys.modules.get("_frozen_importlib_external")
+    fresh = (
+        external is not None
+        and len(header) == 16
+        and header[:4] == external.MAGIC_NUMBER
+        and int.from_bytes(header[4:8], "little") == 0
+        and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
+        and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
+    )
+    return cached if fresh else PROXY
+
+
+def spawn_proxy(
+    python: str, config: dict[str, Any], folder: Path
+) -> tuple[subprocess.Popen, IO[bytes]]:
+    """The proxy process, given its configuration, and the file its own errors go to."""
+    # Its bytecode is this interpreter's: another one gets the source.
+    script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
+    journal_fd = config["journal_fd"]
+    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    try:
+        process = subprocess.Popen(
+            [python, "-I", "-S", str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            pass_fds=(journal_fd,),
+            close_fds=True,
+            cwd="/",
+            env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
+            start_new_session=False,
+        )
+    except OSError as exc:
+        stderr.close()
+        os.close(journal_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise KrateError(
+            f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
+            exit_code=EXIT_KRATE_FAILED,
+        ) from exc
+    # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.write((json.dumps(config) + "\n").encode())
+        process.stdin.flush()
+    return process, stderr
