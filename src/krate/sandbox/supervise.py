@@ -242,6 +242,17 @@ def _then_become(preexec: Callable[[], None] | None, who: Identity) -> Callable[
     return child
 
 
+def _detach_terminal(fds: list[int]) -> None:
+    """Point `fds` (the terminal) at /dev/null: after a hang-up, writing there fails, and
+    Python would exit 120 instead of krate's status."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 def _ignoring(signals: tuple[int, ...], preexec: Callable[[], None] | None) -> Callable[[], None]:
     """`preexec` in a child that ignores `signals` (kept across exec; the workload resets them)."""
 
@@ -287,6 +298,8 @@ class Launcher:
     ) -> None:
         self.env, self.wall_seconds, self.clock = env, wall_seconds, clock
         self.terminal = interactive() if terminal is None else terminal
+        # which of stdin, stdout, stderr are terminals (after a hang-up, isatty() says no)
+        self.tty_fds = [fd for fd in (0, 1, 2) if os.isatty(fd)] if self.terminal else []
         self.preexec = preexec if run_as is None else _then_become(preexec, run_as)
         self.proc: subprocess.Popen | None = None
         self.gate: Gate | None = None
@@ -435,6 +448,8 @@ class Launcher:
             self._kill_early(signum)
             return
         if self.terminal:
+            if signum == signal.SIGHUP:  # the terminal closed: nothing can be shown any more
+                _detach_terminal(self.tty_fds)
             if signum in (signal.SIGHUP, signal.SIGQUIT):  # the terminal closed; the way out
                 self._kill_early(signum)
             elif signum not in FROM_TERMINAL:
