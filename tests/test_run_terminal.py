@@ -51,7 +51,8 @@ def terminals():
 def test_ctrl_c_reaches_the_job_inside_and_never_kills_the_sandbox(box, terminals):
     term = krate_in_terminal(box, "--", *BASH)
     terminals.append(term)
-    term.send(b"tty >/dev/null && echo tty-$((40+2)); set -o | grep -c 'monitor.*on'\n")
+    term.send(b"tty >/dev/null && : </dev/tty && echo tty-$((40+2)); ")
+    term.send(b"set -o | grep -c 'monitor.*on'\n")
     at = term.expect(rb"tty-42\r\n1\r\n")  # a terminal, and job control is on
     for i in range(5):
         term.send(b"sleep 100\n")
@@ -204,11 +205,11 @@ def test_three_quick_ctrl_c_are_the_emergency_exit(box, terminals):
     at = term.expect(rb"stubborn\r\n")
     # Keys a little apart, as typed: signals sent at the same instant merge into one.
     term.send(b"\x03")
-    armed = False
-    while not armed:
+    deadline = time.monotonic() + 20
+    while b"a third within" not in term.pump()[at:] and term.proc.poll() is None:
+        assert time.monotonic() < deadline, term.out[at:]
         time.sleep(0.2)
         term.send(b"\x03")
-        armed = b"a third within" in term.pump()[at:]
     time.sleep(0.2)
     term.send(b"\x03")
     assert term.wait() == 128 + signal.SIGINT, term.out

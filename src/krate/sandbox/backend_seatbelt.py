@@ -52,7 +52,13 @@ class Seatbelt(Installed):
 
 
 class SeatbeltLauncher(Launcher):
-    """`sandbox-exec`'s process is the workload's: Launcher's defaults fit it."""
+    """`sandbox-exec`'s process is the workload's: Launcher's defaults fit it.
+
+    With a terminal on stdin it stays in krate's process group, the terminal's
+    foreground job, so a REPL or an editor reading the terminal is not stopped as a
+    background job (SIGTTIN), and Ctrl-Z stops krate and the workload together
+    (supervise.py). Nothing to ignore (`CHILD_IGNORES`): there is no process between.
+    """
 
     def __init__(self, spec: SandboxSpec, exe: str, preexec: Callable[[], None] | None) -> None:
         super().__init__(dict(spec.env), preexec=preexec, wall_seconds=spec.limits.wall_seconds)
