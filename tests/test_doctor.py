@@ -72,6 +72,7 @@ def test_doctor_passes_on_a_healthy_install(krate_home, keychain):
     assert {name: c["status"] for name, c in checks.items()} == {
         "sandbox": "ok",
         "memory limits": "ok" if _memory_cgroup() else "warn",
+        "terminal": "ok",
         "database": "ok",
         "event chain": "ok",
         "permissions": "ok",
@@ -84,7 +85,8 @@ def test_doctor_passes_on_a_healthy_install(krate_home, keychain):
     human = run_krate("doctor", env=env)
     assert human.returncode == 0 and human.stderr == ""
     statuses = [line.split()[0] for line in human.stdout.splitlines()]
-    assert statuses == ["ok", "ok" if _memory_cgroup() else "warn", *["ok"] * 5]
+    assert statuses == ["ok", "ok" if _memory_cgroup() else "warn", *["ok"] * 6]
+    assert "seccomp filter refuses TIOCSTI" in checks["terminal"]["detail"]
     assert run_krate("audit", "head", env=env).stdout == head
 
 

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from krate.sandbox import procstart, supervise
+from krate.sandbox import leftovers, procstart
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def no_proc(tmp_path, monkeypatch):
 
 def test_without_proc_the_identity_comes_from_ps(no_proc):
     me = procstart.identity(os.getpid(), platform="linux")
-    assert me and " " not in me and me == supervise.process_identity(os.getpid())
+    assert me and " " not in me and me == procstart.identity(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert procstart.identity(child.pid, platform="linux")
@@ -39,16 +39,16 @@ def test_without_proc_the_identity_comes_from_ps(no_proc):
 
 def test_without_proc_a_reused_pid_does_not_keep_a_stale_run_folder(no_proc, tmp_path):
     base = tmp_path / "run"
-    with supervise.run_folder(base, "live") as live:
+    with leftovers.run_folder(base, "live") as live:
         owner = (live / "owner").read_text().split()
         assert owner[1] != "-"  # an identity was recorded, not "unknown"
         stale = base / "stale"
         stale.mkdir()
         # the same live pid, but another start time: the pid was reused
         (stale / "owner").write_text(f"{os.getpid()} Thu-Jan-1-00:00:00-1970\n")
-        removed = supervise.sweep_stale(base)
+        removed = leftovers.sweep_stale(base)
         assert removed == [stale] and live.exists()
-        assert supervise.alive(os.getpid(), owner[1])
+        assert leftovers.alive(os.getpid(), owner[1])
 
 
 def test_the_macos_start_time_is_read_from_kinfo_proc():

@@ -69,6 +69,7 @@ def diagnose(
         (
             check_sandbox(path_env, platform, proc, trial=trial),
             check_memory_limits(platform, proc),
+            check_terminal(platform),
             database,
             check_chain(paths, database_ok=database.status != FAIL),
             check_permissions(paths),
@@ -165,6 +166,31 @@ def check_memory_limits(platform: str, proc: Path = Path("/proc")) -> Check:
             "check that the cgroup file system is writable by you, or leave limits.memory_mb unset",
         )
     return Check(name, OK, f"limits.memory_mb is enforced by a per-run {place.describe()}")
+
+
+def check_terminal(platform: str) -> Check:
+    """What keeps an interactive workload from typing into the terminal (TIOCSTI)."""
+    name = "terminal"
+    if platform != "linux":
+        return Check(
+            name,
+            WARN,
+            "interactive runs keep the terminal; on macOS nothing in the sandbox refuses "
+            "TIOCSTI (terminal input injection)",
+            "run untrusted interactive workloads with stdin redirected (`< /dev/null`)",
+        )
+    from krate.sandbox import bwrap
+
+    defence = bwrap.terminal_defence()
+    if defence is None:
+        return Check(
+            name,
+            WARN,
+            "interactive runs get a new session, without job control: no seccomp filter for "
+            "this CPU, dev.tty.legacy_tiocsti is not 0, or /usr/bin/env lacks --default-signal",
+            "set `sysctl dev.tty.legacy_tiocsti=0` (Linux 6.2+) to keep the terminal",
+        )
+    return Check(name, OK, f"interactive runs keep the terminal; {defence}")
 
 
 def userns_blockers(proc: Path) -> list[tuple[str, str]]:

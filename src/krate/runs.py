@@ -38,7 +38,7 @@ from krate.redact import redact_argv
 from krate.run_prepare import Prepared, prepare
 from krate.run_prepare import broad_workspace as broad_workspace  # the CLI's and tests' name
 from krate.sandbox import backend as backends
-from krate.sandbox import placeholders, supervise
+from krate.sandbox import leftovers, placeholders, procstart, supervise
 from krate.sandbox.spec import SandboxSpec
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from krate.store.events import Event
     from krate.store.runs import RunRow
 
-RUN_DIRS = supervise.RUN_DIRS
+RUN_DIRS = leftovers.RUN_DIRS
 
 
 def new_run_id(now_ms: int | None = None, rand: int | None = None) -> str:
@@ -102,7 +102,7 @@ def execute(
     if not request.argv:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     backend = backend or backends.choose()
-    supervise.sweep_stale(paths.data_dir / RUN_DIRS)
+    leftovers.sweep_stale(paths.data_dir / RUN_DIRS)
     since = watch.clock()
     placeholders.sweep(paths.data_dir)
     prepared = prepare(policy, request, backend)
@@ -327,7 +327,7 @@ def _record_start(
         "policy_name": policy.name,
         "policy_hash": policy.hash,
         "krate_pid": pid,
-        "krate_start": supervise.process_identity(pid),
+        "krate_start": procstart.identity(pid),
     }
     data, row = printable(data), printable(row)
     with store.write() as writer:
@@ -387,7 +387,7 @@ def mark_interrupted(store: Store) -> list[str]:
     marked = []
     with store.write() as writer:
         for row in runs_store.running(store):
-            if supervise.alive(row.krate_pid, row.krate_start):
+            if leftovers.alive(row.krate_pid, row.krate_start):
                 continue
             reason = "krate was killed before the run finished"
             event = writer.append(
@@ -405,7 +405,7 @@ def mark_interrupted(store: Store) -> list[str]:
 
 
 def _effective(row: RunRow) -> RunRow:
-    if row.status == "running" and not supervise.alive(row.krate_pid, row.krate_start):
+    if row.status == "running" and not leftovers.alive(row.krate_pid, row.krate_start):
         return row._replace(status="interrupted", reason="krate was killed before the run finished")
     return row
 

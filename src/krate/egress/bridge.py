@@ -15,6 +15,10 @@ writes `started` on the `--ack` descriptor; if it stops before that it writes on
 line `krate-bridge: <reason>` there instead (not on stderr, which is the
 workload's), and krate records the run as failed with that reason (125, or
 126/127 when CMD could not be executed).
+When stdin is the controlling terminal of the sandbox's session (krate kept the
+terminal, sandbox/supervise.py), CMD stays in the bridge's process group, the
+terminal's foreground group, and gets Ctrl-C, Ctrl-\\ and SIGWINCH from the kernel:
+the bridge then passes on only the other signals. Otherwise CMD gets its own group.
 
 It stands between krate and every workload that may use the network, so it
 starts the workload as soon as its listeners exist: it uses the C modules
@@ -41,9 +45,19 @@ GO = b"1"  # krate's go-ahead on the --go descriptor
 STARTED = "started"  # on the --ack descriptor: CMD was executed
 ACK: list[int] = []  # the --ack descriptor, once parsed
 FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+FROM_TERMINAL = ("SIGINT", "SIGQUIT", "SIGWINCH")  # the kernel sends them to the whole group
 # Python ignores these at start-up; the workload gets the default back (as subprocess does).
 RESTORED_SIGNALS = ("SIGPIPE", "SIGXFSZ")
 STREAM = _socket.SOCK_STREAM
+
+
+def has_terminal() -> bool:
+    """Whether stdin is this session's controlling terminal (krate kept the terminal)."""
+    try:
+        os.tcgetpgrp(0)
+    except OSError:
+        return False
+    return True
 
 
 def dial(path: str, wait: float = PROXY_WAIT_S):
@@ -191,13 +205,20 @@ def main(argv: list[str]) -> int:
     # (it would otherwise kill the bridge); it is passed on once the workload exists.
     child: list[int] = []
     pending: list[int] = []
+    terminal = has_terminal()
+    skipped = {getattr(_signal, name) for name in FROM_TERMINAL} if terminal else set()
 
     def forward(signum: int, _frame: object) -> None:
+        if signum in skipped:
+            return
         if not child:
             pending.append(signum)
             return
-        try:  # noqa: SIM105
-            os.killpg(child[0], signum)
+        try:
+            if terminal:
+                os.kill(child[0], signum)
+            else:
+                os.killpg(child[0], signum)
         except OSError:
             pass
 
@@ -213,8 +234,8 @@ def main(argv: list[str]) -> int:
             command[0],
             command,
             os.environ,
-            setpgroup=0,
             setsigdef=[getattr(_signal, name) for name in RESTORED_SIGNALS],
+            **({} if terminal else {"setpgroup": 0}),
         )
     except FileNotFoundError:
         say(f"{command[0]}: command not found")

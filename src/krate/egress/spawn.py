@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,9 @@ def spawn_proxy(
     journal_fd = config["journal_fd"]
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    # Started with Ctrl-C ignored, so Python installs no handler for it: a Ctrl-C at the
+    # terminal while the proxy starts (it reaches krate's whole group) cannot kill it.
+    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         process = subprocess.Popen(
             [python, "-I", "-S", str(script)],
@@ -80,6 +84,8 @@ def spawn_proxy(
             f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
             exit_code=EXIT_KRATE_FAILED,
         ) from exc
+    finally:
+        signal.signal(signal.SIGINT, ctrl_c)
     # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
     with contextlib.suppress(BrokenPipeError):
         process.stdin.write((json.dumps(config) + "\n").encode())

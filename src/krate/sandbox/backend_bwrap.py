@@ -80,7 +80,14 @@ class Bubblewrap(Installed):
 
 
 class BwrapLauncher(Launcher):
-    """bubblewrap's process: its JSON status names the sandbox's init and the workload's exit."""
+    """bubblewrap's process: its JSON status names the sandbox's init and the workload's exit.
+
+    With the terminal kept (supervise.py), bubblewrap shares the terminal's foreground
+    group with the workload: it ignores Ctrl-C and Ctrl-\\ (it would die of them and
+    take the sandbox along), and the workload gets them back (bwrap.command).
+    """
+
+    CHILD_IGNORES = (signal.SIGINT, signal.SIGQUIT)
 
     def __init__(
         self, spec: SandboxSpec, exe: str, preexec: Callable[[], None] | None,
@@ -90,6 +97,8 @@ class BwrapLauncher(Launcher):
             dict(spec.env), preexec=preexec, wall_seconds=spec.limits.wall_seconds,
             run_as=spec.run_as,
         )  # fmt: skip
+        if self.terminal and bwrap.terminal_defence() is None:
+            self.terminal = False  # a new session: no terminal to inject into
         self.spec, self.exe, self.group = spec, exe, group
         self.status: _Status | None = None
 
@@ -97,7 +106,9 @@ class BwrapLauncher(Launcher):
         read_fd, write_fd = os.pipe()
         self.status = _Status(read_fd)
         fds.append(write_fd)
-        return bwrap.command(self.spec, self.exe, status_fd=write_fd, fds=fds)
+        return bwrap.command(
+            self.spec, self.exe, status_fd=write_fd, fds=fds, terminal=self.terminal
+        )
 
     def _spawn(self) -> None:
         try:
@@ -116,6 +127,20 @@ class BwrapLauncher(Launcher):
 
     def init_pid(self) -> int | None:
         return self.status.child_pid() if self.status is not None else None
+
+    def signal_workload(self, signum: int) -> None:
+        # The init's children: the workload (or the egress bridge, which passes it on).
+        init = self.init_pid()
+        if init is None:
+            return
+        try:
+            with open(f"/proc/{init}/task/{init}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            return
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
 
     def kill_tree(self) -> None:
         init = self.init_pid()

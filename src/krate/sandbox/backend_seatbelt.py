@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
-from krate.sandbox import limits, seatbelt, supervise
+from krate.sandbox import leftovers, limits, seatbelt
 from krate.sandbox.backend import LOOPBACK, Capabilities, Installed
 from krate.sandbox.supervise import Launcher
 
@@ -122,7 +122,7 @@ class Seatbelt(Installed):
                 "the Seatbelt sandbox; unhide its folder",
                 exit_code=EXIT_KRATE_FAILED,
             )
-        with supervise.run_folder(data_dir / supervise.RUN_DIRS, run_id) as folder:
+        with leftovers.run_folder(data_dir / leftovers.RUN_DIRS, run_id) as folder:
             tmp = folder / "tmp"
             tmp.mkdir(mode=0o700)
             spec = seatbelt.with_tmpdir(spec, tmp)
@@ -131,7 +131,14 @@ class Seatbelt(Installed):
 
 
 class SeatbeltLauncher(Launcher):
-    """`sandbox-exec`'s process is the workload's; LAUNCHER's pipe says whether it ran."""
+    """`sandbox-exec`'s process is the workload's; LAUNCHER's pipe says whether it ran.
+
+    With a terminal on stdin it stays in krate's process group, the terminal's
+    foreground job, so a REPL or an editor reading the terminal is not stopped as a
+    background job (SIGTTIN), and Ctrl-Z stops krate and the workload together
+    (supervise.py). Nothing to ignore (`CHILD_IGNORES`): LAUNCHER executes the
+    workload in the same process.
+    """
 
     def __init__(self, spec: SandboxSpec, exe: str, python: str) -> None:
         super().__init__(dict(spec.env), wall_seconds=spec.limits.wall_seconds)

@@ -6,8 +6,14 @@ away), hidden paths (empty read-only tmpfs for folders, empty read-only files fo
 private /tmp, empty /run, fresh /proc and minimal /dev, every namespace
 unshared (user and network always), all capabilities dropped, no new user
 namespaces (`--disable-userns`), a seccomp filter for what namespaces do not
-isolate (`--seccomp`, sandbox/seccomp.py), a new terminal session (no TIOCSTI
-injection into the user's terminal) and death with krate (`--die-with-parent`).
+isolate (`--seccomp`, sandbox/seccomp.py) and death with krate (`--die-with-parent`).
+
+The terminal: when stdin is one (`terminal_defence`), the workload stays in the
+terminal's session so job control, `stty`, SIGWINCH and Ctrl-Z work, and the
+seccomp filter's TIOCSTI/TIOCLINUX refusal (or a kernel that refuses TIOCSTI,
+`dev.tty.legacy_tiocsti = 0`) keeps it from pushing keystrokes into the terminal
+that would run after krate exits. Otherwise, and when neither defence exists, it
+runs in a new session (`--new-session`), which has no terminal at all.
 
 /proc's kernel knobs (`PROC_READ_ONLY`) are bound read-only and its leak files
 (`PROC_MASKED`) replaced by empty read-only files, always: bubblewrap does the
@@ -78,6 +84,35 @@ def open_empty() -> int:
     return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
+LEGACY_TIOCSTI = "/proc/sys/dev/tty/legacy_tiocsti"
+# GNU env (coreutils 8.31+) puts back, in the workload, the signals bubblewrap ignores.
+ENV = "/usr/bin/env"
+DEFAULT_SIGNALS = "--default-signal=INT,QUIT"
+
+
+def terminal_defence(
+    arch: str | None = None, knob: str = LEGACY_TIOCSTI, env: str = ENV
+) -> str | None:
+    """What keeps a workload in the terminal's session from injecting input; None: nothing
+    does (or the workload's signals could not be reset), so it needs a new session."""
+    if not os.path.exists(env) or not supports(env, "default-signal"):
+        return None
+    if seccomp_filter.supported(arch):
+        return "the seccomp filter refuses TIOCSTI and TIOCLINUX"
+    if kernel_refuses_tiocsti(knob):
+        return "the kernel refuses TIOCSTI (dev.tty.legacy_tiocsti = 0)"
+    return None
+
+
+def kernel_refuses_tiocsti(knob: str = LEGACY_TIOCSTI) -> bool:
+    """Linux 6.2+ with `dev.tty.legacy_tiocsti = 0`: TIOCSTI needs CAP_SYS_ADMIN."""
+    try:
+        with open(knob) as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
 def command(
     spec: SandboxSpec,
     exe: str,
@@ -86,6 +121,7 @@ def command(
     fds: list[int] | None = None,
     empty: Callable[[], int] = open_empty,
     seccomp: Callable[[], int | None] = seccomp_filter.pipe_fd,
+    terminal: bool = False,
 ) -> list[str]:
     """The full bwrap argv for `spec` (the workload's argv last, after `--`).
 
@@ -93,6 +129,8 @@ def command(
     each its own: bubblewrap reads it to the end). `seccomp()` gives a descriptor
     holding the workload's seccomp filter (sandbox/seccomp.py). The descriptors opened
     are appended to `fds`; the launcher passes them to bubblewrap and closes them.
+    `terminal`: keep the terminal's session (only where `terminal_defence()` says so);
+    bubblewrap then ignores SIGINT and SIGQUIT, and the workload gets them back.
     """
     fds = [] if fds is None else fds
     args = [
@@ -100,7 +138,7 @@ def command(
         "--unshare-all",
         "--unshare-user",
         "--die-with-parent",
-        "--new-session",
+        *(() if terminal else ("--new-session",)),
         "--cap-drop",
         "ALL",
     ]
@@ -110,6 +148,9 @@ def command(
     if filter_fd is not None:
         fds.append(filter_fd)
         args += ["--seccomp", str(filter_fd)]
+    elif terminal and not kernel_refuses_tiocsti():  # never the terminal without a defence
+        terminal = False
+        args.insert(4, "--new-session")
     # The writable tmpfs mounts hold at most limits.memory_mb (their pages count in the
     # memory cgroup too; the size makes a full /tmp an ordinary "no space left" error).
     size = []
@@ -148,7 +189,8 @@ def command(
     fds.extend(spec.pass_fds)  # not consumed by bubblewrap: they reach the command as they are
     if status_fd is not None:
         args += ["--json-status-fd", str(status_fd)]
-    return [*args, "--", *spec.argv]
+    argv = [ENV, DEFAULT_SIGNALS, "--", *spec.argv] if terminal else list(spec.argv)
+    return [*args, "--", *argv]
 
 
 def userns_refused(exe: str) -> bool:

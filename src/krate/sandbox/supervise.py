@@ -1,11 +1,25 @@
 """Starting the sandbox and staying out of the way: signals, exit status, wall clock, leftovers.
 
 The workload inherits stdin, stdout and stderr directly (nothing is pumped
-through Python, so pipes, TTYs and gigabytes pass at full speed). krate forwards
-SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the sandbox's
-process group; three SIGINTs kill it outright. The workload's status becomes
-krate's (128+N for a signal). The sandbox runs in its own process group so a
-terminal's Ctrl-C reaches krate only, which forwards it once.
+through Python, so pipes, TTYs and gigabytes pass at full speed). The workload's
+status becomes krate's (128+N for a signal).
+
+Two ways to run, chosen by whether stdin is a terminal (`interactive()`):
+
+- Not a terminal: the sandbox runs in its own process group and (bubblewrap) its
+  own session, so a terminal's Ctrl-C reaches krate only, which forwards SIGINT,
+  SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the sandbox once.
+- A terminal: the sandbox stays in krate's own process group, the job the user's
+  shell made the terminal's foreground group. The kernel delivers Ctrl-C, Ctrl-\\,
+  Ctrl-Z and SIGWINCH to the workload itself, as to any program; Ctrl-Z stops krate
+  and the sandbox together and `fg` resumes both. krate forwards only what the
+  terminal does not send (SIGTERM, SIGUSR1, SIGUSR2) to the workload. SIGHUP (the
+  terminal closed) and SIGQUIT end the run as `interrupted`.
+
+Either way Ctrl-C never counts toward killing the sandbox, except as the
+emergency exit for a workload that ignores every signal: three SIGINTs within
+EMERGENCY_S seconds while it runs kill it (one line is printed the first time the
+exit is armed, after the second).
 
 `Launcher` is one sandbox process through the launch sequence (start held,
 release, wait); each backend subclasses it (backend_bwrap.py, backend_seatbelt.py)
@@ -18,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -37,8 +50,13 @@ FORWARDED = tuple(
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
     if hasattr(signal, name)
 )
-FORCE_AFTER_SIGINTS = 3
-RUN_DIRS = "run"  # under the data folder: per-run folders (run_folder), swept when stale
+FORCE_AFTER_SIGINTS = 3  # within EMERGENCY_S seconds: the emergency exit
+EMERGENCY_S = 2.0
+# Sent by the terminal to its foreground group: in terminal mode the workload has them already.
+FROM_TERMINAL = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGQUIT", "SIGWINCH") if hasattr(signal, name)
+)
+ARMED = "krate: Ctrl-C twice in a row; a third within 2 s kills the sandbox\n"
 
 
 class Outcome:
@@ -101,73 +119,12 @@ def find_command(
     raise KrateError(f"command not found{where}: {name}", exit_code=EXIT_NOT_FOUND)
 
 
-# ---------------------------------------------------------------- processes
-
-
-def process_identity(pid: int) -> str | None:
-    """Something that changes when `pid` is reused: its start time (procstart.py, any platform)."""
-    from krate.sandbox import procstart
-
-    return procstart.identity(pid)
-
-
-def alive(pid: int | None, identity: str | None) -> bool:
-    """Whether the process that wrote a record (pid + identity) is still running."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if identity is None:
-        return True
-    current = process_identity(pid)
-    return current is None or current == identity
-
-
-# ---------------------------------------------------------------- leftovers
-
-
-def sweep_stale(folder: Path) -> list[Path]:
-    """Remove per-run folders under `folder` whose krate process is gone; return them."""
-    removed = []
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        try:
-            owner = (entry / "owner").read_text().split()
-            pid, identity = int(owner[0]), owner[1] if len(owner) > 1 else None
-        except (OSError, ValueError, IndexError):
-            pid, identity = 0, None
-        if pid and alive(pid, identity if identity != "-" else None):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
-@contextlib.contextmanager
-def run_folder(base: Path, run_id: str):
-    """A private per-run folder (0700) that is removed afterwards, even on errors.
-
-    If krate is killed, `sweep_stale` removes it at the next start.
-    """
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder = base / run_id
-    folder.mkdir(mode=0o700)
-    pid = os.getpid()
-    (folder / "owner").write_text(f"{pid} {process_identity(pid) or '-'}\n")
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- the terminal
+
+
+def interactive(fd: int = 0) -> bool:
+    """Whether the run keeps the terminal: stdin is one (module docstring)."""
+    return os.isatty(fd)
 
 
 @contextlib.contextmanager
@@ -214,6 +171,29 @@ def _then_become(preexec: Callable[[], None] | None, who: Identity) -> Callable[
     return child
 
 
+def _detach_terminal(fds: list[int]) -> None:
+    """Point `fds` (the terminal) at /dev/null: after a hang-up, writing there fails, and
+    Python would exit 120 instead of krate's status."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _ignoring(signals: tuple[int, ...], preexec: Callable[[], None] | None) -> Callable[[], None]:
+    """`preexec` in a child that ignores `signals` (kept across exec; the workload resets them)."""
+
+    def child() -> None:
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
+        if preexec is not None:
+            preexec()
+
+    return child
+
+
 class Launcher:
     """One sandbox process: started held, released, waited for; signals, wall clock, outcome.
 
@@ -227,9 +207,14 @@ class Launcher:
     `run_as` (an identity.Identity, for a root krate): the child takes that user's
     groups, gid and uid before it executes the sandbox, after `preexec` (which may
     still need root, e.g. to join the run's memory cgroup).
+
+    `terminal`: keep the terminal (module docstring); `interactive()` by default.
+    The sandbox's own process then ignores `CHILD_IGNORES` (the signals the terminal
+    sends to the whole group that would kill it but not the workload inside).
     """
 
     cwd: str | None = None  # the folder the sandbox process starts in (None: krate's)
+    CHILD_IGNORES: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -239,13 +224,18 @@ class Launcher:
         wall_seconds: int | None = None,
         run_as: Identity | None = None,
         clock: Callable[[], float] = time.monotonic,
+        terminal: bool | None = None,
     ) -> None:
         self.env, self.wall_seconds, self.clock = env, wall_seconds, clock
+        self.terminal = interactive() if terminal is None else terminal
+        # which of stdin, stdout, stderr are terminals (after a hang-up, isatty() says no)
+        self.tty_fds = [fd for fd in (0, 1, 2) if os.isatty(fd)] if self.terminal else []
         self.preexec = preexec if run_as is None else _then_become(preexec, run_as)
         self.proc: subprocess.Popen | None = None
         self.gate: Gate | None = None
         self.forwarded: list[int] = []
-        self.sigints = 0
+        self.sigints: list[float] = []  # when the last SIGINTs came (the emergency exit)
+        self.armed = False
         self.timed_out = False
         self.pending: int | None = None  # a signal that came before the sandbox existed
         self.killed_early: int | None = None
@@ -265,7 +255,16 @@ class Launcher:
     def kill_tree(self) -> None:
         if self.proc is not None:
             with contextlib.suppress(OSError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                if self.terminal:  # krate's own group: the sandbox's process only
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                else:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def signal_workload(self, signum: int) -> None:
+        """Terminal mode: pass on a signal the terminal did not send (SIGTERM, SIGUSR1...)."""
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signum)
 
     def exit_code(self, returncode: int) -> int | None:
         """The workload's exit status (128+N for a signal); None: the sandbox never ran it."""
@@ -338,7 +337,10 @@ class Launcher:
 
     def _spawn(self) -> None:
         # A signal krate inherited as ignored (`krate run ... &` from a script) stays ignored.
+        # With the terminal kept, the kernel sends its signals to the workload itself.
         for s in FORWARDED:
+            if self.terminal and s == getattr(signal, "SIGWINCH", None):
+                continue
             if signal.getsignal(s) != signal.SIG_IGN:
                 self.previous[s] = signal.signal(s, self._on_signal)
         if self.wall_seconds:
@@ -346,11 +348,15 @@ class Launcher:
         self.started_at = self.clock()
         fds: list[int] = []
         argv = ["the sandbox"]
+        preexec = self.preexec
+        if self.terminal and self.CHILD_IGNORES:
+            preexec = _ignoring(self.CHILD_IGNORES, preexec)
         try:
             argv = self.command(fds)
             self.proc = subprocess.Popen(
-                argv, env=self.env, pass_fds=tuple(fds), process_group=0,
-                preexec_fn=self.preexec, close_fds=True, cwd=self.cwd,
+                argv, env=self.env, pass_fds=tuple(fds),
+                process_group=None if self.terminal else 0,
+                preexec_fn=preexec, close_fds=True, cwd=self.cwd,
             )  # fmt: skip
         except OSError as exc:
             raise KrateError(
@@ -370,20 +376,44 @@ class Launcher:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.forwarded.append(signum)
+        resize = signum == getattr(signal, "SIGWINCH", -1)
         if self.proc is None:
-            self.pending = self.pending or signum
+            if not resize:
+                self.pending = self.pending or signum
+            return
+        if signum == signal.SIGINT and self._insists():
+            self._kill_early(signum)
+            return
+        if self.terminal:
+            if signum == signal.SIGHUP:  # the terminal closed: nothing can be shown any more
+                _detach_terminal(self.tty_fds)
+            if signum in (signal.SIGHUP, signal.SIGQUIT):  # the terminal closed; the way out
+                self._kill_early(signum)
+            elif signum not in FROM_TERMINAL:
+                self.signal_workload(signum)
             return
         init = self.init_pid()
-        if signum == signal.SIGINT:
-            self.sigints += 1
-        if init is None or self.sigints >= FORCE_AFTER_SIGINTS:
-            # Not started yet (or the user insists): stop everything now.
-            if self.killed_early is None and signum != getattr(signal, "SIGWINCH", -1):
-                self.killed_early = signum
-                self.kill_tree()
+        if init is None:  # not started yet: stop everything now
+            if not resize:
+                self._kill_early(signum)
             return
         with contextlib.suppress(OSError):
             os.killpg(init, signum)
+
+    def _insists(self) -> bool:
+        """The emergency exit: FORCE_AFTER_SIGINTS SIGINTs within EMERGENCY_S seconds."""
+        now = self.clock()
+        self.sigints = [t for t in self.sigints if now - t < EMERGENCY_S] + [now]
+        if len(self.sigints) == FORCE_AFTER_SIGINTS - 1 and not self.armed:
+            self.armed = True
+            with contextlib.suppress(OSError):
+                os.write(2, ARMED.encode())
+        return len(self.sigints) >= FORCE_AFTER_SIGINTS
+
+    def _kill_early(self, signum: int) -> None:
+        if self.killed_early is None:
+            self.killed_early = signum
+            self.kill_tree()
 
     def _on_alarm(self, _signum: int, _frame: object) -> None:
         self.timed_out = True
