@@ -199,7 +199,7 @@ class RunCgroup:
 
 def sweep(place: Place) -> None:
     """Remove per-run cgroups left by krate processes that are gone (empty ones only)."""
-    from krate.sandbox.supervise import alive
+    from krate.sandbox.leftovers import alive
 
     try:
         entries = list(os.scandir(place.parent))

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from krate.sandbox.procstart import identity
+from krate.sandbox import procstart
 
 RUN_DIRS = "run"  # under the data folder: per-run folders (run_folder), swept when stale
 
@@ -30,7 +30,7 @@ def alive(pid: int | None, identity: str | None) -> bool:
         pass
     if identity is None:
         return True
-    current = identity(pid)
+    current = procstart.identity(pid)
     return current is None or current == identity
 
 
@@ -64,7 +64,7 @@ def run_folder(base: Path, run_id: str):
     folder = base / run_id
     folder.mkdir(mode=0o700)
     pid = os.getpid()
-    (folder / "owner").write_text(f"{pid} {identity(pid) or '-'}\n")
+    (folder / "owner").write_text(f"{pid} {procstart.identity(pid) or '-'}\n")
     try:
         yield folder
     finally:
