@@ -58,9 +58,7 @@ def table(text: str) -> dict:
     """{probe: (expect, result, detail)} from the script's table."""
     rows = {}
     for line in text.splitlines():
-        m = re.match(
-            r"^(\S.*?)\s{2,}(allowed|denied|no secret|exit 0)\s+(\S+)\s*(.*)$", line
-        )
+        m = re.match(r"^(\S.*?)\s{2,}(allowed|denied|no secret|exit 0)\s+(\S+)\s*(.*)$", line)
         if m:
             rows[m[1]] = (m[2], m[3], m[4].rstrip())
     return rows
