@@ -71,7 +71,7 @@ def test_every_probe_that_linux_can_answer_passes_under_bubblewrap(box):
         "--krate", KRATE, *run_args, env=box.env(), user=box.user, cwd=box.home
     )
     assert code == 0, text
-    assert len(rows) == 21, text
+    assert len(rows) == 24, text
     assert {expect for expect, _, _ in rows.values()} <= EXPECTATIONS
     for name, (_expect, result, detail) in rows.items():
         if name in MACOS_ONLY:
@@ -83,6 +83,10 @@ def test_every_probe_that_linux_can_answer_passes_under_bubblewrap(box):
     # An interactive run keeps the terminal: the typed line is read inside.
     assert rows["tty: read a typed line (own pty)"][2] == "read the terminal", text
     assert rows["dev server on :: reached inside"][2].split()[1].startswith("127.0.0.1:"), text
+    # A Mac user's first day: the python3 REPL and vim on a terminal, npm install.
+    assert rows["python3 REPL on a pty"][2] == "print(6*7) answered 42, exit() exit 0", text
+    assert rows["vim on a pty: insert, :wq"][2].endswith("the file holds hello"), text
+    assert rows["npm install (offline, a file: dependency)"][2].startswith("node_modules/dep"), text
     # What it planted is gone; what was there stays.
     assert not list(box.home.glob("krate-smoke-*")), text
     assert sorted(p.name for p in (box.home / ".ssh").iterdir()) == ["id_ed25519"]
@@ -163,7 +167,7 @@ def test_a_krate_without_a_sandbox_fails_the_smoke_and_nothing_is_left_behind(tm
     assert rows["tty: read a typed line (own pty)"][2].startswith("hung"), text
     assert rows["other processes' environment (/proc)"][2].startswith("read krate's env"), text
     assert "krate-smoke-secret-" not in text and "krate-smoke-marker-" not in text
-    assert text.rstrip().endswith("21 probes: 6 failed")
+    assert text.rstrip().endswith("24 probes: 6 failed")
     assert os.listdir(home) == [], text  # secret, ~/.ssh it made, workspace: all removed
 
 
