@@ -62,7 +62,7 @@ def test_a_locked_down_parents_bridge_fails_the_run_with_its_reason(box):
     """The reproduction: an inherited seccomp filter makes the bridge's socket() fail."""
     marker = box.ws / "ran"
     argv = box.args(("run", "--", "/bin/sh", "-c", WORKLOAD.format(marker=marker)))
-    for _ in range(3):  # it used to depend on timing: exit 1 or exit 0
+    for _ in range(3):  # repeated: a race would show as exit 1 or exit 0
         done = subprocess.run(
             [sys.executable, "-c", LOCKED_DOWN, KRATE, *argv], env=box.env(), cwd=box.ws,
             capture_output=True, text=True, timeout=120, **as_user(box),

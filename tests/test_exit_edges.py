@@ -1,6 +1,6 @@
-"""Edges of krate's own exit status and error paths (issue 14, item 13).
+"""Edges of krate's own exit status and error paths.
 
-Each test reproduces a case that used to exit wrongly or fail with an internal
+Each test reproduces a case that could exit wrongly or fail with an internal
 error: a network refusal after main() returned, and others below.
 """
 

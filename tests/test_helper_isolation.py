@@ -1,4 +1,4 @@
-"""The network helpers import only the standard library and krate's own copied files (issue 14.2).
+"""The network helpers import only the standard library and krate's own named files.
 
 Attack: in an installed (non-editable) krate, site-packages is krate's own folder.
 Files named like standard modules (pathlib, hashlib, fnmatch, ...) planted there
@@ -119,7 +119,7 @@ def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted
 
 
 def test_the_check_fails_for_a_helper_with_site_packages_on_its_path(monkeypatch, tmp_path):
-    """The hostile variant: a proxy that puts site-packages first, as the old one did."""
+    """The hostile variant: a proxy that puts site-packages first on its path."""
     import site
 
     import krate.egress

@@ -1,4 +1,4 @@
-"""No third-party code runs before `krate run`/`build`/`login`/`push` lock down (issue 14.4).
+"""No third-party code runs before `krate run`/`build`/`login`/`push` lock down.
 
 Attack: on a fresh store `krate run` migrated it with sqlite-utils (and its
 plugins: pluggy, click, dateutil, sqlite-fts4) before its seccomp lockdown, and

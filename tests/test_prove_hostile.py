@@ -1,4 +1,4 @@
-"""`krate audit network --prove` fails on the hostile variants of issue 14 items 2 and 4.
+"""`krate audit network --prove` fails on hostile variants of the helpers and the start-up.
 
 Against an installed krate, tampered the way an attacker with write access to the
 environment would: a `.pyc` rewritten behind its unchanged source (original

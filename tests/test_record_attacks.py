@@ -1,4 +1,4 @@
-"""The record against a local user who can write krate.db (issue 14, item 10).
+"""The record against a local user who can write krate.db.
 
 Each test attacks a real SQLite file the way a same-user process could (the
 sqlite3 shell, `cp`, `rm`, a hex editor) and then asks the installed `krate`,

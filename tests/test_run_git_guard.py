@@ -98,7 +98,7 @@ def assert_nothing_planted(gitdir: Path, before: dict) -> None:
     assert after == before
 
 
-# ---------------------------------------------------------------- the attack of issue 14
+# ---------------------------------------------------------------- the attack
 
 
 def test_commondir_attack_does_not_run_anything_at_the_next_git_status(box):

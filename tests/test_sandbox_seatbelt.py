@@ -98,7 +98,7 @@ MAC = sys.platform == "darwin" and shutil.which("sandbox-exec")
 
 
 # Run inside the sandbox on a Mac: each line prints its marker only when the profile
-# decided as issue 16 requires (the TMPDIR inside the hidden data folder, /dev/stderr,
+# decided as a Mac user needs them (the TMPDIR inside the hidden data folder, /dev/stderr,
 # a protected name that does not exist, a hard link to a hidden file, case and firmlink
 # spellings of a hidden file).
 MAC_SCRIPT = """

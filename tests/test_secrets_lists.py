@@ -25,7 +25,7 @@ from .run_support import SECRET, Box
 
 needs_bwrap = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
 
-# Stores added by issue 14, as they exist on disk (glob entries by the names they match).
+# Secret stores, as they exist on disk (glob entries by the names they match).
 NEW_STORES = [
     ".git-credentials",
     ".config/git/credentials",
