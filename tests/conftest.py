@@ -251,3 +251,12 @@ def keychain(secret_service):
     secret_service.clear()
     yield secret_service
     secret_service.clear()
+
+
+@pytest.fixture
+def terminals():
+    """Pseudo-terminals a test opened (terminal_support.Terminal), closed whatever happened."""
+    opened: list = []
+    yield opened
+    for terminal in opened:
+        terminal.close()

@@ -40,14 +40,6 @@ def typed(box, *args: str) -> bytes:
     return " ".join([KRATE, *box.args(("run", *args))]).encode() + b"\n"
 
 
-@pytest.fixture
-def terminals():
-    opened: list[Terminal] = []
-    yield opened
-    for terminal in opened:
-        terminal.close()
-
-
 def test_ctrl_c_reaches_the_job_inside_and_never_kills_the_sandbox(box, terminals):
     term = krate_in_terminal(box, "--", *BASH)
     terminals.append(term)

@@ -57,14 +57,6 @@ def stand_in(box):
     return [sys.executable, str(driver), str(exe), str(box.ws)], box.env()
 
 
-@pytest.fixture
-def terminals():
-    opened: list[Terminal] = []
-    yield opened
-    for terminal in opened:
-        terminal.close()
-
-
 def test_the_workload_owns_the_terminal_and_survives_ctrl_c(box, stand_in, terminals):
     argv, env = stand_in
     term = Terminal([*argv, "python3", "-q"], env=env, cwd=box.ws, user=box.user)
