@@ -115,7 +115,9 @@ def test_real_clients_allowed_denied_and_recorded_without_paths(tmp_path, paths,
         assert "denied.example:80" in denied.stdout
         decided = policy(tmp_path, f"127.0.0.1:{server.port}").decide_net("denied.example", 80)
         assert f"rule: {decided.rule}, layer: {decided.layer}" in denied.stdout  # who decided
-        assert "--allow-host denied.example:80" in denied.stdout  # the flag that would allow it
+        assert (
+            "krate run --allow-host denied.example --" in denied.stdout
+        )  # the flag that would allow it
         with pytest.raises(urllib.error.HTTPError) as refused:
             opener.open("http://denied.example:8080/x", timeout=20)
         assert refused.value.code == 403

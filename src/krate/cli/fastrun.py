@@ -19,6 +19,7 @@ from typing import Any
 VALUES = {"--policy": "policy", "--workdir": "workdir"}
 REPEATED = {
     "--allow-host": "allow_host",
+    "--allow-private-host": "allow_private_host",
     "--allow-write": "allow_write",
     "--deny-read": "deny_read",
     "--env": "env",

@@ -21,6 +21,7 @@ def flags_from(
     deny_read: list[str] | None,
     no_network: bool,
     env: list[str] | None,
+    allow_private_host: list[str] | None = None,
 ) -> Flags:
     """The parsed options as the policy's command-line layer."""
     from krate.policy import Flags
@@ -32,6 +33,7 @@ def flags_from(
         deny_read=tuple(deny_read or ()),
         no_network=bool(no_network),
         env=tuple(env or ()),
+        allow_private_host=tuple(allow_private_host or ()),
     )
 
 

@@ -31,6 +31,13 @@ AllowHostOpt = repeatable(
     metavar="HOST",
     help="Also allow this host pattern (repeatable). Example: --allow-host api.example.com:8443",
 )
+AllowPrivateHostOpt = repeatable(
+    "--allow-private-host",
+    metavar="HOST",
+    help="Let this allowed host name resolve to a private, loopback or link-local address "
+    "(a mirror inside your network; refused by default against DNS rebinding; repeatable). "
+    "Example: --allow-private-host npm.corp.example",
+)
 AllowWriteOpt = repeatable(
     "--allow-write",
     metavar="PATH",
@@ -52,10 +59,11 @@ EnvOpt = repeatable(
     "Example: --env NPM_TOKEN",
 )
 
-# In `flags_from` order, which is also the order --help lists them in.
+# The order --help lists them in (`flags_from` takes them by name).
 POLICY_OPTIONS = parameters(
     policy=(PolicyOpt, None),
     allow_host=(AllowHostOpt, None),
+    allow_private_host=(AllowPrivateHostOpt, None),
     allow_write=(AllowWriteOpt, None),
     deny_read=(DenyReadOpt, None),
     no_network=(NoNetworkOpt, False),

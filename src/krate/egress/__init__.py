@@ -104,6 +104,14 @@ def compile_rules(policy: EffectivePolicy) -> list[dict[str, Any]]:
     ]
 
 
+def compile_private(policy: EffectivePolicy) -> list[dict[str, Any]]:
+    """`network.private_ok` as plain data: allowed names that may resolve privately."""
+    return [
+        {"kind": r.pattern.kind, "host": r.pattern.host, "rule": r.rule, "layer": r.layer}
+        for r in getattr(policy, "private_rules", ())
+    ]
+
+
 def loopback_forwards(rules: list[dict[str, Any]]) -> list[tuple[str, int]]:
     """Host-loopback ports the policy names with a port (`localhost:5432`): (host, port)."""
     seen: list[tuple[str, int]] = []
@@ -430,6 +438,7 @@ def start_for_run(
     config = {
         "rules": rules,
         "net_default": list(policy.net_default),
+        "private_ok": compile_private(policy),
         "listen": "tcp:127.0.0.1:0" if loopback else f"unix:{folder / SOCKET_NAME}",
         "journal_fd": journal_fd,
         "socket_uid": run_as,

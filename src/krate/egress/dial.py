@@ -3,8 +3,11 @@
 A name is resolved only after the policy allowed it, and only an address that
 was checked is dialled: loopback, private, link-local, multicast and cloud
 metadata addresses are refused unless a rule names that very address (a
-`localhost` rule names 127.0.0.1 and ::1). Decisions come from
-`krate.policy.decide.net_decider`, the code `krate policy explain` uses.
+`localhost` rule names 127.0.0.1 and ::1) or a `private_ok` rule names the allowed
+host (a mirror inside the user's network; cloud metadata addresses stay refused
+even then). Decisions come from `krate.policy.decide.net_decider`, the code
+`krate policy explain` uses, and every refusal carries the one flag that would
+allow it (`hint`), which the 403 body, the record and krate's summary repeat.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import socket
 from collections.abc import Callable
 from typing import NamedTuple
 
-from krate.policy.decide import NetRule, net_decider
-from krate.policy.hosts import HostPattern
+from krate.policy.decide import NetRule, net_decider, private_rule
+from krate.policy.hosts import WEB_PORTS, HostPattern, normalize_subject
 
 # Cloud metadata endpoints that are not covered by "not globally routable".
 METADATA = {
@@ -28,12 +31,45 @@ METADATA = {
 
 
 class Refused(Exception):
-    """The connection is not made; `kind` picks the HTTP status / SOCKS reply."""
+    """The connection is not made; `kind` picks the HTTP status / SOCKS reply; `hint` is
+    the `krate run` flag that would allow it (denials only)."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, hint: str = "") -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+        self.hint = hint
+
+
+def host_text(host: str, port: int | None = None) -> str:
+    """`host`, `host:port`, `[v6]:port`: as --allow-host takes it (web ports need none)."""
+    norm = normalize_subject(host)
+    name = norm[0] if norm is not None else host
+    if port is None or port in WEB_PORTS:
+        return name
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
+def allow_hint(host: str, port: int) -> str:
+    """The flag that allows a host the policy does not: `--allow-host HOST[:PORT]`."""
+    return f"--allow-host {host_text(host, port)}"
+
+
+def private_hint(host: str, port: int, addresses: list) -> str:
+    """The flag that allows an allowed host whose addresses are special.
+
+    A name gets the per-host opt-in; `localhost` and an IP literal get the rule
+    naming the address itself; a cloud metadata address needs that too.
+    """
+    norm = normalize_subject(host)
+    is_ip = norm is None or norm[1]
+    name = norm[0] if norm is not None else host
+    if is_ip or name == "localhost":
+        return f"--allow-host {host_text(name, port)}"
+    if any(a in METADATA for a in addresses):
+        shown = [str(a) for a in addresses if a in METADATA][0]
+        return f"--allow-host {host_text(shown, port)}"
+    return f"--allow-private-host {name}"
 
 
 class Upstream(NamedTuple):
@@ -59,7 +95,9 @@ def special(addr) -> bool:
 class Dialer:
     """Opens connections for clients, with the run's network rules (as compiled by krate)."""
 
-    def __init__(self, rules: list[dict], net_default, connect_timeout: float) -> None:
+    def __init__(
+        self, rules: list[dict], net_default, connect_timeout: float, private_ok=()
+    ) -> None:
         net_rules = tuple(
             NetRule(
                 HostPattern(
@@ -79,6 +117,11 @@ class Dialer:
             if r.pattern.kind == "exact" and r.pattern.is_ip:
                 self.named.setdefault(r.pattern.host, []).append(r.pattern.ports)
         self.connect_timeout = connect_timeout
+        # network.private_ok: allowed names that may resolve to non-global addresses
+        self.private_ok = tuple(
+            NetRule(HostPattern(r["kind"], r["host"], None, False), r["rule"], r["layer"])
+            for r in private_ok
+        )
 
     def decide(self, host: str, port: int) -> Verdict:
         d = self._decide(host, port)
@@ -90,8 +133,19 @@ class Dialer:
             addr = addr.ipv4_mapped
         return any(p is None or port in p for p in self.named.get(str(addr), ()))
 
-    async def resolve(self, host: str, port: int) -> list[tuple]:
-        """(family, proto, sockaddr) of each address that may be dialled; Refused if none."""
+    def private_allowed(self, host: str, addr) -> NetRule | None:
+        """The `private_ok` rule letting `host` use special `addr` (never a metadata one)."""
+        if addr.version == 6 and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        if addr in METADATA:
+            return None
+        return private_rule(self.private_ok, host)
+
+    async def resolve(self, host: str, port: int, noted: list | None = None) -> list[tuple]:
+        """(family, proto, sockaddr) of each address that may be dialled; Refused if none.
+
+        `noted` gets the `private_ok` rule that let a special address through, if one did.
+        """
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(
@@ -105,16 +159,16 @@ class Dialer:
         for family, _type, proto, _name, sockaddr in infos:
             addr = ipaddress.ip_address(sockaddr[0].split("%")[0])
             if special(addr) and not self.explicit(addr, port):
-                refused.append(str(addr))
-            elif (family, sockaddr) not in [(f, s) for f, _p, s in candidates]:
+                opt_in = self.private_allowed(host, addr)
+                if opt_in is None:
+                    refused.append(addr)
+                    continue
+                if noted is not None and opt_in.rule not in noted:
+                    noted.append(opt_in.rule)
+            if (family, sockaddr) not in [(f, s) for f, _p, s in candidates]:
                 candidates.append((family, proto, sockaddr))
         if not candidates:
-            raise Refused(
-                "denied",
-                f"{host} resolves to {', '.join(refused)} (loopback, private, link-local or "
-                f"metadata) and no rule names that address; allow localhost:{port} or "
-                f"the address explicitly if this is intended",
-            )
+            raise special_refusal(host, port, refused)
         return candidates
 
     async def connect(self, host: str, port: int, candidates: list[tuple]) -> Upstream:
@@ -148,13 +202,46 @@ class Dialer:
         """
         record.verdict, record.rule, record.layer = self.decide(host, port)
         if record.verdict != "allow":
-            raise Refused("denied", f"{host}:{port} is not allowed by the policy")
+            hint = allow_hint(host, port)
+            record.hint = hint
+            raise Refused(
+                "denied", f"{host}:{port} is not allowed by the policy; to allow it: {hint}", hint
+            )
+        noted: list[str] = []
         try:
-            candidates = await self.resolve(host, port)
+            candidates = await self.resolve(host, port, noted)
         except Refused as refused:
             if refused.kind == "denied":
                 record.verdict = "deny"
+                record.hint = refused.hint
             raise
+        if noted:  # the record says the opt-in was used, and which rule gave it
+            record.reason = f"private address allowed by {', '.join(noted)}"
         upstream = await self.connect(host, port, candidates)
         record.address = upstream.address
         return upstream
+
+
+def special_refusal(host: str, port: int, addresses: list) -> Refused:
+    """Refused: every address of an allowed `host` is special, and nothing names them."""
+    hint = private_hint(host, port, addresses)
+    shown = ", ".join(str(a) for a in addresses)
+    kinds = "/".join(dict.fromkeys(address_kind(a) for a in addresses))
+    norm = normalize_subject(host)
+    if norm is not None and norm[1]:
+        what = f"{shown} is a {kinds} address"
+    else:
+        what = f"{host} resolves to {shown} ({kinds} address; refused against DNS rebinding)"
+    return Refused("denied", f"{what}; to allow it: {hint}", hint)
+
+
+def address_kind(addr) -> str:
+    """What kind of special address this is, in the words a user knows."""
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    if addr in METADATA:
+        return "cloud metadata"
+    for kind in ("loopback", "link_local", "private", "multicast"):
+        if getattr(addr, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return "non-global"

@@ -141,7 +141,7 @@ class Proxy:
             upstream = await self.open(target, record)
         except Refused as refused:
             record.reason = refused.reason
-            where = (target.host, target.port, record.rule, record.layer)
+            where = (target.host, target.port, record.rule, record.layer, refused.hint)
             await self.send(
                 client, parsers.refused(target.protocol, refused.kind, refused.reason, where)
             )

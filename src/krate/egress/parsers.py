@@ -137,8 +137,9 @@ def connected(protocol: str) -> bytes:
     return {"connect": CONNECTED, "socks5": socks_reply("ok")}.get(protocol, b"")
 
 
-def refused(protocol: str, kind: str, reason: str, where: tuple[str, int, str, str]) -> bytes:
-    """The answer to a request the dial refused; `where` is (host, port, rule, layer)."""
+def refused(protocol: str, kind: str, reason: str, where: tuple) -> bytes:
+    """The answer to a request the dial refused; `where` is (host, port, rule, layer, hint),
+    the hint being the `krate run` flag that would allow it."""
     if protocol == "socks5":
         return socks_reply(kind)
     if protocol not in ("http", "connect"):
@@ -146,10 +147,12 @@ def refused(protocol: str, kind: str, reason: str, where: tuple[str, int, str, s
     status = HTTP_STATUS.get(kind, (502, "Bad Gateway"))
     body = reason
     if kind == "denied":
-        host, port, rule, layer = where
+        host, port, rule, layer, *rest = where
+        hint = rest[0] if rest and rest[0] else f"--allow-host {host}:{port}"
+        reason = reason.split("; to allow it:")[0]
         body = (
             f"krate: {reason} (rule: {rule or 'none'}, layer: {layer or 'none'}).\n"
-            f"To allow it: krate run --allow-host {host}:{port} -- ...\n"
+            f"To allow it: krate run {hint} -- ...\n"
         )
     return http_error(*status, body)
 

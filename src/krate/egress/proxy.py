@@ -83,7 +83,7 @@ async def serve(config, emit) -> None:
     from krate.egress.listener import Listener
     from krate.egress.wire import watch_stdin
 
-    dialer = Dialer(config.rules, config.net_default, config.connect_timeout)
+    dialer = Dialer(config.rules, config.net_default, config.connect_timeout, config.private_ok)
     proxy = Proxy(config, dialer, emit)
     listener = Listener(config.listen, proxy.handle, proxy.tasks, config.header_timeout)
     address = listener.open(config.socket_uid)

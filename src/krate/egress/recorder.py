@@ -56,6 +56,7 @@ FIELDS = (
     "layer",
     "reason",
     "address",
+    "hint",
     "bytes_up",
     "bytes_down",
     "duration_ms",

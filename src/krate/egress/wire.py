@@ -34,6 +34,8 @@ class Config:
     socket_uid: int | None = None  # the sandbox's uid when it is not krate's (a root krate)
     given: dict = field(default_factory=dict)  # krate's policy modules (helperlib.given())
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
+    # network.private_ok: allowed names that may resolve to private addresses (kind, host, rule)
+    private_ok: list = field(default_factory=list)
     # The loopback listener's per-run credential (`krate:SECRET` in the proxy URL); never
     # reported or recorded. None on the bridge's socket, which only the run's sandbox reaches.
     secret: str | None = None
@@ -56,6 +58,7 @@ class Record:
     layer: str = ""
     reason: str = ""
     address: str | None = None
+    hint: str = ""  # a denial: the `krate run` flag that would allow it
     bytes_up: int = 0
     bytes_down: int = 0
     started: float = field(default_factory=time.time)
@@ -73,6 +76,7 @@ class Record:
             "layer": self.layer,
             "reason": self.reason,
             "address": self.address,
+            **({"hint": self.hint} if self.hint else {}),
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "duration_ms": round((time.monotonic() - self.t0) * 1000, 1),

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from krate.errors import UsageError
 from krate.policy import envnames, hosts, paths
 from krate.policy.builtin import BASE, GIT_READ_ONLY, PROFILES, SHELL_STARTUP
 from krate.policy.decide import (
@@ -44,6 +45,7 @@ class _Compiler:
         self.write_links: list[WriteLink] = []  # allow_write entries reached through a symlink
         self.net: list[NetRule] = []
         self.below: list[NetRule] = []
+        self.private: list[NetRule] = []  # network.private_ok: names allowed to resolve privately
         self.net_empty = ("no network", f"builtin:{BASE}")
         self.net_layer = f"builtin:{BASE}"
         self.env: list[EnvLayer] = []  # lowest first
@@ -107,6 +109,8 @@ class _Compiler:
             self.replace_network(layer, entries, empty, key)
         for item in layer.net_add:
             self.add_network(layer, item)
+        for item in layer.private_ok:
+            self.private_ok(layer, item)
         for item in layer.allow_write:
             self.allow_write(layer, item)
         self.apply_env(layer)
@@ -157,6 +161,27 @@ class _Compiler:
             return
         self.net = _first_per(self.net + added, lambda rule: rule.pattern)
         self.net_layer = layer.name
+
+    def private_ok(self, layer: Layer, item: Item) -> None:
+        """An allowed name that may resolve to a private address; it must be allowed too."""
+        key = layer.key("network.private_ok")
+        pattern = hosts.parse_private(item.text)
+        if not layer.trusted:
+            self._ignore(layer, item, f"{key} `{item.text}`")
+            return
+        if not any(hosts.host_contains(r.pattern, pattern) for r in self.net):
+            if key.startswith("--"):
+                raise UsageError(
+                    f"{key} {item.text}: {item.text} is not an allowed host; a private "
+                    f"address is allowed only for an allowed host: add --allow-host {item.text}"
+                )
+            raise PolicyError(
+                f"{layer.where(item)}`{key}`: `{item.text}` is not in `network.allow` (or "
+                f"`network.add`); a private address is allowed only for an allowed host: "
+                f"add it there too"
+            )
+        rule = NetRule(pattern, rule_text(key, item.text), layer.name)
+        self.private = _first_per([*self.private, rule], lambda r: r.pattern)
 
     def allow_write(self, layer: Layer, item: Item) -> None:
         key = layer.key("filesystem.allow_write")
@@ -296,6 +321,12 @@ class _Compiler:
             write_rules=tuple(self.write),
             write_links=tuple(self.write_links),
             net_rules=tuple(self.net),
+            # only names still allowed: a later layer may have narrowed the allow list
+            private_rules=tuple(
+                p
+                for p in self.private
+                if any(hosts.host_contains(r.pattern, p.pattern) for r in self.net)
+            ),
             net_default=(
                 ("default: no network.allow rule matches", self.net_layer)
                 if self.net
@@ -333,6 +364,7 @@ def _only_profile(layer: Layer) -> bool:
         or layer.allow_write
         or layer.read_only
         or layer.net_add
+        or layer.private_ok
         or layer.net_allow is not None
         or layer.env_pass
         or layer.env_strip

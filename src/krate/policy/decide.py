@@ -104,6 +104,17 @@ def net_decider(
     return decide
 
 
+def private_rule(rules: tuple[NetRule, ...] | list[NetRule], host: str) -> NetRule | None:
+    """The rule of `rules` (`network.private_ok`) naming `host`, or None (IP literals: None)."""
+    norm = normalize_subject(host)
+    if norm is None or norm[1]:
+        return None
+    for rule in rules:
+        if rule.pattern.matches(norm[0], 0, False):
+            return rule
+    return None
+
+
 class EnvLayer(NamedTuple):
     layer: str
     strip: tuple[tuple[str, str, Callable[[str], object]], ...]  # (pattern, rule, match)
@@ -142,6 +153,7 @@ class EffectivePolicy:
         write_rules: tuple[PathRule, ...] = (),
         write_links: tuple[WriteLink, ...] = (),
         net_rules: tuple[NetRule, ...] = (),
+        private_rules: tuple[NetRule, ...] = (),
         net_default: tuple[str, str] = ("default", "builtin:default"),
         env_layers: tuple[EnvLayer, ...] = (),  # highest layer first
         limit_layers: tuple[tuple[str, str], ...] = (),  # (name, layer)
@@ -154,6 +166,7 @@ class EffectivePolicy:
         self.deny_rules, self.read_only_rules = deny_rules, read_only_rules
         self.write_rules, self.net_rules, self.net_default = write_rules, net_rules, net_default
         self.write_links = write_links
+        self.private_rules = private_rules
         self.env_layers, self.limit_layers, self.layers = env_layers, limit_layers, layers
         # The compile's path lookups (policy.paths.Resolver), reused by the run's sandbox spec.
         self.resolver: Any = None
@@ -187,6 +200,10 @@ class EffectivePolicy:
             memo.clear()
         memo[key] = decision
         return decision
+
+    def private_ok(self, host: str) -> NetRule | None:
+        """The `private_ok` rule that lets allowed `host` resolve to a private address, if any."""
+        return private_rule(self.private_rules, host)
 
     # -- filesystem ------------------------------------------------------------------------
     def _norm(self, path: Path | str) -> str:
@@ -258,6 +275,20 @@ class EffectivePolicy:
                     for r in self.net_rules
                 ],
                 "otherwise": {"rule": self.net_default[0], "layer": self.net_default[1]},
+                **(
+                    {
+                        "private_ok": [
+                            {
+                                "pattern": r.pattern.render().removesuffix(":*"),
+                                "rule": r.rule,
+                                "layer": r.layer,
+                            }
+                            for r in self.private_rules
+                        ]
+                    }
+                    if self.private_rules
+                    else {}
+                ),
             },
             "env": [
                 {
@@ -293,6 +324,12 @@ def canonical_hash(policy_rules: dict[str, Any], workspace: str) -> str:
         "read_only": sorted({r["path"] for r in policy_rules["filesystem"]["read_only"]}),
         "allow_write": sorted({r["path"] for r in policy_rules["filesystem"]["allow_write"]}),
         "network": sorted({r["pattern"] for r in policy_rules["network"]["allow"]}),
+        # only when set: every policy without it keeps its hash
+        **(
+            {"private_ok": sorted({r["pattern"] for r in policy_rules["network"]["private_ok"]})}
+            if policy_rules["network"].get("private_ok")
+            else {}
+        ),
         "env": [[e["pass"], e["strip"]] for e in policy_rules["env"]],
         "limits": {k: v["value"] for k, v in policy_rules["limits"].items()},
     }

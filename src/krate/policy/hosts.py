@@ -193,6 +193,31 @@ def parse_pattern(text: str) -> tuple[HostPattern, ...]:
     return (HostPattern(EXACT, name, ports),)
 
 
+def parse_private(text: str) -> HostPattern:
+    """One `private_ok` entry: a host name or `*.suffix`, without a port; raise ValueError.
+
+    It lets an allowed name resolve to a private, loopback or otherwise non-global
+    address. An IP address needs no such entry (an allow rule naming the address is
+    explicit already), and `*` would switch the guard off for every host.
+    """
+    raw = text.strip()
+    if raw and ("://" not in raw and "/" not in raw):
+        host, port, bracketed = _split(raw)
+        if port is not None:
+            raise ValueError(f"`{text}`: name the host without a port (`{host}`)")
+        if bracketed or normalize_ip(host) is not None or raw.count(":") > 1:
+            raise ValueError(
+                f"`{text}` is an address: allow it with `allow` (or --allow-host), "
+                "which names it explicitly"
+            )
+        if host == "*":
+            raise ValueError(
+                "`*` would let every host resolve to private addresses; name the hosts"
+            )
+    pattern = parse_pattern(text)[0]
+    return HostPattern(pattern.kind, pattern.host, None, False)
+
+
 def host_contains(outer: HostPattern, inner: HostPattern) -> bool:
     """Does every host `inner` names also match `outer` (ports aside)?"""
     if outer.kind == ANY:

@@ -30,6 +30,7 @@ FLAG_KEYS = {
     "profile": "--policy",
     "network.allow": "--no-network",
     "network.add": "--allow-host",
+    "network.private_ok": "--allow-private-host",
     "filesystem.allow_write": "--allow-write",
     "filesystem.deny_read": "--deny-read",
     "env.pass": "--env",
@@ -90,6 +91,11 @@ def flags_layer(flags: Flags, workspace: Path) -> Layer:
             hosts.parse_pattern(value)
         except ValueError as exc:
             raise UsageError(f"--allow-host {value!r}: {exc}") from None
+    for value in flags.allow_private_host:
+        try:
+            hosts.parse_private(value)
+        except ValueError as exc:
+            raise UsageError(f"--allow-private-host {value!r}: {exc}") from None
     profile = flags.policy if flags.policy in PROFILES else None
     return Layer(
         name="flags",
@@ -100,6 +106,7 @@ def flags_layer(flags: Flags, workspace: Path) -> Layer:
         allow_write=tuple(Item(v) for v in flags.allow_write),
         net_allow=() if flags.no_network else None,
         net_add=tuple(Item(v) for v in flags.allow_host),
+        private_ok=tuple(Item(v) for v in flags.allow_private_host),
         env_pass=tuple(Item(v) for v in flags.env),
         keys=FLAG_KEYS,
     )

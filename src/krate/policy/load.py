@@ -27,7 +27,7 @@ LIMIT_MAX = {"cpu_seconds": MAX_SECONDS, "wall_seconds": MAX_SECONDS}
 
 SCHEMA: dict[str, tuple[str, ...]] = {
     "filesystem": ("deny_read", "allow_write", "read_only"),
-    "network": ("allow", "add"),
+    "network": ("allow", "add", "private_ok"),
     "env": ("strip", "pass"),
     "limits": LIMIT_NAMES,
 }
@@ -233,7 +233,7 @@ class _Checker:
             items = self.strings(where, dotted, value)
             if items is None:
                 continue
-            problem_of = _ITEM_PROBLEMS[section]
+            problem_of = _ITEM_PROBLEMS.get(dotted) or _ITEM_PROBLEMS[section]
             good = tuple(item for item in items if self.check(dotted, item, problem_of))
             field = {
                 "filesystem.deny_read": "deny_read",
@@ -241,6 +241,7 @@ class _Checker:
                 "filesystem.read_only": "read_only",
                 "network.allow": "net_allow",
                 "network.add": "net_add",
+                "network.private_ok": "private_ok",
                 "env.strip": "env_strip",
                 "env.pass": "env_pass",
             }[dotted]
@@ -279,8 +280,21 @@ def _host_problem(text: str) -> str | None:
     return None
 
 
+def _private_problem(text: str) -> str | None:
+    try:
+        hosts.parse_private(text)
+    except ValueError as exc:
+        return f"invalid host name: {exc}"
+    return None
+
+
 # What is wrong with one entry of each section's lists, or None.
-_ITEM_PROBLEMS = {"filesystem": _path_problem, "network": _host_problem, "env": envnames.check_text}
+_ITEM_PROBLEMS = {
+    "filesystem": _path_problem,
+    "network": _host_problem,
+    "network.private_ok": _private_problem,
+    "env": envnames.check_text,
+}
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?$")

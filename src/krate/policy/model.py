@@ -31,6 +31,8 @@ class Flags(NamedTuple):
     deny_read: tuple[str, ...] = ()
     no_network: bool = False
     env: tuple[str, ...] = ()  # --env NAME: pass this variable through even if it matches strip
+    # --allow-private-host HOST: this allowed name may resolve to a private or loopback address
+    allow_private_host: tuple[str, ...] = ()
 
 
 class Limits(NamedTuple):
@@ -91,6 +93,7 @@ class Layer(NamedTuple):
     read_only: tuple[Item, ...] = ()
     net_allow: tuple[Item, ...] | None = None
     net_add: tuple[Item, ...] = ()
+    private_ok: tuple[Item, ...] = ()  # allowed names that may resolve to private addresses
     env_strip: tuple[Item, ...] = ()
     env_pass: tuple[Item, ...] = ()
     limits: tuple[tuple[str, int, int | None], ...] = ()  # (name, value, line)
