@@ -65,6 +65,7 @@ def _protect(args: list[str]) -> bool:
     started its sandbox and proxy and locked down (returns True). Anything else:
     locked down now.
     """
+    from krate import resolve_early
     from krate.netguard import guard, lockdown
 
     completing = "_KRATE_COMPLETE" in os.environ
@@ -87,6 +88,8 @@ def _protect(args: list[str]) -> bool:
         from krate.netguard import proof_early
 
         proof_early.start(os.environ)
+    elif not completing and resolve_early.wanted(args):
+        resolve_early.start_early()  # explain net resolves through the egress proxy
     elif not completing and _starts_children(args, EARLY_SANDBOX) is not None:
         lockdown.hold_imports()  # until apply(): krate and the standard library only
         from krate import doctor_trial
@@ -116,6 +119,9 @@ def _after_command(args: list[str], held: bool) -> None:
     from krate.cli.common import abandon_transport
 
     abandon_transport()
+    resolver = sys.modules.get("krate.resolve_early")
+    if resolver is not None:
+        resolver.abandon()  # explain's resolver, when explain did not take it
     early = sys.modules.get("krate.netguard.proof_early")
     if early is not None:
         early.abandon()  # real runs of a proof that stopped before taking them

@@ -121,15 +121,23 @@ def explain(
     subject: str = typer.Argument(
         ...,
         metavar="SUBJECT",
-        help="HOST[:PORT] (port 443 if omitted), a PATH, or a variable NAME.",
+        help="HOST[:PORT] (port 443 if omitted) or a URL, a PATH, or a variable NAME.",
     ),
     json_: bool = JSON,
+    no_resolve: bool = typer.Option(
+        False,
+        "--no-resolve",
+        help="net: answer from the rules alone, without resolving the name (a run also "
+        "refuses an allowed name that resolves to a private address). Example: --no-resolve",
+    ),
     *,
     flags,
 ) -> None:
     """Say whether the policy here allows one thing, which rule decides and from which layer.
 
-    Exit 0 whatever the verdict.
+    For net, an allowed name is resolved as a run would (unless --no-resolve): one that
+    resolves to a private or loopback address is denied unless `private_ok` names it.
+    A denial ends with the flag that would allow it. Exit 0 whatever the verdict.
 
     Example: krate policy explain net github.com:22 --json
     """
@@ -138,10 +146,41 @@ def explain(
 
     effective = load_effective(flags, Path.cwd())
     decision = decide(effective, kind, subject, cwd=Path.cwd())
+    out = decision.to_dict()
+    if kind == "net":
+        out.update(_as_run_would(effective, subject, decision, no_resolve))
     if json_:
-        render.print_json(decision.to_dict())
-    else:
-        typer.echo(f"{decision.verdict}\t{decision.subject}\t{decision.rule}\t[{decision.layer}]")
+        render.print_json(out)
+        return
+    line = f"{out['verdict']}\t{out['subject']}\t{out['rule']}\t[{out['layer']}]"
+    typer.echo(line + (f"\t{out['reason']}" if out.get("reason") else ""))
+
+
+def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
+    """What a run's connection meets beyond the rule: the resolved addresses and their check
+    (through the egress proxy, krate/resolve_early.py), and the flag that would allow it."""
+    from krate.egress import compile_private, compile_rules, helperlib
+    from krate.egress.dial import allow_hint
+    from krate.policy.manage import net_subject
+
+    host, port = net_subject(subject)
+    if not decision.allowed:
+        hint = allow_hint(host, port)
+        return {"reason": f"not allowed by the policy; to allow it: {hint}", "hint": hint}
+    if no_resolve:
+        return {}
+    from krate import resolve_early
+
+    config = {
+        "rules": compile_rules(effective),
+        "net_default": list(effective.net_default),
+        "private_ok": compile_private(effective),
+        "given": helperlib.given(),
+        "listen": "none",
+    }
+    answer = resolve_early.explain(config, host, port)
+    keep = ("verdict", "rule", "layer", "reason", "hint", "addresses")
+    return {k: answer[k] for k in keep if k in answer}
 
 
 @app.command()

@@ -245,3 +245,26 @@ def address_kind(addr) -> str:
         if getattr(addr, f"is_{kind}"):
             return kind.replace("_", "-")
     return "non-global"
+
+
+async def explain(dialer: Dialer, host: str, port: int) -> dict:
+    """What a run's connection to host:port would meet, short of connecting: decision,
+    then (when allowed) resolution and the special-address check; `krate policy explain`."""
+    verdict, rule, layer = dialer.decide(host, port)
+    out = {"type": "explain", "verdict": verdict, "rule": rule, "layer": layer}
+    if verdict != "allow":
+        out["hint"] = allow_hint(host, port)
+        out["reason"] = f"{host}:{port} is not allowed by the policy; to allow it: {out['hint']}"
+        return out
+    noted: list[str] = []
+    try:
+        candidates = await dialer.resolve(host, port, noted)
+    except Refused as refused:
+        out["reason"] = refused.reason
+        if refused.kind == "denied":
+            out["verdict"], out["hint"] = "deny", refused.hint
+        return out
+    out["addresses"] = list(dict.fromkeys(sockaddr[0] for _f, _p, sockaddr in candidates))
+    if noted:
+        out["reason"] = f"private address allowed by {', '.join(noted)}"
+    return out

@@ -115,6 +115,13 @@ def main() -> int:
     config = Config.from_dict(raw)
     emit = Emitter(config.journal_fd)
     loop = asyncio.new_event_loop()
+    if raw.get("explain"):  # `krate policy explain net`: one answer, no connection
+        from krate.egress.dial import Dialer, explain
+
+        dialer = Dialer(config.rules, config.net_default, config.connect_timeout, config.private_ok)
+        target = raw["explain"]
+        emit(loop.run_until_complete(explain(dialer, target["host"], target["port"])))
+        os._exit(0)
     loop.run_until_complete(serve(config, emit))
     # Every line is written (os.write, unbuffered) and the relay threads are daemons: skip
     # the interpreter's and the executor's teardown, which krate's run would wait for (a

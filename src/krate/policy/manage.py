@@ -121,10 +121,7 @@ def list_policies(
 def explain(policy: EffectivePolicy, kind: str, subject: str, *, cwd: Path) -> Decision:
     """Ask the policy about one subject as a user typed it; paths are resolved first."""
     if kind == "net":
-        try:
-            host, port = hosts.split_host_port(subject)
-        except ValueError as exc:
-            raise UsageError(f"explain net: {exc}") from None
+        host, port = net_subject(subject)
         return policy.decide_net(host, port)
     if kind == "env":
         return policy.decide_env(subject)
@@ -143,6 +140,33 @@ def explain(policy: EffectivePolicy, kind: str, subject: str, *, cwd: Path) -> D
                 return through
         return decision
     raise UsageError(f"unknown kind {kind!r}; use one of: {', '.join(KINDS)}")
+
+
+URL_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21, "git": 9418, "ssh": 22}
+
+
+def net_subject(subject: str) -> tuple[str, int]:
+    """(host, port) from `HOST[:PORT]` (port 443) or a URL (`http://x.com/a`: x.com, 80)."""
+    if "://" in subject:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(subject)
+            port = parts.port
+        except ValueError as exc:
+            raise UsageError(f"explain net: `{subject}`: {exc}") from None
+        scheme = parts.scheme.lower()
+        if not parts.hostname:
+            raise UsageError(f"explain net: `{subject}` names no host")
+        if port is None and scheme not in URL_PORTS:
+            raise UsageError(
+                f"explain net: `{subject}`: no default port for `{scheme}://`; add `:PORT`"
+            )
+        return parts.hostname, port if port is not None else URL_PORTS[scheme]
+    try:
+        return hosts.split_host_port(subject)
+    except ValueError as exc:
+        raise UsageError(f"explain net: {exc}") from None
 
 
 def init_template(folder: Path) -> Path:
