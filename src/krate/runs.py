@@ -83,6 +83,8 @@ class RunResult(NamedTuple):
     # krate.toml files written while the workload ran (they apply to later runs there)
     policy_files_changed: tuple[str, ...] = ()
     policy_files_checked: bool = True
+    # the run's recorded network denials (policy.decision data): krate/denials.py sums them up
+    denials: tuple[dict[str, Any], ...] = ()
 
 
 # ---------------------------------------------------------------- running
@@ -141,6 +143,7 @@ def execute(
             signals=supervise_names(outcome.forwarded),
             written=written,
         )
+        denials = record.network_denials() if policy.net_rules else ()
     finally:
         record.close()
     return RunResult(
@@ -154,6 +157,7 @@ def execute(
         notes=prepared.notes,
         policy_files_changed=tuple(written.paths),
         policy_files_checked=written.complete,
+        denials=denials,
     )
 
 
@@ -266,6 +270,18 @@ class _RunRecord:
                 self.store, self.run_id, status, exit_code, reason, duration_s, signals=signals,
                 written=written,
             )  # fmt: skip
+
+    def network_denials(self) -> tuple[dict[str, Any], ...]:
+        """The network denials recorded for this run (the proxy's, and any other part's)."""
+        if self.state != "started" or self.store is None:
+            return ()
+        from krate.store import runs as runs_store
+
+        return tuple(
+            d
+            for d in runs_store.decisions(self.store, self.run_id)
+            if d.get("verdict") == "deny" and d.get("area") == "network"
+        )
 
     def close(self) -> None:
         if self.store is not None:

@@ -31,6 +31,8 @@ FLAGS = {
     "--allow-broad-workspace": "allow_broad_workspace",
     "--verbose": "verbose",
     "-v": "verbose",
+    "--quiet": "quiet",
+    "-q": "quiet",
 }
 # `krate build` has run's options and these.
 BUILD_VALUES = {**VALUES, "--name": "name", "-n": "name"}

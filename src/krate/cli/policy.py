@@ -160,7 +160,7 @@ def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
     """What a run's connection meets beyond the rule: the resolved addresses and their check
     (through the egress proxy, krate/resolve_early.py), and the flag that would allow it."""
     from krate.egress import compile_private, compile_rules, helperlib
-    from krate.egress.dial import allow_hint
+    from krate.policy.hosts import allow_hint
     from krate.policy.manage import net_subject
 
     host, port = net_subject(subject)

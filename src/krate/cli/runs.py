@@ -151,7 +151,7 @@ def _print_decisions(decisions: list[dict]) -> None:
     if decisions:
         typer.echo("")
         render.table(
-            ["seq", "area", "verdict", "subject", "rule", "layer"],
+            ["seq", "area", "verdict", "subject", "rule", "layer", "reason"],
             (
                 (
                     d["seq"],
@@ -160,6 +160,7 @@ def _print_decisions(decisions: list[dict]) -> None:
                     _subject(d),
                     d.get("rule", ""),
                     d.get("layer", ""),
+                    d.get("reason") or "",
                 )
                 for d in decisions
             ),  # fmt: skip

@@ -28,6 +28,7 @@ class Workload(NamedTuple):
     as_root: bool = False
     allow_broad_workspace: bool = False
     verbose: bool = False
+    quiet: bool = False  # no end-of-run summary of what was refused
     out: list[str] | None = None  # the rest: `krate build` only
     input_: list[str] | None = None
     name: str | None = None
@@ -96,6 +97,17 @@ def _require_unlocked() -> None:
         )
 
 
+def report_denials(result, quiet: bool) -> None:
+    """The end-of-run summary of what the policy refused (krate/denials.py), unless --quiet."""
+    if quiet or not result.denials:
+        return
+    from krate import render
+    from krate.denials import summary_lines
+
+    for line in summary_lines(result.denials, result.stripped):
+        render.message(line)
+
+
 def report(result, effective, verbose: bool) -> None:
     """What krate says about a run on stderr: when asked, when it did not finish, or when it
     wrote a krate.toml (always: that file shapes later runs)."""
@@ -136,6 +148,7 @@ def run_workload(options: Workload) -> int:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     effective, result = _launch(options, execute)
     report(result, effective, options.verbose)
+    report_denials(result, options.quiet)
     return result.exit_code
 
 
@@ -156,6 +169,7 @@ def build_workload(options: Workload) -> int:
 
     effective, (result, recorded) = _launch(options, start)
     report(result, effective, options.verbose)
+    report_denials(result, options.quiet)
     if recorded.build is None:
         render.message(f"krate: no build recorded: {recorded.failed_reason}")
         return result.exit_code

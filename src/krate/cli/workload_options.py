@@ -25,6 +25,15 @@ WORKDIR = typer.Option(
 )
 
 
+QUIET = typer.Option(
+    False,
+    "--quiet",
+    "-q",
+    help="No summary of refused connections when the run ends (they are still recorded: "
+    "krate runs show last). Example: --quiet",
+)
+
+
 def workload_options(hardlinked: str, as_root: str, verbose: str):
     """Decorate a command ending in `*, options` with the shared options; `options` gets
     the Workload they make. The arguments are the help's examples for three of them."""
@@ -36,6 +45,7 @@ def workload_options(hardlinked: str, as_root: str, verbose: str):
             as_root=(bool, as_root_option(as_root)),
             allow_broad_workspace=(bool, ALLOW_BROAD_WORKSPACE),
             verbose=(bool, _verbose_option(verbose)),
+            quiet=(bool, QUIET),
         ),
         lambda **given: Workload.parsed(given),
     )

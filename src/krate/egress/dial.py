@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from krate.policy.decide import NetRule, net_decider, private_rule
-from krate.policy.hosts import WEB_PORTS, HostPattern, normalize_subject
+from krate.policy.hosts import HostPattern, allow_hint, host_text, normalize_subject
 
 # Cloud metadata endpoints that are not covered by "not globally routable".
 METADATA = {
@@ -41,22 +41,9 @@ class Refused(Exception):
         self.hint = hint
 
 
-def host_text(host: str, port: int | None = None) -> str:
-    """`host`, `host:port`, `[v6]:port`: as --allow-host takes it (web ports need none)."""
-    norm = normalize_subject(host)
-    name = norm[0] if norm is not None else host
-    if port is None or port in WEB_PORTS:
-        return name
-    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-
-
-def allow_hint(host: str, port: int) -> str:
-    """The flag that allows a host the policy does not: `--allow-host HOST[:PORT]`."""
-    return f"--allow-host {host_text(host, port)}"
-
-
 def private_hint(host: str, port: int, addresses: list) -> str:
-    """The flag that allows an allowed host whose addresses are special.
+    """The flag that allows an allowed host whose addresses are special (`allow_hint` is the
+    one for a host the policy does not allow).
 
     A name gets the per-host opt-in; `localhost` and an IP literal get the rule
     naming the address itself; a cloud metadata address needs that too.

@@ -281,3 +281,17 @@ def split_host_port(text: str, default_port: int = 443) -> tuple[str, int]:
     if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"`{port}` is not a port number")
     return host, int(port)
+
+
+def host_text(host: str, port: int | None = None) -> str:
+    """`host`, `host:port`, `[v6]:port`: as --allow-host takes it (the web ports need none)."""
+    norm = normalize_subject(host)
+    name = norm[0] if norm is not None else host
+    if port is None or port in WEB_PORTS:
+        return name
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
+def allow_hint(host: str, port: int) -> str:
+    """The flag that allows a host the policy does not: `--allow-host HOST[:PORT]`."""
+    return f"--allow-host {host_text(host, port)}"
