@@ -322,7 +322,12 @@ def _record_start(
         "cwd": str(request.cwd),
         "workspace": str(prepared.spec.workspace),
         "backend": backend,
-        "policy": {"name": policy.name, "hash": policy.hash},
+        "policy": {
+            "name": policy.name,
+            "hash": policy.hash,
+            # the opt-in that lets these allowed names resolve to private addresses
+            **_private_ok(policy),
+        },
         "limits": prepared.spec.limits.to_dict(),
         "layout": {
             **prepared.spec.layout(),
@@ -351,6 +356,11 @@ def _record_start(
         runs_store.insert_started(writer, run_id, event, row)
         for decision in prepared.decisions:
             writer.append("policy.decision", printable(decision), run_id)
+
+
+def _private_ok(policy: EffectivePolicy) -> dict[str, Any]:
+    rules = getattr(policy, "private_rules", ())
+    return {"private_ok": [r.rule for r in rules]} if rules else {}
 
 
 def _record_finish(
