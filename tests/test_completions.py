@@ -97,6 +97,14 @@ def test_bash_completes_command_groups_and_commands():
     assert "--json" in bash_complete("krate", "audit", "verify", "--")
 
 
+def test_bash_completes_the_private_host_opt_in_quiet_and_no_resolve():
+    for command in ("run", "build"):
+        assert bash_complete("krate", command, "--allow-p") == ["--allow-private-host"]
+        assert bash_complete("krate", command, "--qu") == ["--quiet"]
+    assert bash_complete("krate", "policy", "show", "--allow-p") == ["--allow-private-host"]
+    assert bash_complete("krate", "policy", "explain", "--no-r") == ["--no-resolve"]
+
+
 def test_policy_option_completes_builtin_profiles_and_policy_files(tmp_path):
     from krate.policy.builtin import PROFILES
 

@@ -192,6 +192,11 @@ def test_a_name_resolving_to_loopback_needs_its_own_opt_in(box, server, mapped):
     denied = network(box)[-1]
     assert denied["verdict"] == "deny" and denied["address"] is None
     assert denied["reason"].startswith(f"{NAME} resolves to 127.0.0.1 (loopback address")
+    # The table says why, not only which rule allowed the name (the reason column).
+    table = mapped("runs", "show", "last").stdout.splitlines()
+    assert "seq\tarea\tverdict\tsubject\trule\tlayer\treason" in table
+    row = next(line for line in table if f"\tdeny\t{NAME}:{p}\t" in line)
+    assert row.endswith(f"\t{denied['reason']}") and f"--allow-private-host {NAME}" in row
     assert reach("--allow-private-host", "other.corp.example") == "403"
     assert network(box)[-1]["verdict"] == "deny"
     assert reach("--allow-private-host", NAME) == "200"

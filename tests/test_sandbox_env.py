@@ -83,3 +83,53 @@ def test_the_real_run_keeps_only_what_the_user_passed(box):
     assert decisions["GITHUB_TOKEN"].startswith("env.strip")
     assert "DEPLOY" not in decisions and "PLAIN" not in decisions
     assert GHP.encode() not in (box.krate_home / "krate.db").read_bytes()
+
+
+def test_path_pointers_are_not_secrets(tmp_path):
+    """A CA bundle or a configuration file's path is kept; a secret-named one is not."""
+    policy = _policy(tmp_path)
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = eu-west-1\n")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    environ = {
+        "AWS_CONFIG_FILE": str(config),  # AWS_* strips it by name, but it is a path
+        "AWS_CA_BUNDLE": str(bundle),
+        "REQUESTS_CA_BUNDLE": str(bundle),
+        "SSL_CERT_FILE": str(bundle),
+        "AWS_SHARED_CREDENTIALS_FILE": str(config),  # a credentials file: its name says so
+        "DOCKER_AUTH_CONFIG": str(config),
+        "AWS_SECRET_CONFIG": str(config),
+        "AZURE_CONFIG": str(tmp_path / "missing"),  # no such file: not known to be a path
+        "AWS_PROFILE_CONFIG": "inline-value",
+    }
+    env, stripped = scrub(environ, policy.decide_env, lambda name: False, tmpdir="/tmp")
+    kept = set(env) - {"TMPDIR"}
+    assert kept == {"AWS_CONFIG_FILE", "AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"}
+    assert {s.name for s in stripped} == {
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "DOCKER_AUTH_CONFIG",
+        "AWS_SECRET_CONFIG",
+        "AZURE_CONFIG",
+        "AWS_PROFILE_CONFIG",
+    }
+    # A user's own strip rule still wins over the path exception.
+    user = tmp_path / "user.toml"
+    user.write_text('[env]\nstrip = ["AWS_CONFIG_FILE"]\n')
+    mine = effective_policy(
+        workspace=tmp_path / "ws", home=tmp_path, user_policy_path=user, trusted={}, flags=Flags()
+    )
+    env, _ = scrub(environ, mine.decide_env, lambda name: False, tmpdir="/tmp")
+    assert "AWS_CONFIG_FILE" not in env
+
+
+def test_the_real_run_keeps_path_pointers(box):
+    config = box.home / "corp-aws-config"
+    config.write_text("[default]\n")
+    config.chmod(0o644)
+    env = box.env(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(config))
+    out = box.krate("run", "--no-network", "--", "python3", "-c", PRINT_ENV, env=env)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["AWS_CONFIG_FILE"] == str(config)
+    assert "AWS_SHARED_CREDENTIALS_FILE" not in seen
