@@ -60,12 +60,12 @@ def _protect(args: list[str]) -> bool:
     sandbox test command starts here (krate and the standard library only), then
     the lockdown; on macOS the lockdown is a Seatbelt profile, inside which
     sandbox-exec is refused. audit network --prove: its real runs of run and build
-    start here, then the lockdown (netguard/proof_early.py). run/build
+    start here, then the lockdown (netguard/proof_early.py). policy explain net: the
+    egress proxy that resolves its name starts here (resolve_early.py). run/build
     that cli/fastrun.py parsed: third-party imports are held until the command has
     started its sandbox and proxy and locked down (returns True). Anything else:
     locked down now.
     """
-    from krate import resolve_early
     from krate.netguard import guard, lockdown
 
     completing = "_KRATE_COMPLETE" in os.environ
@@ -88,7 +88,9 @@ def _protect(args: list[str]) -> bool:
         from krate.netguard import proof_early
 
         proof_early.start(os.environ)
-    elif not completing and resolve_early.wanted(args):
+    elif not completing and _explains_net(args):
+        from krate import resolve_early
+
         resolve_early.start_early()  # explain net resolves through the egress proxy
     elif not completing and _starts_children(args, EARLY_SANDBOX) is not None:
         lockdown.hold_imports()  # until apply(): krate and the standard library only
@@ -97,6 +99,15 @@ def _protect(args: list[str]) -> bool:
         doctor_trial.start_early(os.environ.get("PATH"))  # the command takes it over
     lockdown.apply()
     return False
+
+
+def _explains_net(args: list[str]) -> bool:
+    """`krate policy explain net ...`: its name is resolved by a helper born unlocked."""
+    if args[:2] != ["policy", "explain"]:
+        return False  # every other command: not even the module is loaded
+    from krate import resolve_early
+
+    return resolve_early.wanted(args)
 
 
 def _proves(args: list[str]) -> bool:

@@ -164,6 +164,8 @@ def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
     from krate.policy.manage import net_subject
 
     host, port = net_subject(subject)
+    if not decision.allowed and decision.layer == "input":
+        return {}  # not a host name or port at all: no flag would allow it
     if not decision.allowed:
         hint = allow_hint(host, port)
         return {"reason": f"not allowed by the policy; to allow it: {hint}", "hint": hint}

@@ -189,6 +189,8 @@ class Dialer:
         """
         record.verdict, record.rule, record.layer = self.decide(host, port)
         if record.verdict != "allow":
+            if record.layer == "input":  # not a host or port at all: no flag allows it
+                raise Refused("denied", f"{host}:{port}: {record.rule}")
             hint = allow_hint(host, port)
             record.hint = hint
             raise Refused(
@@ -239,6 +241,8 @@ async def explain(dialer: Dialer, host: str, port: int) -> dict:
     then (when allowed) resolution and the special-address check; `krate policy explain`."""
     verdict, rule, layer = dialer.decide(host, port)
     out = {"type": "explain", "verdict": verdict, "rule": rule, "layer": layer}
+    if verdict != "allow" and layer == "input":
+        return out
     if verdict != "allow":
         out["hint"] = allow_hint(host, port)
         out["reason"] = f"{host}:{port} is not allowed by the policy; to allow it: {out['hint']}"
