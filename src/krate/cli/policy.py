@@ -77,6 +77,8 @@ def show(json_: bool = JSON, *, flags) -> None:
         rows += [(section, r["path"], r["rule"], r["layer"]) for r in data["filesystem"][section]]
     allow = data["network"]["allow"]
     rows += [("network", r["pattern"], r["rule"], r["layer"]) for r in allow]
+    private = data["network"].get("private_ok", [])
+    rows += [("private_ok", r["pattern"], r["rule"], r["layer"]) for r in private]
     otherwise = data["network"]["otherwise"]
     rows.append(
         (

@@ -49,6 +49,9 @@ TEMPLATE = """\
 # allow = ["registry.npmjs.org", "*.example.com", "example.com:8443", "[::1]:5432"]
 # Or add hosts to those from the layers below:
 # add = ["api.example.com"]
+# A mirror inside your network whose name resolves to a private address (refused
+# by default against DNS rebinding); it must be allowed above too:
+# private_ok = ["npm.corp.example"]
 
 [env]
 # Variable name patterns removed from the workload's environment (added to the defaults).
