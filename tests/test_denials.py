@@ -58,3 +58,13 @@ def test_many_hosts_stay_a_few_lines_with_the_strips_apart():
         "krate: 5 secret-looking variables stripped (A_TOKEN, B_TOKEN, C_TOKEN, D_TOKEN, ...); "
         "--env NAME passes one"
     )
+
+
+def test_no_flag_is_offered_where_none_would_help():
+    capped = deny("a.example", 443, rule="connection cap", layer="proxy", reason="too many")
+    lines = summary_lines([capped])
+    assert lines == [
+        "krate: 1 connection refused:",
+        "krate:   a.example:443 (1x): too many",
+        "krate: details: krate runs show last",
+    ]

@@ -342,13 +342,17 @@ def test_socks_targets(data, host):
 
 
 def test_refused_dials_answer_as_before():
-    where = ("denied.example", 80, "default: no rule allows it", "builtin:strict")
-    denied = parsers.refused("http", "denied", "denied.example:80 is not allowed", where)
+    where = ("denied.example", 80, "default: no rule allows it", "builtin:strict", "--allow-host d")
+    reason = "denied.example:80 is not allowed; to allow it: --allow-host d"
+    denied = parsers.refused("http", "denied", reason, where)
     assert denied.startswith(b"HTTP/1.1 403 Forbidden\r\n")
     assert denied.endswith(
         b"krate: denied.example:80 is not allowed (rule: default: no rule allows it, "
-        b"layer: builtin:strict).\nTo allow it: krate run --allow-host denied.example:80 -- ...\n"
+        b"layer: builtin:strict).\nTo allow it: krate run --allow-host d -- ...\n"
     )
+    # No hint (input that is no host at all): no line suggesting a flag.
+    bad = parsers.refused("http", "denied", "bad..name:80: invalid host name", where[:4] + ("",))
+    assert bad.endswith(b"(rule: default: no rule allows it, layer: builtin:strict).\n")
     statuses = {"busy": b"503 Service", "timeout": b"504 Gateway", "refused": b"502 Bad Gateway"}
     for kind, status in statuses.items():
         assert parsers.refused("connect", kind, "why", where).startswith(b"HTTP/1.1 " + status)

@@ -23,11 +23,14 @@ PRIVATE_FLAG = "--allow-private-host"
 
 
 def hint_of(decision: dict[str, Any]) -> str:
-    """The flag that would allow this network denial."""
+    """The flag that would allow this network denial; "" when no policy flag would (the
+    proxy's own limits, a client without the run's credential, input that is no host)."""
     from krate.policy.hosts import allow_hint, normalize_subject
 
     if decision.get("hint"):
         return str(decision["hint"])
+    if decision.get("layer") in ("proxy", "input"):
+        return ""
     host, port = str(decision.get("host") or ""), int(decision.get("port") or 443)
     norm = normalize_subject(host)
     if "resolves to" in str(decision.get("reason") or "") and norm is not None and not norm[1]:
@@ -69,16 +72,17 @@ def summary_lines(decisions: Iterable[dict[str, Any]], stripped: Sequence[str] =
     ranked = sorted(hosts.items(), key=lambda item: -item[1]["count"])
     for (host, port), row in ranked[:MAX_HOSTS]:
         d, times = row["decision"], f"{row['count']}x"
-        lines.append(
-            f"krate:   {_subject(host, port)} ({times}): {why_of(d)}; allow with {hint_of(d)}"
-        )
+        hint = hint_of(d)
+        allow = f"; allow with {hint}" if hint else ""
+        lines.append(f"krate:   {_subject(host, port)} ({times}): {why_of(d)}{allow}")
     rest = len(ranked) - MAX_HOSTS
     if rest > 0 or further:
         more = sum(r["count"] for _, r in ranked[MAX_HOSTS:]) + further
         hosts_more = f"{rest} more host{'s' if rest != 1 else ''}" if rest > 0 else "more hosts"
         lines.append(f"krate:   and {hosts_more} ({_plural(more, 'connection')})")
-    if ranked:
-        lines += _policy_line(hint_of(r["decision"]) for _, r in ranked)
+    hints = [hint for _, r in ranked if (hint := hint_of(r["decision"]))]
+    if hints:
+        lines += _policy_line(hints)
     if stripped:
         names = ", ".join(stripped[:MAX_NAMES]) + (", ..." if len(stripped) > MAX_NAMES else "")
         lines.append(

@@ -147,13 +147,12 @@ def refused(protocol: str, kind: str, reason: str, where: tuple) -> bytes:
     status = HTTP_STATUS.get(kind, (502, "Bad Gateway"))
     body = reason
     if kind == "denied":
-        host, port, rule, layer, *rest = where
-        hint = rest[0] if rest and rest[0] else f"--allow-host {host}:{port}"
+        _host, _port, rule, layer, *rest = where
+        hint = rest[0] if rest else ""
         reason = reason.split("; to allow it:")[0]
-        body = (
-            f"krate: {reason} (rule: {rule or 'none'}, layer: {layer or 'none'}).\n"
-            f"To allow it: krate run {hint} -- ...\n"
-        )
+        body = f"krate: {reason} (rule: {rule or 'none'}, layer: {layer or 'none'}).\n"
+        if hint:  # the flag that allows it (none for input that is not a host)
+            body += f"To allow it: krate run {hint} -- ...\n"
     return http_error(*status, body)
 
 
