@@ -255,3 +255,12 @@ def test_hundreds_of_denials_stay_a_few_lines(box, server, mapped):
     assert lines[-1] == "krate: details: krate runs show last"
     shown = json.loads(mapped("runs", "show", "last", "--json").stdout)
     assert sum(h["connections"] for h in shown["hosts"] if h["verdict"] == "deny") == 150
+
+
+def test_build_says_what_was_refused_too(box, server, mapped):
+    url = f"http://{NAME}:{server.port}/"
+    script = f"{CURL} {url}; echo built > out.txt"
+    out = mapped("build", *BASE, "--out", "out.txt", "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert "krate: 1 connection refused:" in out.stderr
+    assert f"allow with --allow-host {NAME}:{server.port}" in out.stderr
