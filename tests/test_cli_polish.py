@@ -27,6 +27,8 @@ NO_JSON = {
     "krate audit note": "prints only the new event's seq",
     "krate policy check": "prints FILE:LINE: message diagnostics, like a compiler",
     "krate policy init": "writes a template file",
+    "krate policy allow": "changes a file; `krate policy show --json` shows the result",
+    "krate policy edit": "opens an editor; `krate policy show --json` shows the result",
     "krate policy trust": "changes trust; `krate policy list --json` shows it",
     "krate policy untrust": "changes trust; `krate policy list --json` shows it",
     "krate artifacts export": "writes a file",
