@@ -115,6 +115,9 @@ def report(result, effective, verbose: bool) -> None:
                 render.message(f"krate: note: {note}")
     if result.status != "finished" or result.reason:  # e.g. the memory limit was reached
         render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    if result.exit_code != 0:  # a path the workload was given but cannot see
+        for hint in result.path_hints:
+            render.message(f"krate: hint: {hint}")
     for path in result.policy_files_changed:
         render.message(
             f"krate: warning: {path} appeared or changed during this run; it applies to "
