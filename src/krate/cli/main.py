@@ -210,6 +210,10 @@ def _dispatch(args: list[str]) -> int:
             if args[0] == "build":
                 return workload.build_workload(options)
             return workload.run_workload(options)
+        if os.environ.get("NO_COLOR"):
+            # Typer's help honours NO_COLOR for colours but still writes bold; this, read
+            # when its help module is imported, keeps every escape code out (no rich import).
+            os.environ.setdefault("_TYPER_FORCE_DISABLE_TERMINAL", "1")
         from krate.cli.app import build
 
         app = build(None if completing else _first_word(args))
