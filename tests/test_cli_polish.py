@@ -272,3 +272,24 @@ def test_no_color_means_no_escape_code_at_all_not_even_bold(terminal_env, tmp_pa
     plain = on_a_terminal(*args, env=dict(terminal_env, NO_COLOR="1", COLUMNS="120"))
     assert "\x1b" not in plain, f"escape code despite NO_COLOR: {plain[:300]!r}"
     assert ("Usage" in plain) if "--help" in args else ("\r\n" in plain)
+
+
+@pytest.mark.parametrize(
+    ("args", "suggested"),
+    [
+        (["run", "--bogus", "--", "true"], None),  # click suggested --verbose
+        (["runs", "list", "--bogus"], None),
+        (["run", "--verbos", "--", "true"], "--verbose"),
+        (["policy", "show", "--alow-host", "x"], "--allow-host"),  # not --allow-write
+        (["runs", "list", "--jsn"], "--json"),
+    ],
+)
+def test_an_unknown_option_suggests_only_close_matches(args, suggested):
+    done = run_krate(*args)
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"krate: No such option: {args[1] if args[0] == 'run' else args[2]}")
+    if suggested is None:
+        assert "Possible" not in line and "--verbose" not in line, line
+    else:
+        assert f"(Possible options: {suggested})" in line, line
