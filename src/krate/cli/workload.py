@@ -146,6 +146,7 @@ def build_workload(options: Workload) -> int:
     """Run the build command as `run_workload` does, then record its outputs and provenance."""
     from krate import render
     from krate.errors import UsageError
+    from krate.plural import counted
     from krate.provenance.build import run_build
 
     if not options.command:
@@ -167,7 +168,7 @@ def build_workload(options: Workload) -> int:
     build = recorded.build
     label = f" ({build.name})" if build.name else ""
     render.message(
-        f"krate: build {build.id}{label}: {build.subjects} output(s) recorded, "
+        f"krate: build {build.id}{label}: {counted(build.subjects, 'output')} recorded, "
         f"{recorded.new_blobs} new in the store; `krate provenance` shows the record"
     )
     return 0
