@@ -260,7 +260,9 @@ def test_edit_prefers_visual_takes_editor_arguments_and_a_failing_editor_saves_n
     failing = editor_script(tmp_path, 'echo junk >> "$1"; exit 3', "failing")
     before = (krate_home / "policy.toml").read_text()
     refused = run_krate("policy", "edit", env=edit_env(EDITOR=failing), stdin=subprocess.DEVNULL)
-    assert refused.returncode == 1 and "exited with status 3" in refused.stderr
+    assert refused.returncode == 1 and refused.stderr == (
+        f"krate: the editor exited with status 3; nothing saved to {krate_home / 'policy.toml'}\n"
+    )
     assert (krate_home / "policy.toml").read_text() == before
     missing = run_krate("policy", "edit", env=edit_env(EDITOR="/nonexistent/ed"))
     assert missing.returncode == 2 and "set VISUAL or EDITOR" in missing.stderr

@@ -363,7 +363,8 @@ def edit(
     """Open a private copy of `path` in `editor`; save it back only when it is valid.
 
     On an invalid save `again(problems)` says whether to re-open the editor; without
-    it (no terminal), or when it says no, nothing is saved and the copy is kept.
+    it (no terminal), or when it says no, nothing is saved and the copy is kept. An
+    editor that exits non-zero abandons the edit.
     """
     import shutil
     import subprocess
@@ -384,8 +385,9 @@ def edit(
                 f"cannot start the editor `{editor[0]}`: {exc.strerror or exc}; "
                 "set VISUAL or EDITOR"
             ) from None
-        if code != 0:
-            return Edited("refused", (f"the editor exited with status {code}",), copy)
+        if code != 0:  # e.g. vim's :cq, "abandon this edit"
+            shutil.rmtree(folder, ignore_errors=True)
+            raise KrateError(f"the editor exited with status {code}; nothing saved to {path}")
         try:
             text = copy.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
