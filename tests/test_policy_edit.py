@@ -73,8 +73,10 @@ def test_allow_keeps_comments_and_layout_and_adds_exactly_one_line(krate_home, p
     krate_home.mkdir(mode=0o700)
     policy = krate_home / "policy.toml"
     policy.write_text(COMMENTED)
+    policy.chmod(0o644)
     done = run_krate("policy", "allow", "https://c.example:8443/simple/")  # a URL, as copied
     assert done.returncode == 0, done.stderr
+    assert mode(policy) == 0o600  # krate's own files are private
     assert policy.read_text() == COMMENTED.replace(
         "    'b.example'\n", "    'b.example',\n    \"c.example:8443\",\n"
     )
@@ -268,8 +270,7 @@ def test_edit_prefers_visual_takes_editor_arguments_and_a_failing_editor_saves_n
     assert missing.returncode == 2 and "set VISUAL or EDITOR" in missing.stderr
 
 
-def test_edit_project_changes_krate_toml_and_says_trust_applies(krate_home, project, tmp_path):
-    (project / "krate.toml").write_text(TEMPLATE)
+def test_edit_project_creates_krate_toml_and_says_trust_applies(krate_home, project, tmp_path):
     editor = editor_script(tmp_path, 'sed -i \'s/^# add = .*/add = ["p.example"]/\' "$1"')
     done = run_krate(
         "policy", "edit", "--project", env=edit_env(EDITOR=editor), cwd=project,
@@ -277,6 +278,7 @@ def test_edit_project_changes_krate_toml_and_says_trust_applies(krate_home, proj
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert 'add = ["p.example"]' in (project / "krate.toml").read_text()
+    assert mode(project / "krate.toml") == 0o644  # a new project file, as `policy init` makes
     assert "krate policy trust" in done.stderr
     assert not (krate_home / "policy.toml").exists()
 

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 MAX_HINTS = 3
+# Arguments looked at, at most: `xargs` can hand a run thousands of paths, and each
+# costs a realpath and a visibility check before the workload starts.
+MAX_CHECKED = 256
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_~")
 
 
@@ -53,7 +56,7 @@ def missing(
     """One hint for each argument naming an existing host path the sandbox does not show."""
     hints: list[str] = []
     seen: set[str] = set()
-    for arg in args:
+    for arg in args[:MAX_CHECKED]:
         for text in _candidates(arg):
             path = os.path.normpath(os.path.join(cwd, text))
             if path in seen:

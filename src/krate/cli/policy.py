@@ -195,9 +195,9 @@ def allow(
     from krate import render
     from krate.policy.edit import allow_host
 
-    target, template = _target(project)
+    target, template, mode = _target(project)
     before = _trust_state(target) if project else None
-    done = allow_host(target, host, template=template)
+    done = allow_host(target, host, template=template, mode=mode)
     if done.already:
         render.message(f"{done.entry} is already in {target} ({done.key}); nothing changed")
         return
@@ -223,7 +223,7 @@ def edit(project: bool = PROJECT) -> None:
     from krate.errors import KrateError, UsageError
     from krate.policy.edit import edit as edit_file
 
-    target, template = _target(project)
+    target, template, mode = _target(project)
     before = _trust_state(target) if project else None
     command = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     try:
@@ -243,7 +243,7 @@ def edit(project: bool = PROJECT) -> None:
         editor,
         template=template,
         again=again if sys.stdin.isatty() and sys.stderr.isatty() else None,
-        new_mode=0o644 if project else 0o600,
+        mode=mode,
     )
     if done.outcome == "unchanged":
         render.message(f"no change to {target}")
@@ -257,17 +257,21 @@ def edit(project: bool = PROJECT) -> None:
         raise KrateError(f"nothing saved to {target}; your edit is kept in {done.kept}")
 
 
-def _target(project: bool) -> tuple[Path, str]:
-    """The file `allow`/`edit` change and the template a new one starts from."""
+def _target(project: bool) -> tuple[Path, str, int | None]:
+    """The file `allow`/`edit` change, the template a new one starts from, and its mode:
+    the user policy is kept 0600 (krate's files are private); a project file keeps its
+    own (a new one is 0644, as `policy init` writes it: it is meant to be committed)."""
     from krate.policy.edit import USER_TEMPLATE
     from krate.policy.layers import find_project_files
     from krate.policy.load import PROJECT_FILE
     from krate.policy.manage import TEMPLATE
 
     if not project:
-        return paths().user_policy, USER_TEMPLATE
+        return paths().user_policy, USER_TEMPLATE, 0o600
     found = find_project_files(Path.cwd())
-    return (found[-1] if found else Path.cwd() / PROJECT_FILE), TEMPLATE
+    if found:
+        return found[-1], TEMPLATE, None
+    return Path.cwd() / PROJECT_FILE, TEMPLATE, 0o644
 
 
 def _trust_state(path: Path) -> str | None:

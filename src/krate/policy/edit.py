@@ -104,7 +104,7 @@ def host_entry(text: str) -> str:
     return raw
 
 
-def allow_host(path: Path, text: str, *, template: str) -> Appended:
+def allow_host(path: Path, text: str, *, template: str, mode: int | None = None) -> Appended:
     """Append a host to `[network] add` (or to `allow` when only that list exists).
 
     Idempotent: an entry naming the same hosts and ports already in either list is
@@ -119,11 +119,11 @@ def allow_host(path: Path, text: str, *, template: str) -> Appended:
         except ValueError:
             return False
 
-    return append(path, "network", ("add", "allow"), entry, same, template=template)
+    return append(path, "network", ("add", "allow"), entry, same, template=template, mode=mode)
 
 
 # A `krate policy allow --private HOST` (network.private_ok) is then:
-#     append(path, "network", ("private_ok",), entry, same, template=template)
+#     append(path, "network", ("private_ok",), entry, same, template=template, mode=mode)
 
 
 def append(
@@ -134,6 +134,7 @@ def append(
     same: Callable[[str], bool],
     *,
     template: str,
+    mode: int | None = None,
 ) -> Appended:
     """Append `entry` to the first of `keys` in [section] that exists (else create keys[0])."""
     exists = path.exists()
@@ -151,7 +152,7 @@ def append(
             f"cannot add `{entry}` to {path} without rewriting it (its `{section}` is written "
             f"in a form krate does not edit); add it by hand with `krate policy edit`"
         )
-    write_text(path, new_text, new_mode=FILE_MODE if not exists else None)
+    write_text(path, new_text, mode=mode)
     return Appended(entry, f"{section}.{key}", False)
 
 
@@ -293,14 +294,16 @@ def read_text(path: Path) -> str:
         raise PolicyError(f"{path}: not UTF-8 text; fix it first, nothing was changed") from None
 
 
-def write_text(path: Path, text: str, *, new_mode: int | None = FILE_MODE) -> Path:
-    """Replace `path` (its target, if a link) atomically; a new file gets `new_mode`."""
+def write_text(path: Path, text: str, *, mode: int | None = None) -> Path:
+    """Replace `path` (its target, if a link) atomically, with `mode` if given, else
+    keeping the file's own (a new file: 0600)."""
     target = Path(os.path.realpath(path))
     try:
-        mode = target.stat().st_mode & 0o7777
+        kept = target.stat().st_mode & 0o7777
     except FileNotFoundError:
-        mode = new_mode if new_mode is not None else FILE_MODE
+        kept = FILE_MODE
         _private_dir(target.parent)
+    mode = kept if mode is None else mode
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as exc:
@@ -330,9 +333,7 @@ def init_user(path: Path, *, force: bool) -> Path:
     """Write the commented user policy template at `path` (0600, folder 0700)."""
     if path.exists() and not force:
         raise KrateError(f"{path} already exists; edit it (`krate policy edit`) or pass --force")
-    target = write_text(path, USER_TEMPLATE, new_mode=FILE_MODE)
-    os.chmod(target, FILE_MODE)
-    return target
+    return write_text(path, USER_TEMPLATE, mode=FILE_MODE)
 
 
 # ---------------------------------------------------------------- the editor
@@ -358,7 +359,7 @@ def edit(
     *,
     template: str,
     again: Callable[[list[str]], bool] | None = None,
-    new_mode: int = FILE_MODE,
+    mode: int | None = None,
 ) -> Edited:
     """Open a private copy of `path` in `editor`; save it back only when it is valid.
 
@@ -401,6 +402,6 @@ def edit(
     if exists and text == original:
         shutil.rmtree(folder, ignore_errors=True)
         return Edited("unchanged")
-    write_text(path, text, new_mode=new_mode)
+    write_text(path, text, mode=mode)
     shutil.rmtree(folder, ignore_errors=True)
     return Edited("saved")

@@ -151,7 +151,7 @@ def init_template(folder: Path, *, force: bool = False) -> Path:
     if force and target.is_file():
         from krate.policy.edit import write_text
 
-        return write_text(target, TEMPLATE)
+        return write_text(target, TEMPLATE)  # keeps the file's mode
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
