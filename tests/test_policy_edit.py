@@ -307,3 +307,32 @@ def test_help_lists_the_new_commands():
     done = run_krate("policy", "--help", env=dict(os.environ, COLUMNS="200"))
     for word in ("allow", "edit", "init"):
         assert word in done.stdout
+
+
+# ---------------------------------------------------------------- a real run
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
+def test_a_host_added_by_policy_allow_is_reached_by_the_next_run(box):
+    from .egress_support import Server
+
+    server = Server()
+    try:
+        host = f"localhost:{server.port}"
+        curl = f"curl -sS --max-time 10 -o /dev/null -w '%{{http_code}}' http://{host}/"
+        before = box.sh(curl)
+        assert before.stdout == "403"  # the proxy refused it
+        assert [
+            d["verdict"] for d in box.last_run()["decisions"] if d.get("area") == "network"
+        ] == ["deny"]
+        added = box.krate("policy", "allow", host)
+        assert added.returncode == 0, added.stderr
+        policy = box.krate_home / "policy.toml"
+        assert stat.S_IMODE(policy.stat().st_mode) == 0o600
+        after = box.sh(curl)
+        assert after.returncode == 0 and after.stdout == "200", after.stderr
+        [decision] = [d for d in box.last_run()["decisions"] if d.get("area") == "network"]
+        assert decision["verdict"] == "allow" and decision["layer"] == "user"
+        assert decision["rule"] == f"network.add: {host}"
+    finally:
+        server.close()
