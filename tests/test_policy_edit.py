@@ -336,3 +336,35 @@ def test_a_host_added_by_policy_allow_is_reached_by_the_next_run(box):
         assert decision["rule"] == f"network.add: {host}"
     finally:
         server.close()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (
+            '[network]\nadd = [\n  "a.example", # one\n  "b.example" # two\n]\n',
+            '[network]\nadd = [\n  "a.example", # one\n  "b.example", # two\n  "n.example",\n]\n',
+        ),
+        (
+            '[network]\nadd = [ # hosts\n]\n[env]\npass = ["X"]\n',
+            '[network]\nadd = [ # hosts\n"n.example"]\n[env]\npass = ["X"]\n',
+        ),
+        (
+            '[network]\nadd = ["a.example"]\n[limits]\nwall_seconds = 5 # add = ["x"]\n',
+            '[network]\nadd = ["a.example", "n.example"]\n[limits]\nwall_seconds = 5 # add = ["x"]'
+            "\n",
+        ),
+        (
+            '\ufeff[network]\r\nadd = ["a.example"]\r\n',
+            '\ufeff[network]\r\nadd = ["a.example", "n.example"]\r\n',
+        ),
+    ],
+)
+def test_allow_inserts_after_comments_and_keeps_everything_else(tmp_path, before, after):
+    from krate.policy.edit import allow_host
+
+    policy = tmp_path / "policy.toml"
+    policy.write_bytes(before.encode())
+    done = allow_host(policy, "n.example", template=USER_TEMPLATE)
+    assert not done.already and done.key == "network.add"
+    assert policy.read_bytes().decode() == after

@@ -188,15 +188,18 @@ _HEADER = re.compile(r"^[ \t]*\[[ \t]*([A-Za-z0-9_-]+)[ \t]*\][ \t]*(?:#.*)?$", 
 
 def _appended(text: str, section: str, key: str, entry: str) -> str | None:
     """`text` with `entry` added to the list `section.key`; None when it cannot tell how."""
+    if text.startswith("\ufeff"):  # a byte-order mark stays, outside what is scanned
+        rest = _appended(text[1:], section, key, entry)
+        return None if rest is None else "\ufeff" + rest
     quoted = '"' + entry.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    locator = Locator(text)
-    found = [n for n, parts, header in locator._index if parts == (section, key) and not header]
+    entries = Locator(text).entries()
+    found = [n for n, parts, header in entries if parts == (section, key) and not header]
     if found:
         return _into_list(text, found[0], quoted)
     header = next((m for m in _HEADER.finditer(text) if m.group(1) == section), None)
     if header is not None:
         return text[: header.end()] + f"\n{key} = [{quoted}]" + text[header.end() :]
-    if any(parts[:1] == (section,) for _, parts, _ in locator._index):
+    if any(parts[:1] == (section,) for _, parts, _ in entries):
         return None  # a dotted key or an inline table: leave it to the user
     sep = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
     return f"{text}{sep}[{section}]\n{key} = [{quoted}]\n"
