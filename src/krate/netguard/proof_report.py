@@ -53,7 +53,8 @@ def _kernel(kernel: Layer) -> list[str]:
         text += f"; child probe: {probe['result']} {probe['errno'] or ''}".rstrip()
     per = kernel.get("per_command")
     if isinstance(per, dict):
-        text += f"; {counted(per['applied_own_lockdown'], 'command')} applied their own"
+        applied = per["applied_own_lockdown"]
+        text += f"; {counted(applied, 'command')} applied {'its' if applied == 1 else 'their'} own"
         if per["missing"]:
             text += f" (NOT: {', '.join(per['missing'])})"
     return [f"kernel  {_status(kernel):<9}  {kernel.get('why') or text}"]
