@@ -368,3 +368,29 @@ def test_allow_inserts_after_comments_and_keeps_everything_else(tmp_path, before
     done = allow_host(policy, "n.example", template=USER_TEMPLATE)
     assert not done.already and done.key == "network.add"
     assert policy.read_bytes().decode() == after
+
+
+def test_concurrent_allows_all_land(krate_home, project):
+    hosts = [f"h{i}.example" for i in range(8)]
+    procs = [subprocess.Popen([KRATE, "policy", "allow", h], stderr=subprocess.PIPE) for h in hosts]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    text = (krate_home / "policy.toml").read_text()
+    assert all(text.count(f'"{h}"') == 1 for h in hosts), text
+    assert run_krate("policy", "check", str(krate_home / "policy.toml")).returncode == 0
+
+
+def test_edit_refuses_to_overwrite_a_change_made_while_the_editor_was_open(
+    krate_home, project, tmp_path
+):
+    krate_home.mkdir(mode=0o700)
+    policy = krate_home / "policy.toml"
+    policy.write_text(COMMENTED)
+    editor = editor_script(
+        tmp_path, f'{KRATE} policy allow meanwhile.example\necho "# mine" >> "$1"'
+    )
+    done = run_krate("policy", "edit", env=edit_env(EDITOR=editor), stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert "changed while the editor was open; nothing saved" in done.stderr
+    assert '"meanwhile.example"' in policy.read_text() and "# mine" not in policy.read_text()
+    kept = Path(done.stderr.split("your edit is kept in ", 1)[1].split(":", 1)[0])
+    assert kept.read_text().endswith("# mine\n")

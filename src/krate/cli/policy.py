@@ -251,6 +251,11 @@ def edit(project: bool = PROJECT) -> None:
         render.message(f"saved {target}")
         if project:
             _project_note(target, before)
+    elif done.outcome == "conflict":
+        raise KrateError(
+            f"{target} changed while the editor was open; nothing saved (your edit is kept "
+            f"in {done.kept}: compare, then run `krate policy edit` again)"
+        )
     else:
         for line in done.problems:
             sys.stderr.write(line + "\n")

@@ -9,17 +9,18 @@ parse to exactly the old document plus that one entry, and pass the same
 validation as `krate policy check`; anything else is refused and nothing is written.
 
 Files are replaced atomically (a temporary file beside them, then rename), through
-a symbolic link to its target, keeping the file's mode; a new user policy is 0600
-in a 0700 folder. Never prints and never reads os.environ: the CLI passes the
-editor's command line in.
+a symbolic link to its target, under a lock on their folder (concurrent changes
+all land; `edit` refuses to overwrite a file changed while the editor was open).
+Never prints and never reads os.environ: the CLI passes the editor's command in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -137,6 +138,11 @@ def append(
     mode: int | None = None,
 ) -> Appended:
     """Append `entry` to the first of `keys` in [section] that exists (else create keys[0])."""
+    with locked(path):
+        return _append(path, section, keys, entry, same, template=template, mode=mode)
+
+
+def _append(path, section, keys, entry, same, *, template, mode) -> Appended:
     exists = path.exists()
     original = read_text(path) if exists else template
     doc = _valid_doc(path, original)
@@ -324,6 +330,26 @@ def write_text(path: Path, text: str, *, mode: int | None = None) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder of `path` (its target, if a link) while a
+    change is read, checked and written: two `krate policy allow` at once both land.
+    flock on the folder itself, so no lock file is left behind."""
+    import fcntl
+
+    folder = Path(os.path.realpath(path)).parent
+    _private_dir(folder)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise KrateError(f"cannot open {folder}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _private_dir(folder: Path) -> None:
     """Create a missing folder 0700 (never chmod an existing one: it may be a project's)."""
     if not folder.exists():
@@ -343,7 +369,8 @@ def init_user(path: Path, *, force: bool) -> Path:
 
 
 class Edited(NamedTuple):
-    """How `edit` ended: `saved`, `unchanged`, or `refused` (the edit kept in `kept`)."""
+    """How `edit` ended: `saved`, `unchanged`, `refused` (invalid) or `conflict` (the file
+    changed while the editor was open); the last two keep the edit in `kept`."""
 
     outcome: str
     problems: tuple[str, ...] = ()
@@ -402,9 +429,13 @@ def edit(
             break
         if again is None or not again(problems):
             return Edited("refused", tuple(problems), copy)
-    if exists and text == original:
-        shutil.rmtree(folder, ignore_errors=True)
-        return Edited("unchanged")
-    write_text(path, text, mode=mode)
+    with locked(path):
+        now = read_text(path) if path.exists() else None
+        if now != (original if exists else None):  # e.g. `krate policy allow` meanwhile
+            return Edited("conflict", (), copy)
+        if exists and text == original:
+            shutil.rmtree(folder, ignore_errors=True)
+            return Edited("unchanged")
+        write_text(path, text, mode=mode)
     shutil.rmtree(folder, ignore_errors=True)
     return Edited("saved")
