@@ -394,3 +394,14 @@ def test_edit_refuses_to_overwrite_a_change_made_while_the_editor_was_open(
     assert '"meanwhile.example"' in policy.read_text() and "# mine" not in policy.read_text()
     kept = Path(done.stderr.split("your edit is kept in ", 1)[1].split(":", 1)[0])
     assert kept.read_text().endswith("# mine\n")
+
+
+def test_project_init_force_overwrites_and_keeps_the_files_mode(krate_home, project):
+    target = project / "krate.toml"
+    target.write_text("# old\n")
+    target.chmod(0o640)
+    refused = run_krate("policy", "init", cwd=project)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert target.read_text() == "# old\n"
+    done = run_krate("policy", "init", "--force", cwd=project)
+    assert done.returncode == 0 and target.read_text() == TEMPLATE and mode(target) == 0o640
