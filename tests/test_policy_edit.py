@@ -405,3 +405,17 @@ def test_project_init_force_overwrites_and_keeps_the_files_mode(krate_home, proj
     assert target.read_text() == "# old\n"
     done = run_krate("policy", "init", "--force", cwd=project)
     assert done.returncode == 0 and target.read_text() == TEMPLATE and mode(target) == 0o640
+
+
+def test_edit_on_a_terminal_answered_no_saves_nothing_and_says_each_problem_once(
+    krate_home, project, tmp_path, terminals
+):
+    editor = editor_script(tmp_path, 'echo "bogus = 1" >> "$1"')
+    term = Terminal([KRATE, "policy", "edit"], env=edit_env(EDITOR=editor), cwd=project)
+    terminals.append(term)
+    term.expect(rb"re-open the editor\? \[Y/n\]")
+    term.send(b"n\r")
+    assert term.wait() == 1, term.out
+    assert term.out.count(b"unknown key `limits.bogus`") == 1, term.out
+    assert b"nothing saved to " in term.out
+    assert not (krate_home / "policy.toml").exists()

@@ -233,9 +233,12 @@ def edit(project: bool = PROJECT) -> None:
     if not editor:
         editor = ["vi"]
 
+    shown: list[str] = []
+
     def again(problems: list[str]) -> bool:
         for line in problems:
             sys.stderr.write(line + "\n")
+        shown[:] = problems
         return typer.confirm("krate: not valid; re-open the editor?", default=True, err=True)
 
     done = edit_file(
@@ -257,7 +260,7 @@ def edit(project: bool = PROJECT) -> None:
             f"in {done.kept}: compare, then run `krate policy edit` again)"
         )
     else:
-        for line in done.problems:
+        for line in done.problems if list(done.problems) != shown else ():
             sys.stderr.write(line + "\n")
         raise KrateError(f"nothing saved to {target}; your edit is kept in {done.kept}")
 
