@@ -130,3 +130,13 @@ def test_a_command_under_the_hosts_tmp_names_the_flag_and_the_flag_works(box, ho
     assert out.stderr.endswith(f"share it with --allow-write {tool}\n")
     done = box.krate("run", "--allow-write", str(tool), "--", str(tool))
     assert done.returncode == 0 and done.stdout == "tool ran\n"
+
+
+def test_a_path_with_a_newline_still_gets_a_one_line_hint(box, host_tmp_repo):
+    odd = host_tmp_repo / "two\nlines"
+    odd.write_text("x\n")
+    out = box.krate("run", "--", "cat", str(odd))
+    assert out.returncode != 0
+    [hint] = hints(out.stderr)
+    assert hint.endswith(f"share it with --allow-write $'{host_tmp_repo}/two\\nlines'")
+    assert "\\n" in hint and out.stderr.count("krate: hint:") == 1

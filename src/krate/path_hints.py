@@ -41,10 +41,18 @@ def _candidates(arg: str) -> Iterable[str]:
 
 
 def quote(path: str) -> str:
-    """`path` as a shell word (shlex.quote, without importing shlex on the run path)."""
+    """`path` as a shell word (shlex.quote, without importing shlex on the run path); one
+    with control characters (a newline) is written escaped, so the hint stays one line."""
     if path and all(c in _SAFE for c in path):
         return path
+    if not path.isprintable():
+        return "$'" + _escaped(path).replace("'", "\\'") + "'"
     return "'" + path.replace("'", "'\"'\"'") + "'"
+
+
+def _escaped(text: str) -> str:
+    """`text` on one line: control characters and undecodable bytes as escapes."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def missing(
@@ -73,13 +81,13 @@ def missing(
             decision = decide_read(real)
             if not decision.allowed:
                 hints.append(
-                    f"{text} is hidden from the workload by the policy ({decision.rule}, "
+                    f"{_escaped(text)} is hidden from the workload by the policy ({decision.rule}, "
                     f"[{decision.layer}]); `krate policy explain read {quote(path)}` says more"
                 )
             else:
                 own = " (it has its own /tmp)" if real.startswith("/tmp/") else ""
                 hints.append(
-                    f"{text} exists here but the sandbox does not share it{own}; "
+                    f"{_escaped(text)} exists here but the sandbox does not share it{own}; "
                     f"share it with --allow-write {quote(real)}"
                 )
             if len(hints) >= MAX_HINTS:
