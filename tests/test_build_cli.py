@@ -47,7 +47,7 @@ def test_build_records_every_nested_output_and_passes_stdout_through(ws, krate_h
     result = krate(ws, "build", "--out", "dist", "--name", "demo", "--", "sh", "-c", MAKE)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "workload stdout\n", "krate added to or changed the workload's stdout"
-    assert "krate: build " in result.stderr and "3 output(s) recorded" in result.stderr
+    assert "krate: build " in result.stderr and "3 outputs recorded" in result.stderr
 
     listed = jsonout(ws, "artifacts", "list", "--json")
     names = {a["name"]: a["digest"] for a in listed}

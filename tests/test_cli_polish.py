@@ -16,7 +16,7 @@ import pytest
 import typer
 
 from krate.cli.app import app
-from tests.conftest import KRATE, run_krate
+from tests.conftest import KRATE, as_root, run_krate
 
 ROOT_COMMAND = typer.main.get_command(app)
 TYPER_OWN = {"--install-completion", "--show-completion", "--help"}
@@ -27,6 +27,8 @@ NO_JSON = {
     "krate audit note": "prints only the new event's seq",
     "krate policy check": "prints FILE:LINE: message diagnostics, like a compiler",
     "krate policy init": "writes a template file",
+    "krate policy allow": "changes a file; `krate policy show --json` shows the result",
+    "krate policy edit": "opens an editor; `krate policy show --json` shows the result",
     "krate policy trust": "changes trust; `krate policy list --json` shows it",
     "krate policy untrust": "changes trust; `krate policy list --json` shows it",
     "krate artifacts export": "writes a file",
@@ -256,3 +258,38 @@ def test_json_output_is_never_coloured_even_on_a_terminal(terminal_env):
     out = on_a_terminal("audit", "list", "--json", env=dict(terminal_env, FORCE_COLOR="1"))
     assert "\x1b[" not in out
     assert '"colour test"' in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["runs", "list"], ["audit", "list"], ["policy", "list"], ["--help"], ["policy", "--help"]],
+)
+def test_no_color_means_no_escape_code_at_all_not_even_bold(terminal_env, tmp_path, args):
+    ran = run_krate(*as_root(["run", "--", "true"]), env=terminal_env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    styled = on_a_terminal(*args, env=terminal_env)
+    assert "\x1b[" in styled, "expected styles on a terminal (else this test is void)"
+    plain = on_a_terminal(*args, env=dict(terminal_env, NO_COLOR="1", COLUMNS="120"))
+    assert "\x1b" not in plain, f"escape code despite NO_COLOR: {plain[:300]!r}"
+    assert ("Usage" in plain) if "--help" in args else ("\r\n" in plain)
+
+
+@pytest.mark.parametrize(
+    ("args", "suggested"),
+    [
+        (["run", "--bogus", "--", "true"], None),  # click suggested --verbose
+        (["runs", "list", "--bogus"], None),
+        (["run", "--verbos", "--", "true"], "--verbose"),
+        (["policy", "show", "--alow-host", "x"], "--allow-host"),  # not --allow-write
+        (["runs", "list", "--jsn"], "--json"),
+    ],
+)
+def test_an_unknown_option_suggests_only_close_matches(args, suggested):
+    done = run_krate(*args)
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"krate: No such option: {args[1] if args[0] == 'run' else args[2]}")
+    if suggested is None:
+        assert "Possible" not in line and "--verbose" not in line, line
+    else:
+        assert f"(Possible options: {suggested})" in line, line

@@ -117,6 +117,16 @@ def test_policy_option_completes_builtin_profiles_and_policy_files(tmp_path):
     assert bash_complete("krate", "policy", "show", "--policy", "st", cwd=tmp_path) == ["strict"]
 
 
+def test_bash_completes_the_policy_editing_commands_and_tab_writes_no_policy(tmp_path):
+    home = tmp_path / "home"
+    assert set(bash_complete("krate", "policy", "", home=home)) >= {"allow", "edit", "init"}
+    assert bash_complete("krate", "policy", "al") == ["allow"]
+    assert {"--user", "--force"} <= set(bash_complete("krate", "policy", "init", "--", home=home))
+    assert "--project" in bash_complete("krate", "policy", "allow", "--", home=home)
+    assert "--project" in bash_complete("krate", "policy", "edit", "--", home=home)
+    assert not (home / "policy.toml").exists()
+
+
 def _record_runs(home: Path, ids: list[str]) -> None:
     """Rows in the runs index, written the way krate writes them (through the store)."""
     from krate.paths import Paths

@@ -180,3 +180,45 @@ def test_export_of_a_fresh_install_is_valid(cli, krate_home, tmp_path):
 def test_readme_explains_pruned_chains():
     text = readme(datetime(2026, 1, 1, tzinfo=UTC), "0", 0, "0" * 64, [], [], 0)
     assert "chain.checkpoint" in text and "64 zeros" in text
+
+
+def test_info_and_where_agree_on_a_fresh_home_and_after_the_first_event(tmp_path):
+    """Both read the database through one function (store/inventory.database)."""
+    import os
+    import subprocess
+
+    from tests.conftest import KRATE
+
+    home = tmp_path / "fresh-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KRATE_", "XDG_"))}
+    env["HOME"] = str(home)
+
+    def both():
+        info = subprocess.run([KRATE, "info", "--json"], env=env, capture_output=True, text=True)
+        where = subprocess.run(
+            [KRATE, "data", "where", "--json"], env=env, capture_output=True, text=True
+        )
+        assert info.returncode == where.returncode == 0, info.stderr + where.stderr
+        places = {p["place"]: p for p in json.loads(where.stdout)["places"]}
+        return json.loads(info.stdout), places
+
+    info, places = both()
+    db = places["database"]
+    assert info["data_dir"] == str(home / ".local/share/krate") == places["data folder"]["path"]
+    assert info["db_path"] == db["path"] and info["db_exists"] is db["exists"] is False
+    assert info["db_size"] == db["bytes"] == 0
+    assert info["events"] == db["records"]["events"] == 0
+    assert info["schema_version"] is None and db["records"]["tables"] == {}
+    assert info["data_dir_exists"] is places["data folder"]["exists"] is False
+    assert list(home.iterdir()) == []  # neither created anything
+    text = subprocess.run([KRATE, "info"], env=env, capture_output=True, text=True).stdout
+    assert "krate.db (absent: nothing recorded yet)" in text and "(0 bytes)" not in text
+
+    assert subprocess.run([KRATE, "audit", "note", "x"], env=env).returncode == 0
+    info, places = both()
+    db = places["database"]
+    assert info["db_exists"] is db["exists"] is True
+    assert info["db_size"] == db["bytes"] > 0
+    assert info["events"] == db["records"]["events"] == 1
+    assert info["schema_version"] == db["records"]["tables"]["_sqlite_migrations"] >= 1

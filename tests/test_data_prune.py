@@ -348,7 +348,7 @@ def test_prune_cli_options_and_confirmation(cli, paths, krate_home):
     assert bad.code == 2 and "--older-than" in bad.err
     refused = run_krate("data", "prune", "--older-than", "30d", stdin=subprocess.DEVNULL)
     assert refused.returncode == 1 and "pass --yes" in refused.stderr
-    assert "prune 1 events" in refused.stderr
+    assert "prune 1 event (" in refused.stderr
     assert len(json.loads(cli("audit", "list", "--json").out)) == 2
 
     done = run_krate("data", "prune", "--older-than", "30d", "--yes", "--json")

@@ -22,6 +22,7 @@ from typing import Any
 from krate.doctor_trial import TRIAL_TIMEOUT_S, Trial, _trial
 from krate.errors import KrateError
 from krate.paths import Paths
+from krate.plural import counted
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MAX_WALK = 200_000
@@ -275,7 +276,9 @@ def check_chain(paths: Paths, *, database_ok: bool) -> Check:
         return Check("event chain", FAIL, detail, fix)
     if result.ok:
         return Check(
-            "event chain", OK, f"{result.events} events, chain intact, head {result.head[:16]}…"
+            "event chain",
+            OK,
+            f"{counted(result.events, 'event')}, chain intact, head {result.head[:16]}…",
         )
     return Check(
         "event chain",
@@ -334,7 +337,10 @@ def check_permissions(paths: Paths, uid: int | None = None) -> Check:
         return Check("permissions", OK, "no data folder yet")
     if not open_to_others and not foreign:
         return Check(
-            "permissions", OK, f"{seen} folders and files, all private (folders 0700, files 0600)"
+            "permissions",
+            OK,
+            f"{counted(seen, 'folder or file', 'folders and files')}, all private "
+            "(folders 0700, files 0600)",
         )
     problems, fixes = [], []
     if open_to_others:

@@ -15,23 +15,24 @@ from krate.sandbox.detect import detect
 
 
 def gather(paths: Paths, environ: Mapping[str, str]) -> dict[str, Any]:
-    from krate.store import events, open_store
+    from krate.store import inventory, open_store
 
-    db_path = paths.db_path
     with open_store(paths, readonly=True) as store:
-        schema_version = store.schema_version
-        n_events = events.count(store)
+        database = inventory.database(store, paths.db_path)  # as `krate data where` shows it
     backend = detect()
     return {
         "version": __version__,
         "python": platform.python_version(),
         "platform": f"{sys.platform}-{platform.machine()}",
         "data_dir": str(paths.data_dir),
+        "data_dir_exists": paths.data_dir.is_dir(),
         "config_dir": str(paths.config_dir),
-        "db_path": str(db_path),
-        "db_size": db_path.stat().st_size if db_path.exists() else 0,
-        "schema_version": schema_version,
-        "events": n_events,
+        "config_dir_exists": paths.config_dir.is_dir(),
+        "db_path": database["path"],
+        "db_exists": database["exists"],
+        "db_size": database["bytes"],
+        "schema_version": database["schema_version"],
+        "events": database["events"],
         "sandbox": {"backend": backend.backend, "available": backend.available},
         "keyring_backend": backend_name(environ),
         "telemetry": "none",

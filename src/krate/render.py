@@ -58,11 +58,12 @@ def table(
 
 
 def console(stderr: bool = False):
+    """rich's console; with NO_COLOR no escape code at all (rich's no_color keeps bold)."""
     from rich.console import Console
 
-    return Console(
-        stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False
-    )
+    if os.environ.get("NO_COLOR"):
+        return Console(stderr=stderr, color_system=None, highlight=False)
+    return Console(stderr=stderr, highlight=False)
 
 
 def when(ts: str | None) -> str:

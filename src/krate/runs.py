@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from krate import ids
-from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, UsageError
+from krate.errors import (
+    EXIT_FAILURE,
+    EXIT_KRATE_FAILED,
+    EXIT_NOT_FOUND,
+    KrateError,
+    UsageError,
+)
 from krate.paths import Paths
 from krate.policy import watch
 from krate.printable import printable
@@ -85,6 +91,8 @@ class RunResult(NamedTuple):
     policy_files_checked: bool = True
     # the run's recorded network denials (policy.decision data): krate/denials.py sums them up
     denials: tuple[dict[str, Any], ...] = ()
+    # arguments naming host paths the sandbox does not show (path_hints.py)
+    path_hints: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- running
@@ -117,7 +125,8 @@ def execute(
             record.finish("refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
             raise prepared.refusal
         try:
-            _check_command(spec, backend)
+            _check_command(spec, backend, policy)
+            hints = _path_hints(spec, backend, policy)
             outcome = _launch(backend, policy, record, request.lock_down)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
@@ -158,16 +167,36 @@ def execute(
         policy_files_changed=tuple(written.paths),
         policy_files_checked=written.complete,
         denials=denials,
+        path_hints=hints,
     )
 
 
-def _check_command(spec: SandboxSpec, backend: Backend) -> None:
+def _check_command(spec: SandboxSpec, backend: Backend, policy: EffectivePolicy) -> None:
     """126/127 before launching, as the sandbox will see the command."""
 
     def visible(path: Path) -> bool:
         return backend.visible(path, spec)
 
-    supervise.find_command(spec.argv[0], spec.env.get("PATH"), spec.cwd, visible)
+    try:
+        supervise.find_command(spec.argv[0], spec.env.get("PATH"), spec.cwd, visible)
+    except KrateError as exc:
+        # `krate run -- /tmp/tool`: there on the host, not in the sandbox; say which flag.
+        from krate import path_hints
+
+        hints = path_hints.missing(spec.argv[:1], spec.cwd, visible, policy.decide_read)
+        if exc.exit_code != EXIT_NOT_FOUND or not hints:
+            raise
+        raise KrateError(f"{exc}; {hints[0]}", exit_code=exc.exit_code) from None
+
+
+def _path_hints(spec: SandboxSpec, backend: Backend, policy: EffectivePolicy) -> tuple[str, ...]:
+    """Hints for the arguments that name host paths the workload will not see."""
+    from krate import path_hints
+
+    def visible(path: Path) -> bool:
+        return backend.visible(path, spec)
+
+    return path_hints.missing(spec.argv[1:], spec.cwd, visible, policy.decide_read)
 
 
 def _launch(

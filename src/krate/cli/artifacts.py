@@ -13,6 +13,7 @@ import typer
 
 from krate.cli.common import paths, print_stored
 from krate.cli.options import JSON, NEWEST
+from krate.plural import counted
 
 app = typer.Typer(
     help=(
@@ -67,7 +68,7 @@ def show(ref: str = typer.Argument(..., help=REF_HELP), json_: bool = JSON) -> N
         return
     lines = [
         ("digest", info["digest"]),
-        ("size", f"{info['size']} bytes"),
+        ("size", counted(info["size"], "byte")),
         ("name", info["name"]),
         ("build", info["build_id"]),
         ("run", info["run_id"] or ""),
@@ -104,7 +105,7 @@ def export(
 
     with open_store(paths(), readonly=True) as store:
         artifact = domain.export(store, paths(), ref, Path(out))
-    render.message(f"exported {artifact.digest} ({artifact.size} bytes) to {out}")
+    render.message(f"exported {artifact.digest} ({counted(artifact.size, 'byte')}) to {out}")
 
 
 @app.command()
@@ -127,7 +128,7 @@ def verify(
     if json_:
         render.print_json(report.to_dict())
     elif report.ok:
-        typer.echo(f"{report.checked} artifacts verified, all intact")
+        typer.echo(f"{counted(report.checked, 'artifact')} verified, all intact")
     else:
         for p in report.problems:
             if "digest" in p:

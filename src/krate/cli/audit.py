@@ -9,6 +9,7 @@ import typer
 from krate.cli.common import output_mode, paths
 from krate.cli.complete import run_ids
 from krate.cli.options import JSON, NEWEST
+from krate.plural import counted
 
 app = typer.Typer(
     help="The tamper-evident record of everything krate did.\n\n"
@@ -152,7 +153,7 @@ def verify(json_: bool = JSON) -> None:
     if json_:
         render.print_json(result.to_dict())
     elif result.ok:
-        typer.echo(f"{result.events} events, chain intact, head {result.head}")
+        typer.echo(f"{counted(result.events, 'event')}, chain intact, head {result.head}")
         if result.note:
             render.message(f"krate: note: {result.note}")
     elif result.first_bad_seq is not None:

@@ -16,6 +16,7 @@ import typer
 
 from krate.cli.common import paths
 from krate.cli.options import JSON
+from krate.plural import counted
 
 app = typer.Typer(
     help=(
@@ -178,9 +179,10 @@ def export(
     if json_:
         render.print_json(result.to_dict())
         return
-    extra = f" and {result.artifacts} artifacts" if result.artifacts else ""
+    extra = f" and {counted(result.artifacts, 'artifact')}" if result.artifacts else ""
     render.message(
-        f"exported {result.events} events, {len(result.tables)} tables{extra} to {result.path} "
+        f"exported {counted(result.events, 'event')}, {counted(len(result.tables), 'table')}"
+        f"{extra} to {result.path} "
         f"({_size(result.bytes)}, sha256 {result.sha256})"
     )
 
@@ -218,7 +220,9 @@ def delete(
     lines = []
     if not plan.empty:
         folders = str(plan.data_dir) + (f" and {plan.config_dir}" if plan.config_dir else "")
-        lines.append(f"krate's data: {folders} ({_size(plan.bytes)} in {plan.files} files)")
+        lines.append(
+            f"krate's data: {folders} ({_size(plan.bytes)} in {counted(plan.files, 'file')})"
+        )
     if now:
         lines += [f"pending deletion of {p.stamp}: {p.path}" for p in plan.pending]
     lines += [f"keychain entry: service {e.service}, account {e.account}" for e in plan.keychain]
@@ -334,8 +338,9 @@ def prune(
         planned = domain.plan(store, cutoff)
         if planned.events:
             render.message(
-                f"prune {planned.events} events ({planned.oldest[:19]} .. {planned.newest[:19]} "
-                f"UTC) and the rows of {planned.runs} runs recorded before {planned.cutoff[:19]}"
+                f"prune {counted(planned.events, 'event')} ({planned.oldest[:19]} .. "
+                f"{planned.newest[:19]} UTC) and the rows of {counted(planned.runs, 'run')} "
+                f"recorded before {planned.cutoff[:19]}"
             )
             _confirm("Prune them permanently?", yes, "pruning")
         result = domain.prune(store, cutoff, where_to.artifacts_dir, now, **_hooked())
@@ -345,7 +350,7 @@ def prune(
     if result.events:
         rows = ", ".join(f"{t} {n}" for t, n in result.tables.items())
         render.message(
-            f"pruned {result.events} events"
+            f"pruned {counted(result.events, 'event')}"
             + (f" and rows: {rows}" if rows else "")
             + f"; checkpoint event {result.checkpoint_seq}"
         )

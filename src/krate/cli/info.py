@@ -29,10 +29,15 @@ def info(
         ("version", facts["version"]),
         ("python", facts["python"]),
         ("platform", facts["platform"]),
-        ("data folder", facts["data_dir"]),
-        ("config folder", facts["config_dir"]),
-        ("database", f"{facts['db_path']} ({facts['db_size']} bytes)"),
-        ("schema version", facts["schema_version"]),
+        ("data folder", _absent(facts["data_dir"], facts["data_dir_exists"])),
+        ("config folder", _absent(facts["config_dir"], facts["config_dir_exists"], "")),
+        (
+            "database",
+            f"{facts['db_path']} ({facts['db_size']} bytes)"
+            if facts["db_exists"]
+            else _absent(facts["db_path"], False),
+        ),
+        ("schema version", facts["schema_version"] or "none yet"),
         ("events", facts["events"]),
         (
             "sandbox",
@@ -46,3 +51,8 @@ def info(
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
+
+
+def _absent(path: str, exists: bool, why: str = ": nothing recorded yet") -> str:
+    """A path as `krate data where` shows it: marked absent until krate first writes there."""
+    return path if exists else f"{path} (absent{why})"

@@ -227,6 +227,10 @@ def _dispatch(args: list[str]) -> int:
             if args[0] == "build":
                 return workload.build_workload(options)
             return workload.run_workload(options)
+        if os.environ.get("NO_COLOR"):
+            # Typer's help honours NO_COLOR for colours but still writes bold; this, read
+            # when its help module is imported, keeps every escape code out (no rich import).
+            os.environ.setdefault("_TYPER_FORCE_DISABLE_TERMINAL", "1")
         from krate.cli.app import build
 
         app = build(None if completing else _first_word(args))
@@ -261,6 +265,8 @@ def _dispatch(args: list[str]) -> int:
             # Typer's usage errors (unknown option, missing argument, bad value): one line.
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            if getattr(exc, "possibilities", None) and getattr(exc, "option_name", None):
+                exc.possibilities = _close_options(exc.option_name, exc.possibilities)
             _fail(" ".join(exc.format_message().split()) + hint)
             return exc.exit_code or EXIT_USAGE
         if type(exc).__name__ == "Abort":
@@ -272,6 +278,16 @@ def _dispatch(args: list[str]) -> int:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set KRATE_DEBUG=1 for the traceback)")
         return _failed(args, 1)
+
+
+def _close_options(typed: str, options: list[str]) -> list[str]:
+    """Only the options close to what was typed: click's cut-off lets `--bogus` suggest
+    `--verbose`, because the shared `--` counts as a match."""
+    import difflib
+
+    bare = {option.lstrip("-"): option for option in options}
+    close = difflib.get_close_matches(typed.lstrip("-"), list(bare), n=3, cutoff=0.75)
+    return [bare[name] for name in close]
 
 
 def _failed(args: list[str], code: int) -> int:

@@ -1,4 +1,4 @@
-"""`krate policy`: list, show, check, explain, init, trust, untrust.
+"""`krate policy`: list, show, check, explain, init, allow, edit, trust, untrust.
 
 Commands parse, call one function of krate.policy, and render. The policy
 package is imported inside each command (start-up time).
@@ -187,17 +187,162 @@ def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
     return {k: answer[k] for k in keep if k in answer}
 
 
-@app.command()
-def init() -> None:
-    """Write a commented krate.toml template in this folder (never overwrites).
+USER = typer.Option(
+    False, "--user", help="Your user policy (applied to every run). Example: --user"
+)
+PROJECT = typer.Option(
+    False,
+    "--project",
+    help="The project's krate.toml (the nearest above here) instead. Example: --project",
+)
 
-    Example: krate policy init && $EDITOR krate.toml
+
+@app.command()
+def init(
+    user: bool = USER,
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite an existing file. Example: --user --force"
+    ),
+) -> None:
+    """Write a commented policy template: krate.toml in this folder, or your user policy.
+
+    Refuses to overwrite an existing file unless --force.
+
+    Example: krate policy init --user && krate policy edit
     """
     from krate import render
+    from krate.policy.edit import init_user
     from krate.policy.manage import init_template
 
-    target = init_template(Path.cwd())
-    render.message(f"wrote {target}; check it with `krate policy check {target.name}`")
+    if user:
+        target = init_user(paths().user_policy, force=force)
+    else:
+        target = init_template(Path.cwd(), force=force)
+    render.message(f"wrote {target}; check it with `krate policy check {target}`")
+
+
+@app.command()
+def allow(
+    host: str = typer.Argument(
+        ..., metavar="HOST[:PORT]", help="A host pattern as in `[network] allow`, or a URL."
+    ),
+    project: bool = PROJECT,
+) -> None:
+    """Allow a host for later runs: append it to your user policy's `[network] add`.
+
+    Validated as `krate policy check` does; comments and layout are kept; a host
+    already listed is not added twice.
+
+    Example: krate policy allow npm.corp.example:8443
+    """
+    from krate import render
+    from krate.policy.edit import allow_host
+
+    target, template, mode = _target(project)
+    before = _trust_state(target) if project else None
+    done = allow_host(target, host, template=template, mode=mode)
+    if done.already:
+        render.message(f"{done.entry} is already in {target} ({done.key}); nothing changed")
+        return
+    render.message(f"added {done.entry} to {target} ({done.key})")
+    if project:
+        _project_note(target, before)
+
+
+@app.command()
+def edit(project: bool = PROJECT) -> None:
+    """Open your user policy (or the project's krate.toml) in $VISUAL or $EDITOR (else vi).
+
+    The editor works on a private copy; the file is replaced only when the copy passes
+    `krate policy check`. Otherwise the problems are shown (FILE:LINE: message) and, on a
+    terminal, the editor re-opens; without one nothing is saved (exit 1).
+
+    Example: EDITOR=nano krate policy edit --project
+    """
+    import os
+    import shlex
+
+    from krate import render
+    from krate.errors import KrateError, UsageError
+    from krate.policy.edit import edit as edit_file
+
+    target, template, mode = _target(project)
+    before = _trust_state(target) if project else None
+    command = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    try:
+        editor = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"cannot read the editor command {command!r}: {exc}") from None
+    if not editor:
+        editor = ["vi"]
+
+    shown: list[str] = []
+
+    def again(problems: list[str]) -> bool:
+        for line in problems:
+            sys.stderr.write(line + "\n")
+        shown[:] = problems
+        return typer.confirm("krate: not valid; re-open the editor?", default=True, err=True)
+
+    done = edit_file(
+        target,
+        editor,
+        template=template,
+        again=again if sys.stdin.isatty() and sys.stderr.isatty() else None,
+        mode=mode,
+    )
+    if done.outcome == "unchanged":
+        render.message(f"no change to {target}")
+    elif done.outcome == "saved":
+        render.message(f"saved {target}")
+        if project:
+            _project_note(target, before)
+    elif done.outcome == "conflict":
+        raise KrateError(
+            f"{target} changed while the editor was open; nothing saved (your edit is kept "
+            f"in {done.kept}: compare, then run `krate policy edit` again)"
+        )
+    else:
+        for line in done.problems if list(done.problems) != shown else ():
+            sys.stderr.write(line + "\n")
+        raise KrateError(f"nothing saved to {target}; your edit is kept in {done.kept}")
+
+
+def _target(project: bool) -> tuple[Path, str, int | None]:
+    """The file `allow`/`edit` change, the template a new one starts from, and its mode:
+    the user policy is kept 0600 (krate's files are private); a project file keeps its
+    own (a new one is 0644, as `policy init` writes it: it is meant to be committed)."""
+    from krate.policy.edit import USER_TEMPLATE
+    from krate.policy.layers import find_project_files
+    from krate.policy.load import PROJECT_FILE
+    from krate.policy.manage import TEMPLATE
+
+    if not project:
+        return paths().user_policy, USER_TEMPLATE, 0o600
+    found = find_project_files(Path.cwd())
+    if found:
+        return found[-1], TEMPLATE, None
+    return Path.cwd() / PROJECT_FILE, TEMPLATE, 0o644
+
+
+def _trust_state(path: Path) -> str | None:
+    from krate.policy.manage import trust_state
+
+    if not path.exists():
+        return None
+    trusted, _ = read_trust(paths())
+    return trust_state(path, trusted)
+
+
+def _project_note(path: Path, before: str | None) -> None:
+    """A project file widens only once trusted, and an edit revokes its trust: say so."""
+    from krate import render
+
+    why = "this edit revoked its trust" if before == "trusted" else "it is not trusted"
+    render.message(
+        f"note: {path.name} may only narrow the policy while {why}; read it, then run "
+        f"`krate policy trust {path}` to let the new host take effect"
+    )
 
 
 @app.command()

@@ -127,6 +127,9 @@ def report(result, effective, verbose: bool) -> None:
                 render.message(f"krate: note: {note}")
     if result.status != "finished" or result.reason:  # e.g. the memory limit was reached
         render.message(f"krate: run {result.run_id} {result.status}: {result.reason}")
+    if result.exit_code != 0:  # a path the workload was given but cannot see
+        for hint in result.path_hints:
+            render.message(f"krate: hint: {hint}")
     for path in result.policy_files_changed:
         render.message(
             f"krate: warning: {path} appeared or changed during this run; it applies to "
@@ -156,6 +159,7 @@ def build_workload(options: Workload) -> int:
     """Run the build command as `run_workload` does, then record its outputs and provenance."""
     from krate import render
     from krate.errors import UsageError
+    from krate.plural import counted
     from krate.provenance.build import run_build
 
     if not options.command:
@@ -178,7 +182,7 @@ def build_workload(options: Workload) -> int:
     build = recorded.build
     label = f" ({build.name})" if build.name else ""
     render.message(
-        f"krate: build {build.id}{label}: {build.subjects} output(s) recorded, "
+        f"krate: build {build.id}{label}: {counted(build.subjects, 'output')} recorded, "
         f"{recorded.new_blobs} new in the store; `krate provenance` shows the record"
     )
     return 0

@@ -59,6 +59,7 @@ from krate.netguard.commands import leaf_commands
 from krate.netguard.proof_early import REAL_INVOCATIONS
 from krate.netguard.proof_report import lines
 from krate.netguard.proof_run import Invocation, Observers, run_one
+from krate.plural import counted
 
 if TYPE_CHECKING:
     import click
@@ -257,15 +258,9 @@ def _verdict(layers: dict[str, dict[str, Any]], results: list[dict[str, Any]]) -
 
 
 def _summary(verdict: str, results: list, attempts: int, disagree: list, unchecked: list) -> str:
-    n = len(results)
+    seen = f"{counted(len(results), 'command')}, {counted(attempts, 'outbound attempt')}"
     if verdict == "proven":
-        return (
-            f"proven: {n} commands, {attempts} outbound attempts; all {LAYER_COUNT} layers "
-            "checked and agree"
-        )
+        return f"proven: {seen}; all {LAYER_COUNT} layers checked and agree"
     if verdict == "consistent":
-        return (
-            f"consistent but not proven: {n} commands, {attempts} outbound attempts; "
-            f"could not check: {', '.join(unchecked)}"
-        )
-    return f"FAILED: {n} commands, {attempts} outbound attempts; disagreeing: {', '.join(disagree)}"
+        return f"consistent but not proven: {seen}; could not check: {', '.join(unchecked)}"
+    return f"FAILED: {seen}; disagreeing: {', '.join(disagree)}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from krate.plural import counted
+
 Layer = dict[str, Any]
 INDENT = " " * 10
 
@@ -51,7 +53,8 @@ def _kernel(kernel: Layer) -> list[str]:
         text += f"; child probe: {probe['result']} {probe['errno'] or ''}".rstrip()
     per = kernel.get("per_command")
     if isinstance(per, dict):
-        text += f"; {per['applied_own_lockdown']} commands applied their own"
+        applied = per["applied_own_lockdown"]
+        text += f"; {counted(applied, 'command')} applied {'its' if applied == 1 else 'their'} own"
         if per["missing"]:
             text += f" (NOT: {', '.join(per['missing'])})"
     return [f"kernel  {_status(kernel):<9}  {kernel.get('why') or text}"]

@@ -331,6 +331,10 @@ class Locator:
             if key:
                 self._index.append((number, table + _parts(key.group(1)), False))
 
+    def entries(self) -> list[tuple[int, tuple[str, ...], bool]]:
+        """(line, key path, whether a [table] header) of every key and header, in order."""
+        return list(self._index)
+
     def line(self, key: tuple[str, ...], value: str | None = None) -> int:
         found = None
         for number, path, _is_header in self._index:

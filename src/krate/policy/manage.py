@@ -172,13 +172,20 @@ def net_subject(subject: str) -> tuple[str, int]:
         raise UsageError(f"explain net: {exc}") from None
 
 
-def init_template(folder: Path) -> Path:
-    """Write the commented template as folder/krate.toml; never overwrite."""
+def init_template(folder: Path, *, force: bool = False) -> Path:
+    """Write the commented template as folder/krate.toml; overwrite only when forced."""
     target = folder / PROJECT_FILE
+    if force and target.is_file():
+        from krate.policy.edit import write_text
+
+        return write_text(target, TEMPLATE)  # keeps the file's mode
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise KrateError(f"{target} already exists; edit it, or remove it first") from None
+        raise KrateError(
+            f"{target} already exists; edit it (`krate policy edit --project`), "
+            "or pass --force to overwrite it"
+        ) from None
     except OSError as exc:
         raise KrateError(f"cannot create {target}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

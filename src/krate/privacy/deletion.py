@@ -29,6 +29,7 @@ from typing import Any
 
 from krate.errors import KrateError, NotFound
 from krate.paths import DB_NAME, Paths, ensure_private_dir
+from krate.plural import counted
 from krate.privacy import GRACE, pending_area
 from krate.privacy.keychain import KeychainEntry, Remover, entries_in, remove_entries
 
@@ -414,7 +415,7 @@ def _make_room(data_dir: Path, entry: Pending) -> None:
     others = [p.name for p in data_dir.iterdir() if p.name not in (*DB_FILES, HEAD_COPY)]
     events = _event_count(data_dir / DB_NAME)
     if others or events:
-        what = f"{events} events" if events else ", ".join(sorted(others))
+        what = counted(events, "event") if events else ", ".join(sorted(others))
         raise KrateError(
             f"krate has recorded new data since the deletion ({what} in {data_dir}); "
             "restoring would overwrite it: move it aside first with `krate data delete --yes`, "

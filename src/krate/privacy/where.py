@@ -10,13 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from krate.paths import DB_NAME, Paths
+from krate.paths import Paths
 from krate.privacy import GRACE, pending_area
 from krate.privacy.deletion import list_pending, separate_config, tree_size
 from krate.privacy.export import EXPORTED_KIND, config_files
 from krate.privacy.keychain import REMOVAL_AVAILABLE
 from krate.registry.keychain import SERVICE
-from krate.store.headcopy import NAME as HEAD_COPY
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,13 @@ def where(paths: Paths) -> dict[str, Any]:
     from krate.store import events, inventory, open_store
 
     with open_store(paths, readonly=True) as store:
-        kinds = inventory.event_kind_counts(store.conn)
-        tables = inventory.table_counts(store.conn)
+        database = inventory.database(store, paths.db_path)
         accounts = inventory.credential_accounts(store.conn)
         exports = events.query(store, kind_prefix=EXPORTED_KIND)
 
     places = [
         _at(paths.data_dir, "data folder", "everything krate records; private (0700)"),
-        _database(paths, kinds, tables),
+        _database(database),
         _artifact_store(paths),
         *_configuration(paths),
         *_pending(paths),
@@ -66,21 +64,15 @@ def where(paths: Paths) -> dict[str, Any]:
     }
 
 
-def _database(paths: Paths, kinds: dict[str, int], tables: dict[str, int]) -> Place:
-    db_files = {DB_NAME + s: Path(str(paths.db_path) + s) for s in ("", "-wal", "-shm")}
-    db_files[HEAD_COPY] = paths.db_path.with_name(HEAD_COPY)  # seq and hash of the newest event
-    sizes = {name: p.stat().st_size for name, p in db_files.items() if p.exists()}
+def _database(facts: dict[str, Any]) -> Place:
+    """The database, from the facts `krate info` also shows (store/inventory.py)."""
+    records = {key: facts[key] for key in ("events", "events_by_kind", "tables", "files")}
     return Place(
         "database",
-        str(paths.db_path),
-        paths.db_path.exists(),
-        sum(sizes.values()),
-        {
-            "events": sum(kinds.values()),
-            "events_by_kind": kinds,
-            "tables": tables,
-            "files": sizes,
-        },
+        facts["path"],
+        facts["exists"],
+        facts["bytes"],
+        records,
         "SQLite (WAL): the event chain and its index tables; krate.head beside it "
         "repeats the newest event's seq and hash",
     )

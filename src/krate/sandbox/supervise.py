@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -112,11 +113,24 @@ def find_command(
         not_executable = not_executable or candidate
     if not_executable is not None:
         raise KrateError(
-            f"cannot execute {not_executable}: not an executable file",
+            f"cannot execute {not_executable}: not an executable file{_chmod(not_executable)}",
             exit_code=EXIT_CANNOT_EXECUTE,
         )
     where = "" if "/" in name else " in the sandbox's PATH"
     raise KrateError(f"command not found{where}: {name}", exit_code=EXIT_NOT_FOUND)
+
+
+def _chmod(path: Path) -> str:
+    """The fix for a regular file without any execute bit; nothing for a folder or noexec."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o111:
+        return ""
+    from krate.path_hints import quote
+
+    return f"; make it one with `chmod +x {quote(str(path))}`"
 
 
 # ---------------------------------------------------------------- the terminal
