@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "login": ("registry", "login", "command"),
     "logout": ("registry", "logout", "command"),
     "push": ("registry", "push", "command"),
+    "image": ("image", "app", "group"),
     "info": ("info", "info", "command"),
     "doctor": ("doctor", "doctor", "command"),
 }

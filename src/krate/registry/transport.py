@@ -47,7 +47,8 @@ import os
 import sys
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-PARTS = ("transport_hosts", "transport_http", "transport_auth")  # in the order they import
+# in the order they import
+PARTS = ("transport_hosts", "transport_http", "transport_auth", "transport_pull")
 SHARED = ("hostport",)  # krate's own modules the parts import (from the folder above)
 
 
@@ -79,6 +80,7 @@ from krate.registry.transport_http import (  # noqa: E402
     emit,
     retry,
 )
+from krate.registry.transport_pull import Puller  # noqa: E402
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -399,13 +401,18 @@ def run(job: dict) -> None:
     if job.get("op") == "report":  # for `krate audit network --prove`: no connection at all
         emit("done", ok=True, python=import_report())
         return
-    if job.get("op") not in ("login", "push"):
+    if job.get("op") not in ("login", "push", "pull"):
         raise Failure("bad_job", f"unknown operation {job.get('op')!r}")
     client = Client(job)
     try:
         if job["op"] == "login":
             client.begin()
             emit("done", ok=True, auth=client.auth.scheme)
+            return
+        if job["op"] == "pull":
+            puller = Puller(client, job)
+            client.begin(f"repository:{puller.repo}:pull")
+            emit("done", ok=True, auth=client.auth.scheme, **puller.run())
             return
         pusher = Pusher(client, job)
         client.begin(f"repository:{pusher.repo}:pull,push")
