@@ -165,9 +165,7 @@ class Pusher:
         assert resp.status == 202, (resp.status, body)
         loc = urlsplit(resp.getheader("Location"))
         target = f"{loc.path}?{loc.query}&{urlencode({'digest': digest})}"
-        resp, body = self.request(
-            "PUT", target, data, {"Content-Type": "application/octet-stream"}
-        )
+        resp, body = self.request("PUT", target, data, {"Content-Type": "application/octet-stream"})
         assert resp.status == 201, (resp.status, body)
         return digest
 

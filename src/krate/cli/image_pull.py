@@ -15,14 +15,22 @@ from typing import Any
 import typer
 
 from krate.cli.common import paths
-from krate.cli.registry import PLAIN_HTTP, _credentials, _notices, _start_transport, _store_opener
+from krate.cli.registry import _credentials, _notices, _start_transport, _store_opener
 
+PLATFORMS = ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/386", "linux/ppc64le")
 PLATFORM = typer.Option(
     None,
     "--platform",
     metavar="OS/ARCH",
+    autocompletion=lambda: list(PLATFORMS),
     help="The platform to pull from a multi-platform image (default: this machine's, "
     "linux/<arch>). Example: --platform linux/arm64",
+)
+PLAIN_HTTP = typer.Option(
+    False,
+    "--plain-http",
+    help="Use plain HTTP (unencrypted) even though the registry is not on this machine. "
+    "Example: krate image pull 10.0.0.5:5000/me/tools:1 --plain-http",
 )
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress and no summary on stderr.")
 
