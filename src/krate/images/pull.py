@@ -97,7 +97,7 @@ def parse_reference(text: str) -> PullReference:
     """
     value = text.strip()
     name, at, digest = value.partition("@")
-    if at and not _DIGEST.match(digest):
+    if at and not _DIGEST.fullmatch(digest):
         raise UsageError(f"{text!r}: a digest is sha256:<64 lowercase hex digits>")
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first.lower() == "localhost"):
@@ -111,12 +111,12 @@ def parse_reference(text: str) -> PullReference:
     repository, colon, tag = rest.rpartition(":")
     if not colon or "/" in tag:
         repository, tag = rest, ""
-    if not repository or not _REPO.match(repository) or len(repository) > 255:
+    if not repository or not _REPO.fullmatch(repository) or len(repository) > 255:
         raise UsageError(
             f"{text!r} is not an image name (registry/repository:tag, e.g. "
             "ghcr.io/me/app:1.0; lowercase letters, digits and . _ - / in the repository)"
         )
-    if tag and not _TAG.match(tag):
+    if tag and not _TAG.fullmatch(tag):
         raise UsageError(f"{tag!r} is not a valid tag (letters, digits, _ . -; up to 128)")
     return PullReference(registry, repository, tag or (None if at else "latest"), digest or None)
 
@@ -137,7 +137,7 @@ class Platform:
 def parse_platform(text: str) -> Platform:
     """`os/arch[/variant]`, as docker's --platform (e.g. linux/arm64, linux/arm/v7)."""
     parts = text.strip().lower().split("/")
-    if not 2 <= len(parts) <= 3 or not all(_PLATFORM_WORD.match(p) for p in parts):
+    if not 2 <= len(parts) <= 3 or not all(_PLATFORM_WORD.fullmatch(p) for p in parts):
         raise UsageError(f"{text!r} is not a platform: write os/arch, e.g. linux/amd64")
     return Platform(*parts)
 

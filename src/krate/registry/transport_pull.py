@@ -131,7 +131,7 @@ def descriptor(value: object, what: str) -> tuple[str, int, str]:
     if not isinstance(value, dict):
         raise Failure("protocol", f"the manifest's {what} is not a descriptor")
     digest, size = value.get("digest"), value.get("size")
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         algorithm = digest.partition(":")[0] if isinstance(digest, str) else ""
         if algorithm and algorithm != "sha256" and ":" in digest:
             raise Failure(
