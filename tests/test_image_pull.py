@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import sqlite3
 import stat
 from pathlib import Path
@@ -303,3 +304,28 @@ def test_bearer_token_pull_and_a_token_without_pull_rights(tmp_path, keychain, k
     finally:
         reg.kill()
         tokens.stop()
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_an_anonymous_pull_as_root_and_as_an_ordinary_user(tmp_path, ordinary_user, user_tmp, who):
+    if who == "user" and ordinary_user is None:
+        pytest.skip("the ordinary-user variant needs root to create the user")
+    user = ordinary_user if who == "user" else None
+    reg = Registry(tmp_path / "open-registry").start()  # no auth: public images
+    try:
+        img = image([layer({"bin/tool": os.urandom(70_000)})])
+        Pusher(reg.port).image("public/tool", "2", img)
+        home = user_tmp / "krate-home"
+        env = {"PATH": os.environ["PATH"], "KRATE_HOME": str(home)}  # no keychain at all
+        result = run_krate("image", "pull", "-q", f"{reg.name}/public/tool:2", env=env, user=user)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == img.config_digest
+        assert "pulled" not in result.stderr  # --quiet: no summary
+        uid = os.getuid() if user is None else pwd.getpwnam(user).pw_uid
+        for digest in (img.digest, img.config_digest, *img.layers):
+            path = store_dir(home) / digest[7:]
+            assert path.stat().st_uid == uid and stat.S_IMODE(path.stat().st_mode) == 0o400
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert image_rows(home)[0][1] == img.config_digest
+    finally:
+        reg.kill()
