@@ -14,13 +14,15 @@ import hashlib
 import json
 import os
 import pwd
+import signal
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_krate
+from tests.conftest import KRATE, run_krate, wait_for
 from tests.registry_images import (
     OCI_ZSTD,
     Pusher,
@@ -329,3 +331,25 @@ def test_an_anonymous_pull_as_root_and_as_an_ordinary_user(tmp_path, ordinary_us
         assert image_rows(home)[0][1] == img.config_digest
     finally:
         reg.kill()
+
+
+def test_an_interrupted_pull_leaves_no_partial_blob(registry, env, pusher, krate_home):
+    big = layer({"big": os.urandom(64 << 20)}, level=0)  # stored, not compressed: quick
+    img = image([big])
+    pusher.image("me/big", "1", img)
+    proc = subprocess.Popen(
+        [KRATE, "image", "pull", f"{registry.name}/me/big:1"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: leftovers(krate_home) or proc.poll() is not None, what="a temp blob")
+        registry.pause()  # the download hangs mid-blob
+        os.kill(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        registry.resume()
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert leftovers(krate_home) == []
+    assert img.layers[0] not in stored(krate_home)
+    assert image_rows(krate_home) == []

@@ -1,7 +1,7 @@
 """krate's registry transport: the only code of krate that opens a network connection.
 
-Started by `krate login` / `krate push` as its own process, before krate locks
-itself out of IP sockets (and before krate loads any third-party package), with
+Started by `krate login` / `krate push` / `krate image pull` as its own process, before
+krate locks itself out of IP sockets (and before krate loads any third-party package), with
 an isolated interpreter (`python -I -S transport.py`: no site-packages, no .pth
 files, no PYTHON* variables, not even this folder), so no third-party code and no
 file planted next to krate ever runs with network access. Standard library only;
@@ -20,17 +20,22 @@ present), `POST` an upload, then one `PUT` (small blobs) or `PATCH` chunks and a
 closing `PUT`, streamed from the file in bounded memory; manifests; and the
 referrers API or, where the registry lacks it, the `sha256-<hex>` referrers tag.
 Connection errors, 429 and 5xx are retried with backoff; a broken chunked upload
-resumes from the offset the registry reports.
+resumes from the offset the registry reports. For a pull (transport_pull.py): the
+manifest by tag or digest, the platform's manifest from an index, then each blob
+not yet in krate's store by `GET`, written into the store as it streams.
 
-It must never: connect anywhere but the registry of the job and the token realm
-that registry announces; send credentials to any other host or over plain HTTP to
-a host the job did not allow; follow a redirect carrying Authorization; put a
-credential, URL path or response body in its output.
+It must never: connect anywhere but the registry of the job, the token realm that
+registry announces and, for a pull's blob downloads only, the storage host the
+registry redirects a blob to (HTTPS, without credentials); send credentials to any
+other host or over plain HTTP to a host the job did not allow; follow a redirect
+carrying Authorization; put a credential, URL path or response body in its output.
 
-The code is in four files of its own, all standard library: this one (the job, the client
+The code is in six files of its own, all standard library: this one (the job, the client
 and the pusher), transport_http.py (connections and `retry()`), transport_auth.py
-(the challenge state machine) and transport_hosts.py (host names; krate's own side
-uses it too), which splits host:port with krate/hostport.py. Run as a script, krate
+(the challenge state machine), transport_pull.py and transport_blobs.py (`krate image
+pull`: the image's manifests, and its blobs checked into krate's store as they
+stream) and transport_hosts.py (host names; krate's own side uses it too), which
+splits host:port with krate/hostport.py. Run as a script, krate
 is not importable (`-I -S`), so `_load_parts` loads the parts by their exact files
 beside this one and hostport.py from the folder above, as the egress proxy loads
 krate's policy modules: nothing is added to sys.path, and the proof's helpers layer
@@ -48,7 +53,7 @@ import sys
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 # in the order they import
-PARTS = ("transport_hosts", "transport_http", "transport_auth", "transport_pull")
+PARTS = ("transport_hosts", "transport_http", "transport_auth", "transport_blobs", "transport_pull")
 SHARED = ("hostport",)  # krate's own modules the parts import (from the folder above)
 
 

@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -46,10 +47,14 @@ class Retryable(Exception):
     """A connection error, 429 or 5xx: worth another try after a pause."""
 
 
+_EMITTING = threading.Lock()  # a pull's download threads report too: one whole line each
+
+
 def emit(kind: str, **fields) -> None:
-    fields = {"type": kind, **fields}
-    sys.stdout.write(json.dumps(fields, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    line = json.dumps({"type": kind, **fields}, separators=(",", ":")) + "\n"
+    with _EMITTING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def destination(netloc: str, scheme: str) -> tuple[str, int]:

@@ -3,34 +3,32 @@
 Part of the transport helper (transport.py), loaded by its exact file like the other
 parts; standard library only. It reads what a registry says about an image and
 writes the blobs straight into krate's content-addressed store (`blob_dir` of the
-job, `<data>/artifacts/sha256`), because the transport is the only process that
-may hold the connection and copying every byte again through krate would cost a
-second pass. Each blob streams into a temp file beside its final name while its
-sha256 and size are checked, and is linked into place (0400, never replacing a
-stored blob) only when both match what the manifest promised: a mismatch, a short
-read or an interruption leaves nothing behind. A blob already in the store is not
-fetched again, which makes a broken pull resumable.
+job, `<data>/artifacts/sha256`) through transport_blobs.py, which checks each one's
+sha256 and size as it streams and keeps nothing that does not match. Copying every
+byte again through krate would cost a second pass; the transport is the only
+process that may hold the connection. A blob already in the store is not fetched
+again, which makes a broken pull resumable.
 
 Every name it takes from the registry is checked before it becomes a path or a URL:
-digests only `sha256:<64 hex>`, sizes plain non-negative integers. zstd layers are
-refused before any layer is fetched when krate's Python has no `compression.zstd`
-(the job says), as are foreign/non-distributable layers. A blob download may follow
-the registry's redirect to its storage host (how ghcr.io, Docker Hub, ECR and most
-others serve layers): only over HTTPS (plain HTTP only from a loopback registry to
-loopback), never with krate's credentials, and reported like every connection.
+digests only `sha256:<64 hex>`, sizes plain non-negative integers; a manifest fetched
+by digest must hash to it. zstd layers are refused before any layer is fetched when
+krate's Python has no `compression.zstd` (the job says), as are foreign
+(non-distributable) layers. A blob download may follow the registry's redirect to
+its storage host (how ghcr.io, Docker Hub, ECR and most others serve layers): only
+over HTTPS (plain HTTP only from a loopback registry to loopback), never with
+krate's credentials, and reported like every connection.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import hashlib
 import json
-import os
 import re
-import tempfile
-import time
+import threading
 from urllib.parse import quote, urljoin, urlsplit
 
+from krate.registry.transport_blobs import BlobDir, Receiver, local
 from krate.registry.transport_hosts import is_loopback
 from krate.registry.transport_http import Failure, Response, destination, emit
 
@@ -62,8 +60,7 @@ FOREIGN_LAYERS = (
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 )
 MAX_REDIRECTS = 5
-BUFFER = 1 << 20
-TEMP_PREFIX = ".tmp-pull-"  # krate's stale-temp sweep removes `.tmp-*` left by a killed pull
+PARALLEL = 3  # layers downloaded at once, each on its own connection (docker's default)
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -162,132 +159,18 @@ def check_layers(layers: list[tuple[str, int, str]], zstd: bool) -> None:
             raise Failure("unsupported", f"layer {digest[:19]} has an unknown type {media!r}")
 
 
-class BlobDir:
-    """The store's `sha256/` folder, as the transport writes into it."""
+def sibling(client):
+    """A client for another thread: its own connections and token, the same rules.
 
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.linked = False
-
-    def path(self, digest: str) -> str:
-        return os.path.join(self.root, digest.partition(":")[2])
-
-    def has(self, digest: str) -> bool:
-        return os.path.isfile(self.path(digest))
-
-    def temp(self) -> tuple[int, str]:
-        return tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=self.root)
-
-    def settle(self, fd: int, tmp: str, digest: str) -> None:
-        """Read-only, durable, linked under its digest (an existing blob is never replaced)."""
-        os.fchmod(fd, 0o400)
-        os.fsync(fd)
-        target = self.path(digest)
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            pass
-        except OSError:
-            if not os.path.exists(target):
-                os.replace(tmp, target)
-        self.linked = True
-
-    def put(self, digest: str, data: bytes) -> bool:
-        """A small blob already checked (a manifest); False when it was there."""
-        if self.has(digest):
-            return False
-        fd, tmp = self.temp()
-        try:
-            with open(fd, "wb", buffering=0, closefd=False) as out:
-                out.write(data)
-            self.settle(fd, tmp, digest)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return True
-
-    def sync(self) -> None:
-        if not self.linked:
-            return
-        with contextlib.suppress(OSError):
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-class Receiver:
-    """Streams one blob's body into a temp file, hashing and counting as it goes."""
-
-    def __init__(self, store: BlobDir, digest: str, size: int) -> None:
-        self.store, self.digest, self.size = store, digest, size
-        self.received = 0
-        self._progress_at = 0.0
-
-    def __call__(self, resp) -> None:
-        length = resp.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) != self.size:
-            raise self.mismatch(f"the registry sends {length} bytes, the manifest promised")
-        try:
-            fd, tmp = self.store.temp()
-        except OSError as exc:
-            raise local(exc) from None
-        try:
-            with open(fd, "wb", buffering=0, closefd=False) as out:
-                got = self._copy(resp, out)
-            if got != self.digest:
-                raise self.mismatch(f"the bytes received hash to {got}; the manifest promised")
-            try:
-                self.store.settle(fd, tmp, self.digest)
-            except OSError as exc:
-                raise local(exc) from None
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-    def _copy(self, resp, out) -> str:
-        """Body -> file; network errors propagate (retried), local ones are a Failure."""
-        hasher = hashlib.sha256()
-        view = memoryview(bytearray(BUFFER))
-        left = self.size
-        while n := resp.readinto(view[: min(BUFFER, left + 1)]):
-            if n > left:
-                raise self.mismatch("the registry sends more than the")
-            chunk = view[:n]
-            hasher.update(chunk)
-            try:
-                while chunk:
-                    chunk = chunk[out.write(chunk) :]
-            except OSError as exc:
-                raise local(exc) from None
-            left -= n
-            self.received += n
-            self._progress()
-        if left:
-            raise self.mismatch(
-                f"the registry sent {self.size - left} bytes, the manifest promised"
-            )
-        return "sha256:" + hasher.hexdigest()
-
-    def _progress(self) -> None:
-        moment = time.monotonic()
-        if moment - self._progress_at >= 0.1 or self.received == self.size:
-            self._progress_at = moment
-            emit("progress", digest=self.digest, done=self.received, total=self.size)
-
-    def mismatch(self, what: str) -> Failure:
-        return Failure(
-            "digest_mismatch",
-            f"blob {self.digest[:19]} failed its check: {what} {self.size} bytes "
-            f"({self.digest}); nothing of it was kept",
-        )
-
-
-def local(exc: OSError) -> Failure:
-    return Failure("local", f"cannot write to krate's store: {exc.strerror or exc}")
+    The destinations allowed (the registry, its token service, storage hosts it
+    redirects to) are one shared set; the credentials and the scheme learnt are copied.
+    """
+    twin = copy.copy(client)
+    twin.pool = copy.copy(client.pool)
+    twin.pool.conns = {}
+    twin.auth = copy.copy(client.auth)
+    twin.auth.asked = set(client.auth.asked)
+    return twin
 
 
 class Puller:
@@ -302,6 +185,7 @@ class Puller:
         self.zstd = bool(job.get("zstd"))
         self.store = BlobDir(job["blob_dir"])
         self.received = 0
+        self.lock = threading.Lock()
 
     def path(self, tail: str) -> str:
         return f"/v2/{self.repo}/{tail}"
@@ -335,8 +219,7 @@ class Puller:
         self.blob(config)
         if platform is None:
             platform = self.config_platform(config[0])
-        for layer in layers:
-            self.blob(layer)
+        self.fetch_all(layers)
         try:
             stored = self.store.put(manifest_digest, body)
         except OSError as exc:
@@ -425,47 +308,85 @@ class Puller:
             )
         return name
 
-    def blob(self, desc: tuple[str, int, str]) -> None:
+    def fetch_all(self, layers: list[tuple[str, int, str]]) -> None:
+        """The layers, up to PARALLEL at a time on connections of their own (as docker pulls)."""
+        missing = []
+        for layer in layers:
+            if self.store.has(layer[0]):
+                self.blob(layer, self.c)  # reported present
+            elif all(layer[0] != m[0] for m in missing):
+                missing.append(layer)
+        if len(missing) <= 1:
+            for layer in missing:
+                self.blob(layer, self.c)
+            return
+        todo = list(reversed(missing))
+        errors: list[BaseException] = []
+
+        def work(client) -> None:
+            try:
+                while not errors:
+                    with self.lock:
+                        if not todo:
+                            return
+                        layer = todo.pop()
+                    self.blob(layer, client)
+            except BaseException as exc:  # the first one is raised below
+                errors.append(exc)
+            finally:
+                client.close()
+
+        threads = [
+            threading.Thread(target=work, args=(sibling(self.c),), daemon=True)
+            for _ in range(min(PARALLEL, len(missing)))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def blob(self, desc: tuple[str, int, str], c=None) -> None:
+        c = c or self.c
         digest, size, _media = desc
         if self.store.has(digest):
             emit("blob", digest=digest, size=size, status="present", received=0)
             return
         receiver = Receiver(self.store, digest, size)
-        url = self.c.url(self.path(f"blobs/{digest}"))
+        url = c.url(self.path(f"blobs/{digest}"))
 
         def attempt() -> Response:
             receiver.received = 0
-            return self.follow(url, receiver)
+            return self.follow(url, receiver, c)
 
-        resp = self.c.retrying(attempt)
+        resp = c.retrying(attempt)
         if resp.status == 404:
-            raise Failure(
-                "not_found",
-                f"{self.c.registry} lacks blob {digest} that the manifest names",
-            )
-        self.c.check(resp, "a blob download", 200)
-        self.received += receiver.received
+            raise Failure("not_found", f"{c.registry} lacks blob {digest} that the manifest names")
+        c.check(resp, "a blob download", 200)
+        with self.lock:
+            self.received += receiver.received
         emit("blob", digest=digest, size=size, status="fetched", received=receiver.received)
 
-    def follow(self, url: str, receiver: Receiver) -> Response:
+    def follow(self, url: str, receiver: Receiver, c) -> Response:
         """GET a blob, following the registry's redirects to its storage, credentials kept home."""
         home = urlsplit(url)
         for _ in range(MAX_REDIRECTS + 1):
             same = urlsplit(url).netloc == home.netloc and urlsplit(url).scheme == home.scheme
             if same:
-                resp = self.c.call("GET", url, retry=False, sink=receiver)
+                resp = c.call("GET", url, retry=False, sink=receiver)
             else:
-                resp = self.c.pool.send("GET", url, sink=receiver)
+                resp = c.pool.send("GET", url, sink=receiver)
                 if resp.status == 429 or resp.status >= 500:
                     return resp
             if resp.status not in _REDIRECTS:
                 return resp
             location = resp.header("Location")
             if not location:
-                raise Failure("protocol", f"{self.c.registry} redirected a blob to nowhere")
+                raise Failure("protocol", f"{c.registry} redirected a blob to nowhere")
             url = urljoin(url, location)
             self.allow(url)
-        raise Failure("protocol", f"{self.c.registry} redirected a blob too many times")
+        raise Failure("protocol", f"{c.registry} redirected a blob too many times")
 
     def allow(self, url: str) -> None:
         """A blob storage host the registry sent krate to: HTTPS, or loopback to loopback."""
