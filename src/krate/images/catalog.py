@@ -109,8 +109,8 @@ def candidates(name: str) -> list[str]:
     tagged = "@" in name or ":" in last
     if not tagged:
         out.append(f"{name}:latest")
-    first = name.split("/", 1)[0]
-    if "." not in first and ":" not in first and first != "localhost":
+    first = name.split("/", 1)[0] if "/" in name else ""
+    if not ("." in first or ":" in first or first == "localhost"):
         full = f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
         out.append(full)
         if not tagged:

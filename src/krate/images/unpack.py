@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import os
 import shutil
 import stat
@@ -86,6 +87,24 @@ def open_layer(path: Path):
             ) from None
         return zstd.ZstdFile(raw, mode="rb"), raw
     return raw, raw
+
+
+class _Hashing:
+    """Reads through to `inner`, hashing the uncompressed tar: its diff_id."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> str:
+        while self.read(_COPY_BUFFER):
+            pass
+        return "sha256:" + self.hash.hexdigest()
 
 
 class _Root:
@@ -197,28 +216,40 @@ class Unpacker:
         self.stripped: list[str] = []
         self.owners: dict[str, list[int]] = {}
 
-    def unpack(self, layers: list[Path]) -> Report:
+    def unpack(self, layers: list[Path], diff_ids: list[str] | None = None) -> Report:
+        if diff_ids is not None and len(diff_ids) != len(layers):
+            raise KrateError(
+                f"the image config names {len(diff_ids)} layers, its manifest {len(layers)}"
+            )
         root = _Root(self.root_path)
         try:
-            for layer in layers:
-                self._layer(root, layer)
+            for i, layer in enumerate(layers):
+                self._layer(root, layer, diff_ids[i] if diff_ids is not None else None)
             self._finish_dirs(root)
         finally:
             root.close()
         os.chmod(self.root_path, 0o755)
         return Report(self.entries, self.skipped, self.stripped, self.owners)
 
-    def _layer(self, root: _Root, layer: Path) -> None:
+    def _layer(self, root: _Root, layer: Path, diff_id: str | None) -> None:
         stream, raw = open_layer(layer)
+        hashing = _Hashing(stream)
         mine: set[tuple] = set()  # entries this layer made: its own whiteouts spare them
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=hashing, mode="r|") as tar:
                 for member in tar:
                     self._member(root, tar, member, mine)
+            got = hashing.drain()
+            if diff_id is not None and got != diff_id:
+                raise KrateError(
+                    f"layer {layer.name} does not match the image config "
+                    f"(its tar hashes to {got}, the config says {diff_id}); re-import the image"
+                )
         except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
             if isinstance(exc, KrateError):
                 raise
-            raise KrateError(f"layer {layer.name} cannot be unpacked: {exc}") from exc
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise KrateError(f"layer {layer.name} cannot be unpacked: {first}") from exc
         finally:
             stream.close()
             raw.close()
@@ -364,6 +395,15 @@ class Unpacker:
                 os.close(fd)
 
 
-def unpack(layers: list[Path], root: Path, *, privileged: bool | None = None) -> Report:
-    """Unpack `layers` (blob files, bottom first) into the empty folder `root`."""
-    return Unpacker(root, privileged=privileged).unpack(layers)
+def unpack(
+    layers: list[Path],
+    root: Path,
+    *,
+    diff_ids: list[str] | None = None,
+    privileged: bool | None = None,
+) -> Report:
+    """Unpack `layers` (blob files, bottom first) into the empty folder `root`.
+
+    With `diff_ids` (the config's rootfs.diff_ids) each layer's uncompressed tar must hash
+    to its entry, so the tree is the one the config digest names."""
+    return Unpacker(root, privileged=privileged).unpack(layers, diff_ids)

@@ -135,3 +135,17 @@ def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:
     for ref, (seq, _, _) in state.items():
         return n, f"images has no row for {ref} (recorded by event {seq})"
     return n, None
+
+
+def kept_by_records(store: Store, digests: set[str]) -> set[str]:
+    """Those of `digests` a build record or a stored artifact still names."""
+    kept: set[str] = set()
+    for digest in digests:
+        if query(store, "SELECT 1 FROM artifacts WHERE digest = ? LIMIT 1", (digest,)):
+            kept.add(digest)
+            continue
+        hex_part = digest.split(":", 1)[-1]
+        like = f"%{hex_part}%"
+        if query(store, "SELECT 1 FROM builds WHERE statement LIKE ? LIMIT 1", (like,)):
+            kept.add(digest)
+    return kept
