@@ -40,7 +40,10 @@ def _short(digest: str | None) -> str:
 def import_(
     path: Path = PATH_ARG,
     ref: str = typer.Option(
-        None, "--ref", help="The name to record (default: the archive's tags, or PATH's name)."
+        None,
+        "--ref",
+        help="The name to record (default: the archive's tags, or PATH's name). "
+        "Example: krate image import ./rootfs --ref myroot:1",
     ),
     json_: bool = JSON,
 ) -> None:
