@@ -175,3 +175,48 @@ def test_hostile_image_imported_by_an_ordinary_user_stays_inside(ordinary_user, 
     assert not (rootfs / "su").stat().st_mode & stat.S_ISUID
     meta = json.loads((rootfs.parent / "meta.json").read_text())
     assert meta["owners"]["home/app"] == [1000, 1000] and meta["privileged"] is False
+
+
+def test_prune_keeps_images_their_blobs_and_a_verifiable_record(cli, tmp_path, krate_home):
+    """Prune removes blobs no artifact row names: image blobs must survive it."""
+    from datetime import UTC, datetime, timedelta
+
+    from krate.paths import Paths
+    from krate.privacy import prune
+    from krate.store import open_store
+
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    cli("audit", "note", "later")
+    paths = Paths.from_env()
+    blob = krate_home / "artifacts/sha256" / sha(layers[0])[7:]
+    old = datetime.now(UTC) - timedelta(days=2)
+    for p in (krate_home / "artifacts/sha256").iterdir():
+        os.utime(p, (old.timestamp(), old.timestamp()))
+    with open_store(paths) as store:
+        result = prune.prune(store, datetime.now(UTC) + timedelta(seconds=1),
+                             paths.artifacts_dir, datetime.now(UTC))  # fmt: skip
+    assert result.events >= 1 and result.artifacts_removed == []
+    assert blob.exists()
+    assert cli("audit", "verify").code == 0, cli("audit", "verify").err
+    shown = json.loads(cli("image", "show", "bb:1.0", "--json").out)
+    assert shown["config_digest"] == sha(cfg)
+    assert cli("image", "verify").code == 0
+
+
+def test_data_delete_purges_read_only_image_folders_as_an_ordinary_user(ordinary_user, user_tmp):
+    if ordinary_user is None:
+        pytest.skip("needs root to create the ordinary user")
+    blob = layer([d("ro", 0o555), f("ro/x", b"x", 0o444), d("locked", 0o000)])
+    oci_layout(user_tmp / "ro", [blob], config([blob]))
+    home = user_tmp / "home"
+    home.mkdir()
+    chown_tree(user_tmp, ordinary_user)
+    env = {**os.environ, "KRATE_HOME": str(home)}
+    r = run_krate("image", "import", str(user_tmp / "ro"), env=env, user=ordinary_user)
+    assert r.returncode == 0, r.stderr
+    r = run_krate("data", "delete", "--now", "--yes", env=env, user=ordinary_user)
+    assert r.returncode == 0, r.stderr
+    leftovers = [p for p in user_tmp.rglob("*") if "images" in p.parts]
+    assert leftovers == []
