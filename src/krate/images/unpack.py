@@ -25,7 +25,6 @@ gzip and plain tar layers are read; zstd only where the standard library has it 
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import hashlib
 import os
@@ -36,11 +35,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from krate.errors import KrateError
+from krate.images.inroot import Root as _Root
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-MAX_LINK_HOPS = 40
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_BUFFER = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -105,86 +103,6 @@ class _Hashing:
         while self.read(_COPY_BUFFER):
             pass
         return "sha256:" + self.hash.hexdigest()
-
-
-class _Root:
-    """The root folder, walked only through directory descriptors."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, _DIR_FLAGS)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def reopen(self, stack: list[str]) -> int:
-        fd = os.dup(self.fd)
-        for name in stack:
-            nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return fd
-
-    def walk(self, parts: list[str], *, create: bool, made: dict) -> tuple[int, list[str]] | None:
-        """Open the folder `parts` names, following links inside the root; None if absent.
-
-        With `create`, missing folders are made (mode 0755 unless a layer says otherwise,
-        noted in `made`) and a non-folder in the way is replaced.
-        """
-        stack: list[str] = []
-        fd = os.dup(self.fd)
-        todo = list(parts)
-        hops = 0
-        try:
-            while todo:
-                name = todo.pop(0)
-                if name in ("", "."):
-                    continue
-                if name == "..":
-                    if stack:
-                        stack.pop()
-                        os.close(fd)
-                        fd = self.reopen(stack)
-                    continue
-                try:
-                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        os.close(fd)
-                        return None
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    made.setdefault((*stack, name), (0o755, 0, 0, None))
-                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    if stat.S_ISLNK(st.st_mode):
-                        hops += 1
-                        if hops > MAX_LINK_HOPS:
-                            raise KrateError(
-                                "too many levels of symbolic links in a layer"
-                            ) from None
-                        target = os.readlink(name, dir_fd=fd)
-                        if target.startswith("/"):
-                            stack = []
-                            os.close(fd)
-                            fd = os.dup(self.fd)
-                        todo = target.split("/") + todo
-                        continue
-                    if not create:
-                        os.close(fd)
-                        return None
-                    os.unlink(name, dir_fd=fd)
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    made.setdefault((*stack, name), (0o755, 0, 0, None))
-                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-                stack.append(name)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, stack
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
