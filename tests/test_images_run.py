@@ -144,3 +144,22 @@ def test_command_not_in_the_image_is_127(ibox):
     assert r.returncode == 127 and "PATH of image bb:1" in r.stderr
     r = ibox.krate("run", "bb:1", "--", "/srv/motd")
     assert r.returncode == 126
+
+
+def test_build_on_an_image_names_it_and_keeps_its_blobs(ibox):
+    config_digest = add_image(ibox)
+    r = ibox.krate("build", "--out", "dist", "bb:1", "--", "sh", "-c",
+                   "mkdir -p dist && cat /srv/motd > dist/motd.txt")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    statement = json.loads(ibox.krate("provenance", "dist/motd.txt", "--json").stdout)
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    image = [d for d in deps if d.get("name") == "image"]
+    assert image and image[0]["digest"] == {"sha256": config_digest[7:]}
+    assert image[0]["annotations"]["ref"] == "bb:1"
+    assert image[0]["annotations"]["manifestDigest"].startswith("sha256:")
+    assert (ibox.ws / "dist/motd.txt").read_text() == "from the image\n"
+    # rm forgets the name but keeps every blob of an image a build record names.
+    r = ibox.krate("image", "rm", "bb:1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["blobs_deleted"] == []
+    assert ibox.krate("artifacts", "verify").returncode == 0

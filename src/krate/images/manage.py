@@ -28,6 +28,9 @@ def remove(store, paths: Paths, names: list[str]) -> dict[str, Any]:
         wanted.update(row.layers)
     still = rows.referenced_digests(store)
     kept = (wanted & still) | rows.kept_by_records(store, wanted - still)
+    for row in removed:  # a build ran on it: keep the whole image its record names
+        if row.config_digest in kept:
+            kept.update(d for d in (row.manifest_digest, *row.layers) if d)
     deleted = []
     for digest in sorted(wanted - kept):
         with contextlib.suppress(FileNotFoundError):
