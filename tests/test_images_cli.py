@@ -220,3 +220,33 @@ def test_data_delete_purges_read_only_image_folders_as_an_ordinary_user(ordinary
     assert r.returncode == 0, r.stderr
     leftovers = [p for p in user_tmp.rglob("*") if "images" in p.parts]
     assert leftovers == []
+
+
+def test_two_platform_index_imports_this_machines_image(cli, tmp_path):
+    from krate.images.importer import host_platform
+
+    here = busybox_image(cmd=["here"])
+    other = busybox_image(cmd=["other"])
+    layout = tmp_path / "multi"
+    oci_layout(layout, *here, ref=None)
+    oci_layout(tmp_path / "scratch", *other, ref=None)
+    blobs = layout / "blobs/sha256"
+    for p in (tmp_path / "scratch/blobs/sha256").iterdir():
+        (blobs / p.name).write_bytes(p.read_bytes())
+    mine = json.loads((layout / "index.json").read_text())["manifests"][0]
+    theirs = json.loads((tmp_path / "scratch/index.json").read_text())["manifests"][0]
+    arch = host_platform()[1]
+    mine["platform"] = {"os": "linux", "architecture": arch}
+    theirs["platform"] = {"os": "linux", "architecture": "s390x" if arch != "s390x" else "arm64"}
+    nested = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                         "manifests": [theirs, mine]}).encode()  # fmt: skip
+    (blobs / sha(nested)[7:]).write_bytes(nested)
+    ref_name = {"org.opencontainers.image.ref.name": "2.0"}
+    top = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": sha(nested),
+        "size": len(nested), "annotations": ref_name}]}  # fmt: skip
+    (layout / "index.json").write_text(json.dumps(top))
+    r = cli("image", "import", str(layout), "--json")
+    assert r.code == 0, r
+    (image,) = json.loads(r.out)
+    assert image["ref"] == "multi:2.0" and image["config"]["Cmd"] == ["here"]

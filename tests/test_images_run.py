@@ -163,3 +163,25 @@ def test_build_on_an_image_names_it_and_keeps_its_blobs(ibox):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["blobs_deleted"] == []
     assert ibox.krate("artifacts", "verify").returncode == 0
+
+
+def test_image_run_stays_on_the_fast_path(tmp_path, krate_home):
+    """`krate run IMAGE` loads nothing `krate run` may not (ARCHITECTURE.md, start-up budget)."""
+    import subprocess
+    import sys
+
+    from .test_run_fastpath import NOT_ON_THE_RUN_PATH
+
+    layers = [busybox_layer()]
+    oci_layout(tmp_path / "bb", layers, config(layers))
+    subprocess.run([sys.executable, "-m", "krate", "image", "import", str(tmp_path / "bb")],
+                   check=True, capture_output=True)  # fmt: skip
+    slow = (*NOT_ON_THE_RUN_PATH, "tarfile", "gzip", "krate.provenance.store")
+    code = (
+        "import sys; from krate.cli.main import main; "
+        "code = main(['run', '--as-root', '--no-network', 'bb:1.0', '--', 'sh', '-c', 'exit 3']); "
+        f"print(code, *[m for m in {slow!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert done.stdout.split() == ["3"], done.stderr
