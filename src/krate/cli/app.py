@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("build", "build", "command"),
     "builds": ("builds", "app", "group"),
     "artifacts": ("artifacts", "app", "group"),
+    "image": ("image", "app", "group"),
     "provenance": ("artifacts", "provenance", "command"),
     "policy": ("policy", "app", "group"),
     "audit": ("audit", "app", "group"),
@@ -28,7 +29,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "login": ("registry", "login", "command"),
     "logout": ("registry", "logout", "command"),
     "push": ("registry", "push", "command"),
-    "image": ("image", "app", "group"),
     "info": ("info", "info", "command"),
     "doctor": ("doctor", "doctor", "command"),
 }

@@ -25,6 +25,16 @@ WORKDIR = typer.Option(
 )
 
 
+IMAGE = typer.Option(
+    None,
+    "--image",
+    metavar="IMAGE",
+    help="Run on this OCI image's root filesystem (read-only; the workspace at /work) "
+    "instead of the host's; never pulls. Also written `krate run IMAGE -- CMD`. "
+    "Example: --image alpine:3.20",
+)
+
+
 def workload_options(hardlinked: str, as_root: str, verbose: str):
     """Decorate a command ending in `*, options` with the shared options; `options` gets
     the Workload they make. The arguments are the help's examples for three of them."""
@@ -32,6 +42,7 @@ def workload_options(hardlinked: str, as_root: str, verbose: str):
         POLICY_OPTIONS
         + parameters(
             workdir=(Path, WORKDIR),
+            image=(str, IMAGE),
             allow_hardlinked_secrets=(bool, _hardlinked_option(hardlinked)),
             as_root=(bool, as_root_option(as_root)),
             allow_broad_workspace=(bool, ALLOW_BROAD_WORKSPACE),

@@ -9,12 +9,12 @@ the config the digest names.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from krate.errors import KrateError, NotFound
 from krate.images import blobs
 from krate.images.model import Image, parse_config
+from krate.images.names import candidates, find
 from krate.paths import Paths
 from krate.provenance.store import split_digest
 from krate.store import images as rows
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from krate.store.events import Writer
 
 PULLED, IMPORTED = rows.ADDED_KINDS
-_HEX_PREFIX = re.compile(r"^(sha256:)?[0-9a-f]{6,64}$")
 
 
 def _paths_of(store: Store) -> Paths:
@@ -99,40 +98,6 @@ def _image(row: rows.ImageRow, config: tuple[dict, str | None]) -> Image:
 
 def load(store: Store, paths: Paths, row: rows.ImageRow) -> Image:
     return _image(row, _config(paths, row.config_digest))
-
-
-def candidates(name: str) -> list[str]:
-    """The refs `name` may mean, as docker would read it: `alpine` is alpine:latest too,
-    and docker.io/library/alpine:latest."""
-    out = [name]
-    last = name.rsplit("/", 1)[-1]
-    tagged = "@" in name or ":" in last
-    if not tagged:
-        out.append(f"{name}:latest")
-    first = name.split("/", 1)[0]
-    if "." not in first and ":" not in first and first != "localhost":
-        full = f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
-        out.append(full)
-        if not tagged:
-            out.append(f"{full}:latest")
-    return out
-
-
-def find(store: Store, name: str) -> rows.ImageRow | None:
-    """The row `name` means: a ref (docker's short forms too) or a config digest (prefix)."""
-    for ref in candidates(name):
-        row = rows.by_ref(store, ref)
-        if row is not None:
-            return row
-    text = name.lower()
-    if _HEX_PREFIX.match(text):
-        prefix = text if text.startswith("sha256:") else f"sha256:{text}"
-        found = rows.configs_with_prefix(store, prefix)
-        if len(found) > 1:
-            raise KrateError(f"{name} matches {len(found)} images; give more digits")
-        if found:
-            return rows.by_config(store, found[0])[0]
-    return None
 
 
 def resolve(store: Store, paths: Paths, name: str) -> Image:

@@ -102,6 +102,29 @@ def referenced_digests(store: Store) -> set[str]:
     return out
 
 
+def recorded_before(conn: sqlite3.Connection, last_seq: int) -> list[tuple[ImageRow, str]]:
+    """Rows whose latest event is at or before `last_seq` (what a prune must record again),
+    with that event's kind."""
+    latest: dict[str, tuple[int, str]] = {}
+    for seq, kind, data in conn.execute(
+        "SELECT seq, kind, data FROM events WHERE kind IN (?, ?) ORDER BY seq", ADDED_KINDS
+    ):
+        latest[str(data_of(data).get("ref"))] = (seq, kind)
+    out = []
+    for values in conn.execute(f"SELECT {_COLUMNS} FROM images ORDER BY ref"):
+        row = _row(values)
+        seq, kind = latest.get(row.ref, (0, ADDED_KINDS[1]))
+        if seq <= last_seq:
+            out.append((row, kind))
+    return out
+
+
+def carry_over(writer: Writer, rows: list[tuple[ImageRow, str]]) -> None:
+    """Record images again whose event a prune is removing, keeping when they were added."""
+    for row, kind in rows:
+        writer.append(kind, {**event_data(row), "added": row.added, "carried": True})
+
+
 def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:
     """For verify: replaying the image events gives exactly the rows in `images`."""
     state: dict[str, tuple[int, str, dict[str, Any]]] = {}
@@ -127,7 +150,7 @@ def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:
             "manifest_digest": data.get("manifest"),
             "layers": data.get("layers"),
             "source": data.get("source"),
-            "added": ts,
+            "added": data.get("added", ts),  # a prune's carried record keeps the first time
         }
         for field, value in expected.items():
             if getattr(row, field) != value:
@@ -135,3 +158,17 @@ def crosscheck(conn: sqlite3.Connection) -> tuple[int, str | None]:
     for ref, (seq, _, _) in state.items():
         return n, f"images has no row for {ref} (recorded by event {seq})"
     return n, None
+
+
+def kept_by_records(store: Store, digests: set[str]) -> set[str]:
+    """Those of `digests` a build record or a stored artifact still names."""
+    kept: set[str] = set()
+    for digest in digests:
+        if query(store, "SELECT 1 FROM artifacts WHERE digest = ? LIMIT 1", (digest,)):
+            kept.add(digest)
+            continue
+        hex_part = digest.split(":", 1)[-1]
+        like = f"%{hex_part}%"
+        if query(store, "SELECT 1 FROM builds WHERE statement LIKE ? LIMIT 1", (like,)):
+            kept.add(digest)
+    return kept
