@@ -10,6 +10,7 @@ own storage, tags that do not exist, credentials that are wrong or missing.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -353,3 +354,29 @@ def test_an_interrupted_pull_leaves_no_partial_blob(registry, env, pusher, krate
     assert leftovers(krate_home) == []
     assert img.layers[0] not in stored(krate_home)
     assert image_rows(krate_home) == []
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static")
+def test_a_pulled_image_runs(tmp_path, box):
+    """Pull then run, as root and as an ordinary user: what was pulled is what runs."""
+    from tests.image_support import busybox_layer, d, f
+    from tests.image_support import layer as tar_layer
+
+    layers = [busybox_layer(), tar_layer([d("srv"), f("srv/motd", b"pulled, then run\n")])]
+    img = image([(gz, gzip.decompress(gz)) for gz in layers], cmd=["sh"])
+    reg = Registry(tmp_path / "open-registry").start()
+    try:
+        Pusher(reg.port).image("tools/busybox", "1", img)
+        ref = f"{reg.name}/tools/busybox:1"
+        pulled = box.krate("image", "pull", ref)
+        assert pulled.returncode == 0, pulled.stderr
+        assert pulled.stdout.strip() == img.config_digest
+    finally:
+        reg.kill()  # running it needs no registry: run never pulls
+    ran = box.krate("run", ref, "--", "sh", "-c", "cat /srv/motd; busybox | head -1 | cut -c1-7")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["pulled, then run", "BusyBox"]
+    assert box.krate("image", "verify").returncode == 0
+    shown = json.loads(box.krate("runs", "show", "last", "--json").stdout)
+    assert shown["image"]["config"] == img.config_digest
+    assert shown["image"]["manifest"] == img.digest
