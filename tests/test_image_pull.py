@@ -165,6 +165,14 @@ def test_pull_by_digest_and_a_digest_that_is_not_there(registry, env, pusher, kr
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == img.config_digest
     assert image_rows(krate_home) == [(ref, img.config_digest, img.digest)]
+    again = pull(ref, "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["image"] == img.config_digest and doc["manifest_digest"] == img.digest
+    assert doc["ref"] == ref and doc["layers"] == img.layers and doc["index_digest"] is None
+    assert doc["fetched"] == [] and set(doc["present"]) == {img.digest, img.config_digest,
+                                                            *img.layers}  # fmt: skip
+    assert doc["bytes_received"] == 0 and doc["platform"] == f"linux/{HOST_ARCH}"
     other = "sha256:" + "0" * 64
     missing = pull(f"{registry.name}/me/pinned@{other}", env=env)
     assert missing.returncode == 1 and "was not found" in one_line_error(missing)

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from krate.cli.common import paths
+from krate.cli.options import JSON
 from krate.cli.registry import _credentials, _notices, _start_transport, _store_opener
 
 PLATFORMS = ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/386", "linux/ppc64le")
@@ -32,7 +33,12 @@ PLAIN_HTTP = typer.Option(
     help="Use plain HTTP (unencrypted) even though the registry is not on this machine. "
     "Example: krate image pull 10.0.0.5:5000/me/tools:1 --plain-http",
 )
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress and no summary on stderr.")
+QUIET = typer.Option(
+    False,
+    "--quiet",
+    "-q",
+    help="No progress and no summary on stderr. Example: krate image pull -q ghcr.io/me/tools:1",
+)
 
 
 def pull(
@@ -42,14 +48,18 @@ def pull(
     platform: str = PLATFORM,
     plain_http: bool = PLAIN_HTTP,
     quiet: bool = QUIET,
+    json_: bool = JSON,
 ) -> None:
     """Download an image from an OCI registry into krate's store; prints its config digest.
 
-    Every blob's size and sha256 are checked as it arrives; blobs already in the store
-    are not downloaded again. `krate run` never pulls: this is the only way in from a
-    registry (see also `krate image import`).
+    With --json: the config digest as `image`, the manifest (and index) digest, the platform,
+    the blobs fetched and those already in the store.
 
-    Example: krate image pull ghcr.io/me/tools:1.4 --platform linux/amd64
+        Every blob's size and sha256 are checked as it arrives; blobs already in the store
+        are not downloaded again. `krate run` never pulls: this is the only way in from a
+        registry (see also `krate image import`).
+
+        Example: krate image pull ghcr.io/me/tools:1.4 --platform linux/amd64
     """
     from krate import render
 
@@ -95,7 +105,10 @@ def pull(
             f"pulled {result.ref}{where}: {_size(result.bytes_received)} in "
             f"{len(result.fetched)} blob(s){kept}; manifest {result.manifest_digest}"
         )
-    typer.echo(result.image.config_digest)
+    if json_:
+        render.print_json(result.to_dict())
+    else:
+        typer.echo(result.image.config_digest)
 
 
 def _size(n: int) -> str:

@@ -179,6 +179,7 @@ class PullResult:
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["image"] = self.image.config_digest
+        out["layers"] = list(self.image.layer_digests)
         return out
 
 
