@@ -388,3 +388,34 @@ def test_a_pulled_image_runs(tmp_path, box):
     shown = json.loads(box.krate("runs", "show", "last", "--json").stdout)
     assert shown["image"]["config"] == img.config_digest
     assert shown["image"]["manifest"] == img.digest
+
+
+def test_progress_on_a_terminal_and_one_line_on_a_pipe(registry, env, pusher):
+    """stderr on a pty: rich bars per layer; on a pipe only the summary; stdout the digest."""
+    import pty
+
+    img = image([layer({"a": os.urandom(6 << 20)}, level=0), layer({"b": os.urandom(5 << 20)})])
+    pusher.image("me/bars", "1", img)
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [KRATE, "image", "pull", f"{registry.name}/me/bars:1"],
+        env={**env, "COLUMNS": "100"}, stdout=subprocess.PIPE, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = proc.communicate(timeout=120)
+    os.close(main)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    assert out.decode() == img.config_digest + "\n"
+    assert img.layers[0][7:19].encode() in drawn and b"MB" in drawn
+    piped = pull(f"{registry.name}/me/bars:1", env=env)
+    lines = [ln for ln in piped.stderr.splitlines() if "plain HTTP" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("pulled "), piped.stderr
