@@ -185,3 +185,20 @@ def test_image_run_stays_on_the_fast_path(tmp_path, krate_home):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, check=True)  # fmt: skip
     assert done.stdout.split() == ["3"], done.stderr
+
+
+def test_image_env_cannot_load_code_into_the_bridge(ibox):
+    """The bridge is krate's code on the host's Python: the image's loader variables stay out."""
+    add_image(ibox, "ld", env=["PATH=/bin", "LD_PRELOAD=/srv/evil.so", "LD_AUDIT=/srv/a.so"])
+    r = ibox.krate("run", "ld:1", "--", "sh", "-c", "echo pre=$LD_PRELOAD audit=$LD_AUDIT")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "pre= audit=\n"
+    assert "evil.so" not in r.stderr and "a.so" not in r.stderr
+
+
+def test_image_loader_variables_reach_the_workload_not_bubblewrap(ibox):
+    add_image(ibox, "ldn", env=["PATH=/bin", "LD_PRELOAD=/srv/evil.so"])
+    r = ibox.krate("run", "--no-network", "ldn:1", "--", "sh", "-c", "echo pre=$LD_PRELOAD")
+    assert r.returncode == 0, r.stderr
+    # busybox is static: the loader never reads it inside; bubblewrap (dynamic) never saw it.
+    assert r.stdout == "pre=/srv/evil.so\n" and "evil.so" not in r.stderr

@@ -29,6 +29,20 @@ from krate.sandbox.spec import SandboxSpec, is_within, mount_order
 WORK = "/work"
 HOST = "/.krate/host"
 WRITABLE = ("/tmp", "/var/tmp", "/run")
+# Never a throwaway home: where bubblewrap or krate mount something of their own.
+NOT_HOME = ("/", WORK, "/dev", "/proc", "/.krate")
+# What the dynamic loader takes from the environment: from an image's Env it would load
+# code of the image's choosing into bubblewrap itself (a host process), or into the host
+# Python that runs the bridge. So these never reach bubblewrap's environment (`host_env`);
+# the workload gets them through `--setenv`, and behind the bridge not at all.
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH")
+
+
+def host_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment bubblewrap runs with on an image: without loader variables."""
+    return {k: v for k, v in env.items() if k not in LOADER_VARIABLES}
+
+
 _SKIP_TOP = {"dev", "proc"}  # bubblewrap makes these
 
 
@@ -54,7 +68,7 @@ def filesystem(
             args += ["--ro-bind", str(source / name), f"/{name}"]
     args += proc
     for folder in (*WRITABLE, image.home):
-        if folder in ("/", WORK) or not _plain_dir(image.rootfs, folder):
+        if _reserved(folder) or not _plain_dir(image.rootfs, folder):
             continue
         args += [*size, "--tmpfs", folder]
     if not _plain_dir(image.rootfs, "/tmp"):
@@ -66,11 +80,20 @@ def filesystem(
     if spec.extra_binds and _is_bridge(workload):
         host_args, workload = _host_python(workload)
         args += host_args
+    else:
+        for name in LOADER_VARIABLES:
+            if name in spec.env:
+                args += ["--setenv", name, spec.env[name]]
     from krate.images.runtime import inside
 
     args += ["--uid", str(image.uid), "--gid", str(image.gid)]
     args += ["--remount-ro", "/", "--chdir", inside(spec.cwd, spec.workspace)]
     return args, workload
+
+
+def _reserved(folder: str) -> bool:
+    folder = "/" + folder.strip("/")
+    return folder == "/" or any(folder == p or folder.startswith(p + "/") for p in NOT_HOME[1:])
 
 
 def _plain_dir(rootfs: Path, folder: str) -> bool:
