@@ -102,9 +102,9 @@ class BwrapLauncher(Launcher):
     ) -> None:  # fmt: skip
         env = dict(spec.env)
         if spec.image is not None:
-            from krate.sandbox.bwrap_image import host_env
+            from krate.sandbox.bwrap_image import HOST_ENV
 
-            env = host_env(env)  # the image's loader variables never reach bubblewrap
+            env = dict(HOST_ENV)  # bubblewrap sets the workload's (bwrap_image._environment)
         super().__init__(
             env, preexec=preexec, wall_seconds=spec.limits.wall_seconds, run_as=spec.run_as
         )

@@ -31,16 +31,14 @@ HOST = "/.krate/host"
 WRITABLE = ("/tmp", "/var/tmp", "/run")
 # Never a throwaway home: where bubblewrap or krate mount something of their own.
 NOT_HOME = ("/", WORK, "/dev", "/proc", "/.krate")
-# What the dynamic loader takes from the environment: from an image's Env it would load
-# code of the image's choosing into bubblewrap itself (a host process), or into the host
-# Python that runs the bridge. So these never reach bubblewrap's environment (`host_env`);
-# the workload gets them through `--setenv`, and behind the bridge not at all.
-LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH")
-
-
-def host_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment bubblewrap runs with on an image: without loader variables."""
-    return {k: v for k, v in env.items() if k not in LOADER_VARIABLES}
+# An image's Env is the image author's: as bubblewrap's own environment it would steer a
+# host process (LD_PRELOAD, GLIBC_TUNABLES, ...). So bubblewrap runs with an empty
+# environment (`HOST_ENV`) and sets the workload's itself (`--clearenv --setenv ...`),
+# read from a memory file (`--args FD`): values never appear on a command line other
+# users can read. Behind the bridge, which is the host's Python, the loader variables
+# are left out altogether.
+HOST_ENV: dict[str, str] = {}
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH", "GLIBC_TUNABLES")
 
 
 _SKIP_TOP = {"dev", "proc"}  # bubblewrap makes these
@@ -80,15 +78,29 @@ def filesystem(
     if spec.extra_binds and _is_bridge(workload):
         host_args, workload = _host_python(workload)
         args += host_args
+        env = {k: v for k, v in spec.env.items() if k not in LOADER_VARIABLES}
     else:
-        for name in LOADER_VARIABLES:
-            if name in spec.env:
-                args += ["--setenv", name, spec.env[name]]
+        env = dict(spec.env)
+    args += _environment(env, fds)
     from krate.images.runtime import inside
 
     args += ["--uid", str(image.uid), "--gid", str(image.gid)]
     args += ["--remount-ro", "/", "--chdir", inside(spec.cwd, spec.workspace)]
     return args, workload
+
+
+def _environment(env: dict[str, str], fds: list[int]) -> list[str]:
+    """`--args FD`: a memory file telling bubblewrap the workload's whole environment."""
+    words = [b"--clearenv"]
+    for key, value in env.items():
+        words += [b"--setenv", os.fsencode(key), os.fsencode(value)]
+    fd = os.memfd_create("krate-env", 0)
+    data = memoryview(b"\0".join(words) + b"\0")
+    while data:
+        data = data[os.write(fd, data) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    fds.append(fd)
+    return ["--args", str(fd)]
 
 
 def _reserved(folder: str) -> bool:
