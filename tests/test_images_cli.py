@@ -250,3 +250,22 @@ def test_two_platform_index_imports_this_machines_image(cli, tmp_path):
     assert r.code == 0, r
     (image,) = json.loads(r.out)
     assert image["ref"] == "multi:2.0" and image["config"]["Cmd"] == ["here"]
+
+
+def test_data_where_and_export_cover_images(cli, tmp_path, krate_home):
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    where = json.loads(cli("data", "where", "--json").out)
+    places = {p["place"]: p for p in where["places"]}
+    assert places["image roots"]["exists"] and places["image roots"]["bytes"] > 100_000
+    assert where["places"][1]["records"]["tables"]["images"] == 1
+    out = tmp_path / "export.zip"
+    assert cli("data", "export", "--out", str(out)).code == 0
+    import zipfile
+
+    with zipfile.ZipFile(out) as z:
+        rows = z.read("tables/images.jsonl").decode().splitlines()
+        readme = z.read("README.txt").decode()
+    assert len(rows) == 1 and "bb:1.0" in rows[0]
+    assert "image names" in readme
