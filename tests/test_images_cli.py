@@ -269,3 +269,28 @@ def test_data_where_and_export_cover_images(cli, tmp_path, krate_home):
         readme = z.read("README.txt").decode()
     assert len(rows) == 1 and "bb:1.0" in rows[0]
     assert "image names" in readme
+
+
+def test_a_killed_unpack_is_swept_and_a_deleted_root_comes_back(cli, tmp_path, krate_home):
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    roots = krate_home / "images/roots"
+    stale = roots / ".tmp-killed"
+    stale.mkdir(parents=True)
+    (stale / "rootfs").mkdir(mode=0o555)
+    os.utime(stale, (0, 0))
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    assert not stale.exists()
+    from krate.images.roots import remove_tree
+
+    remove_tree(roots / sha(cfg)[7:])
+    shown = json.loads(cli("image", "show", "bb:1.0", "--json").out)
+    assert shown["rootfs"] is None
+    from krate.images import catalog
+    from krate.images import roots as roots_mod
+    from krate.paths import Paths
+    from krate.store import open_store
+
+    with open_store(Paths.from_env(), readonly=True) as store:
+        image = catalog.resolve(store, Paths.from_env(), "bb:1.0")
+    assert (roots_mod.ensure(Paths.from_env(), image) / "bin/busybox").exists()
