@@ -202,3 +202,19 @@ def test_image_loader_variables_reach_the_workload_not_bubblewrap(ibox):
     assert r.returncode == 0, r.stderr
     # busybox is static: the loader never reads it inside; bubblewrap (dynamic) never saw it.
     assert r.stdout == "pre=/srv/evil.so\n" and "evil.so" not in r.stderr
+
+
+def test_policy_paths_inside_the_workspace_hold_on_an_image(ibox):
+    add_image(ibox)
+    secrets = ibox.ws / "secrets"
+    secrets.mkdir()
+    (secrets / "key").write_text(SECRET)
+    if ibox.user or ibox.mode == "owner":
+        chown_tree(secrets, ibox.user or "krate-test")
+    script = "cat /work/secrets/key 2>&1; echo x >> .git/config 2>&1 && echo GIT-WRITABLE; echo end"
+    r = ibox.krate(
+        "run", "--no-network", "--deny-read", "secrets", "bb:1", "--", "sh", "-c", script
+    )
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout and "GIT-WRITABLE" not in r.stdout and "end" in r.stdout
+    assert (ibox.ws / ".git/config").read_text() == "[core]\n"
