@@ -294,3 +294,18 @@ def test_a_killed_unpack_is_swept_and_a_deleted_root_comes_back(cli, tmp_path, k
     with open_store(Paths.from_env(), readonly=True) as store:
         image = catalog.resolve(store, Paths.from_env(), "bb:1.0")
     assert (roots_mod.ensure(Paths.from_env(), image) / "bin/busybox").exists()
+
+
+def test_image_names_complete_without_touching_the_store(cli, tmp_path, krate_home):
+    from .test_completions import bash_complete
+
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    assert cli("image", "import", str(tmp_path / "bb"), "--ref", "other:2").code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in krate_home.iterdir()}
+    assert bash_complete("krate", "image", "show", "b", home=krate_home) == ["bb:1.0"]
+    assert bash_complete("krate", "image", "rm", "", home=krate_home) == ["bb:1.0", "other:2"]
+    assert bash_complete("krate", "run", "--image", "o", home=krate_home) == ["other:2"]
+    after = {p.name: p.stat().st_mtime_ns for p in krate_home.iterdir()}
+    assert after == before
