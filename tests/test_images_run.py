@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from .conftest import chown_tree
-from .image_support import busybox_layer, config, d, f, layer, oci_layout
+from .image_support import busybox_layer, config, d, f, layer, oci_layout, sym
 from .run_support import SECRET, Box
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
@@ -218,3 +218,20 @@ def test_policy_paths_inside_the_workspace_hold_on_an_image(ibox):
     assert r.returncode == 0, r.stderr
     assert SECRET not in r.stdout and "GIT-WRITABLE" not in r.stdout and "end" in r.stdout
     assert (ibox.ws / ".git/config").read_text() == "[core]\n"
+
+
+def test_image_links_over_reserved_names_cannot_redirect_mounts(ibox):
+    """/tmp, /work and /.krate are krate's: an image's links there must not move its mounts
+    (into the workspace, where bubblewrap would make folders on the host)."""
+    layers = [busybox_layer(), layer([sym("tmp", "work"), sym(".krate", "work/x"),
+                                      sym("work", "srv"), d("srv")])]  # fmt: skip
+    folder = ibox.base / "layout-links"
+    oci_layout(folder, layers, config(layers), ref="1")
+    if ibox.user:
+        chown_tree(folder, ibox.user)
+    assert ibox.krate("image", "import", str(folder), "--ref", "links:1").returncode == 0
+    before = sorted(p.name for p in ibox.ws.iterdir())
+    r = ibox.krate("run", "links:1", "--", "sh", "-c", "pwd; cat README; touch /tmp/t && echo tmp")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "/work\nhello\ntmp\n"
+    assert sorted(p.name for p in ibox.ws.iterdir()) == before

@@ -41,7 +41,11 @@ HOST_ENV: dict[str, str] = {}
 LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH", "GLIBC_TUNABLES")
 
 
-_SKIP_TOP = {"dev", "proc"}  # bubblewrap makes these
+_SKIP_TOP = {"dev", "proc", ".krate"}  # bubblewrap makes these; .krate is krate's
+# Top-level names krate mounts on (or under): an image's link there would move the mount
+# (into the workspace, say, where bubblewrap would make folders on the host), so a link
+# at one of these names is not re-made; a folder is kept (mounted over).
+RESERVED_TOP = {"tmp", "work", "run", "var"}
 
 
 def filesystem(
@@ -61,7 +65,8 @@ def filesystem(
         path = image.rootfs / name
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            args += ["--symlink", os.readlink(path), f"/{name}"]
+            if name not in RESERVED_TOP:
+                args += ["--symlink", os.readlink(path), f"/{name}"]
         elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
             args += ["--ro-bind", str(source / name), f"/{name}"]
     args += proc
