@@ -150,7 +150,7 @@ def user_of(rootfs: Path, user: str, name: str) -> tuple[int, int, str]:
                 f"image {name} runs as group {group!r}, which its /etc/group does not name",
                 exit_code=EXIT_KRATE_FAILED,
             )
-    if not home or not _is_dir(rootfs, home):
+    if not home or not home.startswith("/") or not _is_dir(rootfs, home):
         home = "/"
     return uid, gid, home
 
