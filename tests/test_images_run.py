@@ -235,3 +235,19 @@ def test_image_links_over_reserved_names_cannot_redirect_mounts(ibox):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "/work\nhello\ntmp\n"
     assert sorted(p.name for p in ibox.ws.iterdir()) == before
+
+
+def test_home_is_writable_when_empty_and_keeps_the_images_files_otherwise(ibox):
+    add_image(ibox, "hm", user="app")  # /home/app is empty in the image
+    r = ibox.krate(
+        "run", "--no-network", "hm:1", "--", "sh", "-c", "echo x > $HOME/f && cat $HOME/f"
+    )
+    assert (r.returncode, r.stdout) == (0, "x\n"), r.stderr
+    layers = [busybox_layer(), layer([d("root", 0o755), f("root/.profile", b"from image\n")])]
+    folder = ibox.base / "layout-full"
+    oci_layout(folder, layers, config(layers), ref="1")
+    if ibox.user:
+        chown_tree(folder, ibox.user)
+    assert ibox.krate("image", "import", str(folder), "--ref", "full:1").returncode == 0
+    r = ibox.krate("run", "--no-network", "full:1", "--", "cat", "/root/.profile")
+    assert (r.returncode, r.stdout) == (0, "from image\n"), r.stderr

@@ -70,10 +70,14 @@ def filesystem(
         elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
             args += ["--ro-bind", str(source / name), f"/{name}"]
     args += proc
-    for folder in (*WRITABLE, image.home):
-        if _reserved(folder) or not _plain_dir(image.rootfs, folder):
-            continue
-        args += [*size, "--tmpfs", folder]
+    for folder in WRITABLE:
+        if _plain_dir(image.rootfs, folder):
+            args += [*size, "--tmpfs", folder]
+    # A throwaway home only where it hides nothing of the image (bubblewrap 0.8 has no
+    # overlay to make the image's own files writable); otherwise it stays read-only.
+    home = image.home
+    if not _reserved(home) and _plain_dir(image.rootfs, home) and _empty(image.rootfs, home):
+        args += [*size, "--tmpfs", home]
     if not _plain_dir(image.rootfs, "/tmp"):
         args += [*size, "--tmpfs", "/tmp"]
     args += _workspace(spec, empty, fds)
@@ -106,6 +110,13 @@ def _environment(env: dict[str, str], fds: list[int]) -> list[str]:
     os.lseek(fd, 0, os.SEEK_SET)
     fds.append(fd)
     return ["--args", str(fd)]
+
+
+def _empty(rootfs: Path, folder: str) -> bool:
+    try:
+        return not os.listdir(str(rootfs) + folder)
+    except OSError:
+        return False
 
 
 def _reserved(folder: str) -> bool:
