@@ -250,3 +250,62 @@ def test_two_platform_index_imports_this_machines_image(cli, tmp_path):
     assert r.code == 0, r
     (image,) = json.loads(r.out)
     assert image["ref"] == "multi:2.0" and image["config"]["Cmd"] == ["here"]
+
+
+def test_data_where_and_export_cover_images(cli, tmp_path, krate_home):
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    where = json.loads(cli("data", "where", "--json").out)
+    places = {p["place"]: p for p in where["places"]}
+    assert places["image roots"]["exists"] and places["image roots"]["bytes"] > 100_000
+    assert where["places"][1]["records"]["tables"]["images"] == 1
+    out = tmp_path / "export.zip"
+    assert cli("data", "export", "--out", str(out)).code == 0
+    import zipfile
+
+    with zipfile.ZipFile(out) as z:
+        rows = z.read("tables/images.jsonl").decode().splitlines()
+        readme = z.read("README.txt").decode()
+    assert len(rows) == 1 and "bb:1.0" in rows[0]
+    assert "image names" in readme
+
+
+def test_a_killed_unpack_is_swept_and_a_deleted_root_comes_back(cli, tmp_path, krate_home):
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    roots = krate_home / "images/roots"
+    stale = roots / ".tmp-killed"
+    stale.mkdir(parents=True)
+    (stale / "rootfs").mkdir(mode=0o555)
+    os.utime(stale, (0, 0))
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    assert not stale.exists()
+    from krate.images.roots import remove_tree
+
+    remove_tree(roots / sha(cfg)[7:])
+    shown = json.loads(cli("image", "show", "bb:1.0", "--json").out)
+    assert shown["rootfs"] is None
+    from krate.images import catalog
+    from krate.images import roots as roots_mod
+    from krate.paths import Paths
+    from krate.store import open_store
+
+    with open_store(Paths.from_env(), readonly=True) as store:
+        image = catalog.resolve(store, Paths.from_env(), "bb:1.0")
+    assert (roots_mod.ensure(Paths.from_env(), image) / "bin/busybox").exists()
+
+
+def test_image_names_complete_without_touching_the_store(cli, tmp_path, krate_home):
+    from .test_completions import bash_complete
+
+    layers, cfg = busybox_image()
+    oci_layout(tmp_path / "bb", layers, cfg)
+    assert cli("image", "import", str(tmp_path / "bb")).code == 0
+    assert cli("image", "import", str(tmp_path / "bb"), "--ref", "other:2").code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in krate_home.iterdir()}
+    assert bash_complete("krate", "image", "show", "b", home=krate_home) == ["bb:1.0"]
+    assert bash_complete("krate", "image", "rm", "", home=krate_home) == ["bb:1.0", "other:2"]
+    assert bash_complete("krate", "run", "--image", "o", home=krate_home) == ["other:2"]
+    after = {p.name: p.stat().st_mtime_ns for p in krate_home.iterdir()}
+    assert after == before

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from .conftest import chown_tree
-from .image_support import busybox_layer, config, d, f, layer, oci_layout
+from .image_support import busybox_layer, config, d, f, layer, oci_layout, sym
 from .run_support import SECRET, Box
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
@@ -185,3 +185,69 @@ def test_image_run_stays_on_the_fast_path(tmp_path, krate_home):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, check=True)  # fmt: skip
     assert done.stdout.split() == ["3"], done.stderr
+
+
+def test_image_env_cannot_load_code_into_the_bridge(ibox):
+    """The bridge is krate's code on the host's Python: the image's loader variables stay out."""
+    add_image(ibox, "ld", env=["PATH=/bin", "LD_PRELOAD=/srv/evil.so", "LD_AUDIT=/srv/a.so"])
+    r = ibox.krate("run", "ld:1", "--", "sh", "-c", "echo pre=$LD_PRELOAD audit=$LD_AUDIT")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "pre= audit=\n"
+    assert "evil.so" not in r.stderr and "a.so" not in r.stderr
+
+
+def test_image_loader_variables_reach_the_workload_not_bubblewrap(ibox):
+    add_image(ibox, "ldn", env=["PATH=/bin", "LD_PRELOAD=/srv/evil.so"])
+    r = ibox.krate("run", "--no-network", "ldn:1", "--", "sh", "-c", "echo pre=$LD_PRELOAD")
+    assert r.returncode == 0, r.stderr
+    # busybox is static: the loader never reads it inside; bubblewrap (dynamic) never saw it.
+    assert r.stdout == "pre=/srv/evil.so\n" and "evil.so" not in r.stderr
+
+
+def test_policy_paths_inside_the_workspace_hold_on_an_image(ibox):
+    add_image(ibox)
+    secrets = ibox.ws / "secrets"
+    secrets.mkdir()
+    (secrets / "key").write_text(SECRET)
+    if ibox.user or ibox.mode == "owner":
+        chown_tree(secrets, ibox.user or "krate-test")
+    script = "cat /work/secrets/key 2>&1; echo x >> .git/config 2>&1 && echo GIT-WRITABLE; echo end"
+    r = ibox.krate(
+        "run", "--no-network", "--deny-read", "secrets", "bb:1", "--", "sh", "-c", script
+    )
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout and "GIT-WRITABLE" not in r.stdout and "end" in r.stdout
+    assert (ibox.ws / ".git/config").read_text() == "[core]\n"
+
+
+def test_image_links_over_reserved_names_cannot_redirect_mounts(ibox):
+    """/tmp, /work and /.krate are krate's: an image's links there must not move its mounts
+    (into the workspace, where bubblewrap would make folders on the host)."""
+    layers = [busybox_layer(), layer([sym("tmp", "work"), sym(".krate", "work/x"),
+                                      sym("work", "srv"), d("srv")])]  # fmt: skip
+    folder = ibox.base / "layout-links"
+    oci_layout(folder, layers, config(layers), ref="1")
+    if ibox.user:
+        chown_tree(folder, ibox.user)
+    assert ibox.krate("image", "import", str(folder), "--ref", "links:1").returncode == 0
+    before = sorted(p.name for p in ibox.ws.iterdir())
+    r = ibox.krate("run", "links:1", "--", "sh", "-c", "pwd; cat README; touch /tmp/t && echo tmp")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "/work\nhello\ntmp\n"
+    assert sorted(p.name for p in ibox.ws.iterdir()) == before
+
+
+def test_home_is_writable_when_empty_and_keeps_the_images_files_otherwise(ibox):
+    add_image(ibox, "hm", user="app")  # /home/app is empty in the image
+    r = ibox.krate(
+        "run", "--no-network", "hm:1", "--", "sh", "-c", "echo x > $HOME/f && cat $HOME/f"
+    )
+    assert (r.returncode, r.stdout) == (0, "x\n"), r.stderr
+    layers = [busybox_layer(), layer([d("root", 0o755), f("root/.profile", b"from image\n")])]
+    folder = ibox.base / "layout-full"
+    oci_layout(folder, layers, config(layers), ref="1")
+    if ibox.user:
+        chown_tree(folder, ibox.user)
+    assert ibox.krate("image", "import", str(folder), "--ref", "full:1").returncode == 0
+    r = ibox.krate("run", "--no-network", "full:1", "--", "cat", "/root/.profile")
+    assert (r.returncode, r.stdout) == (0, "from image\n"), r.stderr

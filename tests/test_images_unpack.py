@@ -261,3 +261,21 @@ def test_same_tree_as_skopeo_and_umoci(tmp_path):
     theirs = {k: (t, m & ~0o6000, x) for k, (t, m, x) in theirs.items()}
     assert mine == theirs
     assert json.loads((bundle / "config.json").read_text())["process"]["cwd"] == "/"
+
+
+def test_image_user_is_read_from_the_image_never_the_host(tmp_path):
+    """An image's etc/passwd that is a link to /etc/passwd must not read the host's."""
+    from krate.images.runtime import user_of
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    os.symlink("/etc/passwd", root / "etc/passwd")  # a loop inside the image
+    (root / "home/app").mkdir(parents=True)
+    with pytest.raises(KrateError, match="does not name"):
+        user_of(root, "root", "img")  # the host's passwd names root; the image's does not
+    os.unlink(root / "etc/passwd")
+    os.symlink("../../../../../../etc/group-of-image", root / "etc/passwd")
+    (root / "etc/group-of-image").write_text("app:x:1000:1000::/home/app:/bin/sh\n")
+    assert user_of(root, "app", "img") == (1000, 1000, "/home/app")
+    assert user_of(root, "", "img") == (0, 0, "/")  # no root entry, no /root: HOME=/
+    assert user_of(root, "42:7", "img") == (42, 7, "/")

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from krate.cli.common import paths
+from krate.cli.complete import image_names
 from krate.cli.image_pull import pull
 from krate.cli.options import JSON
 
@@ -31,7 +32,11 @@ NAME_HELP = "An image name (alpine, alpine:3.20, registry/repo:tag) or a config 
 PATH_ARG = typer.Argument(
     ..., help="A `docker save` tar, an OCI image layout (folder or tar), or a root folder."
 )
-NAMES_ARG = typer.Argument(..., help=NAME_HELP + " A digest removes every name.")
+NAMES_ARG = typer.Argument(
+    ..., help=NAME_HELP + " A digest removes every name.", autocompletion=image_names
+)
+NAME_ARG = typer.Argument(..., help=NAME_HELP, autocompletion=image_names)
+ONLY_ARG = typer.Argument(None, help="Only this image. " + NAME_HELP, autocompletion=image_names)
 
 
 def _short(digest: str | None) -> str:
@@ -89,7 +94,7 @@ def list_(json_: bool = JSON) -> None:
 
 
 @app.command()
-def show(name: str = typer.Argument(..., help=NAME_HELP), json_: bool = JSON) -> None:
+def show(name: str = NAME_ARG, json_: bool = JSON) -> None:
     """Show one image: digests, layers, the config a run honours, its unpacked root.
 
     Example: krate image show alpine --json | jq .config
@@ -160,7 +165,7 @@ def rm(
 
 @app.command()
 def verify(
-    name: str = typer.Argument(None, help="Only this image. " + NAME_HELP),
+    name: str = ONLY_ARG,
     json_: bool = JSON,
 ) -> None:
     """Re-hash every image's blobs and check its unpacked root against its layers; exit 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from krate.cli.complete import image_names
 from krate.cli.options import ALLOW_BROAD_WORKSPACE, as_root_option, parameters, sharing
 from krate.cli.policy_options import POLICY_OPTIONS
 from krate.cli.workload import Workload
@@ -32,6 +33,7 @@ IMAGE = typer.Option(
     help="Run on this OCI image's root filesystem (read-only; the workspace at /work) "
     "instead of the host's; never pulls. Also written `krate run IMAGE -- CMD`. "
     "Example: --image alpine:3.20",
+    autocompletion=image_names,
 )
 
 

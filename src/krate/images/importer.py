@@ -109,7 +109,7 @@ def _folder_opener(folder: Path) -> Opener:
 
 def _tar_opener(tar: tarfile.TarFile) -> Opener:
     def open_(name: str) -> IO[bytes] | None:
-        name = name.lstrip("./") if name.startswith("./") else name
+        name = name[2:] if name.startswith("./") else name
         for candidate in (name, f"./{name}"):
             try:
                 member = tar.getmember(candidate)

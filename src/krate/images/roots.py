@@ -26,6 +26,7 @@ from krate.provenance.store import split_digest
 ROOTFS = "rootfs"
 META = "meta.json"
 TEMP_PREFIX = ".tmp-"
+STALE_S = 24 * 3600
 
 
 def roots_dir(paths: Paths) -> Path:
@@ -86,6 +87,7 @@ def ensure(paths: Paths, image: Image) -> Path:
         return found
     ensure_private_dir(paths.data_dir / "images")
     parent = ensure_private_dir(roots_dir(paths))
+    sweep(parent)
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent))
     try:
         _, meta = _unpack_into(paths, image, tmp)
@@ -104,6 +106,20 @@ def ensure(paths: Paths, image: Image) -> Path:
     found = rootfs_of(paths, image.config_digest)
     assert found is not None
     return found
+
+
+def sweep(parent: Path, older_than_s: float = STALE_S) -> None:
+    """Remove unpacks a killed krate left half done (old enough not to be in progress)."""
+    import time
+
+    limit = time.time() - older_than_s
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if (
+                entry.name.startswith(TEMP_PREFIX)
+                and entry.stat(follow_symlinks=False).st_mtime < limit
+            ):
+                remove_tree(Path(entry.path))
 
 
 def remove_tree(path: Path) -> None:

@@ -7,8 +7,8 @@ machine is 125 with the exact command that would fetch it.
 Like `docker run`: the image's Env is the environment (plus variables the user passed by
 name, and the proxy's), Entrypoint + (CMD or the image's Cmd) the command, User the uid
 inside the sandbox (root when none). Stricter than docker: the root stays read-only, only
-/tmp, /var/tmp, /run and the user's home are (throwaway) writable, and the workspace is
-mounted at /work and is the working directory (docs/images.md).
+/tmp, /var/tmp, /run and the user's home (when empty in the image) are throwaway
+writable, and the workspace is mounted at /work, the working directory (docs/images.md).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def user_of(rootfs: Path, user: str, name: str) -> tuple[int, int, str]:
                 f"image {name} runs as group {group!r}, which its /etc/group does not name",
                 exit_code=EXIT_KRATE_FAILED,
             )
-    if not home or not _is_dir(rootfs, home):
+    if not home or not home.startswith("/") or not _is_dir(rootfs, home):
         home = "/"
     return uid, gid, home
 

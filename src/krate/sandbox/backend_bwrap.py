@@ -100,10 +100,14 @@ class BwrapLauncher(Launcher):
         self, spec: SandboxSpec, exe: str, preexec: Callable[[], None] | None,
         group: RunCgroup | None = None,
     ) -> None:  # fmt: skip
+        env = dict(spec.env)
+        if spec.image is not None:
+            from krate.sandbox.bwrap_image import HOST_ENV
+
+            env = dict(HOST_ENV)  # bubblewrap sets the workload's (bwrap_image._environment)
         super().__init__(
-            dict(spec.env), preexec=preexec, wall_seconds=spec.limits.wall_seconds,
-            run_as=spec.run_as,
-        )  # fmt: skip
+            env, preexec=preexec, wall_seconds=spec.limits.wall_seconds, run_as=spec.run_as
+        )
         if self.terminal and (bwrap.terminal_defence() is None or spec.image is not None):
             # a new session: no terminal to inject into (an image may lack GNU env, which
             # gives the workload back the signals bubblewrap ignores in the terminal's group)

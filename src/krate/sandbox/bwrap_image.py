@@ -29,7 +29,23 @@ from krate.sandbox.spec import SandboxSpec, is_within, mount_order
 WORK = "/work"
 HOST = "/.krate/host"
 WRITABLE = ("/tmp", "/var/tmp", "/run")
-_SKIP_TOP = {"dev", "proc"}  # bubblewrap makes these
+# Never a throwaway home: where bubblewrap or krate mount something of their own.
+NOT_HOME = ("/", WORK, "/dev", "/proc", "/.krate")
+# An image's Env is the image author's: as bubblewrap's own environment it would steer a
+# host process (LD_PRELOAD, GLIBC_TUNABLES, ...). So bubblewrap runs with an empty
+# environment (`HOST_ENV`) and sets the workload's itself (`--clearenv --setenv ...`),
+# read from a memory file (`--args FD`): values never appear on a command line other
+# users can read. Behind the bridge, which is the host's Python, the loader variables
+# are left out altogether.
+HOST_ENV: dict[str, str] = {}
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GCONV_PATH", "GLIBC_TUNABLES")
+
+
+_SKIP_TOP = {"dev", "proc", ".krate"}  # bubblewrap makes these; .krate is krate's
+# Top-level names krate mounts on (or under): an image's link there would move the mount
+# (into the workspace, say, where bubblewrap would make folders on the host), so a link
+# at one of these names is not re-made; a folder is kept (mounted over).
+RESERVED_TOP = {"tmp", "work", "run", "var"}
 
 
 def filesystem(
@@ -49,14 +65,19 @@ def filesystem(
         path = image.rootfs / name
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            args += ["--symlink", os.readlink(path), f"/{name}"]
+            if name not in RESERVED_TOP:
+                args += ["--symlink", os.readlink(path), f"/{name}"]
         elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
             args += ["--ro-bind", str(source / name), f"/{name}"]
     args += proc
-    for folder in (*WRITABLE, image.home):
-        if folder in ("/", WORK) or not _plain_dir(image.rootfs, folder):
-            continue
-        args += [*size, "--tmpfs", folder]
+    for folder in WRITABLE:
+        if _plain_dir(image.rootfs, folder):
+            args += [*size, "--tmpfs", folder]
+    # A throwaway home only where it hides nothing of the image (bubblewrap 0.8 has no
+    # overlay to make the image's own files writable); otherwise it stays read-only.
+    home = image.home
+    if not _reserved(home) and _plain_dir(image.rootfs, home) and _empty(image.rootfs, home):
+        args += [*size, "--tmpfs", home]
     if not _plain_dir(image.rootfs, "/tmp"):
         args += [*size, "--tmpfs", "/tmp"]
     args += _workspace(spec, empty, fds)
@@ -66,11 +87,41 @@ def filesystem(
     if spec.extra_binds and _is_bridge(workload):
         host_args, workload = _host_python(workload)
         args += host_args
+        env = {k: v for k, v in spec.env.items() if k not in LOADER_VARIABLES}
+    else:
+        env = dict(spec.env)
+    args += _environment(env, fds)
     from krate.images.runtime import inside
 
     args += ["--uid", str(image.uid), "--gid", str(image.gid)]
     args += ["--remount-ro", "/", "--chdir", inside(spec.cwd, spec.workspace)]
     return args, workload
+
+
+def _environment(env: dict[str, str], fds: list[int]) -> list[str]:
+    """`--args FD`: a memory file telling bubblewrap the workload's whole environment."""
+    words = [b"--clearenv"]
+    for key, value in env.items():
+        words += [b"--setenv", os.fsencode(key), os.fsencode(value)]
+    fd = os.memfd_create("krate-env", 0)
+    data = memoryview(b"\0".join(words) + b"\0")
+    while data:
+        data = data[os.write(fd, data) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    fds.append(fd)
+    return ["--args", str(fd)]
+
+
+def _empty(rootfs: Path, folder: str) -> bool:
+    try:
+        return not os.listdir(str(rootfs) + folder)
+    except OSError:
+        return False
+
+
+def _reserved(folder: str) -> bool:
+    folder = "/" + folder.strip("/")
+    return folder == "/" or any(folder == p or folder.startswith(p + "/") for p in NOT_HOME[1:])
 
 
 def _plain_dir(rootfs: Path, folder: str) -> bool:
