@@ -206,7 +206,7 @@ def test_prune_drops_whole_runs_and_keeps_the_chain_verifiable(paths, cli):
     assert report["ok"] and report["first_seq"] == 8, report
     assert report["head_copy"]["state"] == "matches"
     assert report["indexes"] == {"policy_trust": 1, "runs": 2, "builds": 1, "artifacts": 2,
-                                 "pushes": 0}  # fmt: skip
+                                 "pushes": 0, "images": 0}  # fmt: skip
     text = cli("audit", "verify")
     assert text.code == 0 and "chain intact" in text.out
 

@@ -120,7 +120,8 @@ def test_landlock_tcp_rules_are_added_where_the_kernel_has_them():
 
 @needs_linux
 def test_every_command_is_locked_at_entry_except_those_that_start_children_first():
-    """Locked at entry; login/push after starting their transport; run/build hold imports."""
+    """Locked at entry; login/push/image pull after starting their transport; run/build hold
+    imports."""
     code = """
         import json, sys
         from krate.cli import common, main
@@ -140,6 +141,11 @@ def test_every_command_is_locked_at_entry_except_those_that_start_children_first
         ("run", "--", "npm", "install"): held,
         ("push", "dist/app.tar.gz", "ghcr.io/me/app:1"): transport,
         ("login", "ghcr.io"): transport,
+        ("image", "pull", "ghcr.io/me/tools:1"): transport,
+        ("image", "pull", "--platform", "linux/arm64", "ghcr.io/me/tools:1"): transport,
+        ("image", "pull", "--help"): locked,
+        ("image", "--help"): locked,
+        ("image",): locked,
         ("login", "--help"): locked,
         ("build", "--", "make", "--help"): held,  # the workload's --help, not krate's
         ("run", "--help"): locked,  # help needs no children

@@ -87,11 +87,14 @@ def prepare(
         resolver=getattr(policy, "resolver", None),
     )._replace(run_as=who.run_as)
     decisions = [s.to_decision() for s in stripped]
+    image_refusal = None
+    if request.image is not None:
+        spec, image_refusal = _on_image(spec, request, passed, capabilities)
     if who.decision is not None:
         decisions.append(who.decision)
     notes = list(policy.ignored)
     spec, refusals = _check_writable(policy, request, spec, decisions)
-    refusal = who.refusal
+    refusal = who.refusal or image_refusal
     if refusal is None and refusals:
         refusal = KrateError(refusals[0], exit_code=EXIT_KRATE_FAILED)
     kernel = _kernel(capabilities.kernel, notes)
@@ -121,6 +124,27 @@ def prepare(
         if memory is not None:
             notes.append(f"limits.memory_mb enforced by a per-run {memory.describe()}")
     return Prepared(spec, stripped, decisions, refusal, notes, who.record, memory, kernel)
+
+
+def _on_image(spec: SandboxSpec, request: RunRequest, passed, capabilities):
+    """The spec on an image: its environment, and a refusal for what an image run cannot do."""
+    from krate.images import runtime
+
+    image = request.image
+    spec = spec._replace(image=image, env=runtime.env_for(image, spec.env, passed))
+    if getattr(capabilities, "images", False) is not True:
+        return spec, KrateError(
+            "refusing to run: this sandbox backend cannot run OCI images yet "
+            "(bubblewrap on Linux can)",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+    if spec.limits.processes is not None:
+        return spec, KrateError(
+            "refusing to run: limits.processes is not enforced on an image yet (it needs the "
+            "host's prlimit inside the sandbox); remove it for image runs",
+            exit_code=EXIT_KRATE_FAILED,
+        )
+    return spec, None
 
 
 def _memory_place(policy: EffectivePolicy, limit_mb: int) -> tuple[Place | None, KrateError | None]:

@@ -75,6 +75,8 @@ class RunRequest(NamedTuple):
     # Step 5 of the launch: the CLI locks krate's own process out of the network (the
     # in-process test entry must not lock pytest down, so the CLI provides it).
     lock_down: Callable[[], None] | None = None
+    # `krate run IMAGE`: the image (images/runtime.py ImageRun); argv is already its command.
+    image: Any = None
 
 
 class RunResult(NamedTuple):
@@ -173,6 +175,12 @@ def execute(
 
 def _check_command(spec: SandboxSpec, backend: Backend, policy: EffectivePolicy) -> None:
     """126/127 before launching, as the sandbox will see the command."""
+    if spec.image is not None:
+        from krate.images import runtime
+
+        cwd = runtime.inside(spec.cwd, spec.workspace)
+        runtime.find_command(spec.image, spec.argv[0], spec.env.get("PATH"), cwd, spec.workspace)
+        return
 
     def visible(path: Path) -> bool:
         return backend.visible(path, spec)
@@ -369,6 +377,8 @@ def _record_start(
         "krate_pid": pid,
         **prepared.identity,
     }
+    if request.image is not None:
+        data["image"] = request.image.record()
     row = {
         "argv": argv,
         "cwd": str(request.cwd),

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("build", "build", "command"),
     "builds": ("builds", "app", "group"),
     "artifacts": ("artifacts", "app", "group"),
+    "image": ("image", "app", "group"),
     "provenance": ("artifacts", "provenance", "command"),
     "policy": ("policy", "app", "group"),
     "audit": ("audit", "app", "group"),

@@ -1,4 +1,4 @@
-"""Shell-completion callbacks: policy names for `--policy`, run ids and `last` for run ids.
+"""Shell-completion callbacks: policy names, run ids and `last`, image names.
 
 They run at every TAB press, in a krate process that exits right after: only the
 standard library and tiny krate modules here, never sqlite-utils, migrations or a
@@ -57,5 +57,16 @@ def run_ids(incomplete: str) -> list[tuple[str, str]]:
         from krate.store import completion
 
         return completion.run_ids(Paths.from_env(os.environ).db_path, incomplete)
+    except Exception:  # a TAB must never print a traceback
+        return []
+
+
+def image_names(incomplete: str) -> list[tuple[str, str]]:
+    """The names of the images on this machine that start with what was typed."""
+    try:
+        from krate.paths import Paths
+        from krate.store import completion
+
+        return completion.image_refs(Paths.from_env(os.environ).db_path, incomplete)
     except Exception:  # a TAB must never print a traceback
         return []

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-VALUES = {"--policy": "policy", "--workdir": "workdir"}
+VALUES = {"--policy": "policy", "--workdir": "workdir", "--image": "image"}
 REPEATED = {
     "--allow-host": "allow_host",
     "--allow-private-host": "allow_private_host",

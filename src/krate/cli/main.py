@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None, *, protect: bool | None = None) -> int:
 def _protect(args: list[str]) -> bool:
     """Guard always; lockdown before any third-party import, after the unlocked children.
 
-    login/push: the registry transport starts here, then the lockdown. doctor: its
+    login/push/image pull: the registry transport starts here, then the lockdown. doctor: its
     sandbox test command starts here (krate and the standard library only), then
     the lockdown; on macOS the lockdown is a Seatbelt profile, inside which
     sandbox-exec is refused. audit network --prove: its real runs of run and build
@@ -141,14 +141,20 @@ def _after_command(args: list[str], held: bool) -> None:
 def _starts_children(args: list[str], deferred) -> str | None:
     """The deferred command that will really run (not only print its help), if any."""
     index = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
-    if index is None or args[index] not in deferred:
+    if index is None:
         return None
-    for token in args[index + 1 :]:
+    name, rest = args[index], index + 1
+    if name not in deferred:  # a group's command: `image pull`
+        sub = args[rest] if rest < len(args) else ""
+        if f"{name} {sub}" not in deferred:
+            return None
+        name, rest = f"{name} {sub}", rest + 1
+    for token in args[rest:]:
         if token in ("-h", "--help"):
             return None
         if token == "--" or not token.startswith("-"):
             break  # the workload's own arguments (or an option value) from here on
-    return args[index]
+    return name
 
 
 def _settle_guard(args: list[str]) -> bool:

@@ -29,6 +29,9 @@ def run(command: list[str] = COMMAND_OPT, *, options) -> int:
     stdin, stdout, stderr and signals pass through; the exit status is CMD's
     (125: krate failed before CMD started, 126: not executable, 127: not found).
 
+    `krate run [OPTIONS] IMAGE -- CMD` runs CMD on an OCI image's read-only root (a first
+    word followed by `--` names an image; see `krate image`); it never pulls.
+
     Example: krate run -- npm install
     """
     from krate.cli.workload import run_workload

@@ -98,9 +98,17 @@ def _as_json(row, decisions: list[dict], run_events: list, started: dict, finish
     out["ignored"] = started.get("ignored", [])
     out["run_as"] = started.get("run_as")
     out["as_root"] = bool(started.get("as_root"))
+    out["image"] = started.get("image")
     out["policy_files_changed"] = finished.get("policy_files_changed", [])
     out["events"] = [e.seq for e in run_events]
     return out
+
+
+def _image(started: dict) -> list[tuple[str, str]]:
+    image = started.get("image")
+    if not image:
+        return []
+    return [("image", f"{image.get('ref')} {image.get('config')}")]
 
 
 def _print_facts(row, started: dict, finished: dict) -> None:
@@ -113,6 +121,7 @@ def _print_facts(row, started: dict, finished: dict) -> None:
         ("directory", row.cwd),
         ("workspace", row.workspace),
         ("backend", row.backend),
+        *_image(started),
         *_identity(started),
         ("policy", f"{row.policy_name} {row.policy_hash or ''}".strip()),
         ("started", row.started),

@@ -24,6 +24,7 @@ class Workload(NamedTuple):
     flags: Flags  # the policy options, as the policy's command-line layer
     command: list[str] | None = None
     workdir: Path | None = None
+    image: str | None = None  # `--image IMAGE`, or `IMAGE -- CMD` (split_image)
     allow_hardlinked_secrets: bool = False
     as_root: bool = False
     allow_broad_workspace: bool = False
@@ -41,6 +42,18 @@ class Workload(NamedTuple):
 
         rest = dict(options)
         return cls(flags_from(**{name: rest.pop(name) for name in Flags._fields}), **rest)
+
+
+def split_image(options: Workload) -> Workload:
+    """`krate run [OPTIONS] IMAGE -- CMD`: a first word followed by `--` names an image.
+
+    Both parsers keep the `--` that follows a first argument (click stops reading options
+    there), so the split happens here, once, for both. `--image IMAGE` says the same.
+    """
+    command = list(options.command or [])
+    if options.image is None and len(command) >= 2 and command[1] == "--":
+        return options._replace(image=command[0], command=command[2:])
+    return options
 
 
 def prepare(options: Workload):
@@ -66,8 +79,15 @@ def prepare(options: Workload):
         raise
     for note in effective.ignored:
         render.message(f"krate: note: {note}")
+    image = None
+    if options.image is not None:
+        from krate.images import runtime
+
+        image = runtime.open_for_run(paths(), options.image)
+        command = list(runtime.argv_for(image, tuple(command or ())))
     request = RunRequest(
         argv=tuple(command),
+        image=image,
         cwd=cwd,
         workspace=cwd,
         environ=dict(os.environ),
@@ -147,7 +167,8 @@ def run_workload(options: Workload) -> int:
     from krate.errors import UsageError
     from krate.runs import execute
 
-    if not options.command:
+    options = split_image(options)
+    if not options.command and options.image is None:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     effective, result = _launch(options, execute)
     report(result, effective, options.verbose)
@@ -162,7 +183,8 @@ def build_workload(options: Workload) -> int:
     from krate.plural import counted
     from krate.provenance.build import run_build
 
-    if not options.command:
+    options = split_image(options)
+    if not options.command and options.image is None:
         raise UsageError("give the build command after `--`, e.g. krate build --out dist -- make")
     if not options.out:
         raise UsageError("name at least one output with --out PATH (a file or a folder)")

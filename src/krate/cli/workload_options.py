@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from krate.cli.complete import image_names
 from krate.cli.options import ALLOW_BROAD_WORKSPACE, as_root_option, parameters, sharing
 from krate.cli.policy_options import POLICY_OPTIONS
 from krate.cli.workload import Workload
@@ -34,6 +35,17 @@ QUIET = typer.Option(
 )
 
 
+IMAGE = typer.Option(
+    None,
+    "--image",
+    metavar="IMAGE",
+    help="Run on this OCI image's root filesystem (read-only; the workspace at /work) "
+    "instead of the host's; never pulls. Also written `krate run IMAGE -- CMD`. "
+    "Example: --image alpine:3.20",
+    autocompletion=image_names,
+)
+
+
 def workload_options(hardlinked: str, as_root: str, verbose: str):
     """Decorate a command ending in `*, options` with the shared options; `options` gets
     the Workload they make. The arguments are the help's examples for three of them."""
@@ -41,6 +53,7 @@ def workload_options(hardlinked: str, as_root: str, verbose: str):
         POLICY_OPTIONS
         + parameters(
             workdir=(Path, WORKDIR),
+            image=(str, IMAGE),
             allow_hardlinked_secrets=(bool, _hardlinked_option(hardlinked)),
             as_root=(bool, as_root_option(as_root)),
             allow_broad_workspace=(bool, ALLOW_BROAD_WORKSPACE),

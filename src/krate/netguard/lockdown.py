@@ -37,7 +37,17 @@ DEFERRED_COMMANDS: dict[str, str] = {
     "build": "starts the workload sandbox and, when the policy allows hosts, the egress proxy",
     "login": "starts the registry transport helper, which checks the credentials",
     "push": "starts the registry transport helper, which uploads the artifact",
+    "image pull": "starts the registry transport helper, which downloads the image",
 }
+
+
+def deferred_purpose(path) -> str | None:
+    """Why the command `path` (its names, e.g. ("image", "pull")) starts children first."""
+    words = tuple(path)
+    return DEFERRED_COMMANDS.get(" ".join(words[:2])) or DEFERRED_COMMANDS.get(
+        words[0] if words else ""
+    )
+
 
 # Linux constants (include/uapi/linux/*.h).
 PR_SET_NO_NEW_PRIVS = 38

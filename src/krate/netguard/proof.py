@@ -116,13 +116,13 @@ def plan(root: click.Command) -> list[Invocation]:
         name = " ".join(path)
         if path in real:
             items.append(real[path])
-        elif path[0] in lockdown.DEFERRED_COMMANDS:
+        elif lockdown.deferred_purpose(path):
             items.append(
                 Invocation(
                     name,
                     [*path, "--help"],
                     "help",
-                    note=f"network purpose: {lockdown.DEFERRED_COMMANDS[path[0]]}",
+                    note=f"network purpose: {lockdown.deferred_purpose(path)}",
                 )
             )
         elif path in SAFE_INVOCATIONS:

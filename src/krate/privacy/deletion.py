@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -320,6 +321,7 @@ def _remove_tree(path: Path) -> None:
         ) from exc
 
     if path.is_dir() and not path.is_symlink():
+        _writable_folders(path)  # unpacked images keep their read-only folders
         if sys.version_info >= (3, 12):
             shutil.rmtree(path, onexc=fail)
         else:
@@ -439,3 +441,14 @@ def _event_count(db_path: Path) -> int:
 
 def _human(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _writable_folders(path: Path) -> None:
+    """Let the owner remove what is inside every folder under `path` (links not followed)."""
+    for folder, dirs, _ in os.walk(path):
+        for name in dirs:
+            child = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(child)
+                if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o700 != 0o700:
+                    os.chmod(child, stat.S_IMODE(st.st_mode) | 0o700)

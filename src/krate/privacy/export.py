@@ -39,6 +39,7 @@ TABLE_NOTES = {
     "builds": "build records and their provenance statements (in-toto / SLSA)",
     "artifacts": "the artifact index: digest, size and name of every stored artifact",
     "pushes": "pushes to registries: artifact digest, registry host, result",
+    "images": "image names: ref, config and manifest digests, layer digests, source",
     "policy_trust": "project policy files you trusted, by path and content hash",
     "trust": "project policy files you trusted, by path and content hash",
 }

@@ -77,7 +77,7 @@ def prune(
     hook: Hook = _nothing,
 ) -> PruneResult:
     """Prune everything recorded before `cutoff`; see the module docstring for the guarantees."""
-    from krate.store import trust
+    from krate.store import images, trust
 
     cutoff_ts = format_ts(cutoff)
     result = PruneResult(cutoff_ts)
@@ -87,6 +87,7 @@ def prune(
         found = sql.plan(store.conn, cutoff_ts)
         if found is not None:
             carried = trust.backed_before(store.conn, found.last_seq)
+            images_carried = images.recorded_before(store.conn, found.last_seq)
             deleted = sql.delete_prefix(store.conn, sql.Scope(found.last_seq, cutoff_ts))
             hook("prune.deleted")
             result.events = deleted.pop("events", 0)
@@ -106,6 +107,7 @@ def prune(
             )
             result.checkpoint_seq = checkpoint.seq
             trust.carry_over(writer, carried)  # trust outlives its pruned event, still backed
+            images.carry_over(writer, images_carried)  # so do the images still on disk
     hook("prune.committed")
     result.artifacts_removed = remove_orphan_artifacts(store, artifacts_dir, now - ORPHAN_MIN_AGE)
     hook("prune.artifacts-removed")

@@ -51,6 +51,7 @@ def where(paths: Paths) -> dict[str, Any]:
         _at(paths.data_dir, "data folder", "everything krate records; private (0700)"),
         _database(database),
         _artifact_store(paths),
+        _image_roots(paths),
         *_configuration(paths),
         *_pending(paths),
         _keychain(accounts),
@@ -82,7 +83,15 @@ def _artifact_store(paths: Paths) -> Place:
     blobs = paths.artifacts_dir / "sha256"
     count = sum(1 for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
     records = {"artifacts": count}
-    return _at(paths.artifacts_dir, "artifact store", "build outputs by SHA-256", records)
+    note = "build outputs and image blobs by SHA-256"
+    return _at(paths.artifacts_dir, "artifact store", note, records)
+
+
+def _image_roots(paths: Paths) -> Place:
+    from krate.images.roots import roots_dir
+
+    note = "unpacked images (derived: a run unpacks a missing one again from the blobs)"
+    return _at(roots_dir(paths), "image roots", note)
 
 
 def _configuration(paths: Paths) -> list[Place]:

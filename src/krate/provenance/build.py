@@ -69,6 +69,8 @@ class RunFacts:
     policy_sha256: str | None = None
     decisions: Mapping[str, Any] = field(default_factory=dict)
     sandbox: Mapping[str, Any] = field(default_factory=dict)
+    # The OCI image the build ran on (ref, config and manifest digests), None on the host's.
+    image: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -118,6 +120,21 @@ def prepare(
     )
 
 
+def image_dependency(image: Mapping[str, Any]) -> dict[str, Any]:
+    """The image a build ran on, by config digest (its identity; a `docker save` copy of the
+    same image has another manifest digest), with its name and manifest digest."""
+    notes = {"ref": image["ref"]}
+    if image.get("manifest"):
+        notes["manifestDigest"] = image["manifest"]
+    return st.descriptor(
+        name="image",
+        uri=f"oci-image:{image['ref']}",
+        digest={"sha256": str(image["config"]).split(":", 1)[-1]},
+        media_type="application/vnd.oci.image.config.v1+json",
+        annotations=notes,
+    )
+
+
 def statement_for(prepared: Prepared, facts: RunFacts, subjects: Sequence[tuple[str, str]]) -> dict:
     """The in-toto Statement v1 / SLSA Provenance v1 record of one build."""
     external: dict[str, Any] = {
@@ -145,6 +162,8 @@ def statement_for(prepared: Prepared, facts: RunFacts, subjects: Sequence[tuple[
                 annotations={"dirty": prepared.git.dirty},
             )
         )
+    if facts.image:
+        deps.append(image_dependency(facts.image))
     deps += [st.descriptor(name=i.name, digest={"sha256": i.hex}) for i in prepared.inputs]
     decisions = dict(facts.decisions)
     byproducts = [
@@ -324,6 +343,7 @@ def run_build(
             policy_sha256=row.policy_hash,
             decisions={"allowed": row.allowed, "denied": row.denied},
             sandbox=sandbox,
+            image=request.image.record() if getattr(request, "image", None) else None,
         )
         return result, record(store, paths, prepared, facts)
 

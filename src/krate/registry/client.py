@@ -35,7 +35,14 @@ if TYPE_CHECKING:
 
 TRANSPORT = Path(__file__).with_name("transport.py")
 # Every file the transport runs: the script and the parts it loads by exact file.
-TRANSPORT_PARTS = ("transport_hosts", "transport_http", "transport_auth")  # = transport.PARTS
+# = transport.PARTS
+TRANSPORT_PARTS = (
+    "transport_hosts",
+    "transport_http",
+    "transport_auth",
+    "transport_blobs",
+    "transport_pull",
+)
 TRANSPORT_SHARED = ("hostport",)  # = transport.SHARED: krate modules it loads from above
 TRANSPORT_FILES = (
     TRANSPORT,

@@ -1,7 +1,7 @@
 """krate's registry transport: the only code of krate that opens a network connection.
 
-Started by `krate login` / `krate push` as its own process, before krate locks
-itself out of IP sockets (and before krate loads any third-party package), with
+Started by `krate login` / `krate push` / `krate image pull` as its own process, before
+krate locks itself out of IP sockets (and before krate loads any third-party package), with
 an isolated interpreter (`python -I -S transport.py`: no site-packages, no .pth
 files, no PYTHON* variables, not even this folder), so no third-party code and no
 file planted next to krate ever runs with network access. Standard library only;
@@ -20,17 +20,22 @@ present), `POST` an upload, then one `PUT` (small blobs) or `PATCH` chunks and a
 closing `PUT`, streamed from the file in bounded memory; manifests; and the
 referrers API or, where the registry lacks it, the `sha256-<hex>` referrers tag.
 Connection errors, 429 and 5xx are retried with backoff; a broken chunked upload
-resumes from the offset the registry reports.
+resumes from the offset the registry reports. For a pull (transport_pull.py): the
+manifest by tag or digest, the platform's manifest from an index, then each blob
+not yet in krate's store by `GET`, written into the store as it streams.
 
-It must never: connect anywhere but the registry of the job and the token realm
-that registry announces; send credentials to any other host or over plain HTTP to
-a host the job did not allow; follow a redirect carrying Authorization; put a
-credential, URL path or response body in its output.
+It must never: connect anywhere but the registry of the job, the token realm that
+registry announces and, for a pull's blob downloads only, the storage host the
+registry redirects a blob to (HTTPS, without credentials); send credentials to any
+other host or over plain HTTP to a host the job did not allow; follow a redirect
+carrying Authorization; put a credential, URL path or response body in its output.
 
-The code is in four files of its own, all standard library: this one (the job, the client
+The code is in six files of its own, all standard library: this one (the job, the client
 and the pusher), transport_http.py (connections and `retry()`), transport_auth.py
-(the challenge state machine) and transport_hosts.py (host names; krate's own side
-uses it too), which splits host:port with krate/hostport.py. Run as a script, krate
+(the challenge state machine), transport_pull.py and transport_blobs.py (`krate image
+pull`: the image's manifests, and its blobs checked into krate's store as they
+stream) and transport_hosts.py (host names; krate's own side uses it too), which
+splits host:port with krate/hostport.py. Run as a script, krate
 is not importable (`-I -S`), so `_load_parts` loads the parts by their exact files
 beside this one and hostport.py from the folder above, as the egress proxy loads
 krate's policy modules: nothing is added to sys.path, and the proof's helpers layer
@@ -47,7 +52,8 @@ import os
 import sys
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-PARTS = ("transport_hosts", "transport_http", "transport_auth")  # in the order they import
+# in the order they import
+PARTS = ("transport_hosts", "transport_http", "transport_auth", "transport_blobs", "transport_pull")
 SHARED = ("hostport",)  # krate's own modules the parts import (from the folder above)
 
 
@@ -79,6 +85,7 @@ from krate.registry.transport_http import (  # noqa: E402
     emit,
     retry,
 )
+from krate.registry.transport_pull import Puller  # noqa: E402
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -399,13 +406,18 @@ def run(job: dict) -> None:
     if job.get("op") == "report":  # for `krate audit network --prove`: no connection at all
         emit("done", ok=True, python=import_report())
         return
-    if job.get("op") not in ("login", "push"):
+    if job.get("op") not in ("login", "push", "pull"):
         raise Failure("bad_job", f"unknown operation {job.get('op')!r}")
     client = Client(job)
     try:
         if job["op"] == "login":
             client.begin()
             emit("done", ok=True, auth=client.auth.scheme)
+            return
+        if job["op"] == "pull":
+            puller = Puller(client, job)
+            client.begin(f"repository:{puller.repo}:pull")
+            emit("done", ok=True, auth=client.auth.scheme, **puller.run())
             return
         pusher = Pusher(client, job)
         client.begin(f"repository:{pusher.repo}:pull,push")

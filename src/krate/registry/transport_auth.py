@@ -128,10 +128,11 @@ class Auth:
             scope = params.get("scope") or self.scope
             if scope in self.asked:
                 if params.get("error") == "insufficient_scope":
+                    need = "push" if str(scope).endswith("push") else "pull"
                     raise Failure(
                         "denied",
                         f"{self.registry} did not grant the access needed ({scope}){who}: the "
-                        "token has too little scope; ask for push permission on the repository",
+                        f"token has too little scope; ask for {need} permission on the repository",
                     )
                 if self.renewals >= 2:  # an expired token is renewed; a refused one is not
                     raise Failure(

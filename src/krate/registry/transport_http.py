@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -46,10 +47,14 @@ class Retryable(Exception):
     """A connection error, 429 or 5xx: worth another try after a pause."""
 
 
+_EMITTING = threading.Lock()  # a pull's download threads report too: one whole line each
+
+
 def emit(kind: str, **fields) -> None:
-    fields = {"type": kind, **fields}
-    sys.stdout.write(json.dumps(fields, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    line = json.dumps({"type": kind, **fields}, separators=(",", ":")) + "\n"
+    with _EMITTING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def destination(netloc: str, scheme: str) -> tuple[str, int]:
@@ -182,8 +187,13 @@ class Pool:
         body: bytes | FileSlice | None = None,
         auth: str | None = None,
         progress: tuple[str, int, int] | None = None,
+        sink: Callable[[http.client.HTTPResponse], None] | None = None,
     ) -> Response:
-        """One exchange, no retry. Connection problems raise Retryable."""
+        """One exchange, no retry. Connection problems raise Retryable.
+
+        With `sink`, a 200 answer's body is not read here: `sink(response)` streams it
+        (a blob download), and the Response carries no body.
+        """
         parts = urlsplit(url)
         scheme = parts.scheme
         host, port = destination(parts.netloc, scheme)
@@ -205,7 +215,7 @@ class Pool:
         if method in ("POST", "PUT", "PATCH") or length:
             all_headers["Content-Length"] = str(length)
         try:
-            resp, data = self._exchange(conn, method, target, all_headers, body, progress)
+            resp, data = self._exchange(conn, method, target, all_headers, body, progress, sink)
         except (OSError, http.client.HTTPException, Failure) as exc:
             self._drop(scheme, host, port)
             raise _explained(exc, host, port) from None
@@ -213,8 +223,8 @@ class Pool:
             self._drop(scheme, host, port)
         return Response(resp.status, resp.headers, data)
 
-    def _exchange(self, conn, method, target, headers, body, progress):
-        """Send one request, read its answer (bounded): the raw response and its body."""
+    def _exchange(self, conn, method, target, headers, body, progress, sink=None):
+        """Send one request, read its answer (bounded, or into `sink`): the response, its body."""
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         for name, value in headers.items():
             conn.putheader(name, value)
@@ -224,6 +234,9 @@ class Pool:
         elif body:
             conn.send(body)
         resp = conn.getresponse()
+        if sink is not None and resp.status == 200 and method == "GET":
+            sink(resp)
+            return resp, b""
         data = resp.read(MAX_BODY + 1)  # b"" for HEAD; completes the exchange
         if len(data) > MAX_BODY:
             raise Failure("protocol", f"{conn.host}:{conn.port} sent an oversized answer; refused")

@@ -42,6 +42,7 @@ class Capabilities(NamedTuple):
         a root run without --as-root is refused).
     network: BRIDGE or LOOPBACK, how the workload reaches the egress proxy.
     relay_threads: the egress proxy may relay tunnels in two blocking threads.
+    images: runs an OCI image's root filesystem instead of the host's (`krate run IMAGE`).
     """
 
     memory: str
@@ -49,6 +50,7 @@ class Capabilities(NamedTuple):
     run_as_owner: bool
     network: str
     relay_threads: bool
+    images: bool = False
 
 
 class Gate(Protocol):

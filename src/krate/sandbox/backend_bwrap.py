@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from krate.sandbox.spec import SandboxSpec
 
 CAPABILITIES = Capabilities(
-    memory="cgroup", kernel=True, run_as_owner=True, network=BRIDGE, relay_threads=True
-)
+    memory="cgroup", kernel=True, run_as_owner=True, network=BRIDGE, relay_threads=True,
+    images=True,
+)  # fmt: skip
 SETTLE_S = 2.0
 
 
@@ -70,6 +71,12 @@ class Bubblewrap(Installed):
             if absent:
                 spec = spec._replace(read_only=tuple(p for p in spec.read_only if p not in absent))
             group = None
+            if spec.image is not None and spec.run_as is not None:
+                from krate.sandbox import image_stage
+
+                stage, enter = stack.enter_context(image_stage.staged(spec.image.rootfs))
+                spec = spec._replace(image=spec.image._replace(stage=stage))
+                preexec = image_stage.then(enter, preexec)
             if memory is not None and spec.limits.memory_mb is not None:
                 group = stack.enter_context(
                     limits.memory_cgroup(memory, run_id, spec.limits.memory_mb)
@@ -93,12 +100,18 @@ class BwrapLauncher(Launcher):
         self, spec: SandboxSpec, exe: str, preexec: Callable[[], None] | None,
         group: RunCgroup | None = None,
     ) -> None:  # fmt: skip
+        env = dict(spec.env)
+        if spec.image is not None:
+            from krate.sandbox.bwrap_image import HOST_ENV
+
+            env = dict(HOST_ENV)  # bubblewrap sets the workload's (bwrap_image._environment)
         super().__init__(
-            dict(spec.env), preexec=preexec, wall_seconds=spec.limits.wall_seconds,
-            run_as=spec.run_as,
-        )  # fmt: skip
-        if self.terminal and bwrap.terminal_defence() is None:
-            self.terminal = False  # a new session: no terminal to inject into
+            env, preexec=preexec, wall_seconds=spec.limits.wall_seconds, run_as=spec.run_as
+        )
+        if self.terminal and (bwrap.terminal_defence() is None or spec.image is not None):
+            # a new session: no terminal to inject into (an image may lack GNU env, which
+            # gives the workload back the signals bubblewrap ignores in the terminal's group)
+            self.terminal = False
         self.spec, self.exe, self.group = spec, exe, group
         self.status: _Status | None = None
 

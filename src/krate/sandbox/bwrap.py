@@ -156,7 +156,24 @@ def command(
     size = []
     if spec.limits.memory_mb is not None and supports(exe, "--size"):
         size = ["--size", str(spec.limits.memory_mb * 1024 * 1024)]
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    workload = list(spec.argv)
+    if spec.image is not None:  # an OCI image's root instead of the host's
+        from krate.sandbox import bwrap_image
+
+        mounts, workload = bwrap_image.filesystem(spec, size, proc_args(empty, fds), empty, fds)
+        args += mounts
+    else:
+        args += _host_filesystem(spec, size, empty, fds)
+    fds.extend(spec.pass_fds)  # not consumed by bubblewrap: they reach the command as they are
+    if status_fd is not None:
+        args += ["--json-status-fd", str(status_fd)]
+    argv = [ENV, DEFAULT_SIGNALS, "--", *workload] if terminal else workload
+    return [*args, "--", *argv]
+
+
+def proc_args(empty: Callable[[], int], fds: list[int]) -> list[str]:
+    """A fresh /proc with the kernel's knobs read-only and its leak files masked."""
+    args = ["--dev", "/dev", "--proc", "/proc"]
     for path in PROC_READ_ONLY:
         if path == "/proc/sys" or os.path.lexists(path):  # no /proc/sys: fail, never skip
             args += ["--ro-bind", path, path]
@@ -165,6 +182,14 @@ def command(
             fd = empty()
             fds.append(fd)
             args += ["--perms", "0444", "--ro-bind-data", str(fd), path]
+    return args
+
+
+def _host_filesystem(
+    spec: SandboxSpec, size: list[str], empty: Callable[[], int], fds: list[int]
+) -> list[str]:
+    """The host's root read-only, with the policy's mounts on it."""
+    args = ["--ro-bind", "/", "/", *proc_args(empty, fds)]
     args += [*size, "--tmpfs", spec.tmpdir]
     for folder in SOCKET_DIRS:
         if os.path.isdir(folder) and not os.path.islink(folder):
@@ -186,11 +211,7 @@ def command(
     for bind in spec.extra_binds:
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), str(bind.dest)]
     args += ["--chdir", str(spec.cwd)]
-    fds.extend(spec.pass_fds)  # not consumed by bubblewrap: they reach the command as they are
-    if status_fd is not None:
-        args += ["--json-status-fd", str(status_fd)]
-    argv = [ENV, DEFAULT_SIGNALS, "--", *spec.argv] if terminal else list(spec.argv)
-    return [*args, "--", *argv]
+    return args
 
 
 def userns_refused(exe: str) -> bool:

@@ -71,6 +71,9 @@ class SandboxSpec(NamedTuple):
     # Missing names in `read_only` that bubblewrap must mount over: placeholders hold them
     # for the run (sandbox/placeholders.py; git's own files, see sandbox/gitguard.py).
     pins: tuple[Pin, ...] = ()
+    # `krate run IMAGE`: the image (images/runtime.py ImageRun) whose root replaces the
+    # host's; the workspace is mounted at /work (sandbox/bwrap_image.py). None: the host's.
+    image: Any = None
 
     def layout(self) -> dict[str, Any]:
         """What the run record keeps about the filesystem view (paths only)."""

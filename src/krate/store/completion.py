@@ -1,4 +1,4 @@
-"""Run ids for shell completion, read straight from krate.db with the standard library.
+"""Run ids and image names for shell completion, read from krate.db with the standard library.
 
 Every TAB runs krate, so this must stay cheap and must never change anything: no
 sqlite-utils, no migrations, never creates the database or its -wal/-shm files (when
@@ -38,3 +38,26 @@ def run_ids(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str,
     return [
         (rid, f"{(started or '')[:19].replace('T', ' ')} {status}") for rid, started, status in rows
     ]
+
+
+def image_refs(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str, str]]:
+    """(name, short config digest) of the images whose name starts with `prefix`."""
+    if not db_path.is_file():
+        return []
+    wal = Path(f"{db_path}-wal").exists()
+    mode = "mode=ro" if wal else "immutable=1"
+    try:
+        conn = sqlite3.connect(f"{db_path.absolute().as_uri()}?{mode}", uri=True, timeout=TIMEOUT_S)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = conn.execute(
+            "SELECT ref, config_digest FROM images WHERE substr(ref, 1, ?) = ? "
+            "ORDER BY ref LIMIT ?",
+            (len(prefix), prefix, limit),
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+    return [(ref, (config or "")[:19]) for ref, config in rows]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from krate.store import artifacts, pushes, runs, trust
+from krate.store import artifacts, images, pushes, runs, trust
 
 Check = Callable[[sqlite3.Connection], tuple[int, "str | None"]]
 
@@ -24,6 +24,7 @@ CHECKS: dict[str, Check] = {
     "builds": artifacts.crosscheck_builds,
     "artifacts": artifacts.crosscheck_artifacts,
     "pushes": pushes.crosscheck,
+    "images": images.crosscheck,
 }
 # Tables that are not indexes of events: the chain itself, its head, the schema record.
 NOT_INDEXES = frozenset({"events", "chain_head", "_sqlite_migrations"})

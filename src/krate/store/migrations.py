@@ -174,3 +174,21 @@ def m0005_pushes(db: Database) -> None:
     )
     db.execute("CREATE INDEX pushes_artifact ON pushes (artifact_digest)")
     db.execute("CREATE INDEX pushes_pushed_at ON pushes (pushed_at)")
+
+
+@migrations(name="0006_images")
+def m0006_images(db: Database) -> None:
+    """Index of image names (see store/images.py): one row per ref, several per image."""
+    db.execute(
+        """
+        CREATE TABLE images (
+            ref TEXT PRIMARY KEY,
+            config_digest TEXT NOT NULL,
+            manifest_digest TEXT,
+            layers TEXT NOT NULL,
+            source TEXT NOT NULL,
+            added TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX images_config ON images (config_digest)")

@@ -84,6 +84,7 @@ def keep(conn: sqlite3.Connection, table: str, scope: Scope) -> int:
 RULES: dict[str, Rule] = {
     "policy_trust": keep,  # pruning trust would silently change what policies allow
     "pushes": by_event("push.finished", "push_id", "push_id"),
+    "images": keep,  # an image outlives its event: privacy/prune.py records it again
 }
 
 
@@ -218,7 +219,8 @@ def _primary_key(conn: sqlite3.Connection, table: str) -> str:
 
 
 def referenced_digests(conn: sqlite3.Connection) -> set[str] | None:
-    """Every SHA-256 hex digest named by any row of the `artifacts` table; None without one.
+    """Every SHA-256 hex digest named by any row of `artifacts` (or `images`); None without
+    an `artifacts` table.
 
     Any column may hold the digest, bare or as `sha256:<hex>`; the artifact store's
     schema is its own business.
@@ -226,10 +228,12 @@ def referenced_digests(conn: sqlite3.Connection) -> set[str] | None:
     if "artifacts" not in tables(conn):
         return None
     found: set[str] = set()
-    for row in conn.execute("SELECT * FROM artifacts"):
-        for value in row:
-            if isinstance(value, str):
-                found.update(_HEX64.findall(value.lower()))
+    # Image blobs (config, manifest, layers) share the store: the images rows name them.
+    for table in ("artifacts", "images") if "images" in tables(conn) else ("artifacts",):
+        for row in conn.execute(f"SELECT * FROM {table}"):
+            for value in row:
+                if isinstance(value, str):
+                    found.update(_HEX64.findall(value.lower()))
     return found
 
 

@@ -1,0 +1,134 @@
+"""`krate image pull` of a ~150 MB image vs `curl` of the same blobs from a loopback registry.
+
+Run: .venv/bin/python bench/bench_pull.py [--size-mb 150] [--layers 3] [--runs 3]
+Target (images issue): krate's throughput >= 0.7 of curl's, side by side against the
+same registry (Debian's docker-registry, htpasswd auth, filesystem storage).
+
+The image is built here: `--layers` gzip layers of random file contents (so they do
+not compress) and a config, pushed once. Each krate run pulls into the same
+KRATE_HOME (a user's store, logged in) from which the image's blobs were removed, so
+every blob is downloaded; its time is the whole command (start-up, keychain, auth,
+manifest, every blob streamed, hashed, fsynced and linked, the record), the
+pessimistic side. curl fetches the manifest and the same blobs in one
+process over one connection (`-u` Basic auth, each `-o` a file), and checks nothing.
+The same pull again with every blob present is krate's fixed cost (start-up, Typer,
+keyring, auth, manifest, the record); the last line compares the rest with curl.
+On a shared machine the numbers move with the load: compare ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _util import KRATE
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.registry_images import OCI_MANIFEST, Pusher, image, layer  # noqa: E402
+from tests.registry_server import Registry  # noqa: E402
+from tests.secret_service import SecretService  # noqa: E402
+
+USER, PASSWORD = "bench", "bench-password"
+REPO = "bench/big"
+
+
+def build(size: int, layers: int):
+    """An image of `layers` layers of about size/layers bytes each (random, incompressible)."""
+    parts = []
+    each = size // layers
+    for i in range(layers):
+        files = {
+            f"data/{i}/{j}.bin": os.urandom(min(each, 8 << 20))
+            for j in range(each // (8 << 20) + 1)
+        }
+        parts.append(layer(files, level=1))
+    return image(parts)
+
+
+def krate_pull(env: dict, home: Path, ref: str, fresh: bool = True) -> float:
+    blobs = home / "artifacts" / "sha256"
+    if fresh and blobs.is_dir():  # the store stays (as a user's does); the image's blobs go
+        for blob in blobs.iterdir():
+            blob.unlink()
+    env = {**env, "KRATE_HOME": str(home)}
+    start = time.perf_counter()
+    done = subprocess.run([KRATE, "image", "pull", "-q", ref], env=env, capture_output=True)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"krate image pull failed: {done.stderr.decode()}")
+    return took
+
+
+def curl_fetch(reg: Registry, out: Path, digests: list[str]) -> float:
+    out.mkdir()
+    base = f"http://{reg.name}/v2/{REPO}"
+    argv = ["curl", "-sSf", "-u", f"{USER}:{PASSWORD}", "-H", f"Accept: {OCI_MANIFEST}",
+            "-o", str(out / "manifest"), f"{base}/manifests/1"]  # fmt: skip
+    for digest in digests:
+        argv += ["-o", str(out / digest[7:]), f"{base}/blobs/{digest}"]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=150)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    img = build(args.size_mb * 1_000_000, args.layers)
+    total = sum(len(b) for b in img.blobs.values()) + len(img.manifest)
+    with tempfile.TemporaryDirectory(prefix="krate-bench-pull-", dir="/var/tmp") as tmp:
+        tmp_path = Path(tmp)
+        reg = Registry(tmp_path / "registry", users={USER: PASSWORD}).start()
+        keychain = SecretService().start()  # gnome-keyring on a private D-Bus bus
+        env = keychain.env()
+        krate_times, curl_times, fixed_times = [], [], []
+        try:
+            Pusher(reg.port, USER, PASSWORD).image(REPO, "1", img)
+            subprocess.run(
+                [KRATE, "login", reg.name, "-u", USER, "--password-stdin"],
+                input=PASSWORD.encode(),
+                env={**env, "KRATE_HOME": str(tmp_path / "home")},
+                check=True,
+                capture_output=True,
+            )
+            digests = list(img.blobs)
+            ref = f"{reg.name}/{REPO}:1"
+            for i in range(args.runs):
+                curl_times.append(curl_fetch(reg, tmp_path / f"curl{i}", digests))
+                krate_times.append(krate_pull(env, tmp_path / "home", ref))
+                fixed_times.append(krate_pull(env, tmp_path / "home", ref, fresh=False))
+                print(
+                    f"run {i + 1}: krate image pull {krate_times[-1]:6.2f} s   "
+                    f"curl {curl_times[-1]:6.2f} s   krate with every blob present "
+                    f"{fixed_times[-1]:6.2f} s"
+                )
+        finally:
+            reg.kill()
+            keychain.stop()
+    mb = total / 1e6
+    k, c = statistics.median(krate_times), statistics.median(curl_times)
+    f = statistics.median(fixed_times)
+    ratio = c / k
+    print(f"image {mb:.0f} MB in {len(img.blobs) + 1} blobs, median of {args.runs}:")
+    print(f"  krate image pull  {k:6.2f} s  {mb / k:7.1f} MB/s")
+    print(f"  curl              {c:6.2f} s  {mb / c:7.1f} MB/s")
+    print(f"  krate's fixed cost (same command, nothing to download) {f:.2f} s")
+    print(f"  throughput ratio krate/curl = {ratio:.2f} (target >= 0.7)")
+    print(f"  data path alone (krate minus its fixed cost) vs curl = {c / max(k - f, 1e-3):.2f}")
+    if ratio < 0.7:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
