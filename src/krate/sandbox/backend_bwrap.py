@@ -160,6 +160,15 @@ class BwrapLauncher(Launcher):
                 break
             time.sleep(0.002)
 
+    def release(self) -> None:
+        # The bridge's DNS needs the sandbox's network set up from outside, before "go"
+        # (egress/netns.py): by now bubblewrap has named the init (settle waits if not).
+        prepare = getattr(self.gate, "prepare", None)
+        if prepare is not None and getattr(self.gate, "before_go", None) is not None:
+            self.settle()
+            prepare(self.init_pid())
+        super().release()
+
     def exit_code(self, returncode: int) -> int | None:
         code = self.status.exit_code() if self.status is not None else None
         if code is not None and self.gate is not None and self.gate.unstarted(code):
