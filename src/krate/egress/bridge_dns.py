@@ -89,7 +89,7 @@ class Names:
         self.ask, self.listen, self.hand_over = ask, listen, hand_over
         self.allowed: dict[str, tuple[str, tuple[int, ...]]] = {}
         self.by_address: dict[str, str] = {}
-        self.denied: set[str] = set()
+        self.denied: dict[str, int] = {}  # name -> NXDOMAIN, or SERVFAIL past the cap
         self.lock = _thread.allocate_lock()
         self.poll = select.epoll()
         self.targets: dict[int, tuple[object, str]] = {}  # fd -> (listener, "name:port")
@@ -103,20 +103,18 @@ class Names:
             if known is not None:
                 return known[0]
             if name in self.denied:
-                return NXDOMAIN
-            if len(self.allowed) >= MAX_NAMES:
-                return SERVFAIL
+                return self.denied[name]
             try:
-                said = self.ask(name)
+                said = self.ask(name)  # past the cap too: the proxy records what was refused
             except OSError:
                 return SERVFAIL
-            if said == "N":
+            if said in ("N", "F"):  # denied; or the run's cap on names is reached
                 if len(self.denied) >= MAX_DENIED:
                     self.denied.clear()
-                self.denied.add(name)
-                return NXDOMAIN
-            if not said.startswith("A "):
-                return SERVFAIL  # the cap, or a proxy that is going away
+                self.denied[name] = NXDOMAIN if said == "N" else SERVFAIL
+                return self.denied[name]
+            if not said.startswith("A ") or len(self.allowed) >= MAX_NAMES:
+                return SERVFAIL  # a proxy that is going away
             ports = tuple(int(p) for p in said[2:].split(",") if p.isdigit())
             return self.open(name, ports)
 
@@ -156,8 +154,8 @@ class Names:
 
     def answer(self, packet: bytes) -> bytes | None:
         asked = question(packet)
-        if asked is None:
-            return None if len(packet) < 12 else reply(packet, 12, FORMERR)[:12]
+        if asked is None:  # a header alone, saying FORMERR (or nothing, to a mere scrap)
+            return None if len(packet) < 12 else reply(packet, 12, FORMERR)[:4] + bytes(8)
         name, qtype, end = asked
         if (packet[2] >> 3) & 15:  # not a standard query
             return reply(packet, end, NOTIMP)
