@@ -17,7 +17,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -328,3 +327,150 @@ def test_no_network_runs_keep_the_hosts_resolver_files(box):
     assert out.stdout == Path("/etc/resolv.conf").read_text()
     assert "127.8." not in out.stdout
 
+
+# -- the pure parts: the DNS server's parser, the proxy's answer, the resolver files
+
+
+def dns_module():
+    """bridge_dns.py loaded as the bridge loads it: by file, into its own namespace."""
+    from krate.egress.spawn import BRIDGE_DNS
+
+    space: dict = {"__name__": "bridge_dns"}
+    exec(compile(BRIDGE_DNS.read_bytes(), str(BRIDGE_DNS), "exec"), space)  # noqa: S102
+    return space
+
+
+def query(name: str, qtype: int = 1, qid: bytes = b"\x12\x34") -> bytes:
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    head = qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    return head + labels + qtype.to_bytes(2, "big") + b"\x00\x01"  # class IN
+
+
+class FakeBridge:
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.asked, self.bound = answers, [], []
+
+    def ask(self, name: str) -> str:
+        self.asked.append(name)
+        return self.answers.get(name, "N")
+
+    def listen(self, host: str, port: int):
+        self.bound.append((host, port))
+        s = socket_module().socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        return s
+
+
+def socket_module():
+    import socket
+
+    return socket
+
+
+def test_the_dns_server_answers_a_aaaa_and_nxdomain_and_asks_once():
+    dns = dns_module()
+    fake = FakeBridge({"ok.example": "A 80,443"})
+    names = dns["Names"](fake.ask, fake.listen, lambda client, target: None)
+    a = names.answer(query("OK.example"))
+    assert a[:2] == b"\x12\x34" and a[3] & 15 == 0 and a[6:8] == b"\x00\x01"
+    assert a[-4:] == bytes((127, 8, 0, 1))
+    aaaa = names.answer(query("ok.example", 28))
+    assert aaaa[3] & 15 == 0 and aaaa[6:8] == b"\x00\x00"  # answered, empty: never silence
+    nx = names.answer(query("no.example"))
+    assert nx[3] & 15 == 3 and names.answer(query("no.example", 28))[3] & 15 == 3
+    ptr = names.answer(query("1.0.8.127.in-addr.arpa", 12))
+    assert b"\x02ok\x07example\x00" in ptr
+    assert names.answer(query("9.9.9.10.in-addr.arpa", 12))[3] & 15 == 3
+    assert fake.asked == ["ok.example", "no.example"]  # each name once; reverse never
+    assert fake.bound == [("127.8.0.1", 80), ("127.8.0.1", 443)]
+
+
+def test_the_dns_server_survives_garbage():
+    import random
+
+    dns = dns_module()
+    fake = FakeBridge({})
+    names = dns["Names"](fake.ask, fake.listen, lambda client, target: None)
+    rng = random.Random(18)
+    good = query("x.example")
+    for _ in range(3000):
+        packet = bytearray(good if rng.random() < 0.5 else rng.randbytes(rng.randrange(40)))
+        for _ in range(rng.randrange(4)):
+            if packet:
+                packet[rng.randrange(len(packet))] = rng.randrange(256)
+        out = names.answer(bytes(packet))
+        assert out is None or (len(out) >= 12 and out[:2] == bytes(packet[:2]))
+    assert names.answer(b"\x00" * 5) is None
+    compressed = good[:12] + b"\xc0\x0c\x00\x01\x00\x01"
+    assert names.answer(compressed)[3] & 15 == 1  # FORMERR
+
+
+def test_the_proxy_answers_ports_per_name_and_caps_names(tmp_path):
+    from krate.egress import compile_rules
+    from krate.egress.dial import Dialer
+    from krate.egress.names import Names
+
+    from .egress_support import policy
+
+    pol = policy(tmp_path, "a.example", "*.b.example:8443", "c.example:*", "1.2.3.4")
+    rules = compile_rules(pol)
+    lines: list[dict] = []
+
+    class Proxy:
+        count = 0
+        emit = staticmethod(lines.append)
+
+    names = Names(rules, Dialer(rules, list(pol.net_default), 1.0), Proxy(), cap=3)
+    assert names("A.example.") == "A 80,443"
+    assert names("x.b.example") == "A 8443"
+    assert names("b.example") == "N"
+    assert names("c.example") == "A 80,443"  # any port: the web ports get listeners
+    assert names("d.example") == "N"
+    assert names("1.2.3.4") == "N"  # an address is never looked up
+    assert names("y.b.example") == "F"  # the cap
+    assert names("a.example") == "A 80,443"  # known names still answer
+    assert [(x["host"], x["port"], x["verdict"], x["protocol"]) for x in lines] == [
+        ("b.example", None, "deny", "dns"), ("d.example", None, "deny", "dns"),
+        ("1.2.3.4", None, "deny", "dns"), ("y.b.example", None, "deny", "dns"),
+    ]  # fmt: skip
+    assert lines[-1]["rule"] == "name cap" and [x["n"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_the_resolver_files(tmp_path):
+    from krate.egress import etc
+
+    (tmp_path / "nsswitch.conf").write_text("passwd: files\nhosts:  files  # local only\n")
+    (tmp_path / "resolv.conf").symlink_to("/run/krate-test-absent/stub-resolv.conf")
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n10.1.2.3 mirror.corp\n")
+    binds = {str(b.dest): b.data.decode() for b in etc.binds(str(tmp_path))}
+    # a symlink into /run (a fresh tmpfs inside) is followed: bubblewrap would fail on it
+    assert binds["/run/krate-test-absent/stub-resolv.conf"].startswith("nameserver 127.0.0.1\n")
+    assert "search .\n" in binds["/run/krate-test-absent/stub-resolv.conf"]
+    assert binds[str(tmp_path / "nsswitch.conf")] == "passwd: files\nhosts: files dns\n"
+    assert "mirror.corp" not in binds[str(tmp_path / "hosts")]
+    assert etc.nsswitch("hosts: files mdns4_minimal [NOTFOUND=return] dns\n") is None
+    (tmp_path / "resolv.conf").unlink()
+    (tmp_path / "resolv.conf").symlink_to("/nonexistent-krate/resolv.conf")
+    assert all(b.dest.name != "resolv.conf" for b in etc.binds(str(tmp_path)))
+
+
+def test_only_the_bridge_serves_dns(tmp_path, krate_home):
+    """Seatbelt's loopback proxy has no bridge: no DNS, nothing bound over /etc."""
+    from krate.egress import start_for_run
+    from krate.paths import Paths
+    from krate.sandbox.backend import BRIDGE, LOOPBACK
+
+    from .egress_support import policy
+
+    paths = Paths.from_env({"KRATE_HOME": str(krate_home)})
+    for network, dns in ((LOOPBACK, False), (BRIDGE, True)):
+        session = start_for_run(policy(tmp_path, "a.example"), f"r{network}", paths,
+                                network=network)  # fmt: skip
+        try:
+            session.hold() if network == BRIDGE else None
+            assert session.dns is dns
+            assert ("--dns" in session.wrap_argv(["true"])) is dns
+            assert (session.bridge is not None and session.bridge.before_go is not None) is dns
+        finally:
+            session.close()
