@@ -20,6 +20,7 @@ lockdown on this path), os and _socket, and ends with os._exit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 NS_GET_USERNS = 0xB701
@@ -27,12 +28,17 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
 STUB = bytes((127, 0, 0, 53))
+CHILD_TIMEOUT_S = 2.0
 STEPS = ("", "joining the user namespace", "joining the network namespace",
          "setting ip_unprivileged_port_start", "adding 127.0.0.53 to lo", "fork")  # fmt: skip
 
 
 def open_low_ports(pid: int) -> str | None:
-    """Set up the network namespace of sandbox process `pid`; None, or what failed."""
+    """Set up the network namespace of sandbox process `pid`; None, or what failed.
+
+    The answer comes on a pipe as soon as the child is done: its exit (slow where
+    namespaces are torn down, up to 10 ms here) is not waited for; `reap()` collects it.
+    """
     import ctypes
     import fcntl
 
@@ -45,20 +51,47 @@ def open_low_ports(pid: int) -> str | None:
             user = fcntl.ioctl(net, NS_GET_USERNS)
         except OSError as exc:
             return f"cannot find the sandbox's user namespace: {exc.strerror}"
+        read, write = os.pipe()
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             child = os.fork()
         except OSError:
+            os.close(read)
+            os.close(write)
             os.close(user)
             return "cannot fork"
         if child == 0:  # pragma: no cover (the child's coverage is not collected)
-            os._exit(_inside(libc, user, net))
+            code = _inside(libc, user, net)
+            os.write(write, bytes((code,)))
+            os._exit(code)
+        CHILDREN.append(child)
         os.close(user)
-        _pid, status = os.waitpid(child, 0)
-        code = os.waitstatus_to_exitcode(status)
+        os.close(write)
+        try:
+            import select
+
+            ready, _w, _x = select.select([read], [], [], CHILD_TIMEOUT_S)
+            said = os.read(read, 1) if ready else b""
+        finally:
+            os.close(read)
+        if not ready:  # never hold the workload back for long: it runs without DNS
+            with contextlib.suppress(OSError):
+                os.kill(child, 9)
+            return "the set-up took too long"
+        code = said[0] if said else 5
         return None if code == 0 else f"{STEPS[code] if 0 < code < 6 else code} failed"
     finally:
         os.close(net)
+
+
+CHILDREN: list[int] = []  # forked children not reaped yet
+
+
+def reap() -> None:
+    """Collect the exited children (at the end of the run: they exited long before)."""
+    while CHILDREN:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(CHILDREN.pop(), 0)
 
 
 def _inside(libc, user: int, net: int) -> int:  # pragma: no cover (runs in the child)
