@@ -237,7 +237,14 @@ def host_resolvers() -> list[str]:
     return out
 
 
+def host_network_state() -> tuple[str, str]:
+    knob = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()
+    lo = subprocess.run(["ip", "-o", "addr", "show", "lo"], capture_output=True, text=True)
+    return knob, lo.stdout
+
+
 def test_the_workload_cannot_take_over_or_bypass_the_dns(box):
+    before = host_network_state()
     resolvers = " ".join(host_resolvers())
     out = box.sh(
         f"{PY} -I -c '{ATTACKS}' {resolvers}", "--policy", "strict", "--allow-host",
@@ -257,6 +264,7 @@ def test_the_workload_cannot_take_over_or_bypass_the_dns(box):
     assert said["knob"] == "0"
     assert said["knob-shell"] != "0"
     assert said["capeff"] == "0000000000000000"
+    assert host_network_state() == before  # set inside the sandbox's namespace only
 
 
 FLOOD = """

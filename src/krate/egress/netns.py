@@ -51,9 +51,12 @@ def open_low_ports(pid: int) -> str | None:
             user = fcntl.ioctl(net, NS_GET_USERNS)
         except OSError as exc:
             return f"cannot find the sandbox's user namespace: {exc.strerror}"
+        libc = ctypes.CDLL(None, use_errno=True)
+        if os.geteuid() == 0:  # capable in every namespace: no fork, this thread joins
+            os.close(user)
+            return _in_thread(libc, net)
         read, write = os.pipe()
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
             child = os.fork()
         except OSError:
             os.close(read)
@@ -94,12 +97,40 @@ def reap() -> None:
             os.waitpid(CHILDREN.pop(), 0)
 
 
+def _in_thread(libc, net: int) -> str | None:
+    """A root krate: the calling thread joins the sandbox's network namespace alone
+    (setns of a network namespace is per thread), sets it up and goes back."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(net, CLONE_NEWNET) != 0:
+            return f"{STEPS[2]} failed"
+        try:
+            # the host's own setting must never be the one changed: check where we are
+            inside = os.stat("/proc/thread-self/ns/net")
+            target = os.fstat(net)
+            same = (inside.st_dev, inside.st_ino) == (target.st_dev, target.st_ino)
+            code = _set_up() if same else 2
+        finally:
+            if libc.setns(home, CLONE_NEWNET) != 0:  # never leave krate's thread inside
+                os._exit(125)
+    finally:
+        os.close(home)
+    return None if code == 0 else f"{STEPS[code]} failed"
+
+
 def _inside(libc, user: int, net: int) -> int:  # pragma: no cover (runs in the child)
     try:
         if libc.setns(user, CLONE_NEWUSER) != 0:
             return 1
         if libc.setns(net, CLONE_NEWNET) != 0:
             return 2
+    except OSError:
+        return 2
+    return _set_up()
+
+
+def _set_up() -> int:  # pragma: no cover (runs in the child, or a thread inside)
+    try:
         fd = os.open(PORT_START, os.O_WRONLY)
         try:
             os.write(fd, b"0")
