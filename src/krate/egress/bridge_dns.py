@@ -184,7 +184,10 @@ def serve_udp(sock, names: Names) -> None:
             packet, peer = sock.recvfrom(4096)
         except OSError:
             continue
-        _thread.start_new_thread(udp_one, (sock, names, packet, peer))
+        try:
+            _thread.start_new_thread(udp_one, (sock, names, packet, peer))
+        except RuntimeError:  # no thread to be had (a process limit): answer in line
+            udp_one(sock, names, packet, peer)
 
 
 def udp_one(sock, names: Names, packet: bytes, peer) -> None:
@@ -203,7 +206,10 @@ def serve_tcp(sock, names: Names) -> None:
         except OSError:
             continue
         conn = _socket.socket(sock.family, _socket.SOCK_STREAM, 0, fd)
-        _thread.start_new_thread(tcp_one, (conn, names))
+        try:
+            _thread.start_new_thread(tcp_one, (conn, names))
+        except RuntimeError:
+            conn.close()
 
 
 def tcp_one(conn, names: Names) -> None:

@@ -101,10 +101,6 @@ class BridgeGate:
     def close(self) -> None:
         """A bridge still waiting exits without the workload; an ack never read is dropped."""
         self.release(go=False)
-        if self.before_go is not None:
-            from .netns import reap
-
-            reap()
         if self.ack_read is not None:
             os.close(self.ack_read)
             self.ack_read = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 NS_GET_USERNS = 0xB701
 CLONE_NEWUSER = 0x10000000
@@ -37,7 +38,7 @@ def open_low_ports(pid: int) -> str | None:
     """Set up the network namespace of sandbox process `pid`; None, or what failed.
 
     The answer comes on a pipe as soon as the child is done: its exit (slow where
-    namespaces are torn down, up to 10 ms here) is not waited for; `reap()` collects it.
+    namespaces are torn down, up to 10 ms here) is not waited for.
     """
     import ctypes
     import fcntl
@@ -64,10 +65,15 @@ def open_low_ports(pid: int) -> str | None:
             os.close(user)
             return "cannot fork"
         if child == 0:  # pragma: no cover (the child's coverage is not collected)
-            code = _inside(libc, user, net)
-            os.write(write, bytes((code,)))
-            os._exit(code)
-        CHILDREN.append(child)
+            code = 5
+            try:  # whatever happens (a signal's exception too), the child ends here
+                code = _inside(libc, user, net)
+                os.write(write, bytes((code,)))
+            finally:
+                os._exit(code)
+        # Its exit is slow (namespaces torn down): reaped by a thread of its own, so the
+        # answer is not held up and no zombie stays in krate's process group.
+        threading.Thread(target=_reap, args=(child,), daemon=True).start()
         os.close(user)
         os.close(write)
         try:
@@ -87,14 +93,9 @@ def open_low_ports(pid: int) -> str | None:
         os.close(net)
 
 
-CHILDREN: list[int] = []  # forked children not reaped yet
-
-
-def reap() -> None:
-    """Collect the exited children (at the end of the run: they exited long before)."""
-    while CHILDREN:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(CHILDREN.pop(), 0)
+def _reap(child: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(child, 0)
 
 
 def _in_thread(libc, net: int) -> str | None:
