@@ -13,9 +13,12 @@ This happens after bubblewrap named the sandbox's init and before the go-ahead, 
 the workload never runs without it; the workload keeps no capability and cannot undo
 it (/proc/sys is read-only inside, and it has no capability in the outer namespace).
 
-A fork, not a thread: setns into a user namespace needs a single-threaded process,
+An ordinary krate forks: setns into a user namespace needs a single-threaded process,
 and krate has its recorder thread. The child uses only ctypes (already loaded by the
-lockdown on this path), os and _socket, and ends with os._exit.
+lockdown on this path), os and _socket, and ends with os._exit. A root krate needs no
+user namespace (it is capable in every one): the calling thread joins the network
+namespace alone (setns of a network namespace is per thread), checks it is inside,
+sets it up and goes back; about 0.6 ms against several for the fork.
 """
 
 from __future__ import annotations
