@@ -316,10 +316,15 @@ def main(argv: list[str]) -> int:
         return 126
     child.append(pid)
     say(STARTED)
+    # The threads (and the ones they start) never take the signals to pass on: a signal
+    # the kernel gave one of them would wait for the main thread, blocked in waitpid.
+    passed = {getattr(_signal, name) for name in FORWARDED_SIGNALS}
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, passed)
     for sock, target in listeners:
         _thread.start_new_thread(serve, (sock, path, target))
     if dns_sockets:
         _thread.start_new_thread(serve_dns, (dns, dns_sockets, path))
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, passed)
     for signum in pending:
         forward(signum, None)
     _pid, status = os.waitpid(pid, 0)
