@@ -110,7 +110,8 @@ def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted
         assert helper["path"] == layer["standard_library"]  # nothing else, ever
     assert proxy["given_by_krate"] == [
         "krate", "krate.canonical", "krate.egress", "krate.egress.dial", "krate.egress.handler",
-        "krate.egress.listener", "krate.egress.parsers", "krate.egress.relay", "krate.egress.wire",
+        "krate.egress.listener", "krate.egress.names", "krate.egress.parsers", "krate.egress.relay",
+        "krate.egress.wire",
         "krate.errors", "krate.hostport", "krate.policy", "krate.policy.decide",
         "krate.policy.hosts", "krate.policy.model", "krate.policy.paths",
     ]  # fmt: skip

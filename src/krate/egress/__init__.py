@@ -6,6 +6,8 @@ and gets an `EgressSession` (or None when the policy allows no network at all).
 Egress contributes a spec change and a gate, nothing else:
 
     session.apply(spec)   the spec wired to the proxy: bridge first, proxy env, socket mount
+                          (behind the bridge also its DNS: resolver files, etc.py; the
+                          gate's `before_go` opens the low ports, netns.py)
     session.gate          what holds the workload until the run is recorded (the bridge), or None
     session.release(go)   the gate: let the held workload start, or make the bridge exit
     session.unstarted(s)  after the sandbox exited: why the bridge never started the workload
@@ -39,7 +41,7 @@ from krate.sandbox.backend import Capabilities
 from . import helperlib
 from .gate import BridgeGate
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
-from .spawn import BRIDGE, PROXY, proxy_script, spawn_proxy
+from .spawn import BRIDGE, BRIDGE_DNS, PROXY, proxy_script, spawn_proxy
 
 if TYPE_CHECKING:
     from krate.policy.decide import EffectivePolicy
@@ -161,6 +163,9 @@ class EgressSession:
         self.http_port, self.socks_port, self.stderr = http_port, socks_port, stderr
         self.network = network
         self.bridge: BridgeGate | None = None  # the hold, once made (see hold())
+        # Behind the bridge it answers DNS for clients that ignore the proxy variables
+        # (bridge_dns.py); it needs the hold, whose `before_go` opens the low ports.
+        self.dns = network == VIA_BRIDGE and (folder / "bridge_dns.py").exists()
 
     def hold(self) -> int:
         """Make the bridge wait for `release()` before it starts the workload (gate.py).
@@ -174,6 +179,10 @@ class EgressSession:
             raise ValueError("only the bridge can hold the workload")
         if self.bridge is None:
             self.bridge = BridgeGate()
+            if self.dns:
+                from .netns import open_low_ports
+
+                self.bridge.before_go = open_low_ports
         return self.bridge.go_read
 
     def held_fds(self) -> tuple[int, ...]:
@@ -234,6 +243,8 @@ class EgressSession:
         forwards = [a for host, port in self.forwards for a in ("--forward", f"{host}:{port}")]
         if self.bridge is not None:
             forwards += self.bridge.bridge_args()
+            if self.dns:
+                forwards += ["--dns", str(self.folder / "bridge_dns.py")]
         return [
             self.python,
             "-I",
@@ -268,6 +279,10 @@ class EgressSession:
         if self.network == VIA_BRIDGE:
             self.hold()
             binds = (Bind(self.folder, self.folder),)
+            if self.dns:
+                from .etc import binds as resolver_files
+
+                binds += resolver_files()
         return spec._replace(
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},
@@ -423,8 +438,9 @@ def start_for_run(
     folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
     os.chmod(folder, 0o700 if run_as is None else 0o711)
     loopback = network == VIA_LOOPBACK
-    shutil.copyfile(BRIDGE, folder / "bridge.py")
-    os.chmod(folder / "bridge.py", 0o600 if run_as is None else 0o644)
+    for source in (BRIDGE,) if loopback else (BRIDGE, BRIDGE_DNS):
+        shutil.copyfile(source, folder / source.name)
+        os.chmod(folder / source.name, 0o600 if run_as is None else 0o644)
     forwards = [] if loopback else loopback_forwards(rules)
     ports = {port for _host, port in forwards}
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)

@@ -28,6 +28,12 @@ helpers at import that would add about 20 ms to every such run. It decides
 nothing and records nothing: a forwarded loopback port is handed over as
 `F host:port`, decided like any other. It must never connect anywhere but the
 proxy's socket.
+
+With `--dns FILE` (the backend lets it bind port 53: krate set the sandbox's
+`ip_unprivileged_port_start` from outside before the go-ahead) it also answers
+DNS on 127.0.0.1:53 and 127.0.0.53:53 for clients that ignore the proxy
+variables: the sockets are bound before the workload starts, so the workload
+can never take them, and FILE (bridge_dns.py) is loaded in a thread afterwards.
 """
 
 from __future__ import annotations
@@ -86,13 +92,14 @@ def serve(listener, path: str, target: str | None) -> None:
         _thread.start_new_thread(hand_over, (client, path, target))
 
 
-def hand_over(client, path: str, target: str | None) -> None:
+def hand_over(client, path: str, target: str | None, kind: str = "F") -> None:
     """Pass the accepted client socket itself to the proxy, which serves it from there on.
 
     `P`: the client speaks HTTP or SOCKS5 to the proxy. `F host:port`: a forwarded
-    loopback port, whose client speaks to `target` directly.
+    loopback port, whose client speaks to `target` directly. `T name:port`: the
+    same for a name the bridge's DNS answered (bridge_dns.py).
     """
-    head = HANDOFF + (b"P\n" if target is None else f"F {target}\n".encode())
+    head = HANDOFF + (b"P\n" if target is None else f"{kind} {target}\n".encode())
     try:
         upstream = dial(path)
     except OSError:
@@ -105,6 +112,62 @@ def hand_over(client, path: str, target: str | None) -> None:
         pass
     upstream.close()
     client.close()
+
+
+def ask(path: str, name: str) -> str:
+    """The proxy's word on a name the workload looked up: `A PORTS`, `N` (denied) or `F`."""
+    upstream = dial(path)
+    try:
+        upstream.settimeout(10.0)
+        upstream.sendall(HANDOFF + f"Q {name}\n".encode())
+        data = b""
+        while b"\n" not in data:
+            chunk = upstream.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        upstream.close()
+    return data.decode("ascii", "replace").strip()
+
+
+DNS_ADDRESSES = ("127.0.0.1", "127.0.0.53")
+
+
+def bind_dns() -> list:
+    """UDP and TCP port 53 on the DNS addresses; none when one cannot be bound.
+
+    No SO_REUSEADDR on the UDP sockets (nor SO_REUSEPORT on any): the workload, which
+    runs as the same user, could otherwise bind the same port beside the bridge.
+    """
+    out = []
+    try:
+        for host in DNS_ADDRESSES:
+            udp = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+            out.append(udp)
+            udp.bind((host, 53))
+            tcp = listen(host, 53)
+            if isinstance(tcp, str):
+                raise OSError(tcp)
+            out.append(tcp)
+    except OSError:
+        for sock in out:
+            sock.close()
+        return []
+    return out
+
+
+def serve_dns(module: str, sockets: list, path: str) -> None:
+    """Load bridge_dns.py (after the workload started: its compile delays nothing) and serve."""
+    space: dict = {"__name__": "bridge_dns"}
+    with open(module, "rb") as f:
+        exec(compile(f.read(), module, "exec"), space)  # noqa: S102 (krate's own file, copied)
+    space["serve"](
+        sockets,
+        lambda name: ask(path, name),
+        listen,
+        lambda client, target: hand_over(client, path, target, "T"),
+    )
 
 
 def say(line: str) -> None:
@@ -139,15 +202,17 @@ def listen(host: str, port: int):
     return sock
 
 
-def parse(argv: list[str]) -> tuple[str, int, int, list[str], int | None, list[str]]:
+def parse(
+    argv: list[str],
+) -> tuple[str, int, int, list[str], int | None, list[str], str | None]:
     if "--" not in argv:
         raise SystemExit(
             "usage: bridge.py --socket PATH --http P --socks P [--forward H:P]... "
-            "[--go FD] [--ack FD] -- CMD"
+            "[--go FD] [--ack FD] [--dns FILE] -- CMD"
         )
     split = argv.index("--")
     opts, command = argv[:split], argv[split + 1 :]
-    path, http, socks, forwards, go = "", 0, 0, [], None
+    path, http, socks, forwards, go, dns = "", 0, 0, [], None, None
     for i in range(0, len(opts), 2):
         name, value = opts[i], opts[i + 1]
         if name == "--socket":
@@ -160,13 +225,15 @@ def parse(argv: list[str]) -> tuple[str, int, int, list[str], int | None, list[s
             forwards.append(value)
         elif name == "--go":
             go = int(value)
+        elif name == "--dns":
+            dns = value
         elif name == "--ack":
             try:
                 os.set_inheritable(int(value), False)  # krate's alone: CMD never gets it
                 ACK.append(int(value))
             except OSError:  # not inherited: say it on stderr
                 pass
-    return path, http, socks, forwards, go, command
+    return path, http, socks, forwards, go, command, dns
 
 
 def wait_for_go(fd: int) -> bool:
@@ -181,7 +248,7 @@ def wait_for_go(fd: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    path, http, socks, forwards, go, command = parse(argv)
+    path, http, socks, forwards, go, command, dns = parse(argv)
     if not command:
         raise SystemExit("no command given")
     _thread.stack_size(256 * 1024)
@@ -227,6 +294,7 @@ def main(argv: list[str]) -> int:
     if go is not None and not wait_for_go(go):
         say("krate did not let the workload start")
         return 125
+    dns_sockets = bind_dns() if dns else []  # before the workload exists: it cannot take them
     try:
         # Its own process group: krate signals the sandbox's first process group (the
         # bridge), and the bridge passes each signal on exactly once to the workload's group.
@@ -248,8 +316,15 @@ def main(argv: list[str]) -> int:
         return 126
     child.append(pid)
     say(STARTED)
+    # The threads (and the ones they start) never take the signals to pass on: a signal
+    # the kernel gave one of them would wait for the main thread, blocked in waitpid.
+    passed = {getattr(_signal, name) for name in FORWARDED_SIGNALS}
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, passed)
     for sock, target in listeners:
         _thread.start_new_thread(serve, (sock, path, target))
+    if dns_sockets:
+        _thread.start_new_thread(serve_dns, (dns, dns_sockets, path))
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, passed)
     for signum in pending:
         forward(signum, None)
     _pid, status = os.waitpid(pid, 0)

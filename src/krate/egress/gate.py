@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
 from krate.errors import EXIT_KRATE_FAILED
 
@@ -25,6 +26,10 @@ class BridgeGate:
         self.ack_read: int | None = ack_read
         os.set_blocking(ack_read, False)
         self.ack: str | None = None  # what the bridge said, once read (see unstarted())
+        # Called with the sandbox's init pid before the go-ahead (the backend does:
+        # bubblewrap's launcher); set when the bridge serves DNS (netns.open_low_ports).
+        self.before_go: Callable[[int], str | None] | None = None
+        self.setup_error: str | None = None  # what before_go said failed, if anything
 
     @property
     def holding(self) -> bool:
@@ -36,6 +41,13 @@ class BridgeGate:
 
     def bridge_args(self) -> list[str]:
         return ["--go", str(self.go_read), "--ack", str(self.ack_write)]
+
+    def prepare(self, init_pid: int | None) -> None:
+        """Before the go-ahead: set up the sandbox from outside (`before_go`), if asked to."""
+        if self.before_go is not None and self.go_write is not None:
+            self.setup_error = (
+                "the sandbox's init is unknown" if init_pid is None else self.before_go(init_pid)
+            )
 
     def release(self, go: bool = True) -> None:
         """Let the held workload start (`go`), or make the bridge exit without it.

@@ -33,8 +33,10 @@ class Proxy:
         self.active = 0
         self.tasks: set[asyncio.Task] = set()
 
-    async def handle(self, client: socket.socket, forward: tuple[str, int] | None = None) -> None:
-        """One client: HTTP, CONNECT or SOCKS5, or (`forward`) a raw stream to that target."""
+    async def handle(self, client: socket.socket, forward: tuple | None = None) -> None:
+        """One client: HTTP, CONNECT or SOCKS5, or (`forward`) a raw stream to that target:
+        (host, port) a forwarded loopback port, (host, port, "dns") a name the bridge's
+        DNS answered."""
         self.count += 1
         self.active += 1
         record = Record(self.count)
@@ -45,8 +47,8 @@ class Proxy:
         try:
             client.setblocking(False)
             if forward is not None:
-                record.protocol = "forward"
-                target: Target | Refusal = Target("forward", *forward, used=0)
+                record.protocol = forward[2] if len(forward) > 2 else "forward"
+                target: Target | Refusal = Target(record.protocol, *forward[:2], used=0)
                 data = b""
             else:
                 target, data = await self.request(client, record)

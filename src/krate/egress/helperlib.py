@@ -32,6 +32,7 @@ PARTS = (
     "krate/egress/dial.py",
     "krate/egress/handler.py",
     "krate/egress/listener.py",
+    "krate/egress/names.py",
     "krate/egress/parsers.py",
     "krate/egress/relay.py",
     "krate/egress/wire.py",

@@ -4,7 +4,9 @@ On Linux the socket is bind-mounted into the sandbox, and the in-sandbox bridge
 does not relay: it hands each client socket it accepted over the Unix socket
 (SCM_RIGHTS, after a NUL byte and `P` or `F host:port`), so bytes are copied
 once, in the proxy. A handed-over descriptor must be a TCP socket (it lives in
-the sandbox's network namespace); anything else is closed unread. A connection
+the sandbox's network namespace); anything else is closed unread. `T name:port`
+is a client of the bridge's DNS (a name it answered), `Q name` (no descriptor)
+asks whether a name may be answered at all (names.py). A connection
 that does not start with the NUL byte is served as a client itself. On macOS
 the workload reaches a loopback TCP port directly.
 """
@@ -22,15 +24,20 @@ from krate.egress.parsers import split_hostport
 HANDOFF = b"\x00"  # first byte of a bridge's hand-over; no HTTP or SOCKS5 client sends it
 BACKLOG = 512
 
-Handle = Callable[[socket.socket, "tuple[str, int] | None"], Awaitable[None]]
+Handle = Callable[[socket.socket, "tuple | None"], Awaitable[None]]
+Query = Callable[[str], str]  # a name the workload looked up -> the answer line
 
 
 class Listener:
     """Accepts clients and passes each to `handle(sock, forward)` in its own task."""
 
-    def __init__(self, listen: str, handle: Handle, tasks: set, header_timeout: float) -> None:
+    def __init__(
+        self, listen: str, handle: Handle, tasks: set, header_timeout: float,
+        query: Query | None = None,
+    ) -> None:  # fmt: skip
         self.kind, _, self.where = listen.partition(":")
         self.handle, self.tasks, self.header_timeout = handle, tasks, header_timeout
+        self.query = query
         self.sock: socket.socket | None = None
         self.accepting: asyncio.Future | None = None
 
@@ -96,11 +103,27 @@ class Listener:
         try:
             await asyncio.wait_for(readable(conn), self.header_timeout)
             if conn.recv(1, socket.MSG_PEEK) == HANDOFF:
+                if conn.recv(2, socket.MSG_PEEK) == HANDOFF + b"Q" and self.query is not None:
+                    self.answer(conn)
+                    return
                 conn, forward = handed_over(conn)
         except (TimeoutError, OSError, ValueError):
             conn.close()
             return
         await self.handle(conn, forward)
+
+    def answer(self, conn: socket.socket) -> None:
+        """`Q name`: one line back (names.py); any descriptor sent along is closed."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(conn, 512, 4, socket.MSG_CMSG_CLOEXEC)
+            for fd in fds:
+                os.close(fd)
+            name = data[2:].decode("ascii", "replace").strip()
+            conn.setblocking(True)
+            conn.settimeout(2.0)
+            conn.sendall((self.query(name) + "\n").encode())
+        finally:
+            conn.close()
 
 
 async def readable(sock: socket.socket) -> None:
@@ -113,8 +136,9 @@ async def readable(sock: socket.socket) -> None:
         loop.remove_reader(sock.fileno())
 
 
-def handed_over(conn: socket.socket) -> tuple[socket.socket, tuple[str, int] | None]:
-    """The client socket in a bridge's hand-over, and the forwarded target if any.
+def handed_over(conn: socket.socket) -> tuple[socket.socket, tuple | None]:
+    """The client socket in a bridge's hand-over, and the forwarded target if any:
+    (host, port) for `F`, (host, port, "dns") for `T`.
 
     Raises ValueError (after closing everything) unless exactly one TCP socket came."""
     try:
@@ -141,10 +165,12 @@ def handed_over(conn: socket.socket) -> tuple[socket.socket, tuple[str, int] | N
     text = data[1:].decode("ascii", "replace").strip()
     if text == "P":
         return client, None
-    if text.startswith("F "):
+    if text.startswith(("F ", "T ")):
         try:
-            return client, split_hostport(text[2:], None)
+            host, port = split_hostport(text[2:], None)
         except ValueError:
             pass
+        else:
+            return client, ((host, port) if text[0] == "F" else (host, port, "dns"))
     client.close()
     raise ValueError("malformed hand-over")

@@ -15,7 +15,8 @@ This file only starts it; the parts, each loaded by exact file:
 - wire.py: the protocol with krate (configuration in, JSON lines out);
 - listener.py: the Unix socket with the bridge's hand-over, or a loopback port;
 - handler.py: one client (HTTP CONNECT, absolute-URI HTTP, SOCKS5), parsed by
-  parsers.py (pure), dialled by dial.py, relayed by relay.py.
+  parsers.py (pure), dialled by dial.py, relayed by relay.py;
+- names.py: the bridge's DNS lookups (may this name resolve in the sandbox).
 
 It must never: record or log a URL path, query, header or body; resolve a name
 before the decision; dial any address but the one it checked; connect to a
@@ -81,11 +82,15 @@ async def serve(config, emit) -> None:
     from krate.egress.dial import Dialer
     from krate.egress.handler import Proxy
     from krate.egress.listener import Listener
+    from krate.egress.names import Names
     from krate.egress.wire import watch_stdin
 
     dialer = Dialer(config.rules, config.net_default, config.connect_timeout, config.private_ok)
     proxy = Proxy(config, dialer, emit)
-    listener = Listener(config.listen, proxy.handle, proxy.tasks, config.header_timeout)
+    names = Names(config.rules, dialer, proxy)  # asked only on the bridge's unix socket
+    listener = Listener(
+        config.listen, proxy.handle, proxy.tasks, config.header_timeout, names.__call__
+    )
     address = listener.open(config.socket_uid)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

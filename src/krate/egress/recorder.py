@@ -69,7 +69,8 @@ def event_data(line: dict[str, Any]) -> dict[str, Any]:
     data = {name: line.get(name) for name in FIELDS}
     data["area"] = egress_store.AREA
     host, port = line.get("host"), line.get("port")
-    data["subject"] = f"{host}:{port}" if host is not None else None
+    # a name lookup the bridge's DNS refused has no port (egress/names.py)
+    data["subject"] = None if host is None else f"{host}:{port}" if port is not None else host
     return data
 
 

@@ -22,6 +22,7 @@ from krate.errors import EXIT_KRATE_FAILED, KrateError
 HERE = Path(__file__).resolve().parent
 PROXY = HERE / "proxy.py"
 BRIDGE = HERE / "bridge.py"
+BRIDGE_DNS = HERE / "bridge_dns.py"  # loaded by the bridge, beside it
 
 
 def proxy_script() -> Path:

@@ -39,6 +39,9 @@ from krate.sandbox.backend import BRIDGE, Capabilities, Installed
 from krate.sandbox.supervise import Launcher, Outcome
 
 if TYPE_CHECKING:
+    import threading
+
+    from krate.sandbox.backend import Gate
     from krate.sandbox.cgroup import Place, RunCgroup
     from krate.sandbox.spec import SandboxSpec
 
@@ -114,6 +117,7 @@ class BwrapLauncher(Launcher):
             self.terminal = False
         self.spec, self.exe, self.group = spec, exe, group
         self.status: _Status | None = None
+        self.preparing: threading.Thread | None = None
 
     def command(self, fds: list[int]) -> list[str]:
         read_fd, write_fd = os.pipe()
@@ -172,6 +176,36 @@ class BwrapLauncher(Launcher):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.002)
+
+    def start(self, gate: Gate | None = None) -> None:
+        """Behind a gate that sets the sandbox up from outside (the bridge's DNS needs its
+        low ports, egress/netns.py), that set-up runs in a thread while the run is
+        recorded: it waits for bubblewrap to name the init, then does it."""
+        super().start(gate)
+        if getattr(gate, "before_go", None) is not None and self.proc is not None:
+            import threading
+
+            def prepare() -> None:
+                self.settle()
+                gate.prepare(self.init_pid())
+
+            self.preparing = threading.Thread(
+                target=prepare, name="krate-sandbox-setup", daemon=True
+            )
+            self.preparing.start()
+
+    def _prepared(self) -> None:
+        if self.preparing is not None:
+            self.preparing.join()
+            self.preparing = None
+
+    def release(self) -> None:
+        self._prepared()  # done before the go-ahead, always
+        super().release()
+
+    def abort(self) -> None:
+        self._prepared()  # (it reads bubblewrap's status too)
+        super().abort()
 
     def exit_code(self, returncode: int) -> int | None:
         code = self.status.exit_code() if self.status is not None else None

@@ -84,6 +84,16 @@ def open_empty() -> int:
     return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
+def data_fd(data: bytes) -> int:
+    """A pipe holding `data` (small: it fits the pipe's buffer), for `--ro-bind-data`."""
+    read, write = os.pipe()
+    try:
+        os.write(write, data)
+    finally:
+        os.close(write)
+    return read
+
+
 LEGACY_TIOCSTI = "/proc/sys/dev/tty/legacy_tiocsti"
 # GNU env (coreutils 8.31+) puts back, in the workload, the signals bubblewrap ignores.
 ENV = "/usr/bin/env"
@@ -209,6 +219,13 @@ def _host_filesystem(
             fds.append(fd)
             args += ["--perms", "0444", "--ro-bind-data", str(fd), p]
     for bind in spec.extra_binds:
+        if bind.data is not None:
+            # (a file under the private /tmp or /run is made: its folder first)
+            fd = data_fd(bind.data)
+            fds.append(fd)
+            args += ["--dir", str(bind.dest.parent), "--perms", "0444"]
+            args += ["--ro-bind-data", str(fd), str(bind.dest)]
+            continue
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), str(bind.dest)]
     args += ["--chdir", str(spec.cwd)]
     return args

@@ -34,11 +34,13 @@ NO_LIMITS = Limits()
 
 
 class Bind(NamedTuple):
-    """An extra mount for the egress bridge and later features: host `source` at `dest`."""
+    """An extra mount for the egress bridge and later features: host `source` at `dest`,
+    or (`data`) a read-only file (0444) holding those bytes (bubblewrap only)."""
 
     source: Path
     dest: Path
     writable: bool = False
+    data: bytes | None = None
 
 
 class SandboxSpec(NamedTuple):
