@@ -42,6 +42,8 @@ class Capabilities(NamedTuple):
         a root run without --as-root is refused).
     network: BRIDGE or LOOPBACK, how the workload reaches the egress proxy.
     relay_threads: the egress proxy may relay tunnels in two blocking threads.
+    mounts: a host folder can be mounted at another path (the package caches and settings
+        at their usual paths, sandbox/pkgcache.py); otherwise the tools' variables name them.
     """
 
     memory: str
@@ -49,6 +51,7 @@ class Capabilities(NamedTuple):
     run_as_owner: bool
     network: str
     relay_threads: bool
+    mounts: bool = False
 
 
 class Gate(Protocol):

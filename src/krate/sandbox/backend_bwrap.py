@@ -43,7 +43,12 @@ if TYPE_CHECKING:
     from krate.sandbox.spec import SandboxSpec
 
 CAPABILITIES = Capabilities(
-    memory="cgroup", kernel=True, run_as_owner=True, network=BRIDGE, relay_threads=True
+    memory="cgroup",
+    kernel=True,
+    run_as_owner=True,
+    network=BRIDGE,
+    relay_threads=True,
+    mounts=True,
 )
 SETTLE_S = 2.0
 
