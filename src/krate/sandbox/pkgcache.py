@@ -8,8 +8,9 @@ cache folder per tool and per project (workspace) under its data folder
 
 - bubblewrap mounts each at the usual path (`~/.npm`, `~/.cache/pip`, ...). A usual
   folder that does not exist yet is created empty on the host (0700) when its parent
-  exists (`~/.cache/pip` when `~/.cache` does): bubblewrap can only mount onto an
-  existing path, and the tool would have created it anyway. Nothing is mounted at a
+  exists (`~/.cargo/registry` when `~/.cargo` does) or is the XDG cache folder
+  (`~/.cache`, made too): bubblewrap can only mount onto an existing path, and the
+  tool would have created it anyway. Nothing is mounted at a
   path inside the workspace, a writable folder (the user's own choice) or a hidden one.
 - Seatbelt cannot mount: the folders become writable and the tools' own variables
   (`npm_config_cache`, `PIP_CACHE_DIR`, ...) point at them; cargo has no such
@@ -77,14 +78,19 @@ def usual_path(tool: Tool, home: Path, environ: Mapping[str, str]) -> Path:
     own = environ.get(tool.env or "") or environ.get((tool.env or "").upper())
     if own and os.path.isabs(own):
         return Path(own)
-    xdg = environ.get("XDG_CACHE_HOME", "")
-    if tool.path.startswith(".cache/") and os.path.isabs(xdg):
-        return Path(xdg) / tool.path.removeprefix(".cache/")
+    if tool.path.startswith(".cache/"):
+        return cache_home(home, environ) / tool.path.removeprefix(".cache/")
     return home / tool.path
+
+
+def cache_home(home: Path, environ: Mapping[str, str]) -> Path:
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else home / ".cache"
 
 
 def prepare(data_dir: Path, workspace: Path, now: float | None = None) -> Path:
     """The project's cache folder, made private, with its tool folders and `used` stamp."""
+    ensure_private_dir(data_dir / CACHES)
     folder = ensure_private_dir(project_folder(data_dir, workspace))
     marker = folder / WORKSPACE_FILE
     real = os.path.realpath(workspace)
@@ -134,20 +140,27 @@ def apply(
             declared_writable=(*(spec.declared_writable or spec.writable), *extra),
         )
     binds = []
+    xdg = cache_home(home, environ)
     for tool in TOOLS:
         dest = usual_path(tool, home, environ)
-        if _mountable(dest, spec):
+        if _mountable(dest, spec, xdg):
             binds.append(Bind(folder / tool.name, dest, writable=True))
     return spec._replace(extra_binds=(*spec.extra_binds, *binds))
 
 
-def _mountable(dest: Path, spec: SandboxSpec) -> bool:
-    """Whether bubblewrap can and should mount a cache at `dest` (made when its parent exists)."""
+def _mountable(dest: Path, spec: SandboxSpec, xdg: Path) -> bool:
+    """Whether bubblewrap can and should mount a cache at `dest` (made when its parent exists,
+    or its parent is the XDG cache folder, which is made too)."""
     covered = [*spec.writable, *spec.hidden, Path(PRIVATE_TMP), *map(Path, SOCKET_DIRS)]
     if any(is_within(dest, c) or is_within(c, dest) for c in covered):
         return False
     if os.path.lexists(dest):
         return os.path.isdir(dest)
+    if dest.parent == xdg and not os.path.lexists(xdg):
+        try:
+            os.mkdir(xdg, DIR_MODE)
+        except OSError:
+            return False
     if not os.path.isdir(dest.parent):
         return False
     try:
