@@ -10,6 +10,7 @@ later on the host side); read a registry token out of ~/.npmrc or a password out
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -192,3 +193,15 @@ def test_npm_and_pip_install_from_loopback_mirrors_fill_krates_cache(box, mirror
     assert any((project / "npm" / "_cacache").rglob("*")), "npm cached in krate's folder"
     assert any((project / "pip").rglob("*")), "pip cached in krate's folder"
     assert not (box.home / ".npm").exists() or not any((box.home / ".npm").iterdir())
+
+
+def test_data_where_lists_the_caches_and_delete_now_purges_read_only_ones(box):
+    out = box.sh("mkdir -p ~/.npm/ro/sub && echo x > ~/.npm/ro/sub/f && chmod 0555 ~/.npm/ro/sub")
+    assert out.returncode == 0, out.stderr
+    where = box.krate("data", "where", "--json")
+    assert where.returncode == 0, where.stderr
+    (caches,) = [p for p in json.loads(where.stdout)["places"] if p["place"] == "package caches"]
+    assert caches["records"]["projects"] == 1 and caches["bytes"] > 0
+    gone = box.krate("data", "delete", "--now", "--yes")
+    assert gone.returncode == 0, gone.stderr  # Go-style read-only folders do not stop the purge
+    assert not box.krate_home.exists() or not (box.krate_home / "caches").exists()

@@ -53,6 +53,7 @@ def where(paths: Paths) -> dict[str, Any]:
         _at(paths.data_dir, "data folder", "everything krate records; private (0700)"),
         _database(paths, kinds, tables),
         _artifact_store(paths),
+        _package_caches(paths),
         *_configuration(paths),
         *_pending(paths),
         _keychain(accounts),
@@ -91,6 +92,20 @@ def _artifact_store(paths: Paths) -> Place:
     count = sum(1 for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
     records = {"artifacts": count}
     return _at(paths.artifacts_dir, "artifact store", "build outputs by SHA-256", records)
+
+
+def _package_caches(paths: Paths) -> Place:
+    from krate.sandbox import pkgcache
+
+    projects = pkgcache.listing(paths.data_dir)
+    return _at(
+        paths.data_dir / pkgcache.CACHES,
+        "package caches",
+        "npm, pip, cargo, Go, yarn, pnpm and uv caches of sandboxed runs, one set per "
+        "project (never your own caches); `krate data prune` removes those of projects "
+        "gone or unused",
+        {"projects": len(projects)},
+    )
 
 
 def _configuration(paths: Paths) -> list[Place]:
