@@ -216,9 +216,9 @@ def _package_state(
 
     mounts = backend.capabilities().mounts
     home, environ = Path(policy.home), record.request.environ
-    spec = pkgcache.apply(
-        spec, data_dir=record.paths.data_dir, home=home, environ=environ, mounts=mounts
-    )
+    if spec.run_as is None:
+        folder = pkgcache.prepare(record.paths.data_dir, spec.workspace)
+        spec = pkgcache.apply(spec, folder=folder, home=home, environ=environ, mounts=mounts)
     if spec.run_as is not None or not _has_package_settings(home, environ):
         yield spec
         return

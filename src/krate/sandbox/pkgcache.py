@@ -116,17 +116,17 @@ def _write_private(path: Path, text: str) -> None:
 def apply(
     spec: SandboxSpec,
     *,
-    data_dir: Path,
+    folder: Path,
     home: Path,
     environ: Mapping[str, str],
     mounts: bool,
 ) -> SandboxSpec:
-    """The spec with the project's caches: mounted at the usual paths (`mounts`), else
-    writable and named by the tools' variables. A root krate running the workload as
-    the workspace's owner gets none (that user cannot reach root's data folder)."""
+    """The spec with the project's caches in `folder` (made by `prepare`): mounted at the
+    usual paths (`mounts`), else writable and named by the tools' variables. A root krate
+    running the workload as the workspace's owner gets none (that user cannot reach root's
+    data folder)."""
     if spec.run_as is not None:
         return spec
-    folder = prepare(data_dir, spec.workspace)
     if not mounts:
         env = dict(spec.env)
         extra = []
