@@ -205,3 +205,16 @@ def test_data_where_lists_the_caches_and_delete_now_purges_read_only_ones(box):
     gone = box.krate("data", "delete", "--now", "--yes")
     assert gone.returncode == 0, gone.stderr  # Go-style read-only folders do not stop the purge
     assert not box.krate_home.exists() or not (box.krate_home / "caches").exists()
+
+
+def test_a_settings_file_the_users_policy_hides_stays_hidden(box):
+    pip_conf = box.home / ".config" / "pip" / "pip.conf"
+    pip_conf.parent.mkdir(parents=True)
+    pip_conf.write_text("[global]\nindex-url = https://pypi.corp.example/simple\n")
+    box.krate_home.mkdir(exist_ok=True)
+    (box.krate_home / "policy.toml").write_text(f'[filesystem]\ndeny_read = ["{pip_conf}"]\n')
+    _own(box, box.home / ".config", box.krate_home)
+    out = box.sh("cat ~/.config/pip/pip.conf; echo end")
+    assert out.returncode == 0, out.stderr
+    assert "pypi.corp.example" not in out.stdout and out.stdout.strip() == "end"
+    assert str(pip_conf) in box.last_run()["layout"]["hidden"]

@@ -225,8 +225,10 @@ def _package_state(
     from krate.sandbox import pkgconfig
 
     base = record.paths.data_dir / RUN_DIRS
+    # A file the user's own policy hides stays hidden: no sanitized copy takes its place.
+    own = [Path(r.path) for r in policy.deny_rules if not r.layer.startswith("builtin")]
     with leftovers.run_folder(base, record.run_id + PKG_SUFFIX) as folder:
-        copies = pkgconfig.write_copies(folder, home, environ)
+        copies = pkgconfig.write_copies(folder, home, environ, skip=own)
         yield pkgconfig.apply(spec, copies, folder, mounts=mounts)
 
 

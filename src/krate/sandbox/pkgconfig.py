@@ -22,7 +22,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -124,14 +124,20 @@ def pip_sources(home: Path, environ: Mapping[str, str]) -> list[Path]:
     return [*site, *user, *extra]
 
 
-def write_copies(folder: Path, home: Path, environ: Mapping[str, str]) -> list[Copy]:
-    """Sanitized copies (0600) in `folder` of every npm and pip file that exists."""
+def write_copies(
+    folder: Path, home: Path, environ: Mapping[str, str], skip: Iterable[Path] = ()
+) -> list[Copy]:
+    """Sanitized copies (0600) in `folder` of every npm and pip file that exists, but
+    those in or under a path of `skip` (the user's own `deny_read`)."""
+    skip = list(skip)
     copies = []
     for tool, sources, clean in (
         ("npm", npm_sources(home, environ), sanitize_npmrc),
         ("pip", pip_sources(home, environ), sanitize_pipconf),
     ):
         for i, source in enumerate(dict.fromkeys(sources)):
+            if any(is_within(source, s) for s in skip):
+                continue
             try:
                 text = source.read_text(errors="replace") if source.is_file() else None
             except OSError:
