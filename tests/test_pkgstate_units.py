@@ -8,6 +8,7 @@ krate's hidden data folder, and nothing else there is.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from krate.policy import Flags
@@ -79,13 +80,11 @@ def _seatbelt(tmp_path: Path):
     conf = HOME / ".config" / "pip" / "pip.conf"
     run = tmp_path / "run.pkg"
     run.mkdir()
-    (run / "pip-0.conf").write_text("[global]\nindex-url = https://pypi.corp.example/simple\n")
-    (run / "npm-0.conf").write_text("registry=https://npm.corp.example/\n")
     copies = [
-        pkgconfig.Copy(conf, run / "pip-0.conf", "pip"),
-        pkgconfig.Copy(HOME / ".npmrc", run / "npm-0.conf", "npm"),
+        pkgconfig.Copy(conf, "[global]\nindex-url = https://pypi.corp.example/simple\n", "pip"),
+        pkgconfig.Copy(HOME / ".npmrc", "registry=https://npm.corp.example/\n", "npm"),
     ]
-    spec = pkgconfig.apply(spec, copies, run, mounts=False)
+    spec = pkgconfig.named(spec, copies, run)
     return spec, folder, run, parse(seatbelt.profile(spec, user_cache=CACHE))
 
 
@@ -108,9 +107,39 @@ def test_seatbelt_writes_krates_caches_only_and_never_the_store(tmp_path):
 
 def test_seatbelt_shows_the_sanitized_settings_and_hides_the_users_pip_conf(tmp_path):
     spec, _folder, run, prof = _seatbelt(tmp_path)
-    assert spec.env["NPM_CONFIG_USERCONFIG"] == str(run / "npm-0.conf")
+    assert spec.env["NPM_CONFIG_USERCONFIG"] == str(run / "npmrc")
+    assert "npm.corp.example" in (run / "npmrc").read_text()
+    assert (run / "npmrc").stat().st_mode & 0o777 == 0o600
     merged = Path(spec.env["PIP_CONFIG_FILE"])
     assert merged.parent == run and "pypi.corp.example" in merged.read_text()
     assert decide(prof, "file-read*", str(merged)) == "allow"
     assert decide(prof, "file-read*", f"{HOME}/.config/pip/pip.conf") == "deny"
     assert decide(prof, "file-read*", f"{HOME}/.npmrc") == "deny"  # the built-in hide
+
+
+def test_bubblewrap_shows_the_copies_from_descriptors_over_the_originals():
+    import shutil
+    import tempfile
+
+    from krate.sandbox import bwrap
+    from krate.sandbox.spec import build
+
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))  # the sandbox's /tmp is its own
+    npmrc = tmp_path / ".npmrc"
+    npmrc.write_text(f"_authToken={TOKEN}\n")
+    spec = build(
+        argv=("true",), cwd=tmp_path, workspace=tmp_path, allow_write=(), read_only=(),
+        deny_read=(npmrc,), env={},
+    )  # fmt: skip
+    assert npmrc in spec.hidden
+    spec = pkgconfig.mounted(spec, [pkgconfig.Copy(npmrc, "registry=https://r.example/\n", "npm")])
+    assert npmrc not in spec.hidden  # the copy takes its place
+    fds: list[int] = []
+    argv = bwrap.command(spec, "/usr/bin/bwrap", fds=fds, seccomp=lambda: None)
+    at = argv.index(str(npmrc))
+    assert argv[at - 2] == "--ro-bind-data"
+    fd = int(argv[at - 1])
+    assert os.read(fd, 100) == b"registry=https://r.example/\n"
+    for fd in fds:
+        os.close(fd)
+    shutil.rmtree(tmp_path)

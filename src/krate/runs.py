@@ -211,7 +211,8 @@ def _package_state(
     spec: SandboxSpec, policy: EffectivePolicy, record: _RunRecord, backend: Backend
 ) -> Iterator[SandboxSpec]:
     """The spec with the project's package caches and the sanitized npm and pip settings
-    (sandbox/pkgcache.py, sandbox/pkgconfig.py); their run folder is removed afterwards."""
+    (sandbox/pkgcache.py, sandbox/pkgconfig.py); where the settings need files (no
+    mounts), their run folder is removed afterwards."""
     from krate.sandbox import pkgcache
 
     mounts = backend.capabilities().mounts
@@ -224,12 +225,15 @@ def _package_state(
         return
     from krate.sandbox import pkgconfig
 
-    base = record.paths.data_dir / RUN_DIRS
     # A file the user's own policy hides stays hidden: no sanitized copy takes its place.
     own = [Path(r.path) for r in policy.deny_rules if not r.layer.startswith("builtin")]
+    copies = pkgconfig.sanitized(home, environ, skip=own)
+    if mounts:
+        yield pkgconfig.mounted(spec, copies)
+        return
+    base = record.paths.data_dir / RUN_DIRS
     with leftovers.run_folder(base, record.run_id + PKG_SUFFIX) as folder:
-        copies = pkgconfig.write_copies(folder, home, environ, skip=own)
-        yield pkgconfig.apply(spec, copies, folder, mounts=mounts)
+        yield pkgconfig.named(spec, copies, folder)
 
 
 def _has_package_settings(home: Path, environ: Mapping[str, str]) -> bool:

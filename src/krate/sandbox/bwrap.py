@@ -84,6 +84,14 @@ def open_empty() -> int:
     return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
+def data_fd(data: bytes) -> int:
+    """A descriptor reading `data` from its start (a memfd: never a file on disk)."""
+    fd = os.memfd_create("krate-data", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 LEGACY_TIOCSTI = "/proc/sys/dev/tty/legacy_tiocsti"
 # GNU env (coreutils 8.31+) puts back, in the workload, the signals bubblewrap ignores.
 ENV = "/usr/bin/env"
@@ -185,6 +193,10 @@ def command(
             args += ["--perms", "0444", "--ro-bind-data", str(fd), p]
     for bind in spec.extra_binds:
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), str(bind.dest)]
+    for dest, data in spec.data_files:
+        fd = data_fd(data)
+        fds.append(fd)
+        args += ["--perms", "0444", "--ro-bind-data", str(fd), str(dest)]
     args += ["--chdir", str(spec.cwd)]
     fds.extend(spec.pass_fds)  # not consumed by bubblewrap: they reach the command as they are
     if status_fd is not None:

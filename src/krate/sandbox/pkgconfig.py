@@ -5,12 +5,13 @@ needs, next to `_authToken`; the built-in profile hides the whole file, so
 `npm install` inside went to the public registry and failed. pip's files
 (`pip.conf`) were readable as they were, credentials in index URLs included.
 
-Each file is copied into the run's private folder (0600) with only the keys listed
-here (an allowlist: a key krate does not know is dropped, whatever it holds), and any
-`user:password@` taken out of URL values (the host is kept). On Linux each copy is
-mounted read-only over the original path, so the tools' own layering is unchanged;
-on Seatbelt, which cannot mount, `NPM_CONFIG_USERCONFIG` and `PIP_CONFIG_FILE` name
-the copies and the user's own pip files are hidden. Nothing of these files is
+Each file is copied with only the keys listed here (an allowlist: a key krate does not
+know is dropped, whatever it holds), and any `user:password@` taken out of URL values
+(the host is kept). On Linux bubblewrap shows each copy read-only over the original
+path (`--ro-bind-data`, from a descriptor: no file on disk), so the tools' own
+layering is unchanged; on Seatbelt, which cannot mount, the copies are written to the
+run's private folder (0600) and `NPM_CONFIG_USERCONFIG` and `PIP_CONFIG_FILE` name
+them, and the user's own pip files are hidden. Nothing of these files is
 recorded. configparser reads pip's format; npm's is `key=value` lines, parsed here
 (no library on the run path reads it).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from krate.paths import FILE_MODE
-from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, Bind, SandboxSpec, is_within
+from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, SandboxSpec, is_within
 
 # npm keys that may reach the workload (`@scope:registry` too); `//host/:...` never does.
 NPM_KEYS = frozenset((
@@ -52,7 +53,7 @@ _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)?[^/@\s]*@")
 
 class Copy(NamedTuple):
     source: Path  # the user's file (read, never changed)
-    copy: Path  # the sanitized copy in the run folder
+    text: str  # its sanitized text
     tool: str  # "npm" or "pip"
 
 
@@ -124,66 +125,60 @@ def pip_sources(home: Path, environ: Mapping[str, str]) -> list[Path]:
     return [*site, *user, *extra]
 
 
-def write_copies(
-    folder: Path, home: Path, environ: Mapping[str, str], skip: Iterable[Path] = ()
-) -> list[Copy]:
-    """Sanitized copies (0600) in `folder` of every npm and pip file that exists, but
-    those in or under a path of `skip` (the user's own `deny_read`)."""
+def sanitized(home: Path, environ: Mapping[str, str], skip: Iterable[Path] = ()) -> list[Copy]:
+    """The sanitized text of every npm and pip file that exists, but those in or under a
+    path of `skip` (the user's own `deny_read`)."""
     skip = list(skip)
     copies = []
     for tool, sources, clean in (
         ("npm", npm_sources(home, environ), sanitize_npmrc),
         ("pip", pip_sources(home, environ), sanitize_pipconf),
     ):
-        for i, source in enumerate(dict.fromkeys(sources)):
+        for source in dict.fromkeys(sources):
             if any(is_within(source, s) for s in skip):
                 continue
             try:
                 text = source.read_text(errors="replace") if source.is_file() else None
             except OSError:
                 text = None
-            if text is None:
-                continue
-            copy = folder / f"{tool}-{i}.conf"
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-            with os.fdopen(fd, "w") as f:
-                f.write(clean(text))
-            copies.append(Copy(source, copy, tool))
+            if text is not None:
+                copies.append(Copy(source, clean(text), tool))
     return copies
 
 
-def apply(spec: SandboxSpec, copies: list[Copy], folder: Path, *, mounts: bool) -> SandboxSpec:
-    """The spec showing the copies: mounted over the originals (`mounts`), else named by
-    the tools' variables (pip's merged into one file) with the user's pip files hidden."""
+def mounted(spec: SandboxSpec, copies: list[Copy]) -> SandboxSpec:
+    """The spec with each copy given to bubblewrap as a read-only file over its original
+    (`--ro-bind-data`: its text on a descriptor, never in a file krate would have to remove)."""
+    # bubblewrap cannot mount onto a file inside a hidden folder (an empty read-only tmpfs)
+    closed = [*spec.hidden, Path(PRIVATE_TMP), *map(Path, SOCKET_DIRS)]
+    shown = [
+        (c.source, c.text.encode())
+        for c in copies
+        if not any(is_within(c.source, h) and c.source != h for h in closed)
+    ]
+    # The copy takes the place of a hidden original (`~/.npmrc`): bubblewrap cannot mount
+    # over its empty stand-in, whose file is gone once mounted.
+    replaced = {dest for dest, _data in shown}
+    return spec._replace(
+        data_files=(*spec.data_files, *shown),
+        hidden=tuple(h for h in spec.hidden if h not in replaced),
+    )
+
+
+def named(spec: SandboxSpec, copies: list[Copy], folder: Path) -> SandboxSpec:
+    """The spec with the copies written to `folder` (0600) and named by the tools' variables
+    (pip's merged into one file), the user's own pip files hidden: where nothing can mount."""
     if not copies:
         return spec
-    if mounts:
-        # bubblewrap cannot mount onto a file inside a hidden folder (an empty read-only tmpfs)
-        closed = [*spec.hidden, Path(PRIVATE_TMP), *map(Path, SOCKET_DIRS)]
-        binds = [
-            Bind(c.copy, c.source)
-            for c in copies
-            if not any(is_within(c.source, h) and c.source != h for h in closed)
-        ]
-        # The copy takes the place of a hidden original (`~/.npmrc`): bubblewrap cannot mount
-        # over its empty stand-in, whose file is gone once mounted.
-        replaced = {b.dest for b in binds}
-        return spec._replace(
-            extra_binds=(*spec.extra_binds, *binds),
-            hidden=tuple(h for h in spec.hidden if h not in replaced),
-        )
     env = dict(spec.env)
     npm = [c for c in copies if c.tool == "npm"]
     if npm:
-        env["NPM_CONFIG_USERCONFIG"] = str(npm[-1].copy)
+        env["NPM_CONFIG_USERCONFIG"] = str(_write(folder / "npmrc", npm[-1].text))
     pip = [c for c in copies if c.tool == "pip"]
     hidden: list[Path] = []
     if pip:
-        merged = folder / "pip.conf"
-        fd = os.open(merged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write(sanitize_pipconf("".join(c.copy.read_text() for c in pip)))
-        env["PIP_CONFIG_FILE"] = str(merged)
+        merged = sanitize_pipconf("".join(c.text for c in pip))
+        env["PIP_CONFIG_FILE"] = str(_write(folder / "pip.conf", merged))
         hidden = [c.source for c in pip if not str(c.source).startswith(("/etc/", "/Library/"))]
     return spec._replace(
         env=env,
@@ -192,3 +187,10 @@ def apply(spec: SandboxSpec, copies: list[Copy], folder: Path, *, mounts: bool) 
         hidden=(*spec.hidden, *hidden),
         declared_hidden=(*(spec.declared_hidden or spec.hidden), *hidden),
     )
+
+
+def _write(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path

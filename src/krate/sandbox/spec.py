@@ -71,6 +71,9 @@ class SandboxSpec(NamedTuple):
     # Missing names in `read_only` that bubblewrap must mount over: placeholders hold them
     # for the run (sandbox/placeholders.py; git's own files, see sandbox/gitguard.py).
     pins: tuple[Pin, ...] = ()
+    # Read-only files krate writes the content of, at (path, bytes): bubblewrap's
+    # `--ro-bind-data` (npm's and pip's settings without credentials, sandbox/pkgconfig.py).
+    data_files: tuple[tuple[Path, bytes], ...] = ()
 
     def layout(self) -> dict[str, Any]:
         """What the run record keeps about the filesystem view (paths only)."""
