@@ -8,7 +8,8 @@ made by `npm pack`), each a `ThreadingHTTPServer` in this process. Four comparis
 interleaved, medians, ratio krate / bare:
 
 1. pip install of the 10 wheels, cold: no cache on either side (the user's ~/.cache/pip
-   removed before each bare run, krate's cache of the project before each krate run).
+   and krate's cache of the project emptied before every run of either arm; both
+   folders exist, so krate mounts its cache at the usual path).
 2. npm install of a 20-dependency project, cold likewise (~/.npm; node_modules and
    package-lock.json removed before every run of either arm).
 3. and 4. the same with warm caches: the user's for bare, krate's own for krate (both
@@ -61,6 +62,12 @@ def _clear(*paths: Path) -> None:
             path.unlink()
 
 
+def _empty(folder: Path) -> None:
+    """Empty a cache folder but keep it: krate mounts its own cache over the usual one."""
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        _clear(entry)
+
+
 def _run(argv: list[str], env: dict[str, str], cwd: Path) -> float:
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True)
@@ -77,6 +84,8 @@ class Setup:
         self.ws = self.home / "project"
         self.krate_home = base / "krate-home"
         self.ws.mkdir(parents=True)
+        for cache in (".npm", ".cache/pip"):  # as on a machine that has used npm and pip
+            (self.home / cache).mkdir(parents=True)
         wheels = [f"krate-bench-py{i:02d}" for i in range(10)]
         npms = [f"krate-bench-js{i:02d}" for i in range(20)]
         make_simple_index(base / "py", wheels)
@@ -134,7 +143,8 @@ def compare(setup: Setup, runs: int) -> list[tuple[str, float, float]]:
                 for arm in ("bare", "krate"):
                     _clear(*outputs)
                     if not warm:
-                        _clear(user_cache, *setup.krate_cache(tool))
+                        for cache in (user_cache, *setup.krate_cache(tool)):
+                            _empty(cache)
                     full = argv if arm == "bare" else setup.krate(argv, port)
                     times.setdefault((name, "warm" if warm else "cold", arm), []).append(
                         _run(full, setup.env, ws)

@@ -74,20 +74,30 @@ def test_writes_to_the_usual_caches_land_in_krates_cache_never_the_users(box):
     assert elsewhere.stdout.strip().endswith("absent"), elsewhere.stdout
 
 
-def test_a_missing_cache_folder_is_made_only_where_its_parent_exists(box):
-    """~/.cache counts as there (it is made): the XDG cache folder."""
-    (box.home / ".cache").mkdir()
-    _own(box, box.home / ".cache")
-    out = box.sh("echo x > ~/.npm/a && echo y > ~/.cache/go-build/b && ls ~/.cargo || echo none")
+def test_a_missing_usual_folder_is_never_made_on_the_host_the_tools_variable_names_the_cache(
+    box,
+):
+    home_before = os.listdir(box.home)
+    out = box.sh(
+        'echo "$npm_config_cache $PIP_CACHE_DIR $GOMODCACHE"; echo x > "$npm_config_cache/a" && '
+        'echo y > "$PIP_CACHE_DIR/b" && npm config get cache'
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("none")
-    assert (box.home / ".npm").is_dir() and not any((box.home / ".npm").iterdir())
-    assert not (box.home / ".cargo").exists()  # no cargo here: nothing made for it
+    first, last = out.stdout.strip().splitlines()[0], out.stdout.strip().splitlines()[-1]
+    assert first == "/tmp/.krate-cache/npm /tmp/.krate-cache/pip /tmp/.krate-cache/go-mod"
+    assert last == "/tmp/.krate-cache/npm"  # npm itself uses it
+    new = set(os.listdir(box.home)) - set(home_before)
+    assert new <= {".krate"}, new  # no ~/.npm, no ~/.cache made on the host
+    (project,) = _caches(box)
+    assert (project / "npm" / "a").read_text() == "x\n"
+    assert (project / "pip" / "b").read_text() == "y\n"
 
 
 def test_the_cache_mount_leads_nowhere_else_in_krates_data_and_krate_never_follows_its_links(
     box,
 ):
+    (box.home / ".npm").mkdir()
+    _own(box, box.home / ".npm")
     assert box.sh("true").returncode == 0  # the store exists
     db = box.krate_home / "krate.db"
     sentinel = box.home / "outside.txt"
@@ -182,8 +192,9 @@ def test_npm_and_pip_install_from_loopback_mirrors_fill_krates_cache(box, mirror
         "run", "--allow-host", f"127.0.0.1:{npm.port}", "--allow-host", f"127.0.0.1:{py.port}",
         "--", "/bin/sh", "-c",
         f"npm install --registry {npm.url}/ --no-audit --no-fund && "
-        f"/usr/bin/python3 -m pip install --isolated --trusted-host 127.0.0.1 --target pylib "
+        f"/usr/bin/python3 -m pip install --trusted-host 127.0.0.1 --target pylib "
         f"--index-url {py.url}/simple/ krate-wheel-one",
+        env=box.env(PIP_CONFIG_FILE=os.devnull),  # not this machine's file:// indexes
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert time.monotonic() - started < 60
@@ -192,11 +203,14 @@ def test_npm_and_pip_install_from_loopback_mirrors_fill_krates_cache(box, mirror
     (project,) = _caches(box)
     assert any((project / "npm" / "_cacache").rglob("*")), "npm cached in krate's folder"
     assert any((project / "pip").rglob("*")), "pip cached in krate's folder"
-    assert not (box.home / ".npm").exists() or not any((box.home / ".npm").iterdir())
+    assert not (box.home / ".npm").exists() and not (box.home / ".cache").exists()
 
 
 def test_data_where_lists_the_caches_and_delete_now_purges_read_only_ones(box):
-    out = box.sh("mkdir -p ~/.npm/ro/sub && echo x > ~/.npm/ro/sub/f && chmod 0555 ~/.npm/ro/sub")
+    out = box.sh(
+        'mkdir -p "$GOMODCACHE/ro/sub" && echo x > "$GOMODCACHE/ro/sub/f" && '
+        'chmod 0555 "$GOMODCACHE/ro/sub" "$GOMODCACHE/ro"'
+    )
     assert out.returncode == 0, out.stderr
     where = box.krate("data", "where", "--json")
     assert where.returncode == 0, where.stderr

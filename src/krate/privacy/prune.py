@@ -123,7 +123,7 @@ def prune(
 
 
 def remove_stale_caches(data_dir: Path, cutoff: datetime) -> list[str]:
-    """Remove the package caches of projects gone or unused since `cutoff`; their paths.
+    """Remove the package caches of projects gone or unused since `cutoff`; their folder names.
 
     Never follows a link inside a cache (pkgcache.remove): a workload wrote those files.
     """
@@ -134,7 +134,7 @@ def remove_stale_caches(data_dir: Path, cutoff: datetime) -> list[str]:
         if workspace and os.path.isdir(workspace) and used >= cutoff.timestamp():
             continue
         pkgcache.remove(folder)
-        removed.append(workspace or folder.name)
+        removed.append(folder.name)
     return removed
 
 

@@ -6,12 +6,12 @@ every later bare `npm install` or `pip install` on the host. Instead krate keeps
 cache folder per tool and per project (workspace) under its data folder
 (`caches/<key>/<tool>`, 0700), shared by that project's runs:
 
-- bubblewrap mounts each at the usual path (`~/.npm`, `~/.cache/pip`, ...). A usual
-  folder that does not exist yet is created empty on the host (0700) when its parent
-  exists (`~/.cargo/registry` when `~/.cargo` does) or is the XDG cache folder
-  (`~/.cache`, made too): bubblewrap can only mount onto an existing path, and the
-  tool would have created it anyway. Nothing is mounted at a
-  path inside the workspace, a writable folder (the user's own choice) or a hidden one.
+- bubblewrap mounts each at the usual path (`~/.npm`, `~/.cache/pip`, ...) when that
+  folder exists. It can only mount onto an existing path, and krate never creates one
+  in the user's home (a run leaves the host as it was): for a missing one the cache is
+  mounted under the sandbox's private /tmp (`/tmp/.krate-cache/<tool>`) and the tool's
+  own variable names it. Nothing is mounted at a path inside a writable folder (the
+  user's own choice, `allow_write = ["~/.cache/pip"]`) or a hidden one.
 - Seatbelt cannot mount: the folders become writable and the tools' own variables
   (`npm_config_cache`, `PIP_CACHE_DIR`, ...) point at them; cargo has no such
   variable for its registry alone, so its folders stay read-only there.
@@ -94,7 +94,7 @@ def prepare(data_dir: Path, workspace: Path, now: float | None = None) -> Path:
     folder = ensure_private_dir(project_folder(data_dir, workspace))
     marker = folder / WORKSPACE_FILE
     real = os.path.realpath(workspace)
-    if not marker.is_file() or marker.read_text() != real:
+    if not marker.is_file() or marker.read_bytes() != os.fsencode(real):
         _write_private(marker, real)
     used = folder / USED_FILE
     if not used.exists():
@@ -108,9 +108,10 @@ def prepare(data_dir: Path, workspace: Path, now: float | None = None) -> Path:
 
 
 def _write_private(path: Path, text: str) -> None:
+    """`text` as the file system's bytes (a workspace path need not be UTF-8)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.fsencode(text))
 
 
 def apply(
@@ -122,7 +123,7 @@ def apply(
     mounts: bool,
 ) -> SandboxSpec:
     """The spec with the project's caches in `folder` (made by `prepare`): mounted at the
-    usual paths (`mounts`), else writable and named by the tools' variables. A root krate
+    usual paths where they exist (`mounts`), else named by the tools' variables. A root krate
     running the workload as the workspace's owner gets none (that user cannot reach root's
     data folder)."""
     if spec.run_as is not None:
@@ -139,35 +140,39 @@ def apply(
             writable=(*spec.writable, *extra),
             declared_writable=(*(spec.declared_writable or spec.writable), *extra),
         )
-    binds = []
-    xdg = cache_home(home, environ)
+    binds, env = [], dict(spec.env)
     for tool in TOOLS:
         dest = usual_path(tool, home, environ)
-        if _mountable(dest, spec, xdg):
+        where = _place(dest, spec)
+        if where == MOUNT:
             binds.append(Bind(folder / tool.name, dest, writable=True))
-    return spec._replace(extra_binds=(*spec.extra_binds, *binds))
+        elif where == REDIRECT and tool.env is not None:
+            inside = Path(spec.tmpdir) / INSIDE / tool.name
+            binds.append(Bind(folder / tool.name, inside, writable=True))
+            env[tool.env] = str(inside)
+    return spec._replace(extra_binds=(*spec.extra_binds, *binds), env=env)
 
 
-def _mountable(dest: Path, spec: SandboxSpec, xdg: Path) -> bool:
-    """Whether bubblewrap can and should mount a cache at `dest` (made when its parent exists,
-    or its parent is the XDG cache folder, which is made too)."""
-    covered = [*spec.writable, *spec.hidden, Path(PRIVATE_TMP), *map(Path, SOCKET_DIRS)]
-    if any(is_within(dest, c) or is_within(c, dest) for c in covered):
-        return False
-    if os.path.lexists(dest):
-        return os.path.isdir(dest)
-    if dest.parent == xdg and not os.path.lexists(xdg):
-        try:
-            os.mkdir(xdg, DIR_MODE)
-        except OSError:
-            return False
-    if not os.path.isdir(dest.parent):
-        return False
-    try:
-        os.mkdir(dest, DIR_MODE)
-    except OSError:
-        return False
-    return True
+MOUNT, REDIRECT, LEAVE = "mount", "redirect", "leave"
+# Under the sandbox's private /tmp: where the cache goes when its usual folder is missing.
+INSIDE = ".krate-cache"
+
+
+def _place(dest: Path, spec: SandboxSpec) -> str:
+    """MOUNT at `dest` (a folder on the host, outside every other rule); LEAVE it (in a
+    writable folder: the user's own choice; or hidden); else REDIRECT the tool's variable.
+
+    bubblewrap can only mount onto a path that exists, and krate never creates one in the
+    user's home: the run leaves the host as it was.
+    """
+    if any(is_within(dest, w) or is_within(w, dest) for w in spec.writable):
+        return LEAVE
+    if any(is_within(dest, h) for h in spec.hidden):
+        return LEAVE
+    covered = [Path(PRIVATE_TMP), *map(Path, SOCKET_DIRS)]
+    if any(is_within(dest, c) for c in covered):
+        return REDIRECT
+    return MOUNT if os.path.isdir(dest) and not os.path.islink(dest) else REDIRECT
 
 
 def listing(data_dir: Path) -> list[tuple[Path, str, float]]:
@@ -193,8 +198,8 @@ def listing(data_dir: Path) -> list[tuple[Path, str, float]]:
 
 def _read_nofollow(path: Path) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd) as f:
-        return f.read(4096)
+    with os.fdopen(fd, "rb") as f:
+        return os.fsdecode(f.read(4096))
 
 
 def remove(folder: Path) -> None:
