@@ -143,3 +143,13 @@ def test_bubblewrap_shows_the_copies_from_descriptors_over_the_originals():
     for fd in fds:
         os.close(fd)
     shutil.rmtree(tmp_path)
+
+
+def test_a_cache_variable_pointing_into_a_writable_folder_is_the_users_choice(tmp_path):
+    spec, _ = spec_for(tmp_path, Flags(policy="default"), workspace=WS)
+    folder = pkgcache.project_folder(DATA, WS)
+    mine = {"PIP_CACHE_DIR": f"{WS}/.pip-cache"}
+    spec = pkgcache.apply(spec._replace(env=dict(mine)), folder=folder, home=HOME,
+                          environ=mine, mounts=False)  # fmt: skip
+    assert spec.env["PIP_CACHE_DIR"] == f"{WS}/.pip-cache"
+    assert spec.env["npm_config_cache"] == str(folder / "npm")

@@ -132,7 +132,8 @@ def apply(
         env = dict(spec.env)
         extra = []
         for tool in TOOLS:
-            if tool.env is not None:
+            mine = usual_path(tool, home, environ)  # the user's own variable, when set
+            if tool.env is not None and _place(mine, spec) != LEAVE:
                 env[tool.env] = str(folder / tool.name)
                 extra.append(folder / tool.name)
         return spec._replace(
@@ -165,7 +166,8 @@ def _place(dest: Path, spec: SandboxSpec) -> str:
     bubblewrap can only mount onto a path that exists, and krate never creates one in the
     user's home: the run leaves the host as it was.
     """
-    if any(is_within(dest, w) or is_within(w, dest) for w in spec.writable):
+    writable = {*spec.writable, *spec.declared_writable}
+    if any(is_within(dest, w) or is_within(w, dest) for w in writable):
         return LEAVE
     if any(is_within(dest, h) for h in spec.hidden):
         return LEAVE
