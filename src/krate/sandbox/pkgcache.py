@@ -48,7 +48,7 @@ USED_FILE = "used"  # its modification time: when a run last used the caches
 class Tool(NamedTuple):
     name: str  # the folder under caches/<key>/
     path: str  # the usual place, under the home (`.cache/` follows XDG_CACHE_HOME)
-    env: str | None  # the variable that moves it (Seatbelt; the user's own value on Linux)
+    env: str | None  # the variable that moves it (the user's; krate's where it cannot mount)
 
 
 TOOLS = (
