@@ -23,9 +23,11 @@ Stores names, paths and a redacted argv only, never environment values or output
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from krate.store.runs import RunRow
 
 RUN_DIRS = leftovers.RUN_DIRS
+PKG_SUFFIX = ".pkg"  # the run folder of the sanitized npm and pip settings
 
 
 def new_run_id(now_ms: int | None = None, rand: int | None = None) -> str:
@@ -224,6 +227,7 @@ def _launch(
         if session is not None:
             spec = session.apply(spec)
         with (
+            _package_state(spec, policy, record, backend) as spec,
             supervise.terminal_kept(),
             backend.open(
                 spec, run_id=run_id, data_dir=paths.data_dir, memory=record.prepared.memory
@@ -241,6 +245,55 @@ def _launch(
     if session is not None:
         session.check()
     return outcome
+
+
+@contextlib.contextmanager
+def _package_state(
+    spec: SandboxSpec, policy: EffectivePolicy, record: _RunRecord, backend: Backend
+) -> Iterator[SandboxSpec]:
+    """The spec with the project's package caches and the sanitized npm and pip settings
+    (sandbox/pkgcache.py, sandbox/pkgconfig.py); where the settings need files (no
+    mounts), their run folder is removed afterwards."""
+    from krate.sandbox import pkgcache
+
+    if spec.image is not None:  # the image has its own home: the host's tool paths mean nothing
+        yield spec
+        return
+    mounts = backend.capabilities().mounts
+    home, environ = Path(policy.home), record.request.environ
+    if spec.run_as is None:
+        folder = pkgcache.prepare(record.paths.data_dir, spec.workspace)
+        spec = pkgcache.apply(spec, folder=folder, home=home, environ=environ, mounts=mounts)
+    if spec.run_as is not None or not _has_package_settings(home, environ):
+        yield spec
+        return
+    from krate.sandbox import pkgconfig
+
+    # A file the user's own policy hides stays hidden: no sanitized copy takes its place.
+    own = [Path(r.path) for r in policy.deny_rules if not r.layer.startswith("builtin")]
+    copies = pkgconfig.sanitized(home, environ, skip=own)
+    if mounts:
+        yield pkgconfig.mounted(spec, copies)
+        return
+    base = record.paths.data_dir / RUN_DIRS
+    with leftovers.run_folder(base, record.run_id + PKG_SUFFIX) as folder:
+        yield pkgconfig.named(spec, copies, folder)
+
+
+def _has_package_settings(home: Path, environ: Mapping[str, str]) -> bool:
+    """Whether any npm or pip settings file exists (else pkgconfig is not even imported)."""
+    names = [home / ".npmrc", Path("/etc/pip.conf"), home / ".pip/pip.conf"]
+    names += [home / ".config/pip/pip.conf", Path("/etc/xdg/pip/pip.conf")]
+    for var in ("NPM_CONFIG_USERCONFIG", "npm_config_userconfig", "PIP_CONFIG_FILE"):
+        if environ.get(var):
+            names.append(Path(environ[var]))
+    for var in ("XDG_CONFIG_HOME", "XDG_CONFIG_DIRS"):
+        for folder in environ.get(var, "").split(":"):
+            if folder:
+                names.append(Path(folder) / "pip/pip.conf")
+    if sys.platform == "darwin":
+        names.append(home / "Library/Application Support/pip/pip.conf")
+    return any(os.path.isfile(n) for n in names)
 
 
 def _egress(

@@ -310,7 +310,8 @@ def prune(
     """Drop old runs, decisions, builds and events; the chain still verifies from a checkpoint.
 
     Whole runs only. Unreferenced artifacts are removed and the database is rebuilt so no
-    readable copy of what was pruned remains in it.
+    readable copy of what was pruned remains in it. The package caches of projects whose
+    folder is gone, or that no run used since the cutoff, are removed too.
 
     Example: krate data prune --older-than 90d --yes
     """
@@ -343,7 +344,9 @@ def prune(
                 f"recorded before {planned.cutoff[:19]}"
             )
             _confirm("Prune them permanently?", yes, "pruning")
-        result = domain.prune(store, cutoff, where_to.artifacts_dir, now, **_hooked())
+        result = domain.prune(
+            store, cutoff, where_to.artifacts_dir, now, data_dir=where_to.data_dir, **_hooked()
+        )
     if json_:
         render.print_json(result.to_dict())
         return
@@ -358,6 +361,12 @@ def prune(
         render.message(f"nothing recorded before {result.cutoff[:19]} UTC")
     if result.artifacts_removed:
         render.message(f"removed {len(result.artifacts_removed)} unreferenced artifacts")
+    if result.caches_removed:
+        count = len(result.caches_removed)
+        render.message(
+            f"removed the package caches of {count} project{'s' if count != 1 else ''} "
+            "gone or unused since the cutoff"
+        )
     if not result.wal_emptied:
         render.message(
             "note: another krate process was reading; the write-ahead log is emptied when it ends"

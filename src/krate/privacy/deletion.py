@@ -304,6 +304,10 @@ def _purge(entry: Path, hook: Hook, remover: Remover) -> list[KeychainEntry]:
     """Remove the keychain entries the record names, then every file (the database last)."""
     removed = remover(entries_in(entry / DB_NAME))
     hook("purge.keychain-done")
+    from krate.sandbox import pkgcache
+
+    for folder, _workspace, _used in pkgcache.listing(entry):
+        pkgcache.remove(folder)  # Go leaves read-only folders; links are never followed
     for name in ("artifacts", CONFIG_NAME):
         if (entry / name).exists():
             _remove_tree(entry / name)

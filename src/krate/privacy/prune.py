@@ -51,6 +51,7 @@ class PruneResult:
     tables: dict[str, int] = field(default_factory=dict)
     checkpoint_seq: int | None = None
     artifacts_removed: list[str] = field(default_factory=list)
+    caches_removed: list[str] = field(default_factory=list)  # projects' package caches
     wal_emptied: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,8 +76,13 @@ def prune(
     now: datetime,
     *,
     hook: Hook = _nothing,
+    data_dir: Path | None = None,
 ) -> PruneResult:
-    """Prune everything recorded before `cutoff`; see the module docstring for the guarantees."""
+    """Prune everything recorded before `cutoff`; see the module docstring for the guarantees.
+
+    With `data_dir`, the package caches (sandbox/pkgcache.py) of projects whose folder is
+    gone or that no run used since `cutoff` are removed too.
+    """
     from krate.store import images, trust
 
     cutoff_ts = format_ts(cutoff)
@@ -111,9 +117,27 @@ def prune(
     hook("prune.committed")
     result.artifacts_removed = remove_orphan_artifacts(store, artifacts_dir, now - ORPHAN_MIN_AGE)
     hook("prune.artifacts-removed")
+    if data_dir is not None:
+        result.caches_removed = remove_stale_caches(data_dir, cutoff)
     # Always compact, even when nothing was pruned now: it finishes a prune killed before this.
     result.wal_emptied = sql.compact(store.conn)
     return result
+
+
+def remove_stale_caches(data_dir: Path, cutoff: datetime) -> list[str]:
+    """Remove the package caches of projects gone or unused since `cutoff`; their folder names.
+
+    Never follows a link inside a cache (pkgcache.remove): a workload wrote those files.
+    """
+    from krate.sandbox import pkgcache
+
+    removed = []
+    for folder, workspace, used in pkgcache.listing(data_dir):
+        if workspace and os.path.isdir(workspace) and used >= cutoff.timestamp():
+            continue
+        pkgcache.remove(folder)
+        removed.append(folder.name)
+    return removed
 
 
 def remove_orphan_artifacts(store: Store, artifacts_dir: Path, older_than: datetime) -> list[str]:

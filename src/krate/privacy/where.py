@@ -52,6 +52,7 @@ def where(paths: Paths) -> dict[str, Any]:
         _database(database),
         _artifact_store(paths),
         _image_roots(paths),
+        _package_caches(paths),
         *_configuration(paths),
         *_pending(paths),
         _keychain(accounts),
@@ -92,6 +93,20 @@ def _image_roots(paths: Paths) -> Place:
 
     note = "unpacked images (derived: a run unpacks a missing one again from the blobs)"
     return _at(roots_dir(paths), "image roots", note)
+
+
+def _package_caches(paths: Paths) -> Place:
+    from krate.sandbox import pkgcache
+
+    projects = pkgcache.listing(paths.data_dir)
+    return _at(
+        paths.data_dir / pkgcache.CACHES,
+        "package caches",
+        "npm, pip, cargo, Go, yarn, pnpm and uv caches of sandboxed runs, one set per "
+        "project (never your own caches); `krate data prune` removes those of projects "
+        "gone or unused",
+        {"projects": len(projects)},
+    )
 
 
 def _configuration(paths: Paths) -> list[Place]:

@@ -43,6 +43,8 @@ class Capabilities(NamedTuple):
     network: BRIDGE or LOOPBACK, how the workload reaches the egress proxy.
     relay_threads: the egress proxy may relay tunnels in two blocking threads.
     images: runs an OCI image's root filesystem instead of the host's (`krate run IMAGE`).
+    mounts: a host folder can be mounted at another path (the package caches and settings
+        at their usual paths, sandbox/pkgcache.py); otherwise the tools' variables name them.
     """
 
     memory: str
@@ -51,6 +53,7 @@ class Capabilities(NamedTuple):
     network: str
     relay_threads: bool
     images: bool = False
+    mounts: bool = False
 
 
 class Gate(Protocol):

@@ -46,9 +46,14 @@ if TYPE_CHECKING:
     from krate.sandbox.spec import SandboxSpec
 
 CAPABILITIES = Capabilities(
-    memory="cgroup", kernel=True, run_as_owner=True, network=BRIDGE, relay_threads=True,
+    memory="cgroup",
+    kernel=True,
+    run_as_owner=True,
+    network=BRIDGE,
+    relay_threads=True,
     images=True,
-)  # fmt: skip
+    mounts=True,
+)
 SETTLE_S = 2.0
 
 

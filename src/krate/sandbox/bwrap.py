@@ -85,13 +85,11 @@ def open_empty() -> int:
 
 
 def data_fd(data: bytes) -> int:
-    """A pipe holding `data` (small: it fits the pipe's buffer), for `--ro-bind-data`."""
-    read, write = os.pipe()
-    try:
-        os.write(write, data)
-    finally:
-        os.close(write)
-    return read
+    """A descriptor reading `data` from its start (a memfd: never a file on disk)."""
+    fd = os.memfd_create("krate-data", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 LEGACY_TIOCSTI = "/proc/sys/dev/tty/legacy_tiocsti"
@@ -227,6 +225,10 @@ def _host_filesystem(
             args += ["--ro-bind-data", str(fd), str(bind.dest)]
             continue
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), str(bind.dest)]
+    for dest, data in spec.data_files:
+        fd = data_fd(data)
+        fds.append(fd)
+        args += ["--perms", "0444", "--ro-bind-data", str(fd), str(dest)]
     args += ["--chdir", str(spec.cwd)]
     return args
 

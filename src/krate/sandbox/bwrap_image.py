@@ -82,6 +82,10 @@ def filesystem(
         args += [*size, "--tmpfs", "/tmp"]
     args += _workspace(spec, empty, fds)
     for bind in spec.extra_binds:
+        if bind.data is not None:
+            # The host's resolver files (egress/etc.py) name host paths; an image keeps its
+            # own /etc, so clients that ignore the proxy variables get no DNS (docs/images.md).
+            continue
         args += ["--bind" if bind.writable else "--ro-bind", str(bind.source), str(bind.dest)]
     workload = list(spec.argv)
     if spec.extra_binds and _is_bridge(workload):

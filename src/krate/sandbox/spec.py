@@ -76,6 +76,9 @@ class SandboxSpec(NamedTuple):
     # `krate run IMAGE`: the image (images/runtime.py ImageRun) whose root replaces the
     # host's; the workspace is mounted at /work (sandbox/bwrap_image.py). None: the host's.
     image: Any = None
+    # Read-only files krate writes the content of, at (path, bytes): bubblewrap's
+    # `--ro-bind-data` (npm's and pip's settings without credentials, sandbox/pkgconfig.py).
+    data_files: tuple[tuple[Path, bytes], ...] = ()
 
     def layout(self) -> dict[str, Any]:
         """What the run record keeps about the filesystem view (paths only)."""
