@@ -49,3 +49,29 @@ def test_python_dash_m_krate_works():
         [sys.executable, "-m", "krate", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("krate ")
+
+
+def test_the_builtin_sha256_gives_hashlibs_digests():
+    """krate.sha replaces hashlib (OpenSSL) on the start-up path: the digests are the chain's."""
+    import hashlib
+
+    from krate import sha
+
+    for data in (b"", b"abc", bytes(range(256)) * 1000, "é\n".encode()):
+        assert sha.hexdigest(data) == hashlib.sha256(data).hexdigest()
+    assert sha.sha256.__module__ in ("_sha2", "_sha256")  # not OpenSSL's
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path):
+    import shutil
+
+    from krate.sandbox.detect import which
+
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "folder").mkdir(mode=0o755)
+    path = f"/nonexistent:{tmp_path}:/usr/bin:/bin"
+    for name in ("tool", "plain", "folder", "sh", "no-such-tool"):
+        assert which(name, path) == shutil.which(name, path=path), name
+    assert which("sh", "") is None

@@ -8,12 +8,12 @@ but PolicyError, whatever the file holds (the loader is fuzzed in the tests).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from krate import sha
 from krate.policy import envnames, hosts, paths
 from krate.policy.builtin import PROFILES
 from krate.policy.model import LIMIT_NAMES, Item, Layer, PolicyError
@@ -49,7 +49,7 @@ class PolicyFile(NamedTuple):
 
 
 def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha.hexdigest(data)
 
 
 def read_bytes(path: Path) -> bytes:
