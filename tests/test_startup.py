@@ -75,3 +75,23 @@ def test_which_finds_what_shutil_which_finds(tmp_path):
     for name in ("tool", "plain", "folder", "sh", "no-such-tool"):
         assert which(name, path) == shutil.which(name, path=path), name
     assert which("sh", "") is None
+
+
+def test_the_quick_exit_runs_exit_handlers_flushes_and_joins_threads(tmp_path):
+    """cli.main._exit skips the module teardown only: nothing a normal exit does is lost."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from krate.cli.main import _exit\n"
+        "atexit.register(lambda: sys.stdout.write('handler ran\\n'))\n"
+        "if sys.argv[1] == 'thread':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "sys.stdout.write('buffered output')\n"
+        "_exit(7)\n"
+    )
+    for mode, expected in (("plain", "buffered outputhandler ran\n"),
+                           ("thread", "buffered outputthread done\nhandler ran\n")):  # fmt: skip
+        out = tmp_path / f"{mode}.txt"
+        with open(out, "w") as fh:  # a file: stdout is block-buffered
+            done = subprocess.run([sys.executable, "-c", code, mode], stdout=fh, timeout=60)
+        assert done.returncode == 7
+        assert out.read_text() == expected

@@ -312,4 +312,32 @@ def _silence_stdout() -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    _exit(main())
+
+
+def _exit(code: int) -> None:
+    """Leave as `sys.exit(code)` would, without tearing down the interpreter's modules.
+
+    Tearing down some 150 modules costs about 4 ms of every command, for nothing:
+    the store is closed and committed, helper processes are stopped and files are
+    closed by then. What a normal exit does that matters is done here first: exit
+    handlers (the guard's settlement, tempfile's clean-ups) run, and buffered output
+    is flushed. A live non-daemon thread (joined by a normal exit) or output that
+    cannot be flushed (reported by a normal exit) takes the normal way out.
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+        t.is_alive() and not t.daemon and t is not threading.main_thread()
+        for t in threading.enumerate()
+    ):
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()  # and forgets them: a normal exit from here runs none twice
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except Exception:
+        sys.exit(code)
+    os._exit(code)
