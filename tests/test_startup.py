@@ -8,7 +8,9 @@ import sys
 
 from krate import __version__
 
-from .conftest import run_krate
+from .conftest import AS_ROOT, run_krate
+
+AS_ROOT_RUN = ("run", *AS_ROOT)
 
 HEAVY = ("sqlite_utils", "keyring", "rich.table", "rich.console", "pydantic")
 
@@ -95,3 +97,43 @@ def test_the_quick_exit_runs_exit_handlers_flushes_and_joins_threads(tmp_path):
             done = subprocess.run([sys.executable, "-c", code, mode], stdout=fh, timeout=60)
         assert done.returncode == 7
         assert out.read_text() == expected
+
+
+# What no light command may load (issue 19, ARCHITECTURE.md "Start-up budget"): the help
+# renderer's stack, the store's third-party helper (a current store needs no migration),
+# the keychain, pydantic, asyncio, and OpenSSL's hashlib (krate.sha is the builtin SHA-256).
+HEAVY_FOR_COMMANDS = ("rich", "markdown_it", "pygments", "sqlite_utils", "keyring", "pydantic",
+                      "asyncio", "_hashlib")  # fmt: skip
+LIGHT_COMMANDS = (
+    ["info"], ["info", "--json"], ["runs", "list"], ["runs", "show", "last"], ["builds", "list"],
+    ["artifacts", "list"], ["policy", "list"], ["policy", "show"],
+    ["policy", "explain", "net", "registry.npmjs.org"], ["audit", "head"], ["audit", "list"],
+    ["audit", "network"], ["data", "where"],
+)  # fmt: skip
+LOADED = (
+    "import contextlib, io, os, sys; from krate.cli.main import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()):\n"
+    "    code = main(sys.argv[2:], protect=True)\n"
+    "print(code, *[m for m in sys.argv[1].split(',') if m in sys.modules])\n"
+)
+
+
+def loaded(args: list[str], heavy, env=None, cwd=None) -> list[str]:
+    """The exit code and the modules of `heavy` that `krate ARGS` loaded, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", LOADED, ",".join(heavy), *args], env=env,
+                          cwd=cwd, capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.split()
+
+
+def test_light_commands_load_no_heavy_module(tmp_path, krate_home):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_krate(*AS_ROOT_RUN, "--no-network", "--", "true", cwd=work)  # a store with one run
+    for args in LIGHT_COMMANDS:
+        assert loaded(args, HEAVY_FOR_COMMANDS, cwd=work) == ["0"], args
+
+
+def test_a_tab_press_loads_neither_typer_nor_the_store(krate_home):
+    env = dict(os.environ, _KRATE_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="krate audit v")
+    heavy = ("typer", "rich", "sqlite3", "pathlib", "krate.store", "krate.policy", "ctypes")
+    assert loaded([], heavy, env=env) == ["0"]
