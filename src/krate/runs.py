@@ -27,13 +27,14 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate import ids
 from krate.errors import EXIT_FAILURE, EXIT_KRATE_FAILED, KrateError, UsageError
 from krate.paths import Paths
 from krate.policy import watch
 from krate.printable import printable
+from krate.records import NamedTuple
 from krate.redact import redact_argv
 from krate.run_prepare import Prepared, prepare
 from krate.run_prepare import broad_workspace as broad_workspace  # the CLI's and tests' name

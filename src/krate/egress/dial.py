@@ -13,10 +13,10 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import NamedTuple
 
 from krate.policy.decide import NetRule, net_decider
 from krate.policy.hosts import HostPattern
+from krate.records import NamedTuple
 
 # Cloud metadata endpoints that are not covered by "not globally routable".
 METADATA = {

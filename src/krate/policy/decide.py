@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from krate import canonical
 from krate.policy import paths
 from krate.policy.hosts import HostPattern, normalize_subject
 from krate.policy.model import Decision, Limits
+from krate.records import NamedTuple
 
 ALLOW = "allow"
 DENY = "deny"

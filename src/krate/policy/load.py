@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from krate import sha
 from krate.policy import envnames, hosts, paths
 from krate.policy.builtin import PROFILES
 from krate.policy.model import LIMIT_NAMES, Item, Layer, PolicyError
+from krate.records import NamedTuple
 
 PROJECT_FILE = "krate.toml"
 MAX_FILE_BYTES = 1 << 20

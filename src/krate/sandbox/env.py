@@ -13,8 +13,9 @@ Pure: the caller hands in the environment; this module never reads os.environ.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from krate.records import NamedTuple
 from krate.redact import credential_kind
 
 # Temporary-folder variables: all point at the sandbox's private folder.

@@ -26,10 +26,10 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 from krate import sha
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.records import NamedTuple
 
 LOCKS = "placeholders"
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate import canonical, sha
+from krate.records import NamedTuple
 from krate.store.connection import read_snapshot, translate_errors
 
 if TYPE_CHECKING:
