@@ -11,6 +11,7 @@ import pty
 import re
 import select
 import subprocess
+import sys
 
 import pytest
 import typer
@@ -293,3 +294,48 @@ def test_an_unknown_option_suggests_only_close_matches(args, suggested):
         assert "Possible" not in line and "--verbose" not in line, line
     else:
         assert f"(Possible options: {suggested})" in line, line
+
+
+# ---------------------------------------------------------------- help off a terminal
+
+BOX = str.maketrans("", "", "╭╮╰╯─│")
+
+
+def words(text: str) -> list[str]:
+    return text.translate(BOX).split()
+
+
+@pytest.mark.parametrize("path", sorted(ALL))
+def test_plain_help_says_exactly_what_rich_help_says(path):
+    """Off a terminal help skips rich (cli/plainhelp.py): the same words, in the same order."""
+    import contextlib
+    import io
+
+    from typer import rich_utils
+
+    from krate.cli import plainhelp
+
+    ctx = ROOT_COMMAND.make_context("krate", [], resilient_parsing=True)
+    cmd = ROOT_COMMAND
+    for name in path.split()[1:]:
+        cmd = cmd.get_command(ctx, name)
+        ctx = cmd.make_context(name, [], parent=ctx, resilient_parsing=True)
+    rich = io.StringIO()
+    with contextlib.redirect_stdout(rich):
+        rich_utils.rich_format_help(obj=cmd, ctx=ctx, markup_mode="rich")
+    plain = plainhelp.render(cmd, ctx)
+    assert plain is not None, "plainhelp leaves this command to rich: teach it, or say why"
+    assert words(plain) == words(rich.getvalue())
+    assert all(len(line) <= plainhelp.WIDTH for line in plain.splitlines())
+
+
+def test_help_on_a_pipe_loads_no_rich_and_matches_the_terminals(terminal_env):
+    code = "import sys; from krate.cli.main import main; main(['--help']); print(*sys.modules)"
+    env = {k: v for k, v in terminal_env.items() if k != "FORCE_COLOR"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    piped, _, modules = done.stdout.rstrip("\n").rpartition("\n")
+    assert "rich" not in modules.split()
+    on_terminal = re.sub(r"\x1b\[[0-9;]*m", "", on_a_terminal("--help", env=env))
+    assert "╭" in on_terminal  # rich on the terminal
+    assert words(piped) == words(on_terminal)

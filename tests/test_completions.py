@@ -197,3 +197,83 @@ def test_install_completion_still_works(tmp_path):
         [KRATE, "--show-completion", "zsh"], env=env, capture_output=True, text=True
     )
     assert shown.stdout.splitlines()[0] == "#compdef krate"
+
+
+def test_the_quick_completion_table_is_what_typer_offers():
+    """cli/complete_table.py is generated: a new command or option needs it regenerated."""
+    from krate.cli import complete_table, quickcomplete
+
+    commands, options = quickcomplete.table()
+    hint = "stale: python -m krate.cli.quickcomplete --write (then ruff format)"
+    assert commands == complete_table.COMMANDS, hint
+    # Click orders `-h`/`--help` by a set, differently in each process: compare as sets.
+    assert {k: sorted(v) for k, v in complete_table.OPTIONS.items()} == {
+        k: sorted(v) for k, v in options.items()
+    }, hint
+
+
+def _lines() -> list[str]:
+    """Command lines up to the cursor: command paths, partial names, options, odd input."""
+    from krate.cli import complete_table
+
+    lines = []
+    for path in complete_table.OPTIONS:
+        base = f"krate {path} ".replace("  ", " ")
+        names = [v for v, _z, _f in complete_table.COMMANDS.get(path, ())]
+        opts = [v for v, _z, _f in complete_table.OPTIONS[path]]
+        lines += [base, base + "-", base + "--", base + "-x", base + ".", base + "zz"]
+        lines += [base + n[:k] for n in names for k in (1, 2)]
+        lines += [base + o[:k] for o in opts for k in (2, 4)] + [base + o for o in opts[:3]]
+        lines += [base + opts[0] + "=", base + opts[0] + "=x"] if opts else []
+        lines += [base + n + " -" for n in names[:2]] + [base + "-- -"]
+    lines += ["krate", "krate bogus ", "krate bogus -", "krate run --policy ", "krate run -v --"]
+    lines += ["krate runs show ", "krate 'au", "krate a\\ u", "krate run \t-", "krate au\u00a0b"]
+    return lines
+
+
+def _lines_of(text: str) -> list[str]:
+    """The completion lines, sorted (zsh's are inside one `_arguments '*: :((...))'`)."""
+    prefix, suffix = "_arguments '*: :((", "))'\n"
+    if text.startswith(prefix) and text.endswith(suffix):
+        text = text[len(prefix) : -len(suffix)]
+    return sorted(text.split("\n"))
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_quick_completion_prints_what_typer_prints(shell):
+    """Every answer the quick path gives is byte for byte Typer's (the rest goes to Typer)."""
+    import contextlib
+    import io
+
+    import typer
+
+    from krate.cli import quickcomplete
+    from krate.cli.app import build
+
+    cli = typer.main.get_command(build(None))
+    answered = 0
+    for line in _lines():
+        if shell == "bash":
+            words = line.split(" ")
+            envs = [{"COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}]
+        elif shell == "zsh":
+            envs = [{"_TYPER_COMPLETE_ARGS": line}]
+        else:
+            envs = [{"_TYPER_COMPLETE_ARGS": line, "_TYPER_COMPLETE_FISH_ACTION": action}
+                    for action in ("get-args", "is-args")]  # fmt: skip
+        for env in envs:
+            env["_KRATE_COMPLETE"] = f"complete_{shell}"
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                quick = quickcomplete.answer(env)
+            if quick is None:
+                continue
+            answered += 1
+            code, text = quickcomplete.typer_answer(cli, env)
+            # the same lines; their order may differ only where Click's own order is a set's
+            # (`-h`/`--help`); every shell sorts what it shows
+            assert quick == code, (shell, line, env)
+            assert _lines_of(out.getvalue()) == _lines_of(text), (shell, line)
+            if "-h" not in text:
+                assert out.getvalue() == text, (shell, line, env)
+    assert answered > 150

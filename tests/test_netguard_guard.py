@@ -114,7 +114,8 @@ def test_name_resolution_alone_is_caught_recorded_and_exits_1(tmp_path, krate_ho
 def test_tab_completion_refuses_but_never_opens_the_database(tmp_path, krate_home):
     # shellingham is imported by typer's completion support.
     env = _plugin(tmp_path, "socket.getaddrinfo('telemetry.example.com', 443)", "shellingham")
-    env.update(_KRATE_COMPLETE="complete_bash", COMP_WORDS="krate au", COMP_CWORD="1")
+    # An option's values: Typer completes them (command names never load Typer at all).
+    env.update(_KRATE_COMPLETE="complete_bash", COMP_WORDS="krate run --policy ", COMP_CWORD="3")
     result = run_krate(env=env)
     assert "refused network access: socket.getaddrinfo" in result.stderr
     assert "shellingham/__init__.py:3" in result.stderr

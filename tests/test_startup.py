@@ -8,7 +8,9 @@ import sys
 
 from krate import __version__
 
-from .conftest import run_krate
+from .conftest import AS_ROOT, run_krate
+
+AS_ROOT_RUN = ("run", *AS_ROOT)
 
 HEAVY = ("sqlite_utils", "keyring", "rich.table", "rich.console", "pydantic")
 
@@ -49,3 +51,89 @@ def test_python_dash_m_krate_works():
         [sys.executable, "-m", "krate", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("krate ")
+
+
+def test_the_builtin_sha256_gives_hashlibs_digests():
+    """krate.sha replaces hashlib (OpenSSL) on the start-up path: the digests are the chain's."""
+    import hashlib
+
+    from krate import sha
+
+    for data in (b"", b"abc", bytes(range(256)) * 1000, "é\n".encode()):
+        assert sha.hexdigest(data) == hashlib.sha256(data).hexdigest()
+    assert sha.sha256.__module__ in ("_sha2", "_sha256")  # not OpenSSL's
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path):
+    import shutil
+
+    from krate.sandbox.detect import which
+
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    (tmp_path / "tool").chmod(0o755)
+    (tmp_path / "plain").write_text("")
+    (tmp_path / "folder").mkdir(mode=0o755)
+    path = f"/nonexistent:{tmp_path}:/usr/bin:/bin"
+    for name in ("tool", "plain", "folder", "sh", "no-such-tool"):
+        assert which(name, path) == shutil.which(name, path=path), name
+    assert which("sh", "") is None
+
+
+def test_the_quick_exit_runs_exit_handlers_flushes_and_joins_threads(tmp_path):
+    """cli.main._exit skips the module teardown only: nothing a normal exit does is lost."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from krate.cli.main import _exit\n"
+        "atexit.register(lambda: sys.stdout.write('handler ran\\n'))\n"
+        "if sys.argv[1] == 'thread':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "sys.stdout.write('buffered output')\n"
+        "_exit(7)\n"
+    )
+    for mode, expected in (("plain", "buffered outputhandler ran\n"),
+                           ("thread", "buffered outputthread done\nhandler ran\n")):  # fmt: skip
+        out = tmp_path / f"{mode}.txt"
+        with open(out, "w") as fh:  # a file: stdout is block-buffered
+            done = subprocess.run([sys.executable, "-c", code, mode], stdout=fh, timeout=60)
+        assert done.returncode == 7
+        assert out.read_text() == expected
+
+
+# What no light command may load (issue 19, ARCHITECTURE.md "Start-up budget"): the help
+# renderer's stack, the store's third-party helper (a current store needs no migration),
+# the keychain, pydantic, asyncio, and OpenSSL's hashlib (krate.sha is the builtin SHA-256).
+HEAVY_FOR_COMMANDS = ("rich", "markdown_it", "pygments", "sqlite_utils", "keyring", "pydantic",
+                      "asyncio", "_hashlib")  # fmt: skip
+LIGHT_COMMANDS = (
+    ["info"], ["info", "--json"], ["runs", "list"], ["runs", "show", "last"], ["builds", "list"],
+    ["artifacts", "list"], ["policy", "list"], ["policy", "show"],
+    ["policy", "explain", "net", "registry.npmjs.org"], ["audit", "head"], ["audit", "list"],
+    ["audit", "network"], ["data", "where"],
+)  # fmt: skip
+LOADED = (
+    "import contextlib, io, os, sys; from krate.cli.main import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()):\n"
+    "    code = main(sys.argv[2:], protect=True)\n"
+    "print(code, *[m for m in sys.argv[1].split(',') if m in sys.modules])\n"
+)
+
+
+def loaded(args: list[str], heavy, env=None, cwd=None) -> list[str]:
+    """The exit code and the modules of `heavy` that `krate ARGS` loaded, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", LOADED, ",".join(heavy), *args], env=env,
+                          cwd=cwd, capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.split()
+
+
+def test_light_commands_load_no_heavy_module(tmp_path, krate_home):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_krate(*AS_ROOT_RUN, "--no-network", "--", "true", cwd=work)  # a store with one run
+    for args in LIGHT_COMMANDS:
+        assert loaded(args, HEAVY_FOR_COMMANDS, cwd=work) == ["0"], args
+
+
+def test_a_tab_press_loads_neither_typer_nor_the_store(krate_home):
+    env = dict(os.environ, _KRATE_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="krate audit v")
+    heavy = ("typer", "rich", "sqlite3", "pathlib", "krate.store", "krate.policy", "ctypes")
+    assert loaded([], heavy, env=env) == ["0"]

@@ -16,9 +16,9 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from krate.errors import StoreError
+from krate.records import NamedTuple
 
 APP = "krate"
 DB_NAME = "krate.db"

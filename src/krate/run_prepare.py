@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.records import NamedTuple
 from krate.sandbox.env import Stripped, scrub
 from krate.sandbox.spec import SandboxSpec, build, is_within
 

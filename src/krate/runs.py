@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate import ids
 from krate.errors import (
@@ -42,6 +42,7 @@ from krate.errors import (
 from krate.paths import Paths
 from krate.policy import watch
 from krate.printable import printable
+from krate.records import NamedTuple
 from krate.redact import redact_argv
 from krate.run_prepare import Prepared, prepare
 from krate.run_prepare import broad_workspace as broad_workspace  # the CLI's and tests' name

@@ -7,6 +7,8 @@ unknown commands get the whole tree. `app` is the whole tree, built on first use
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib import import_module
 
 import typer
@@ -74,6 +76,10 @@ def _root() -> typer.Typer:
 
 def build(first: str | None = None) -> typer.Typer:
     """The root app with only `first` mounted when it names a command, else everything."""
+    if not _on_terminal():
+        from krate.cli import plainhelp
+
+        plainhelp.install(typer.core)  # the same help text, without rich's ~55 ms of imports
     root = _root()
     names = [first] if first in COMMANDS else list(COMMANDS)
     for name in names:
@@ -86,6 +92,16 @@ def build(first: str | None = None) -> typer.Typer:
             settings = WORKLOAD_CONTEXT if name in ("run", "build") else None
             root.command(name, context_settings=settings)(target)
     return root
+
+
+def _on_terminal() -> bool:
+    """Whether help goes to a terminal (or colour was asked for): then rich renders it."""
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def __getattr__(name: str) -> typer.Typer:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from krate.cli.common import lock_down, paths
+from krate.records import NamedTuple
 
 if TYPE_CHECKING:
     from krate.policy import Flags

@@ -30,10 +30,11 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
+from krate.records import NamedTuple
 from krate.sandbox.backend import BRIDGE as VIA_BRIDGE
 from krate.sandbox.backend import LOOPBACK as VIA_LOOPBACK
 from krate.sandbox.backend import Capabilities

@@ -16,10 +16,10 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import NamedTuple
 
 from krate.policy.decide import NetRule, net_decider, private_rule
 from krate.policy.hosts import HostPattern, allow_hint, host_text, normalize_subject
+from krate.records import NamedTuple
 
 # Cloud metadata endpoints that are not covered by "not globally routable".
 METADATA = {

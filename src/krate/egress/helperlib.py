@@ -46,6 +46,8 @@ MODULES = (
     "krate/policy/hosts.py",
     "krate/policy/model.py",
     "krate/policy/paths.py",
+    "krate/records.py",
+    "krate/sha.py",  # decide.py's policy hash (krate's; the proxy never calls it)
 )
 # Served as empty packages: the real `krate/policy/__init__.py` loads the whole policy loader,
 # `krate/egress/__init__.py` the run's egress session.

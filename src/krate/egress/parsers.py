@@ -14,10 +14,10 @@ import base64
 import binascii
 import contextlib
 import ipaddress
-from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from krate import hostport
+from krate.records import NamedTuple
 
 HEAD_END = b"\r\n\r\n"
 HOST_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")

@@ -107,7 +107,20 @@ def plan(root: click.Command) -> list[Invocation]:
             "tab completion",
             [],
             "completion",
+            env={
+                "_KRATE_COMPLETE": "complete_bash",
+                "COMP_WORDS": "krate run --policy ",
+                "COMP_CWORD": "3",
+            },  # fmt: skip
+            note="an option's values: Typer's completion, after the lockdown",
+        ),
+        Invocation(
+            "tab completion of names",
+            [],
+            "completion",
             env={"_KRATE_COMPLETE": "complete_bash", "COMP_WORDS": "krate au", "COMP_CWORD": "1"},
+            expect_lockdown=False,
+            note="command names, from a table before anything is imported; no lockdown needed",
         ),
     ]
     paths = leaf_commands(root)

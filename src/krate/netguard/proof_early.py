@@ -19,11 +19,11 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from krate.handoff import Handoff
 from krate.netguard import lockdown, proof_run
 from krate.netguard.proof_run import Invocation, Running
+from krate.records import NamedTuple
 
 # Real runs of the commands that start a sandbox and the egress proxy before their
 # lockdown (default policy: the proxy starts), in a fresh store. Each workload

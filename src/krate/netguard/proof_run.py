@@ -18,9 +18,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 from krate.netguard import guard, observer, startup
+from krate.records import NamedTuple
 
 TIMEOUT_S = 120
 

@@ -9,15 +9,15 @@ domain for `*.` patterns, then `*`), so the proxy's hot path stays cheap.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from krate import canonical
 from krate.policy import paths
 from krate.policy.hosts import HostPattern, normalize_subject
 from krate.policy.model import Decision, Limits
+from krate.records import NamedTuple
 
 ALLOW = "allow"
 DENY = "deny"
@@ -333,6 +333,8 @@ def canonical_hash(policy_rules: dict[str, Any], workspace: str) -> str:
         "env": [[e["pass"], e["strip"]] for e in policy_rules["env"]],
         "limits": {k: v["value"] for k, v in policy_rules["limits"].items()},
     }
+    from krate import sha  # not at the top: the egress proxy loads this module, never this
+
     text = canonical.dumps(body)
     # surrogateescape: a workspace path that is not UTF-8 is hashed as its bytes
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return sha.hexdigest(text.encode("utf-8", "surrogateescape"))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import lru_cache
-from typing import NamedTuple
 
 from krate import hostport
+from krate.records import NamedTuple
 
 WEB_PORTS = frozenset({80, 443})
 ANY = "any"

@@ -8,15 +8,16 @@ but PolicyError, whatever the file holds (the loader is fuzzed in the tests).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from krate import sha
 from krate.policy import envnames, hosts, paths
 from krate.policy.builtin import PROFILES
 from krate.policy.model import LIMIT_NAMES, Item, Layer, PolicyError
+from krate.records import NamedTuple
 
 PROJECT_FILE = "krate.toml"
 MAX_FILE_BYTES = 1 << 20
@@ -49,7 +50,7 @@ class PolicyFile(NamedTuple):
 
 
 def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha.hexdigest(data)
 
 
 def read_bytes(path: Path) -> bytes:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from krate.errors import KrateError
+from krate.records import NamedTuple
 
 LIMIT_NAMES = ("cpu_seconds", "memory_mb", "processes", "wall_seconds")
 

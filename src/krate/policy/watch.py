@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from krate.policy.load import PROJECT_FILE
+from krate.records import NamedTuple
 
 # About half a second of walking; past it the check says it stopped.
 MAX_ENTRIES = 1_000_000

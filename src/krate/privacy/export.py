@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from krate import sha
 from krate.errors import KrateError, UsageError
 from krate.paths import DB_NAME, Paths
 
@@ -127,7 +127,7 @@ def export(
 
 
 def _sha256(handle: IO[bytes]) -> str:
-    digest = hashlib.sha256()
+    digest = sha.sha256()
     for block in iter(lambda: handle.read(1 << 20), b""):
         digest.update(block)
     return digest.hexdigest()
@@ -167,7 +167,7 @@ class _Zip:
         return info
 
     def write_lines(self, name: str, rows: Iterable[Any]) -> int:
-        digest, n = hashlib.sha256(), 0
+        digest, n = sha.sha256(), 0
         with self.zip.open(self._info(name), "w", force_zip64=True) as member:
             for row in rows:
                 line = (_LINE(row) + "\n").encode()
@@ -179,10 +179,10 @@ class _Zip:
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self.zip.writestr(self._info(name), data)
-        self.digests[name] = hashlib.sha256(data).hexdigest()
+        self.digests[name] = sha.sha256(data).hexdigest()
 
     def write_file(self, name: str, path: Path) -> None:
-        digest = hashlib.sha256()
+        digest = sha.sha256()
         with (
             path.open("rb") as source,
             self.zip.open(self._info(name), "w", force_zip64=True) as member,

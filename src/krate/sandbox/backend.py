@@ -16,9 +16,10 @@ from __future__ import annotations
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.records import NamedTuple
 
 if TYPE_CHECKING:
     from krate.sandbox.cgroup import Place

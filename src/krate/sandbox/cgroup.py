@@ -27,7 +27,8 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+
+from krate.records import NamedTuple
 
 PREFIX = "krate-"
 MB = 1024 * 1024

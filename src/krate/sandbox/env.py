@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from krate.records import NamedTuple
 from krate.redact import credential_kind
 
 # Temporary-folder variables: all point at the sandbox's private folder.

@@ -26,9 +26,9 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from krate.policy.builtin import GIT_READ_ONLY
+from krate.records import NamedTuple
 from krate.sandbox.placeholders import Pin
 from krate.sandbox.spec import is_within
 

@@ -24,7 +24,8 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+
+from krate.records import NamedTuple
 
 MAX_ENTRIES = 100_000
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.records import NamedTuple
 
 if TYPE_CHECKING:
     from krate.sandbox.backend import Backend

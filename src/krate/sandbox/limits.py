@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import shutil
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.sandbox.detect import which as find_executable
 from krate.sandbox.spec import Limits
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def wrap_argv(limits: Limits, argv: list[str], path: str | None = None) -> list[
     """argv started through `prlimit --nproc` when a process limit is set."""
     if limits.processes is None:
         return argv
-    exe = shutil.which("prlimit", path=path or "/usr/bin:/bin:/usr/sbin:/sbin")
+    exe = find_executable("prlimit", path or "/usr/bin:/bin:/usr/sbin:/sbin")
     if exe is None:
         raise KrateError(
             "the policy sets limits.processes but `prlimit` (util-linux) is not installed; "

@@ -22,14 +22,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
+from krate import sha
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.records import NamedTuple
 
 LOCKS = "placeholders"
 
@@ -91,7 +91,7 @@ def sweep(data_dir: Path) -> None:
 def _lock_shared(data_dir: Path, pin: Pin) -> int:
     """A shared lock on this placeholder's lock file, which names it while it is held."""
     folder = data_dir / LOCKS
-    lock = folder / hashlib.sha256(os.fsencode(pin.path)).hexdigest()[:32]
+    lock = folder / sha.hexdigest(os.fsencode(pin.path))[:32]
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         try:

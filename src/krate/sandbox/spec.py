@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from krate.policy.model import Limits  # the policy's own limits, enforced as they are
 from krate.policy.paths import Resolver, expand
+from krate.records import NamedTuple
 
 if TYPE_CHECKING:
     from krate.sandbox.placeholders import Pin

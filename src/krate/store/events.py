@@ -13,13 +13,13 @@ forged or dropped without breaking the walk or the recorded head.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from krate import canonical
+from krate import canonical, sha
+from krate.records import NamedTuple
 from krate.store.connection import read_snapshot, translate_errors
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def encode_data(data: dict[str, Any]) -> str:
 
 def row_hash(prev_hash: str, seq: int, ts: str, kind: str, run_id: str | None, data: str) -> str:
     body = f"[{seq:d},{_str(ts)},{_str(kind)},{_str(run_id)},{data}]"
-    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+    return sha.hexdigest(f"{prev_hash}\n{body}".encode())
 
 
 class Writer:

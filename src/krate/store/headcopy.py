@@ -29,7 +29,9 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from krate.records import NamedTuple
 
 if TYPE_CHECKING:
     from krate.store.events import Head

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from krate.records import NamedTuple
 from krate.store.connection import query
 from krate.store.events import data_of
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from krate.records import NamedTuple
 from krate.store.connection import translate_errors
 
 if TYPE_CHECKING:
