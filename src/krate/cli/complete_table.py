@@ -61,6 +61,11 @@ COMMANDS = {
             "Build outputs in the content-addressed...",
         ),
         (
+            "image",
+            "OCI images to run workloads on\\\\: pull,...",
+            "OCI images to run workloads on: pull,...",
+        ),
+        (
             "policy",
             "The policy a workload runs under\\\\: what it...",
             "The policy a workload runs under: what it...",
@@ -123,6 +128,38 @@ COMMANDS = {
             "Re-hash the store against the records;...",
         ),
     ],
+    "image": [
+        (
+            "pull",
+            "Download an image from an OCI registry...",
+            "Download an image from an OCI registry...",
+        ),
+        (
+            "import",
+            "Import an image from a file or folder (no...",
+            "Import an image from a file or folder (no...",
+        ),
+        (
+            "list",
+            "List images, oldest first\\\\: name, config...",
+            "List images, oldest first: name, config...",
+        ),
+        (
+            "show",
+            "Show one image\\\\: digests, layers, the...",
+            "Show one image: digests, layers, the...",
+        ),
+        (
+            "rm",
+            "Forget images; delete their blobs unless...",
+            "Forget images; delete their blobs unless...",
+        ),
+        (
+            "verify",
+            "Re-hash every image''s blobs and check its...",
+            "Re-hash every image's blobs and check its...",
+        ),
+    ],
     "policy": [
         (
             "list",
@@ -146,8 +183,18 @@ COMMANDS = {
         ),
         (
             "init",
-            "Write a commented krate.toml template in...",
-            "Write a commented krate.toml template in...",
+            "Write a commented policy template\\\\:...",
+            "Write a commented policy template:...",
+        ),
+        (
+            "allow",
+            "Allow a host for later runs\\\\: append it to...",
+            "Allow a host for later runs: append it to...",
+        ),
+        (
+            "edit",
+            "Open your user policy (or the project''s...",
+            "Open your user policy (or the project's...",
         ),
         (
             "trust",
@@ -249,6 +296,11 @@ OPTIONS = {
             "Also allow this host pattern (repeatable). Example: --allow-host \napi.example.com:8443",
         ),
         (
+            "--allow-private-host",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example\\\\: --allow-private-host npm.corp.example",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example: --allow-private-host npm.corp.example",
+        ),
+        (
             "--allow-write",
             "Also allow writing here (repeatable). Example\\\\: --allow-write ~/.cache/pip",
             "Also allow writing here (repeatable). Example: --allow-write ~/.cache/pip",
@@ -274,6 +326,11 @@ OPTIONS = {
             "Workspace (writable) and working directory; default: the current directory. \nExample: --workdir ~/src/app",
         ),
         (
+            "--image",
+            "Run on this OCI image''s root filesystem (read-only; the workspace at /work) \ninstead of the host''s; never pulls. Also written \\`krate run IMAGE -- CMD\\`. \nExample\\\\: --image alpine\\\\:3.20",
+            "Run on this OCI image's root filesystem (read-only; the workspace at /work) \ninstead of the host's; never pulls. Also written `krate run IMAGE -- CMD`. \nExample: --image alpine:3.20",
+        ),
+        (
             "--allow-hardlinked-secrets",
             "Run even if a hidden file has other hard links (one of them may be readable). \nExample\\\\: krate run --allow-hardlinked-secrets -- make",
             "Run even if a hidden file has other hard links (one of them may be readable). \nExample: krate run --allow-hardlinked-secrets -- make",
@@ -297,6 +354,16 @@ OPTIONS = {
             "-v",
             "Say what krate did (on stderr). Example\\\\: krate run -v -- ls",
             "Say what krate did (on stderr). Example: krate run -v -- ls",
+        ),
+        (
+            "--quiet",
+            "No summary of refused connections when the run ends (they are still recorded\\\\: \nkrate runs show last). Example\\\\: --quiet",
+            "No summary of refused connections when the run ends (they are still recorded: \nkrate runs show last). Example: --quiet",
+        ),
+        (
+            "-q",
+            "No summary of refused connections when the run ends (they are still recorded\\\\: \nkrate runs show last). Example\\\\: --quiet",
+            "No summary of refused connections when the run ends (they are still recorded: \nkrate runs show last). Example: --quiet",
         ),
         ("--help", "Show this message and exit.", "Show this message and exit."),
         ("-h", "Show this message and exit.", "Show this message and exit."),
@@ -343,6 +410,11 @@ OPTIONS = {
             "Also allow this host pattern (repeatable). Example: --allow-host \napi.example.com:8443",
         ),
         (
+            "--allow-private-host",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example\\\\: --allow-private-host npm.corp.example",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example: --allow-private-host npm.corp.example",
+        ),
+        (
             "--allow-write",
             "Also allow writing here (repeatable). Example\\\\: --allow-write ~/.cache/pip",
             "Also allow writing here (repeatable). Example: --allow-write ~/.cache/pip",
@@ -368,6 +440,11 @@ OPTIONS = {
             "Workspace (writable) and working directory; default: the current directory. \nExample: --workdir ~/src/app",
         ),
         (
+            "--image",
+            "Run on this OCI image''s root filesystem (read-only; the workspace at /work) \ninstead of the host''s; never pulls. Also written \\`krate run IMAGE -- CMD\\`. \nExample\\\\: --image alpine\\\\:3.20",
+            "Run on this OCI image's root filesystem (read-only; the workspace at /work) \ninstead of the host's; never pulls. Also written `krate run IMAGE -- CMD`. \nExample: --image alpine:3.20",
+        ),
+        (
             "--allow-hardlinked-secrets",
             "Run even if a hidden file has other hard links (one of them may be readable). \nExample\\\\: krate build --allow-hardlinked-secrets --out dist -- make",
             "Run even if a hidden file has other hard links (one of them may be readable). \nExample: krate build --allow-hardlinked-secrets --out dist -- make",
@@ -391,6 +468,16 @@ OPTIONS = {
             "-v",
             "Say what krate did (on stderr). Example\\\\: krate build -v",
             "Say what krate did (on stderr). Example: krate build -v",
+        ),
+        (
+            "--quiet",
+            "No summary of refused connections when the run ends (they are still recorded\\\\: \nkrate runs show last). Example\\\\: --quiet",
+            "No summary of refused connections when the run ends (they are still recorded: \nkrate runs show last). Example: --quiet",
+        ),
+        (
+            "-q",
+            "No summary of refused connections when the run ends (they are still recorded\\\\: \nkrate runs show last). Example\\\\: --quiet",
+            "No summary of refused connections when the run ends (they are still recorded: \nkrate runs show last). Example: --quiet",
         ),
         ("--help", "Show this message and exit.", "Show this message and exit."),
         ("-h", "Show this message and exit.", "Show this message and exit."),
@@ -534,6 +621,65 @@ OPTIONS = {
         ("--help", "Show this message and exit.", "Show this message and exit."),
         ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
+    "image": [
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "image pull": [
+        (
+            "--platform",
+            "The platform to pull from a multi-platform image (default\\\\: this machine''s, \nlinux/<arch>). Example\\\\: --platform linux/arm64",
+            "The platform to pull from a multi-platform image (default: this machine's, \nlinux/<arch>). Example: --platform linux/arm64",
+        ),
+        (
+            "--plain-http",
+            "Use plain HTTP (unencrypted) even though the registry is not on this machine. \nExample\\\\: krate image pull 10.0.0.5\\\\:5000/me/tools\\\\:1 --plain-http",
+            "Use plain HTTP (unencrypted) even though the registry is not on this machine. \nExample: krate image pull 10.0.0.5:5000/me/tools:1 --plain-http",
+        ),
+        (
+            "--quiet",
+            "No progress and no summary on stderr. Example\\\\: krate image pull -q \nghcr.io/me/tools\\\\:1",
+            "No progress and no summary on stderr. Example: krate image pull -q \nghcr.io/me/tools:1",
+        ),
+        (
+            "-q",
+            "No progress and no summary on stderr. Example\\\\: krate image pull -q \nghcr.io/me/tools\\\\:1",
+            "No progress and no summary on stderr. Example: krate image pull -q \nghcr.io/me/tools:1",
+        ),
+        ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "image import": [
+        (
+            "--ref",
+            "The name to record (default\\\\: the archive''s tags, or PATH''s name). Example\\\\:\nkrate image import ./rootfs --ref myroot\\\\:1",
+            "The name to record (default: the archive's tags, or PATH's name). Example: krate\nimage import ./rootfs --ref myroot:1",
+        ),
+        ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "image list": [
+        ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "image show": [
+        ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "image rm": [
+        ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "image verify": [
+        ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
     "policy": [
         ("--help", "Show this message and exit.", "Show this message and exit."),
         ("-h", "Show this message and exit.", "Show this message and exit."),
@@ -554,6 +700,11 @@ OPTIONS = {
             "--allow-host",
             "Also allow this host pattern (repeatable). Example\\\\: --allow-host \napi.example.com\\\\:8443",
             "Also allow this host pattern (repeatable). Example: --allow-host \napi.example.com:8443",
+        ),
+        (
+            "--allow-private-host",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example\\\\: --allow-private-host npm.corp.example",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example: --allow-private-host npm.corp.example",
         ),
         (
             "--allow-write",
@@ -585,6 +736,11 @@ OPTIONS = {
     "policy explain": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
         (
+            "--no-resolve",
+            "net\\\\: answer from the rules alone, without resolving the name (a run also \nrefuses an allowed name that resolves to a private address). Example\\\\: \n--no-resolve",
+            "net: answer from the rules alone, without resolving the name (a run also refuses\nan allowed name that resolves to a private address). Example: --no-resolve",
+        ),
+        (
             "--policy",
             "Built-in profile (strict, default, open) or a policy file you choose (trusted). \nExample\\\\: --policy strict",
             "Built-in profile (strict, default, open) or a policy file you choose (trusted). \nExample: --policy strict",
@@ -593,6 +749,11 @@ OPTIONS = {
             "--allow-host",
             "Also allow this host pattern (repeatable). Example\\\\: --allow-host \napi.example.com\\\\:8443",
             "Also allow this host pattern (repeatable). Example: --allow-host \napi.example.com:8443",
+        ),
+        (
+            "--allow-private-host",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example\\\\: --allow-private-host npm.corp.example",
+            "Let this allowed host name resolve to a private, loopback or link-local address \n(a mirror inside your network; refused by default against DNS rebinding; \nrepeatable). Example: --allow-private-host npm.corp.example",
         ),
         (
             "--allow-write",
@@ -618,6 +779,34 @@ OPTIONS = {
         ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy init": [
+        (
+            "--user",
+            "Your user policy (applied to every run). Example\\\\: --user",
+            "Your user policy (applied to every run). Example: --user",
+        ),
+        (
+            "--force",
+            "Overwrite an existing file. Example\\\\: --user --force",
+            "Overwrite an existing file. Example: --user --force",
+        ),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "policy allow": [
+        (
+            "--project",
+            "The project''s krate.toml (the nearest above here) instead. Example\\\\: --project",
+            "The project's krate.toml (the nearest above here) instead. Example: --project",
+        ),
+        ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
+    ],
+    "policy edit": [
+        (
+            "--project",
+            "The project''s krate.toml (the nearest above here) instead. Example\\\\: --project",
+            "The project's krate.toml (the nearest above here) instead. Example: --project",
+        ),
         ("--help", "Show this message and exit.", "Show this message and exit."),
         ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
