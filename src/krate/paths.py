@@ -62,6 +62,11 @@ class Paths(NamedTuple):
         return self.data_dir / "artifacts"
 
     @property
+    def image_roots(self) -> Path:
+        """Unpacked images, keyed by config digest (derived from the blobs, images/roots.py)."""
+        return self.data_dir / "images" / "roots"
+
+    @property
     def egress_journals(self) -> Path:
         """Decisions of runs in progress; a killed run's are recorded by the next run."""
         return self.data_dir / "egress"

@@ -224,11 +224,11 @@ def init(
 @app.command()
 def allow(
     host: str = typer.Argument(
-        ..., metavar="HOST[:PORT]", help="A host pattern as in `[network] allow`, or a URL."
+        ..., metavar="HOST[:PORT]", help="A host pattern as in `network.allow`, or a URL."
     ),
     project: bool = PROJECT,
 ) -> None:
-    """Allow a host for later runs: append it to your user policy's `[network] add`.
+    """Allow a host for later runs: append it to your user policy's `network.add`.
 
     Validated as `krate policy check` does; comments and layout are kept; a host
     already listed is not added twice.

@@ -9,7 +9,6 @@ leaves nothing a run would use; deleting one loses nothing (the next run unpacks
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from krate import sha
 from krate.errors import KrateError
 from krate.images import blobs
 from krate.images.model import Image, parse_config
@@ -30,7 +30,7 @@ STALE_S = 24 * 3600
 
 
 def roots_dir(paths: Paths) -> Path:
-    return paths.data_dir / "images" / "roots"
+    return paths.image_roots
 
 
 def folder_of(paths: Paths, config_digest: str) -> Path:
@@ -160,7 +160,7 @@ def tree(root: Path) -> dict[str, tuple]:
             st = os.lstat(p)
             extra = None
             if stat.S_ISREG(st.st_mode):
-                digest = hashlib.sha256()
+                digest = sha.sha256()
                 try:
                     with open(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as reader:
                         while chunk := reader.read(1 << 20):

@@ -13,13 +13,13 @@ writable, and the workspace is mounted at /work, the working directory (docs/ima
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from krate import sha
 from krate.errors import EXIT_CANNOT_EXECUTE, EXIT_KRATE_FAILED, EXIT_NOT_FOUND, KrateError
 from krate.images import inroot
 from krate.images.model import parse_config
@@ -91,7 +91,7 @@ def _config_blob(paths: Paths, digest: str, name: str) -> bytes:
             raw = reader.read(16 << 20)
     except OSError:
         raw = b""
-    if hashlib.sha256(raw).hexdigest() != hex_digest:
+    if sha.sha256(raw).hexdigest() != hex_digest:
         raise KrateError(
             f"the config of image {name} ({digest}) is missing or changed in the store; "
             f"run `krate image verify {name}`",

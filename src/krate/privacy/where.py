@@ -89,10 +89,8 @@ def _artifact_store(paths: Paths) -> Place:
 
 
 def _image_roots(paths: Paths) -> Place:
-    from krate.images.roots import roots_dir
-
     note = "unpacked images (derived: a run unpacks a missing one again from the blobs)"
-    return _at(roots_dir(paths), "image roots", note)
+    return _at(paths.image_roots, "image roots", note)
 
 
 def _package_caches(paths: Paths) -> Place:

@@ -31,12 +31,12 @@ unlinks links) and sizes come from `lstat`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from krate import sha
 from krate.paths import DIR_MODE, FILE_MODE, ensure_private_dir
 from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, Bind, SandboxSpec, is_within
 
@@ -66,7 +66,7 @@ TOOLS = (
 
 def key(workspace: Path) -> str:
     """The project's folder name: a hash of the workspace's real path (no path in the name)."""
-    return hashlib.sha256(os.fsencode(os.path.realpath(workspace))).hexdigest()[:16]
+    return sha.sha256(os.fsencode(os.path.realpath(workspace))).hexdigest()[:16]
 
 
 def project_folder(data_dir: Path, workspace: Path) -> Path:
