@@ -69,6 +69,8 @@ class RunRequest(NamedTuple):
     # Step 5 of the launch: the CLI locks krate's own process out of the network (the
     # in-process test entry must not lock pytest down, so the CLI provides it).
     lock_down: Callable[[], None] | None = None
+    # The backend the command line chose (`--vm`); None: this machine's (backend.choose()).
+    backend: Any = None
 
 
 class RunResult(NamedTuple):
@@ -101,7 +103,7 @@ def execute(
     """
     if not request.argv:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
-    backend = backend or backends.choose()
+    backend = backend or request.backend or backends.choose()
     leftovers.sweep_stale(paths.data_dir / RUN_DIRS)
     since = watch.clock()
     placeholders.sweep(paths.data_dir)
@@ -158,7 +160,13 @@ def execute(
 
 
 def _check_command(spec: SandboxSpec, backend: Backend) -> None:
-    """126/127 before launching, as the sandbox will see the command."""
+    """126/127 before launching, as the sandbox will see the command.
+
+    A backend whose workload does not see the host's files (a micro-VM) finds the
+    command itself, inside: its 126/127 are the workload's own status.
+    """
+    if not getattr(backend, "host_paths", True):
+        return
 
     def visible(path: Path) -> bool:
         return backend.visible(path, spec)

@@ -24,6 +24,23 @@ WORKDIR = typer.Option(
     exists=True,
 )
 
+VM = typer.Option(
+    False,
+    "--vm",
+    help="Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. "
+    "Example: krate run --vm --rootfs ./root -- make",
+)
+# Temporary, until `krate run --vm IMAGE` names an image (the images issue): the unpacked root.
+ROOTFS = typer.Option(
+    None,
+    "--rootfs",
+    metavar="DIR",
+    help="With --vm: the folder to use as the VM's root filesystem (temporary; read-only).",
+    file_okay=False,
+    exists=True,
+    hidden=True,
+)
+
 
 def workload_options(hardlinked: str, as_root: str, verbose: str):
     """Decorate a command ending in `*, options` with the shared options; `options` gets
@@ -36,6 +53,8 @@ def workload_options(hardlinked: str, as_root: str, verbose: str):
             as_root=(bool, as_root_option(as_root)),
             allow_broad_workspace=(bool, ALLOW_BROAD_WORKSPACE),
             verbose=(bool, _verbose_option(verbose)),
+            vm=(bool, VM),
+            rootfs=(Path, ROOTFS),
         ),
         lambda **given: Workload.parsed(given),
     )

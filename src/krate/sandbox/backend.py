@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 # How the workload's network reaches the egress proxy (Capabilities.network).
 BRIDGE = "bridge"  # the proxy's unix socket is mounted in; the bridge inside can hold the workload
 LOOPBACK = "loopback"  # the proxy listens on a host loopback TCP port; nothing holds the workload
+# The proxy's unix socket, reached by the hypervisor's port forward (micro-VM: QEMU's guestfwd);
+# nothing holds the workload, whose proxy variables name the guest-side address.
+GUESTFWD = "guestfwd"
 
 
 class Capabilities(NamedTuple):
@@ -40,7 +43,7 @@ class Capabilities(NamedTuple):
         recorded as `layout.kernel` in run.started.
     run_as_owner: a root krate can run the workload as the workspace's owner (otherwise
         a root run without --as-root is refused).
-    network: BRIDGE or LOOPBACK, how the workload reaches the egress proxy.
+    network: BRIDGE, LOOPBACK or GUESTFWD, how the workload reaches the egress proxy.
     relay_threads: the egress proxy may relay tunnels in two blocking threads.
     """
 
@@ -115,4 +118,8 @@ def named(name: str, executable: str) -> Backend:
         from krate.sandbox.backend_seatbelt import Seatbelt
 
         return Seatbelt(executable)
+    if name.startswith("qemu"):  # recorded as qemu-kvm or qemu-tcg
+        from krate.sandbox.backend_qemu import Qemu
+
+        return Qemu(executable)
     raise ValueError(f"no sandbox backend called {name}")
