@@ -32,7 +32,7 @@ def kvm_usable(device: str = "/dev/kvm") -> bool:
 
 def choose(qemu: str, kernel: Path, initrd: Path, cache: Path, *, device: str = "/dev/kvm",
            machine: str = "x86_64") -> str:  # fmt: skip
-    """"kvm" or "tcg" for this kernel, probing (bounded) once and caching the answer."""
+    """ "kvm" or "tcg" for this kernel, probing (bounded) once and caching the answer."""
     if not kvm_usable(device):
         return "tcg"
     key = hashlib.sha256(f"{qemu}\0{kernel}\0{initrd}".encode()).hexdigest()[:24]

@@ -43,7 +43,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 dmesg -n 1
 if grep -q krate.probe /proc/cmdline; then echo krate-probe-ok; reboot -f; fi
-for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "krate-guest: insmod $m failed"; done
+for m in $(cat /modules/order); do
+  insmod /modules/$m.ko || echo "krate-guest: insmod $m failed"
+done
 port() {
   for d in /sys/class/virtio-ports/*; do
     [ "$(cat $d/name 2>/dev/null)" = "$1" ] && echo /dev/${d##*/} && return

@@ -38,6 +38,9 @@ class GuestUser(NamedTuple):
         return cls(int(uid), int(gid or uid))
 
 
+ROOT = GuestUser()
+
+
 def guest_cwd(cwd: str, workspace: str) -> str:
     """The guest's working folder for host folder `cwd`: the same place under /work."""
     cwd_p, ws = PurePosixPath(cwd), PurePosixPath(workspace)
@@ -50,7 +53,7 @@ def script(
     argv: Sequence[str],
     env: Mapping[str, str],
     cwd: str,
-    user: GuestUser = GuestUser(),
+    user: GuestUser = ROOT,
     *,
     cpu_seconds: int | None = None,
     processes: int | None = None,
@@ -64,7 +67,7 @@ def script(
         lines.append(f"ulimit -u {int(processes)} || exit 125")
     command = [f"exec chroot {NEWROOT} {BUSYBOX} env -i"]
     command += [q(f"{name}={value}") for name, value in env.items() if "=" not in name]
-    if user != GuestUser(0, 0):
+    if user != ROOT:
         command += [BUSYBOX, "nsenter", "-S", str(user.uid), "-G", str(user.gid)]
     command += [BUSYBOX, "sh", "-c", q(STEP), "krate", q(cwd), *(q(a) for a in argv)]
     lines.append(" \\\n  ".join(command))
