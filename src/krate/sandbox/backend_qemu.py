@@ -100,11 +100,14 @@ class Qemu(Installed):
             return self.ready
         kernel = vm_kernel.find()
         if kernel is None:
-            raise KrateError(f"cannot start a micro-VM: {vm_kernel.install_hint()}", 125)
+            raise KrateError(
+                f"cannot start a micro-VM: {vm_kernel.install_hint()}", exit_code=EXIT_KRATE_FAILED
+            )
         busybox = vm_initramfs.find_busybox()
         if busybox is None:
             raise KrateError(
-                f"cannot start a micro-VM: no static busybox; {vm_initramfs.BUSYBOX_HINT}", 125
+                f"cannot start a micro-VM: no static busybox; {vm_initramfs.BUSYBOX_HINT}",
+                exit_code=EXIT_KRATE_FAILED,
             )
         cache = cache_dir(data_dir)
         image = vm_kernel.vmlinux(kernel, cache)
@@ -286,7 +289,9 @@ class QemuLauncher(Launcher):
         for bind in self.spec.extra_binds:
             if bind.source.name == "proxy.sock":
                 return bind.source
-        raise KrateError("the micro-VM found no egress proxy socket for the run", 125)
+        raise KrateError(
+            "the micro-VM found no egress proxy socket for the run", exit_code=EXIT_KRATE_FAILED
+        )
 
     # ------------------------------------------------ the status port
 

@@ -8,6 +8,7 @@ command that installs it. Nothing here downloads anything.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
 import sys
@@ -53,6 +54,25 @@ def status(machine: str | None = None, plat: str = sys.platform) -> list[Part]:
     ]
 
 
+def acceleration(data_dir: Path, plat: str = sys.platform) -> str:
+    """What `krate doctor` says about KVM: the cached probe's answer, or what will decide."""
+    if plat == "darwin":
+        return "Virtualization.framework"
+    from krate.sandbox import vm_accel
+    from krate.sandbox.backend_qemu import cache_dir
+
+    if not vm_accel.kvm_usable():
+        return "no usable /dev/kvm: emulated (TCG), a few seconds per run"
+    answers = set()
+    with contextlib.suppress(OSError):
+        answers = {p.read_text().strip() for p in cache_dir(data_dir).glob("accel-*")}
+    if answers == {"kvm"}:
+        return "KVM (a probe boot worked)"
+    if "tcg" in answers:
+        return "/dev/kvm opens but a probe boot hung or failed: emulated (TCG), slow"
+    return "/dev/kvm opens; the first --vm run probes whether KVM boots (else TCG)"
+
+
 def choose(vm: bool, rootfs: Path | None, data_dir: Path, plat: str = sys.platform):
     """The micro-VM backend for `--vm --rootfs DIR`, its guest ready (kernel, initramfs and
     acceleration decided, so the run records `qemu-kvm` or `qemu-tcg`); UsageError or 125."""
@@ -67,13 +87,13 @@ def choose(vm: bool, rootfs: Path | None, data_dir: Path, plat: str = sys.platfo
 
         return container.choose(rootfs)
     if not plat.startswith("linux"):
-        raise KrateError(f"krate has no micro-VM backend for {plat}", EXIT_KRATE_FAILED)
+        raise KrateError(f"krate has no micro-VM backend for {plat}", exit_code=EXIT_KRATE_FAILED)
     missing = [p for p in status() if p.found is None]
     if missing:
         part = missing[0]
         raise KrateError(
             f"cannot run --vm: {part.name} is missing; {part.hint} (see `krate doctor`)",
-            EXIT_KRATE_FAILED,
+            exit_code=EXIT_KRATE_FAILED,
         )
     from krate.sandbox.backend_qemu import Qemu
 
