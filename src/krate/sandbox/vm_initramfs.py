@@ -125,7 +125,9 @@ def build(kernel: vm_kernel.Kernel, busybox: Path, cache: Path) -> Path:
         ("bin/busybox", 0o100755, busybox.read_bytes()),
         ("modules/order", 0o100644, "\n".join(n for n, _ in modules).encode() + b"\n"),
     ]
-    files += [(f"modules/{name}.ko", 0o100644, path.read_bytes()) for name, path in modules]
+    files += [
+        (f"modules/{name}.ko", 0o100644, vm_kernel.module_bytes(path)) for name, path in modules
+    ]
     digest = hashlib.sha256()
     for name, mode, data in files:
         digest.update(f"{name}\0{mode}\0{len(data)}\0".encode())

@@ -34,6 +34,7 @@ MODULES = ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p", "overlay")
 NET_MODULES = ("virtio_net",)
 PACKAGE = {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}
 XZ_MAGIC = b"\xfd7zXZ\x00"
+SUFFIXES = (".ko", ".ko.xz", ".ko.gz")  # Debian 13 compresses modules with xz; zstd: not read
 GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
@@ -62,6 +63,8 @@ def find(roots: tuple[Path, ...] = ROOTS) -> Kernel | None:
         with contextlib.suppress(OSError):
             for image in (root / "boot").glob("vmlinuz-*"):
                 version = image.name[len("vmlinuz-") :]
+                if not os.access(image, os.R_OK):  # e.g. Ubuntu's /boot: root's only
+                    continue
                 for lib in ("lib", "usr/lib"):
                     modules = root / lib / "modules" / version
                     if (modules / "kernel").is_dir():
@@ -90,15 +93,26 @@ def _module_index(modules: Path) -> dict[str, Path]:
         index: dict[str, Path] = {}
         for dirpath, _dirs, files in os.walk(modules / "kernel"):
             for name in files:
-                if name.endswith(".ko"):
-                    index.setdefault(_norm(name[:-3]), Path(dirpath) / name)
+                for suffix in SUFFIXES:
+                    if name.endswith(suffix):
+                        index.setdefault(_norm(name[: -len(suffix)]), Path(dirpath) / name)
         _INDEX[modules] = index
     return _INDEX[modules]
 
 
+def module_bytes(path: Path) -> bytes:
+    """The module as busybox's insmod loads it: decompressed."""
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".gz"):
+        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    return data
+
+
 def depends(path: Path) -> list[str]:
     """A module's `depends=` list, read from its .modinfo strings."""
-    data = path.read_bytes()
+    data = module_bytes(path)
     match = re.search(rb"(?:^|\x00)depends=([^\x00]*)\x00", data)
     if match is None:
         return []
