@@ -196,7 +196,7 @@ def test_rules_the_vm_cannot_enforce_refuse_the_run(tmp_path):
 def launcher_at(folder: Path) -> backend_qemu.QemuLauncher:
     launcher = backend_qemu.QemuLauncher.__new__(backend_qemu.QemuLauncher)
     launcher.folder, launcher.boot_s, launcher.accel = folder, 90.0, "tcg"
-    launcher.timed_boot = False
+    launcher.timed_boot, launcher.forwarded = False, []
     return launcher
 
 
@@ -210,6 +210,22 @@ def test_status_port_lines_become_the_outcome(tmp_path):
     launcher.not_started(outcome, 0)
     assert (outcome.exit_code, outcome.status) == (125, "failed")
     assert outcome.reason == "the micro-VM's init failed: cannot mount the workspace"
+
+
+def test_a_signal_that_ended_qemu_mid_run_is_128_plus_n(tmp_path):
+    launcher = launcher_at(tmp_path)
+    (tmp_path / "status").write_text("started\n")
+    launcher.forwarded = [15]
+    outcome = Outcome(0, "finished")
+    launcher.not_started(outcome, 0)
+    assert (outcome.exit_code, outcome.status) == (143, "interrupted")
+
+
+def test_the_command_line_needs_vm_and_rootfs_together(cli, tmp_path):
+    out = cli("run", "--rootfs", str(tmp_path), "--", "true")
+    assert out.code == 2 and "add --vm" in out.err
+    out = cli("run", "--vm", "--", "true")
+    assert out.code == 2 and "--rootfs DIR" in out.err
 
 
 def test_a_hung_boot_is_125_with_the_console_lines(tmp_path):

@@ -325,8 +325,10 @@ class QemuLauncher(Launcher):
             outcome.reason = f"the micro-VM's init failed: {failed[0]}"
         elif "started" in said:
             # QEMU ended while the workload ran (killed, or the guest crashed)
+            # A forwarded signal ends QEMU itself (it is not passed into the guest).
             outcome.status = "interrupted"
-            outcome.exit_code = 128 - returncode if returncode < 0 else EXIT_KRATE_FAILED
+            signum = -returncode if returncode < 0 else (self.forwarded or [0])[-1]
+            outcome.exit_code = 128 + signum if signum else EXIT_KRATE_FAILED
             outcome.reason = f"the micro-VM stopped before the workload exited (QEMU {returncode})"
         elif self.timed_boot:
             outcome.reason = (
