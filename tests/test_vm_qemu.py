@@ -151,6 +151,9 @@ def check_attack(box: VmBox, root: Path, out: subprocess.CompletedProcess) -> No
     assert written.read_text() == "written\n"
     owner = pwd.getpwnam(box.user).pw_uid if box.user else os.geteuid()
     assert written.stat().st_uid == owner
+    # krate's data folder stays private (the guest's cache included), as `krate doctor` checks
+    for path in (box.home / "k").rglob("*"):
+        assert path.is_symlink() or not path.lstat().st_mode & 0o077, path
     shown = box.last_run()
     assert shown["backend"] in ("qemu-tcg", "qemu-kvm")
     assert shown["exit_code"] == 3 and shown["status"] == "finished"
@@ -225,4 +228,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-

@@ -67,13 +67,13 @@ def test_stdout_by_fd_set_stderr_by_path_memory_and_kvm():
 
 
 def test_network_is_restricted_slirp_whose_only_way_out_is_the_relay():
-    relay = qemu.relay_command("/usr/bin/python3", "/k/vm_relay.py", "/tmp/e,x/proxy.sock")
-    assert relay == "/usr/bin/python3 -I -S /k/vm_relay.py /tmp/e,x/proxy.sock"
+    relay = qemu.relay_command("/usr/bin/python3", "/k/guestfwd.py", "/tmp/e,x/proxy.sock")
+    assert relay == "/usr/bin/python3 -I -S /k/guestfwd.py /tmp/e,x/proxy.sock"
     argv = qemu.command(plan(forwards=((3128, relay), (1080, relay))))
     (netdev,) = after(argv, "-netdev")
     assert netdev.startswith("user,id=net0,restrict=on,")
     assert netdev.count("guestfwd=") == 2
-    assert "guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/python3 -I -S /k/vm_relay.py " in netdev
+    assert "guestfwd=tcp:10.0.2.100:3128-cmd:/usr/bin/python3 -I -S /k/guestfwd.py " in netdev
     assert "/tmp/e,,x/proxy.sock" in netdev  # the comma cannot start an option
     assert "hostfwd" not in netdev
     assert after(argv, "-sandbox")[0].endswith("spawn=allow,resourcecontrol=deny")
@@ -166,8 +166,15 @@ def test_the_uncompressed_kernel_is_found_inside_the_image(tmp_path):
     image.write_bytes(b"MZ header" + lzma.compress(b"not this") + lzma.compress(elf))
     kernel = vm_kernel.Kernel("v", image, tmp_path)
     out = vm_kernel.vmlinux(kernel, tmp_path / "cache")
-    assert out.read_bytes() == elf and out.stat().st_mode & 0o777 == 0o644
+    assert out.read_bytes() == elf and out.stat().st_mode & 0o777 == 0o600  # in a data folder
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
     assert vm_kernel.vmlinux(kernel, tmp_path / "cache") == out  # cached by digest
+
+
+def test_a_root_krate_caches_the_guest_where_the_workspace_owner_can_read_it(tmp_path):
+    assert backend_qemu.cache_dir(tmp_path, euid=0) == vm_kernel.SYSTEM_CACHE
+    assert backend_qemu.cache_dir(tmp_path, euid=1000) == tmp_path / "cache" / "vm"
+    assert vm_kernel.file_mode(vm_kernel.SYSTEM_CACHE) == 0o644
 
 
 def spec(ws: Path, **kw) -> SandboxSpec:

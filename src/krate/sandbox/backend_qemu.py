@@ -9,7 +9,7 @@ What the run sees: the image root read-only with a throwaway tmpfs layer, the
 workspace read-write at /work (both 9p shares, the read-only one enforced by
 QEMU on the host), nothing else of the host. No network device at all without
 network; with it, QEMU's user-mode network restricted to `guestfwd` rules that
-relay each connection to krate's egress proxy socket (vm_relay.py), which decides
+relay each connection to krate's egress proxy socket (egress/guestfwd.py), which decides
 and records it (qemu.py). Memory is the VM's RAM (`limits.memory_mb`, else
 DEFAULT_MEMORY_MB); CPU time and processes are rlimits in the guest (run.sh).
 Rules the VM cannot enforce refuse the run (125): a hidden or read-only path
@@ -152,8 +152,14 @@ class Qemu(Installed):
                 yield launcher
 
 
-def cache_dir(data_dir: Path) -> Path:
-    """Derived, disposable: the extracted kernel, the initramfs, the KVM probe's answer."""
+def cache_dir(data_dir: Path, euid: int | None = None) -> Path:
+    """Derived, disposable: the extracted kernel, the initramfs, the KVM probe's answer.
+
+    A root krate's is vm_kernel.SYSTEM_CACHE (QEMU may run as another user)."""
+    from krate.sandbox.vm_kernel import SYSTEM_CACHE
+
+    if (os.geteuid() if euid is None else euid) == 0:
+        return SYSTEM_CACHE
     return data_dir / "cache" / "vm"
 
 
@@ -256,9 +262,10 @@ class QemuLauncher(Launcher):
         forwards: tuple[tuple[int, str], ...] = ()
         socket = self._proxy_socket()
         if socket is not None:
-            from krate.sandbox import vm_relay
+            import krate.egress  # loaded already: the run's proxy is up
 
-            relay = qemu.relay_command(_python(), vm_relay.__file__, str(socket))
+            script = Path(krate.egress.__file__).with_name("guestfwd.py")  # never imported here
+            relay = qemu.relay_command(_python(), str(script), str(socket))
             ports = sorted({int(p) for p in _proxy_ports(self.spec.env)})
             forwards = tuple((port, relay) for port in ports)
         memory = self.spec.limits.memory_mb or DEFAULT_MEMORY_MB

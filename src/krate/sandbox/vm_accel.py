@@ -43,8 +43,12 @@ def choose(qemu: str, kernel: Path, initrd: Path, cache: Path, *, device: str = 
             return answer
     answer = "kvm" if probe(qemu, kernel, initrd, machine=machine) else "tcg"
     with contextlib.suppress(OSError):
-        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cached.write_text(answer + "\n")
+        from krate.sandbox import vm_kernel
+
+        vm_kernel.make_cache(cache)
+        fd = os.open(cached, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, vm_kernel.file_mode(cache))
+        with os.fdopen(fd, "w") as f:
+            f.write(answer + "\n")
     return answer
 
 

@@ -6,8 +6,8 @@ an uncompressed cpio "newc" archive (written here with the standard library: the
 format is a fixed header per file, and neither `cpio` nor an initramfs tool is
 otherwise needed on the host; uncompressed because decompression is slow under
 emulation). The archive is cached by the digest of everything in it, in krate's
-cache folder, world-readable (nothing private: a QEMU running as the workspace's
-owner opens it).
+cache folder (vm_kernel.SYSTEM_CACHE for a root krate: QEMU then runs as the
+workspace's owner and opens it).
 
 What INIT does, in order: mount the run's control share (`krate`, read-only) with
 `run.sh` (written per run by vm_run.py), the image root (`root`, read-only on the
@@ -135,7 +135,7 @@ def build(kernel: vm_kernel.Kernel, busybox: Path, cache: Path) -> Path:
     target = cache / f"initramfs-{digest.hexdigest()[:32]}.cpio"
     if target.exists():
         return target
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    vm_kernel.make_cache(cache)
     entries: list[tuple[str, int, bytes, int]] = [
         (d, 0o40755, b"", 0) for d in ("bin", "dev", "proc", "sys", "modules")
     ]
@@ -144,7 +144,7 @@ def build(kernel: vm_kernel.Kernel, busybox: Path, cache: Path) -> Path:
     tmp = target.with_name(f"{target.name}.{os.getpid()}")
     with open(tmp, "wb") as out:
         write_cpio(out, entries)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, vm_kernel.file_mode(cache))
     os.replace(tmp, target)
     return target
 

@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOTS = (Path("/"), Path("/usr/local/lib/krate/kernel"))
+# A root krate's cache: QEMU runs as the workspace's owner and must open the kernel and
+# initramfs (public: a distribution kernel and busybox), so they cannot live in root's
+# private data folder. Everyone else's cache is in their own data folder, private.
+SYSTEM_CACHE = Path("/var/cache/krate/vm")
 # What the guest init loads, by name; their dependencies come first (modinfo).
 MODULES = ("virtio_mmio", "virtio_console", "9pnet_virtio", "9p", "overlay")
 NET_MODULES = ("virtio_net",)
@@ -154,12 +158,29 @@ def vmlinux(kernel: Kernel, cache: Path) -> Path:
     elf = _payload(data)
     if elf is None:
         return kernel.image
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_cache(cache)
     tmp = target.with_name(target.name + f".{os.getpid()}")
     tmp.write_bytes(elf)
-    os.chmod(tmp, 0o644)  # a distribution kernel: nothing private; QEMU may run as another user
+    os.chmod(tmp, file_mode(cache))
     os.replace(tmp, target)
     return target
+
+
+def shared(cache: Path) -> bool:
+    return cache == SYSTEM_CACHE or SYSTEM_CACHE in cache.parents
+
+
+def file_mode(cache: Path) -> int:
+    return 0o644 if shared(cache) else 0o600
+
+
+def make_cache(cache: Path) -> None:
+    """The cache folder: private (0700) in a data folder, readable in SYSTEM_CACHE."""
+    mode = 0o755 if shared(cache) else 0o700
+    for folder in reversed([cache, *cache.parents]):
+        if not folder.exists():
+            folder.mkdir(mode=mode)
+            os.chmod(folder, mode)
 
 
 def _payload(data: bytes) -> bytes | None:

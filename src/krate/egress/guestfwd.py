@@ -2,7 +2,7 @@
 
 Run by QEMU (user-mode networking, `guestfwd=...-cmd:`) once per connection the
 guest opens to the proxy address, with that connection as stdin and stdout:
-`python -I -S vm_relay.py SOCKET`. Standard library only, and it decides
+`python -I -S guestfwd.py SOCKET`. Standard library only, and it decides
 nothing: the proxy behind the socket decides and records every connection.
 """
 
