@@ -1,8 +1,8 @@
 """The sandbox backend of a run: chosen once, asked what it can enforce, started held.
 
 A run asks its backend instead of asking which platform it is on. `choose()`
-picks the one this machine has (bubblewrap on Linux, Seatbelt on macOS; image and
-VM backends plug in here later) or refuses the run with 125. A backend says what
+picks the one this machine has (bubblewrap on Linux, Seatbelt on macOS) or refuses
+the run with 125; `--vm` picks the micro-VM backend instead (sandbox/vm.py). A backend says what
 it enforces (`capabilities()`), which paths its workload can see (the 126/127
 checks), and `open()`s a launcher for one run: a context manager whose
 `start(gate)`, `release()` and `wait()` are steps 2, 4 and 6 of the launch
@@ -38,7 +38,8 @@ class Capabilities(NamedTuple):
 
     memory: "cgroup", one hard limit for the whole sandbox that counts tmpfs files and
         shared memory (a run whose limit has no delegated cgroup is refused); "rlimit",
-        RLIMIT_DATA per process only (Seatbelt: documented in docs/run.md).
+        RLIMIT_DATA per process only (Seatbelt: documented in docs/run.md); "vm", the
+        micro-VM's RAM (backend_qemu.py).
     kernel: a seccomp filter and a fresh session keyring, and /proc's key lists hidden;
         recorded as `layout.kernel` in run.started.
     run_as_owner: a root krate can run the workload as the workspace's owner (otherwise
