@@ -79,6 +79,26 @@ def test_network_is_restricted_slirp_whose_only_way_out_is_the_relay():
     assert after(argv, "-sandbox")[0].endswith("spawn=allow,resourcecontrol=deny")
 
 
+def test_krates_stdout_reaches_qemu_write_only(tmp_path):
+    fds: list[int] = []
+    try:
+        with open(tmp_path / "f", "w") as w:  # a file krate's caller redirected to
+            out = backend_qemu._output(w.fileno(), fds)
+            assert out.fd is not None and out.fd >= 3 and out.fd in fds
+        with open(tmp_path / "f", "r+") as rw:  # read-write file: reopened by path
+            assert backend_qemu._output(rw.fileno(), fds).path == f"/proc/self/fd/{rw.fileno()}"
+        leader, follower = os.openpty()  # a terminal, read-write: a write-only copy
+        out = backend_qemu._output(follower, fds)
+        assert out.fd is not None and os.get_blocking(out.fd) is not None
+        import fcntl
+
+        assert fcntl.fcntl(out.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+        os.close(leader), os.close(follower)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def test_tsc_khz_from_cpuinfo():
     assert qemu.tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.142\n") == 2596142
     assert qemu.tsc_khz("nothing\n") is None

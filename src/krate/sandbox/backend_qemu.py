@@ -199,16 +199,24 @@ def _private_write(path: Path, text: str) -> None:
 
 
 def _output(fd: int, fds: list[int]) -> qemu.Output:
-    """krate's stdout or stderr for QEMU (qemu.py): an fd set when it is write-only."""
+    """krate's stdout or stderr for QEMU (qemu.py), as a write-only fd set where possible:
+    QEMU may run as another user, who could not open a root krate's terminal by path."""
     import fcntl
+    import stat
 
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
         return qemu.Output(path=os.devnull)
-    if flags & os.O_ACCMODE != os.O_WRONLY:
+    if flags & os.O_ACCMODE == os.O_WRONLY:
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    elif stat.S_ISREG(os.fstat(fd).st_mode):  # read-write file: QEMU reopens it by path
         return qemu.Output(path=f"/proc/self/fd/{fd}")
-    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    else:  # a terminal (read-write): a write-only descriptor of it, opened by krate
+        try:
+            copy = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            return qemu.Output(path=f"/proc/self/fd/{fd}")
     fds.append(copy)  # closed by the launcher once QEMU started
     return qemu.Output(fd=copy)
 
