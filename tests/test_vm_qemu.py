@@ -228,3 +228,19 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_git_workspace_is_refused_before_anything_boots(vmbox, image_root):
+    """git's own files are read-only in a workspace; the VM shares it whole and writable."""
+    ws = vmbox.fresh_ws("gitws")
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "config").write_text("[core]\n")
+    out = subprocess.run(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c", "echo ran > /work/ran"),
+        capture_output=True, text=True, timeout=120, **vmbox.kw(ws),
+    )  # fmt: skip
+    assert out.returncode == 125, out.stderr
+    assert "read-only inside the workspace" in out.stderr
+    assert not (ws / "ran").exists()
+    shown = vmbox.last_run()
+    assert shown["status"] == "failed" and "read-only inside the workspace" in shown["reason"]
