@@ -99,6 +99,12 @@ def test_krates_stdout_reaches_qemu_write_only(tmp_path):
             os.close(fd)
 
 
+def test_arm64_names_its_machine_console_and_a_64_bit_cpu():
+    argv = qemu.command(plan(machine="aarch64", tsc_khz=None))
+    assert after(argv, "-M") == ["virt"] and after(argv, "-cpu") == ["max"]
+    assert "console=ttyAMA0" in after(argv, "-append")[0]
+
+
 def test_tsc_khz_from_cpuinfo():
     assert qemu.tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.142\n") == 2596142
     assert qemu.tsc_khz("nothing\n") is None

@@ -81,7 +81,7 @@ def command(plan: Plan) -> list[str]:
         plan.qemu,
         "-M", MACHINE[plan.machine],
         "-accel", plan.accel,
-        *(["-cpu", "host"] if plan.accel == "kvm" else []),
+        *_cpu(plan),
         "-m", str(plan.memory_mb),
         "-smp", str(plan.cpus),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
@@ -114,6 +114,14 @@ def command(plan: Plan) -> list[str]:
         f"on,obsolete=deny,elevateprivileges={allowed},spawn={allowed},resourcecontrol=deny",
     ]
     return argv
+
+
+def _cpu(plan: Plan) -> list[str]:
+    """KVM: the host's CPU. TCG: QEMU's default on x86; on arm64 `virt` defaults to a 32-bit
+    core, so the most capable emulated one (`max`)."""
+    if plan.accel == "kvm":
+        return ["-cpu", "host"]
+    return ["-cpu", "max"] if plan.machine == "aarch64" else []
 
 
 def relay_command(python: str, script: str, socket: str) -> str:
