@@ -222,6 +222,27 @@ def test_sigkill_of_krate_takes_qemu_down(vmbox, image_root):
             proc.wait()
 
 
+def test_a_signal_to_krate_reaches_the_workload_in_the_guest(vmbox, image_root):
+    ws = vmbox.fresh_ws("signalled")
+    script = "trap 'echo got-term; exit 7' TERM; touch /work/ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c", script),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **vmbox.kw(ws),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (ws / "ready").exists(), timeout=180, what="the workload")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 7, err  # the workload's own handler ran and chose its status
+    assert out == "got-term\n"
+    shown = vmbox.last_run()
+    assert shown["exit_code"] == 7 and shown["status"] == "finished"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

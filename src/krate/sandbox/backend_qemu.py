@@ -31,6 +31,7 @@ The workload's exit status comes back on a virtio-serial port (`started`, then
 `exit N`, 128+N for a signal); a guest that never reports `started` within the
 boot bound is killed: 125 with the console's last lines. stdin is not passed to
 the workload (it reads /dev/null): the serial ports carry no end of file.
+Signals krate forwards reach the workload through the control share (`signals`).
 """
 
 from __future__ import annotations
@@ -307,6 +308,29 @@ class QemuLauncher(Launcher):
         raise KrateError(
             "the micro-VM found no egress proxy socket for the run", exit_code=EXIT_KRATE_FAILED
         )
+
+    # ------------------------------------------------ signals
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """Once the workload runs, a forwarded signal goes to it inside the guest (the init
+        reads the control share's `signals`); before that, it ends the VM (supervise.py)."""
+        if self.proc is None or "started" not in self.said():
+            super()._on_signal(signum, frame)
+            return
+        self.forwarded.append(signum)
+        if signum == signal.SIGINT and self._insists():
+            self._kill_early(signum)
+        elif signum != getattr(signal, "SIGWINCH", -1):  # the guest has no terminal
+            self.signal_workload(signum)
+
+    def signal_workload(self, signum: int) -> None:
+        path = self.folder / "in" / "signals"
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # numbers only
+            try:
+                os.write(fd, f"{int(signum)}\n".encode())
+            finally:
+                os.close(fd)
 
     # ------------------------------------------------ the status port
 

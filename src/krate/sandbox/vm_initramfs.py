@@ -15,7 +15,8 @@ host: `-fsdev ...,readonly=on`) under a tmpfs overlay, the workspace (`ws`,
 read-write) at /work, a minimal /dev, /proc and /tmp; bring up the network when
 the run has one (only route: QEMU's guestfwd to krate's egress proxy); then
 report `started`, run `run.sh` with stdout and stderr on their own virtio-serial
-ports, and report `exit N` (128+N for a signal) on the status port before it
+ports (a watcher passes on the signals krate appends to the control share's
+`signals`), and report `exit N` (128+N for a signal) on the status port before it
 powers off. A failure before the workload is reported as `fail REASON`.
 """
 
@@ -81,6 +82,24 @@ if [ -e /krate/net ]; then
   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
     || die "cannot bring up the network to krate's egress proxy"
 fi
+# Signals krate forwards arrive as lines (numbers) appended to /krate/signals; each goes to
+# the workload, init's other child. Started first so that the workload stays in the foreground
+# (an asynchronous command of a shell without job control would ignore SIGINT and SIGQUIT).
+(
+  read me rest < /proc/self/stat
+  seen=0
+  while sleep 0.2; do
+    [ -e /krate/signals ] || continue
+    work=""
+    for kid in $(cat /proc/1/task/1/children); do [ "$kid" = "$me" ] || work=$kid; done
+    [ -n "$work" ] || continue
+    n=$(wc -l < /krate/signals)
+    while [ "$seen" -lt "$n" ]; do
+      seen=$((seen + 1))
+      kill -"$(sed -n "${seen}p" /krate/signals)" "$work" 2>/dev/null
+    done
+  done
+) &
 say started
 sh /krate/run.sh </dev/null >"$(port krate.stdout)" 2>"$(port krate.stderr)"
 say "exit $?"
