@@ -86,7 +86,8 @@ def main() -> int:
         print(f"QEMU           {qemu}")
         print(f"kernel         {kernel.version if kernel else '?'}")
         print(f"acceleration   {backend}")
-        print(f"first run      {first:.2f} s (kernel extracted, initramfs built, KVM probed)")
+        print(f"first run      {first:.2f} s (extracts the kernel, builds the initramfs and probes "
+              "KVM unless cached; a root krate's cache is shared)")  # fmt: skip
         print(f"launch->exit   median {median:.2f} s, {min(times):.2f}-{max(times):.2f} s "
               f"over {args.runs} runs of `true`")  # fmt: skip
         verdict = "met" if peak_mb <= RSS_GOAL_MB else "NOT met"
