@@ -73,9 +73,16 @@ def acceleration(data_dir: Path, plat: str = sys.platform) -> str:
     return "/dev/kvm opens; the first --vm run probes whether KVM boots (else TCG)"
 
 
-def choose(vm: bool, rootfs: Path | None, data_dir: Path, plat: str = sys.platform):
+def choose(
+    vm: bool, rootfs: Path | None, data_dir: Path, plat: str = sys.platform, *,
+    user: str | None = None, image_env: dict[str, str] | None = None,
+):  # fmt: skip
     """The micro-VM backend for `--vm --rootfs DIR`, its guest ready (kernel, initramfs and
-    acceleration decided, so the run records `qemu-kvm` or `qemu-tcg`); UsageError or 125."""
+    acceleration decided, so the run records `qemu-kvm` or `qemu-tcg`); UsageError or 125.
+
+    For an image (the images work): `rootfs` is its unpacked root, `user` its config's user
+    as numeric "UID[:GID]" (looked up in the image's /etc/passwd) and `image_env` its config's
+    environment (PATH above all)."""
     if not vm:
         raise UsageError("--rootfs is for --vm runs: add --vm")
     if rootfs is None:
@@ -99,6 +106,9 @@ def choose(vm: bool, rootfs: Path | None, data_dir: Path, plat: str = sys.platfo
 
     exe = qemu_executable()
     assert exe is not None
-    backend = Qemu(exe, Path(rootfs).absolute())
+    from krate.sandbox.vm_run import GuestUser
+
+    guest = GuestUser.parse(user) if user else None
+    backend = Qemu(exe, Path(rootfs).absolute(), user=guest, image_env=image_env)
     backend.guest(data_dir)
     return backend
