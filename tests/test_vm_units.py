@@ -105,6 +105,21 @@ def test_arm64_names_its_machine_console_and_a_64_bit_cpu():
     assert "console=ttyAMA0" in after(argv, "-append")[0]
 
 
+def test_qemu_runs_in_bubblewrap_seeing_little_of_the_host(tmp_path):
+    from krate.sandbox import qemu_confine
+
+    argv = qemu_confine.wrap("/usr/bin/bwrap", ["qemu", "-x"], workspace=tmp_path,
+                             read_only=(Path("/tmp/krate-egress-1"),))  # fmt: skip
+    assert argv[:6] == ["/usr/bin/bwrap", "--die-with-parent", "--unshare-all",
+                        "--new-session", "--cap-drop", "ALL"]  # fmt: skip
+    assert argv[-3:] == ["--", "qemu", "-x"]
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a in ("--bind", "--ro-bind")]
+    assert str(tmp_path) in binds and "/tmp/krate-egress-1" in binds
+    assert not any(b in ("/", "/home", "/root", "/etc") for b in binds)
+    assert "/dev/kvm" not in argv
+    assert "/dev/kvm" in qemu_confine.wrap("b", ["q"], workspace=tmp_path, kvm=True)
+
+
 def test_tsc_khz_from_cpuinfo():
     assert qemu.tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.142\n") == 2596142
     assert qemu.tsc_khz("nothing\n") is None

@@ -22,10 +22,9 @@ name says which (`qemu-kvm`, `qemu-tcg`).
 
 QEMU never outlives krate: it is started with PR_SET_PDEATHSIG = SIGKILL, set
 after it changed to the workspace owner's ids (a change of ids clears it), and it
-exits at once if krate was already gone. Its own seccomp filter (`-sandbox on`)
-confines it further. (Not wrapped in bubblewrap: QEMU needs little of the host
-that bubblewrap would hide; a VMM escape would still meet the owner's uid and
-QEMU's filter. Documented in docs/vm.md as a remaining limit.)
+exits at once if krate was already gone. It runs inside bubblewrap
+(qemu_confine.py: its own namespaces, the system read-only, the workspace, nothing
+of the user's home) and under its own seccomp filter (`-sandbox on`).
 
 The workload's exit status comes back on a virtio-serial port (`started`, then
 `exit N`, 128+N for a signal); a guest that never reports `started` within the
@@ -297,7 +296,24 @@ class QemuLauncher(Launcher):
         )
 
     def command(self, fds: list[int]) -> list[str]:
-        return qemu.command(self.plan(fds))
+        import shutil
+
+        from krate.sandbox import qemu_confine
+
+        plan = self.plan(fds)
+        argv = qemu.command(plan)
+        bwrap = shutil.which("bwrap", path=os.defpath + ":/usr/local/bin")
+        if bwrap is None:  # krate's Linux sandbox: always there where krate runs
+            return argv
+        extra: tuple[Path, ...] = ()
+        socket = self._proxy_socket()
+        if socket is not None:
+            import krate.egress
+
+            extra = (Path(krate.egress.__file__).parent, socket.parent)
+        return qemu_confine.wrap(
+            bwrap, argv, workspace=self.spec.workspace, kvm=plan.accel == "kvm", read_only=extra
+        )
 
     def _proxy_socket(self) -> Path | None:
         if self.spec.network != "proxy":
