@@ -6,6 +6,7 @@ from __future__ import annotations
 import lzma
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from krate.policy.model import Limits
 from krate.sandbox import backend_qemu, container, qemu, vm, vm_initramfs, vm_kernel, vm_run
 from krate.sandbox.spec import SandboxSpec
 from krate.sandbox.supervise import Outcome
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: /proc, busybox")
 
 
 def plan(**kw) -> qemu.Plan:
@@ -79,6 +82,7 @@ def test_network_is_restricted_slirp_whose_only_way_out_is_the_relay():
     assert after(argv, "-sandbox")[0].endswith("spawn=allow,resourcecontrol=deny")
 
 
+@linux
 def test_krates_stdout_reaches_qemu_write_only(tmp_path):
     fds: list[int] = []
     try:
@@ -152,6 +156,7 @@ def test_root_runs_without_nsenter_and_cwd_maps_into_work():
     assert vm_run.GuestUser.parse("1000") == (1000, 1000)
 
 
+@linux
 def test_cpio_archive_reads_back_with_busybox(tmp_path):
     out = tmp_path / "a.cpio"
     with open(out, "wb") as f:
@@ -164,6 +169,7 @@ def test_cpio_archive_reads_back_with_busybox(tmp_path):
     assert "bin/x" in listing and "dev/console" in listing and "-rwxr-xr-x" in listing
 
 
+@linux
 def test_busybox_must_be_static(tmp_path):
     assert vm_initramfs.is_static(Path("/bin/busybox"))
     assert not vm_initramfs.is_static(Path("/bin/sh"))  # dynamically linked
