@@ -56,6 +56,25 @@ def test_doctor_says_whether_memory_limits_can_be_enforced(ordinary_user, user_t
     assert "cannot be enforced" in memory["detail"] and "systemd-run --user" in memory["fix"]
 
 
+def _vm_status() -> str:
+    from krate.sandbox import vm
+
+    return "ok" if all(p.found for p in vm.status()) else "warn"
+
+
+def test_doctor_names_a_missing_micro_vm_part_and_its_install_command(monkeypatch, tmp_path):
+    from krate import doctor
+    from krate.paths import Paths
+    from krate.sandbox import vm
+
+    parts = [vm.Part("qemu", None, "`sudo apt-get install qemu-system-x86`"),
+             vm.Part("busybox", "/bin/busybox", "")]  # fmt: skip
+    monkeypatch.setattr(vm, "status", lambda plat=None: parts)
+    check = doctor.check_vm(Paths(tmp_path, tmp_path), "linux")
+    assert check.status == "warn" and "missing qemu" in check.detail
+    assert check.fix == "`sudo apt-get install qemu-system-x86`"
+
+
 def healthy_home(env: dict | None = None) -> None:
     for text in ("first", "second", "third"):
         assert run_krate("audit", "note", text, env=env).returncode == 0
@@ -73,6 +92,7 @@ def test_doctor_passes_on_a_healthy_install(krate_home, keychain):
         "sandbox": "ok",
         "memory limits": "ok" if _memory_cgroup() else "warn",
         "terminal": "ok",
+        "micro-vm": _vm_status(),
         "database": "ok",
         "event chain": "ok",
         "permissions": "ok",
@@ -85,7 +105,8 @@ def test_doctor_passes_on_a_healthy_install(krate_home, keychain):
     human = run_krate("doctor", env=env)
     assert human.returncode == 0 and human.stderr == ""
     statuses = [line.split()[0] for line in human.stdout.splitlines()]
-    assert statuses == ["ok", "ok" if _memory_cgroup() else "warn", *["ok"] * 6]
+    memory = "ok" if _memory_cgroup() else "warn"
+    assert statuses == ["ok", memory, "ok", _vm_status(), *["ok"] * 5]
     assert "seccomp filter refuses TIOCSTI" in checks["terminal"]["detail"]
     assert run_krate("audit", "head", env=env).stdout == head
 

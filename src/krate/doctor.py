@@ -71,6 +71,7 @@ def diagnose(
             check_sandbox(path_env, platform, proc, trial=trial),
             check_memory_limits(platform, proc),
             check_terminal(platform),
+            check_vm(paths, platform),
             database,
             check_chain(paths, database_ok=database.status != FAIL),
             check_permissions(paths),
@@ -127,6 +128,23 @@ def check_sandbox(
         "bubblewrap needs unprivileged user namespaces: inside a container, allow them "
         "(e.g. docker run --security-opt seccomp=unconfined) or run krate on the host",
     )
+
+
+def check_vm(paths: Paths, platform: str) -> Check:
+    """`krate run --vm`: its parts (sandbox/vm.py) and the acceleration it will use. Optional:
+    a missing part is a warning with the exact install command, never a failure."""
+    from krate.sandbox import vm
+
+    parts = vm.status(plat=platform)
+    missing = [p for p in parts if p.found is None]
+    if missing:
+        names = ", ".join(p.name for p in missing)
+        return Check(
+            "micro-vm", WARN, f"`krate run --vm` cannot run here: missing {names}",
+            "; ".join(p.hint for p in missing),
+        )  # fmt: skip
+    found = "; ".join(f"{p.name} {p.found}" for p in parts)
+    return Check("micro-vm", OK, f"{found}; {vm.acceleration(paths.data_dir, platform)}")
 
 
 def check_memory_limits(platform: str, proc: Path = Path("/proc")) -> Check:

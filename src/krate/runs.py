@@ -81,6 +81,8 @@ class RunRequest(NamedTuple):
     lock_down: Callable[[], None] | None = None
     # `krate run IMAGE`: the image (images/runtime.py ImageRun); argv is already its command.
     image: Any = None
+    # The backend the command line chose (`--vm`); None: this machine's (backend.choose()).
+    backend: Any = None
 
 
 class RunResult(NamedTuple):
@@ -117,7 +119,7 @@ def execute(
     """
     if not request.argv:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
-    backend = backend or backends.choose()
+    backend = backend or request.backend or backends.choose()
     leftovers.sweep_stale(paths.data_dir / RUN_DIRS)
     since = watch.clock()
     placeholders.sweep(paths.data_dir)
@@ -178,7 +180,13 @@ def execute(
 
 
 def _check_command(spec: SandboxSpec, backend: Backend, policy: EffectivePolicy) -> None:
-    """126/127 before launching, as the sandbox will see the command."""
+    """126/127 before launching, as the sandbox will see the command.
+
+    A backend whose workload does not see the host's files (a micro-VM) finds the
+    command itself, inside: its 126/127 are the workload's own status.
+    """
+    if not getattr(backend, "host_paths", True):
+        return
     if spec.image is not None:
         from krate.images import runtime
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-VALUES = {"--policy": "policy", "--workdir": "workdir", "--image": "image"}
+VALUES = {"--policy": "policy", "--workdir": "workdir", "--image": "image", "--rootfs": "rootfs"}
 REPEATED = {
     "--allow-host": "allow_host",
     "--allow-private-host": "allow_private_host",
@@ -29,6 +29,7 @@ FLAGS = {
     "--allow-hardlinked-secrets": "allow_hardlinked_secrets",
     "--as-root": "as_root",
     "--allow-broad-workspace": "allow_broad_workspace",
+    "--vm": "vm",
     "--verbose": "verbose",
     "-v": "verbose",
     "--quiet": "quiet",
@@ -102,9 +103,10 @@ def _store(found: dict[str, Any], values: dict, repeated: dict, name: str, value
 
 
 def _valid(found: dict[str, Any]) -> bool:
-    if found["workdir"] is None:
-        return True
-    if not os.path.isdir(found["workdir"]):
-        return False  # Typer's own message names the problem
-    found["workdir"] = Path(found["workdir"])
+    for name in ("workdir", "rootfs"):
+        if found[name] is None:
+            continue
+        if not os.path.isdir(found[name]):
+            return False  # Typer's own message names the problem
+        found[name] = Path(found[name])
     return True

@@ -31,6 +31,8 @@ class Workload(NamedTuple):
     allow_broad_workspace: bool = False
     verbose: bool = False
     quiet: bool = False  # no end-of-run summary of what was refused
+    vm: bool = False  # `--vm`: the micro-VM backend (docs/vm.md)
+    rootfs: Path | None = None  # with --vm: its root folder, until images name one
     out: list[str] | None = None  # the rest: `krate build` only
     input_: list[str] | None = None
     name: str | None = None
@@ -96,8 +98,16 @@ def prepare(options: Workload):
         as_root=as_root,
         allow_broad_workspace=allow_broad_workspace,
         lock_down=lock_down,
+        backend=_vm_backend(options) if options.vm or options.rootfs else None,
     )
     return effective, request
+
+
+def _vm_backend(options: Workload):
+    """`--vm`: this platform's micro-VM backend (sandbox/vm.py), or a usage error."""
+    from krate.sandbox import vm
+
+    return vm.choose(options.vm, options.rootfs, paths().data_dir)
 
 
 def _require_unlocked() -> None:

@@ -25,6 +25,23 @@ WORKDIR = typer.Option(
     exists=True,
 )
 
+VM = typer.Option(
+    False,
+    "--vm",
+    help="Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. "
+    "Example: krate run --vm --rootfs ./root -- make",
+)
+# Temporary, until `krate run --vm IMAGE` names an image (the images issue): the unpacked root.
+ROOTFS = typer.Option(
+    None,
+    "--rootfs",
+    metavar="DIR",
+    help="With --vm: the folder to use as the VM's root filesystem (temporary; read-only).",
+    file_okay=False,
+    exists=True,
+    hidden=True,
+)
+
 
 QUIET = typer.Option(
     False,
@@ -59,6 +76,8 @@ def workload_options(hardlinked: str, as_root: str, verbose: str):
             allow_broad_workspace=(bool, ALLOW_BROAD_WORKSPACE),
             verbose=(bool, _verbose_option(verbose)),
             quiet=(bool, QUIET),
+            vm=(bool, VM),
+            rootfs=(Path, ROOTFS),
         ),
         lambda **given: Workload.parsed(given),
     )

@@ -15,7 +15,9 @@ Egress contributes a spec change and a gate, nothing else:
     session.check()       KrateError when the proxy never came up although the workload ran
 
 The backend's capabilities say how the workload reaches the proxy: through the
-bridge and its unix socket (`VIA_BRIDGE`) or on a loopback TCP port (`VIA_LOOPBACK`).
+bridge and its unix socket (`VIA_BRIDGE`), on a loopback TCP port (`VIA_LOOPBACK`), or
+through the hypervisor's port forward to the unix socket (`VIA_GUESTFWD`, a micro-VM: its
+proxy variables name the guest-side address, GUEST_PROXY).
 
 This module never opens a socket itself: only the proxy process does.
 """
@@ -36,6 +38,7 @@ from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
 from krate.records import NamedTuple
 from krate.sandbox.backend import BRIDGE as VIA_BRIDGE
+from krate.sandbox.backend import GUESTFWD as VIA_GUESTFWD
 from krate.sandbox.backend import LOOPBACK as VIA_LOOPBACK
 from krate.sandbox.backend import Capabilities
 
@@ -66,6 +69,7 @@ DIR_PREFIX = "krate-egress-"
 HTTP_PORT, SOCKS_PORT = 3128, 1080
 READY_TIMEOUT_S = 15.0
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+GUEST_PROXY = "10.0.2.100"  # sandbox/qemu.py: where a micro-VM's guestfwd rules listen
 PROXY_USER = "krate"  # parsers.USER (not imported here: the run path does not load parsers)
 
 
@@ -235,7 +239,8 @@ class EgressSession:
         """The proxy's URL for the workload, with the run's credential when it has one."""
         port = port or self.tcp_port or self.http_port
         auth = f"{PROXY_USER}:{self.secret}@" if self.secret else ""
-        return f"{scheme}://{auth}127.0.0.1:{port}"
+        host = GUEST_PROXY if self.network == VIA_GUESTFWD else "127.0.0.1"
+        return f"{scheme}://{auth}{host}:{port}"
 
     def wrap_argv(self, argv: list[str]) -> list[str]:
         """The sandbox's command: the bridge, which starts its listeners and then runs argv."""
@@ -284,6 +289,8 @@ class EgressSession:
                 from .etc import binds as resolver_files
 
                 binds += resolver_files()
+        elif self.network == VIA_GUESTFWD:  # the socket the hypervisor's forward reaches
+            binds = (Bind(self.socket_path, self.socket_path),)
         return spec._replace(
             argv=tuple(self.wrap_argv(list(spec.argv))),
             env={**spec.env, **self.env()},

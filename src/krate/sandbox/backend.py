@@ -1,8 +1,8 @@
 """The sandbox backend of a run: chosen once, asked what it can enforce, started held.
 
 A run asks its backend instead of asking which platform it is on. `choose()`
-picks the one this machine has (bubblewrap on Linux, Seatbelt on macOS; image and
-VM backends plug in here later) or refuses the run with 125. A backend says what
+picks the one this machine has (bubblewrap on Linux, Seatbelt on macOS) or refuses
+the run with 125; `--vm` picks the micro-VM backend instead (sandbox/vm.py). A backend says what
 it enforces (`capabilities()`), which paths its workload can see (the 126/127
 checks), and `open()`s a launcher for one run: a context manager whose
 `start(gate)`, `release()` and `wait()` are steps 2, 4 and 6 of the launch
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 # How the workload's network reaches the egress proxy (Capabilities.network).
 BRIDGE = "bridge"  # the proxy's unix socket is mounted in; the bridge inside can hold the workload
 LOOPBACK = "loopback"  # the proxy listens on a host loopback TCP port; nothing holds the workload
+# The proxy's unix socket, reached by the hypervisor's port forward (micro-VM: QEMU's guestfwd);
+# nothing holds the workload, whose proxy variables name the guest-side address.
+GUESTFWD = "guestfwd"
 
 
 class Capabilities(NamedTuple):
@@ -36,12 +39,13 @@ class Capabilities(NamedTuple):
 
     memory: "cgroup", one hard limit for the whole sandbox that counts tmpfs files and
         shared memory (a run whose limit has no delegated cgroup is refused); "rlimit",
-        RLIMIT_DATA per process only (Seatbelt: documented in docs/run.md).
+        RLIMIT_DATA per process only (Seatbelt: documented in docs/run.md); "vm", the
+        micro-VM's RAM (backend_qemu.py).
     kernel: a seccomp filter and a fresh session keyring, and /proc's key lists hidden;
         recorded as `layout.kernel` in run.started.
     run_as_owner: a root krate can run the workload as the workspace's owner (otherwise
         a root run without --as-root is refused).
-    network: BRIDGE or LOOPBACK, how the workload reaches the egress proxy.
+    network: BRIDGE, LOOPBACK or GUESTFWD, how the workload reaches the egress proxy.
     relay_threads: the egress proxy may relay tunnels in two blocking threads.
     images: runs an OCI image's root filesystem instead of the host's (`krate run IMAGE`).
     mounts: a host folder can be mounted at another path (the package caches and settings
@@ -121,4 +125,8 @@ def named(name: str, executable: str) -> Backend:
         from krate.sandbox.backend_seatbelt import Seatbelt
 
         return Seatbelt(executable)
+    if name.startswith("qemu"):  # recorded as qemu-kvm or qemu-tcg
+        from krate.sandbox.backend_qemu import Qemu
+
+        return Qemu(executable)
     raise ValueError(f"no sandbox backend called {name}")

@@ -1,0 +1,284 @@
+"""`krate run --vm`: real micro-VM boots under QEMU (emulated where KVM does not work).
+
+Each boot costs a few seconds under TCG, so each test boots once and checks
+several things in that boot. They run wherever QEMU, a kernel with 9p and a
+static busybox are installed (scripts/install --dev installs them); a missing or
+hanging KVM never skips them: krate falls back to emulation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from krate.sandbox import vm
+
+from .conftest import KRATE, chown_tree, wait_for
+from .egress_support import Server
+
+MISSING = [p.name for p in vm.status(plat="linux") if p.found is None]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(bool(MISSING), reason=f"micro-VM parts missing: {MISSING}"),
+]
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+APPLETS = ("sh", "echo", "cat", "ls", "id", "mkdir", "mount", "touch", "sleep", "kill", "wget",
+           "nc", "test", "true", "chroot", "cut", "tail", "tr")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image_root():
+    """A one-binary image root (busybox), root-owned and world-readable, as images unpack."""
+    base = Path(tempfile.mkdtemp(prefix="krate-vm-root-", dir="/var/tmp"))
+    base.chmod(0o755)
+    root = base / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "hello").write_text("from the image\n")
+    for d in (base, root, root / "bin", root / "etc"):
+        d.chmod(0o755)
+    yield root
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class VmBox:
+    """A workspace and a krate home shared by the module's boots (the guest is built once)."""
+
+    def __init__(self, user: str | None) -> None:
+        self.user = user
+        self.base = Path(tempfile.mkdtemp(prefix="krate-vm-", dir="/var/tmp"))
+        self.base.chmod(0o755)
+        self.home = self.base / "home"
+        self.ws = self.base / "ws"
+        self.home.mkdir()
+        self.ws.mkdir()
+        if user:
+            chown_tree(self.base, user)
+
+    def fresh_ws(self, name: str) -> Path:
+        ws = self.base / name
+        ws.mkdir()
+        if self.user:
+            chown_tree(ws, self.user)
+        return ws
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": BASE_PATH, "HOME": str(self.home), "KRATE_HOME": str(self.home / "k"),
+                "LANG": "C.UTF-8"}  # fmt: skip
+
+    def argv(self, root: Path, *args: str) -> list[str]:
+        as_root = ["--as-root"] if self.user is None and os.geteuid() == 0 else []
+        return [KRATE, "run", "--vm", "--rootfs", str(root), *as_root, *args]
+
+    def kw(self, cwd: Path) -> dict:
+        kw: dict = {"cwd": cwd, "env": self.env()}
+        if self.user:
+            kw.update(user=self.user, group=pwd.getpwnam(self.user).pw_gid, extra_groups=[])
+        return kw
+
+    def run(self, root: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(root, *args), capture_output=True, text=True, timeout=240,
+            **self.kw(cwd or self.ws),
+        )  # fmt: skip
+
+    def krate(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([KRATE, *args], capture_output=True, text=True, **self.kw(self.ws))
+
+    def last_run(self) -> dict:
+        out = self.krate("runs", "show", "last", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def vmbox():
+    b = VmBox(None)
+    yield b
+    shutil.rmtree(b.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def user_vmbox(ordinary_user):
+    if ordinary_user is None:
+        pytest.skip("the ordinary-user variant needs root to create the user")
+    b = VmBox(ordinary_user)
+    yield b
+    shutil.rmtree(b.base, ignore_errors=True)
+
+
+ATTACK = "; ".join(
+    [
+        "echo to-stdout",
+        "echo to-stderr >&2",
+        "echo written > /work/from-guest",
+        # the image root: the throwaway layer takes the write, the host's file stays
+        "echo changed > /etc/hello && cat /etc/hello",
+        # the root share itself: the guest's root leaves the chroot, remounts it read-write
+        # (the guest kernel allows that) and writes: QEMU refuses on the host
+        'chroot /proc/1/root /bin/sh -c "mount -o remount,rw /lower && echo remount=\\$? '
+        '&& echo pwned > /lower/etc/hello; echo direct=\\$?"',
+        # no network device at all, and nothing answers on the host's side
+        "cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '",
+        "nc -w 2 10.0.2.2 22 </dev/null; echo nc=$?",
+        "exit 3",
+    ]
+)
+
+
+def check_attack(box: VmBox, root: Path, out: subprocess.CompletedProcess) -> None:
+    assert out.returncode == 3, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "to-stdout" and "to-stderr" in out.stderr
+    assert "changed" in lines  # written in the guest's throwaway layer
+    assert (root / "etc" / "hello").read_text() == "from the image\n"  # not on the host
+    assert "remount=0" in lines and "direct=1" in lines, out.stdout
+    assert "Read-only file system" in out.stderr
+    assert "lo" in lines and not any("eth" in line for line in lines)
+    assert "nc=1" in lines
+    written = box.ws / "from-guest"
+    assert written.read_text() == "written\n"
+    owner = pwd.getpwnam(box.user).pw_uid if box.user else os.geteuid()
+    assert written.stat().st_uid == owner
+    # krate's data folder stays private (the guest's cache included), as `krate doctor` checks
+    for path in (box.home / "k").rglob("*"):
+        assert path.is_symlink() or not path.lstat().st_mode & 0o077, path
+    shown = box.last_run()
+    assert shown["backend"] in ("qemu-tcg", "qemu-kvm")
+    assert shown["exit_code"] == 3 and shown["status"] == "finished"
+
+
+def test_workspace_written_image_root_kept_no_network_status_passed(vmbox, image_root):
+    out = vmbox.run(image_root, "--policy", "strict", "--", "sh", "-c", ATTACK)
+    check_attack(vmbox, image_root, out)
+    assert "emulated (TCG)" in out.stderr or vmbox.last_run()["backend"] == "qemu-kvm"
+
+
+def test_as_the_workspace_owner(user_vmbox, image_root):
+    out = user_vmbox.run(image_root, "--policy", "strict", "--", "sh", "-c", ATTACK)
+    check_attack(user_vmbox, image_root, out)
+
+
+def test_not_found_and_signal_statuses(vmbox, image_root):
+    out = vmbox.run(image_root, "--policy", "strict", "--", "no-such-command")
+    assert out.returncode == 127, out.stderr
+    out = vmbox.run(image_root, "--policy", "strict", "--", "sh", "-c", "kill -TERM $$")
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr
+    assert vmbox.last_run()["exit_code"] == 143
+
+
+def test_egress_allowed_reached_denied_refused_both_recorded(vmbox, image_root):
+    server = Server()
+    try:
+        p = server.port
+        script = (
+            f"wget -q -O - http://localhost:{p}/some/path && "
+            "! wget -q -O - http://example.com/ && "
+            f"! nc -w 2 10.0.2.2 {p} </dev/null && echo done"
+        )
+        out = vmbox.run(
+            image_root, "--policy", "strict", "--allow-host", f"localhost:{p}", "--",
+            "sh", "-c", script,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"hello from {p}", "done"]
+    shown = vmbox.last_run()
+    verdicts = {(h["host"], h["verdict"]) for h in shown["hosts"]}
+    assert verdicts == {("localhost", "allow"), ("example.com", "deny")}, shown["hosts"]
+    assert "some/path" not in json.dumps(shown["decisions"])
+
+
+def test_sigkill_of_krate_takes_qemu_down(vmbox, image_root):
+    ws = vmbox.fresh_ws("killed")
+    proc = subprocess.Popen(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c",
+                   "touch /work/started; sleep 600"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **vmbox.kw(ws),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (ws / "started").exists(), timeout=180, what="the workload")
+        tree = _descendants(proc.pid)
+        qemu = [pid for pid in tree if Path(f"/proc/{pid}/comm").read_text().startswith("qemu")]
+        assert qemu, tree  # QEMU runs inside bubblewrap, below krate
+        if os.geteuid() == 0:  # its own namespaces; the host's home folders are not there
+            for ns in ("mnt", "net", "pid", "user"):
+                assert os.readlink(f"/proc/{qemu[0]}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+            assert not {"home", "root"} & set(os.listdir(f"/proc/{qemu[0]}/root"))
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: not _alive(qemu[0]), timeout=10, what="QEMU to die with krate")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_signal_to_krate_reaches_the_workload_in_the_guest(vmbox, image_root):
+    ws = vmbox.fresh_ws("signalled")
+    script = "trap 'echo got-term; exit 7' TERM; touch /work/ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c", script),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **vmbox.kw(ws),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (ws / "ready").exists(), timeout=180, what="the workload")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 7, err  # the workload's own handler ran and chose its status
+    assert out == "got-term\n"
+    shown = vmbox.last_run()
+    assert shown["exit_code"] == 7 and shown["status"] == "finished"
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            kids = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_git_workspace_is_refused_before_anything_boots(vmbox, image_root):
+    """git's own files are read-only in a workspace; the VM shares it whole and writable."""
+    ws = vmbox.fresh_ws("gitws")
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "config").write_text("[core]\n")
+    out = subprocess.run(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c", "echo ran > /work/ran"),
+        capture_output=True, text=True, timeout=120, **vmbox.kw(ws),
+    )  # fmt: skip
+    assert out.returncode == 125, out.stderr
+    assert "read-only inside the workspace" in out.stderr
+    assert not (ws / "ran").exists()
+    shown = vmbox.last_run()
+    assert shown["status"] == "failed" and "read-only inside the workspace" in shown["reason"]
