@@ -282,3 +282,35 @@ def test_a_git_workspace_is_refused_before_anything_boots(vmbox, image_root):
     assert not (ws / "ran").exists()
     shown = vmbox.last_run()
     assert shown["status"] == "failed" and "read-only inside the workspace" in shown["reason"]
+
+
+def test_an_image_runs_in_the_vm_and_the_record_names_it(image_root):
+    """`krate run --vm IMAGE -- CMD`: the imported image's root is the guest's, its user and
+    environment apply, the workspace is /work, and the record names image and backend."""
+    box = VmBox(None)  # its own home: the unpacked root lives under it
+    try:
+        imported = box.krate("image", "import", str(image_root), "--ref", "vmtest:1", "--json")
+        assert imported.returncode == 0, imported.stderr
+        [image] = json.loads(imported.stdout)
+        config = image["config_digest"]
+        as_root = ["--as-root"] if os.geteuid() == 0 else []
+        script = "cat /etc/hello; echo from-vm > /work/img-out; pwd; exit 5"
+        out = subprocess.run(
+            [KRATE, "run", "--vm", *as_root, "--policy", "strict", "vmtest:1", "--",
+             "sh", "-c", script],
+            capture_output=True, text=True, timeout=240, **box.kw(box.ws),
+        )  # fmt: skip
+        assert out.returncode == 5, out.stderr
+        assert out.stdout.splitlines() == ["from the image", "/work"]
+        assert (box.ws / "img-out").read_text() == "from-vm\n"
+        shown = box.last_run()
+        assert shown["backend"] in ("qemu-tcg", "qemu-kvm")
+        assert shown["image"]["config"] == config and shown["image"]["ref"] == "vmtest:1"
+        # `run` never pulls, with --vm too: a missing image is 125 and names the pull command
+        out = subprocess.run(
+            [KRATE, "run", "--vm", *as_root, "nosuch:1", "--", "true"],
+            capture_output=True, text=True, timeout=60, **box.kw(box.ws),
+        )  # fmt: skip
+        assert out.returncode == 125 and "krate image pull nosuch:1" in out.stderr
+    finally:
+        shutil.rmtree(box.base, ignore_errors=True)

@@ -98,16 +98,20 @@ def prepare(options: Workload):
         as_root=as_root,
         allow_broad_workspace=allow_broad_workspace,
         lock_down=lock_down,
-        backend=_vm_backend(options) if options.vm or options.rootfs else None,
+        backend=_vm_backend(options, image) if options.vm or options.rootfs else None,
     )
     return effective, request
 
 
-def _vm_backend(options: Workload):
-    """`--vm`: this platform's micro-VM backend (sandbox/vm.py), or a usage error."""
+def _vm_backend(options: Workload, image):
+    """`--vm`: this platform's micro-VM backend (sandbox/vm.py), or a usage error.
+
+    On an image (`krate run --vm IMAGE -- CMD`) the guest's root is the image's unpacked
+    root; `--rootfs DIR` remains for a bare root folder."""
     from krate.sandbox import vm
 
-    return vm.choose(options.vm, options.rootfs, paths().data_dir)
+    rootfs = image.rootfs if image is not None and options.rootfs is None else options.rootfs
+    return vm.choose(options.vm, rootfs, paths().data_dir)
 
 
 def _require_unlocked() -> None:

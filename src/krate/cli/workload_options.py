@@ -29,14 +29,14 @@ VM = typer.Option(
     False,
     "--vm",
     help="Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. "
-    "Example: krate run --vm --rootfs ./root -- make",
+    "Example: krate run --vm alpine:3.20 -- make",
 )
-# Temporary, until `krate run --vm IMAGE` names an image (the images issue): the unpacked root.
+# A bare root folder instead of an image (the tests and bench boot one): hidden.
 ROOTFS = typer.Option(
     None,
     "--rootfs",
     metavar="DIR",
-    help="With --vm: the folder to use as the VM's root filesystem (temporary; read-only).",
+    help="With --vm: a root folder to boot instead of an image (read-only).",
     file_okay=False,
     exists=True,
     hidden=True,

@@ -56,8 +56,9 @@ if TYPE_CHECKING:
     from krate.sandbox.supervise import Outcome
 
 CAPABILITIES = Capabilities(
-    memory="vm", kernel=False, run_as_owner=True, network=GUESTFWD, relay_threads=True
-)
+    memory="vm", kernel=False, run_as_owner=True, network=GUESTFWD, relay_threads=True,
+    images=True,
+)  # fmt: skip
 DEFAULT_MEMORY_MB = 256
 MIN_MEMORY_MB = 96
 BOOT_S = {"kvm": 15.0, "tcg": 90.0}  # from launch to `started`
@@ -123,6 +124,9 @@ class Qemu(Installed):
         self, spec: SandboxSpec, *, run_id: str, data_dir: Path, memory: Place | None = None
     ) -> Iterator[QemuLauncher]:
         """The launcher, with the run's control folder (run.sh, status, console)."""
+        if spec.image is not None:  # `krate run --vm IMAGE`: its unpacked root, as its user
+            self.rootfs = spec.image.rootfs
+            self.user = vm_run.GuestUser(spec.image.uid, spec.image.gid)
         refusal = refuse(spec, self.rootfs, self.user)
         if refusal is not None:
             raise KrateError(refusal, exit_code=EXIT_KRATE_FAILED)

@@ -87,7 +87,7 @@ def choose(
         raise UsageError("--rootfs is for --vm runs: add --vm")
     if rootfs is None:
         raise UsageError(
-            "--vm needs the VM's root folder: --rootfs DIR (until --vm takes an image)"
+            "--vm needs an image: krate run --vm IMAGE -- CMD (see `krate image`)"
         )
     if plat == "darwin":
         from krate.sandbox import container
