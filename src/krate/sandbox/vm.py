@@ -86,9 +86,7 @@ def choose(
     if not vm:
         raise UsageError("--rootfs is for --vm runs: add --vm")
     if rootfs is None:
-        raise UsageError(
-            "--vm needs an image: krate run --vm IMAGE -- CMD (see `krate image`)"
-        )
+        raise UsageError("--vm needs an image: krate run --vm IMAGE -- CMD (see `krate image`)")
     if plat == "darwin":
         from krate.sandbox import container
 
