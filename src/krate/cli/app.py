@@ -14,6 +14,7 @@ from importlib import import_module
 import typer
 
 from krate import __version__
+from krate.cli.common import started
 from krate.cli.options import WORKLOAD_CONTEXT
 
 # name -> (module under krate.cli, attribute, kind): "group" is a Typer app, "command" a function.
@@ -69,6 +70,7 @@ def _root() -> typer.Typer:
 
         Example: krate run -- npm install
         """
+        started()  # every command's body runs after this, with the garbage collector on
 
     return root
 
