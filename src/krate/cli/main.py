@@ -227,7 +227,7 @@ def _dispatch(args: list[str]) -> int:
             return workload.run_workload(options)
         from krate.cli.app import build
 
-        app = build(None if completing else _first_word(args))
+        app = build(None if completing else _first_word(args), root_help=_root_help(args))
         result = app(args=args, prog_name="krate", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except KrateError as exc:
@@ -275,6 +275,11 @@ def _dispatch(args: list[str]) -> int:
 def _failed(args: list[str], code: int) -> int:
     """The exit code for an unexpected error: 125 (krate failed) for `run` and `build`."""
     return 125 if code == 1 and _first_word(args) in ("run", "build") else code
+
+
+def _root_help(args: list[str]) -> bool:
+    """`krate --help` (not a TAB press): only the list of commands is printed."""
+    return args in (["--help"], ["-h"]) and "_KRATE_COMPLETE" not in os.environ
 
 
 def _first_word(args: list[str]) -> str | None:
