@@ -210,6 +210,8 @@ def test_the_quick_completion_table_is_what_typer_offers():
     assert {k: sorted(v) for k, v in complete_table.OPTIONS.items()} == {
         k: sorted(v) for k, v in options.items()
     }, hint
+    # `krate --help` off a terminal lists the commands from it (cli/app.py).
+    assert quickcomplete.root_listing() == complete_table.ROOT, hint
 
 
 def _lines() -> list[str]:

@@ -101,9 +101,10 @@ def test_the_quick_exit_runs_exit_handlers_flushes_and_joins_threads(tmp_path):
 
 # What no light command may load (issue 19, ARCHITECTURE.md "Start-up budget"): the help
 # renderer's stack, the store's third-party helper (a current store needs no migration),
-# the keychain, pydantic, asyncio, and OpenSSL's hashlib (krate.sha is the builtin SHA-256).
+# the keychain, pydantic, asyncio, OpenSSL's hashlib (krate.sha is the builtin SHA-256), and
+# the export's zip writer (`data where` reads names of privacy/export.py).
 HEAVY_FOR_COMMANDS = ("rich", "markdown_it", "pygments", "sqlite_utils", "keyring", "pydantic",
-                      "asyncio", "_hashlib")  # fmt: skip
+                      "asyncio", "_hashlib", "zipfile")  # fmt: skip
 LIGHT_COMMANDS = (
     ["info"], ["info", "--json"], ["runs", "list"], ["runs", "show", "last"], ["builds", "list"],
     ["artifacts", "list"], ["policy", "list"], ["policy", "show"],
@@ -131,9 +132,33 @@ def test_light_commands_load_no_heavy_module(tmp_path, krate_home):
     run_krate(*AS_ROOT_RUN, "--no-network", "--", "true", cwd=work)  # a store with one run
     for args in LIGHT_COMMANDS:
         assert loaded(args, HEAVY_FOR_COMMANDS, cwd=work) == ["0"], args
+    # The export's temporary file (tempfile, random) too: `runs show` has it from egress/.
+    assert loaded(["data", "where"], ("tempfile", "random"), cwd=work) == ["0"]
 
 
 def test_a_tab_press_loads_neither_typer_nor_the_store(krate_home):
     env = dict(os.environ, _KRATE_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="krate audit v")
     heavy = ("typer", "rich", "sqlite3", "pathlib", "krate.store", "krate.policy", "ctypes")
     assert loaded([], heavy, env=env) == ["0"]
+
+
+GC_STATE = (
+    "import contextlib, gc, io, sys; from krate.cli.main import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()):\n"
+    "    code = main(sys.argv[1:], protect=True)\n"
+    "print(code, gc.isenabled(), gc.get_freeze_count() > 0)\n"
+)
+
+
+def test_the_collector_is_off_only_while_krate_starts(tmp_path, krate_home):
+    """Start-up runs without the cycle collector (~5% of a command); the command runs with it.
+
+    A long run, export or proof must collect its garbage: the collector is on again (and
+    what start-up made frozen, never walked again) once the command or workload starts.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    for args in (["info"], ["audit", "head"], [*AS_ROOT_RUN, "--no-network", "--", "true"]):
+        done = subprocess.run([sys.executable, "-c", GC_STATE, *args], cwd=work,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        assert done.stdout.split() == ["0", "True", "True"], (args, done.stderr)

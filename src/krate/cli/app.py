@@ -14,6 +14,7 @@ from importlib import import_module
 import typer
 
 from krate import __version__
+from krate.cli.common import started
 from krate.cli.options import WORKLOAD_CONTEXT
 
 # name -> (module under krate.cli, attribute, kind): "group" is a Typer app, "command" a function.
@@ -70,17 +71,27 @@ def _root() -> typer.Typer:
 
         Example: krate run -- npm install
         """
+        started()  # every command's body runs after this, with the garbage collector on
 
     return root
 
 
-def build(first: str | None = None) -> typer.Typer:
-    """The root app with only `first` mounted when it names a command, else everything."""
-    if not _on_terminal():
+def build(first: str | None = None, *, root_help: bool = False) -> typer.Typer:
+    """The root app with only `first` mounted when it names a command, else everything.
+
+    `root_help` (the line is `krate --help`): off a terminal, the commands are listed
+    from the generated table (cli/complete_table.py ROOT) without importing their
+    modules; on a terminal rich renders the real tree.
+    """
+    plain = not _on_terminal()
+    if plain:
         from krate.cli import plainhelp
 
         plainhelp.install(typer.core)  # the same help text, without rich's ~55 ms of imports
     root = _root()
+    if root_help and plain:
+        _mount_listing(root)
+        return root
     names = [first] if first in COMMANDS else list(COMMANDS)
     for name in names:
         module_name, attribute, kind = COMMANDS[name]
@@ -92,6 +103,21 @@ def build(first: str | None = None) -> typer.Typer:
             settings = WORKLOAD_CONTEXT if name in ("run", "build") else None
             root.command(name, context_settings=settings)(target)
     return root
+
+
+def _mount_listing(root: typer.Typer) -> None:
+    """Stand-ins that carry only what `krate --help` lists: name, kind and help."""
+    from krate.cli.complete_table import ROOT
+
+    for name, kind, help_ in ROOT:
+        if kind == "group":
+            root.add_typer(typer.Typer(help=help_), name=name)
+        else:
+            root.command(name, help=help_)(_listed_only)
+
+
+def _listed_only() -> None:
+    """Never called: `krate --help` exits before any command runs."""
 
 
 def _on_terminal() -> bool:

@@ -24,6 +24,22 @@ def lock_down() -> None:
 
     if guard.installed():
         lockdown.apply()
+    started()
+
+
+def started() -> None:
+    """Start-up is over (the command begins, or the workload runs): collect garbage again.
+
+    cli/main.py turns the cycle collector off while krate starts; a long run, a large
+    export or a proof must not accumulate cyclic garbage for its whole life. What start-up
+    made (modules, classes, the command tree) lives until exit: frozen, the collector
+    never walks it again (enabling alone would walk it all at the next allocation).
+    """
+    import gc
+
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 _transport: Handoff = Handoff()  # login/push: started at entry, before the lockdown

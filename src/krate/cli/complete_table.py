@@ -977,3 +977,57 @@ OPTIONS = {
         ("--help", "Show this message and exit.", "Show this message and exit."),
     ],
 }
+
+# `krate --help`'s list of commands: (name, kind, help), in Typer's order.
+ROOT = [
+    (
+        "run",
+        "command",
+        "Run CMD isolated: read-only system, writable workspace, secrets hidden and stripped.",
+    ),
+    (
+        "build",
+        "command",
+        "Run CMD as `krate run` does, then store every file under --out and record provenance.",
+    ),
+    (
+        "provenance",
+        "command",
+        "Show the build record (in-toto Statement v1, SLSA Provenance v1) of an output.",
+    ),
+    ("login", "command", "Check credentials against a registry and keep them in the OS keychain."),
+    ("logout", "command", "Remove the registry's credentials from the OS keychain."),
+    (
+        "push",
+        "command",
+        "Push a stored artifact and its provenance to an OCI registry; prints the manifest digest.",
+    ),
+    (
+        "info",
+        "command",
+        "Show version, folders, database, sandbox and keyring backends, and telemetry (none).",
+    ),
+    (
+        "doctor",
+        "command",
+        "Check that this install works: sandbox, database, event chain, permissions, keychain.",
+    ),
+    ("runs", "group", "Past `krate run`s: list them, show one with its decisions."),
+    ("builds", "group", "Recorded builds and their provenance."),
+    (
+        "artifacts",
+        "group",
+        "Build outputs in the content-addressed store (artifacts/sha256/<hex>).",
+    ),
+    (
+        "policy",
+        "group",
+        "The policy a workload runs under: what it may read, write, reach and inherit.",
+    ),
+    ("audit", "group", "The tamper-evident record of everything krate did."),
+    (
+        "data",
+        "group",
+        "Your data, your rights: see where krate keeps things, export, delete, restore, prune.",
+    ),
+]

@@ -156,6 +156,28 @@ def table() -> tuple[dict, dict]:
     return commands, options
 
 
+def root_listing() -> list[tuple[str, str, str]]:
+    """[(name, "group" or "command", help as `krate --help` lists it)], in Typer's order.
+
+    `krate --help` off a terminal lists these without importing every command's module
+    (cli/app.py `build(root_help=True)`); tests/test_cli_polish.py compares the result
+    with the real tree's help.
+    """
+    import typer
+
+    from krate.cli import plainhelp
+    from krate.cli.app import build
+
+    cli = typer.main.get_command(build(None))
+    ctx = cli.make_context("krate", [], resilient_parsing=True)
+    listed = []
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        kind = "group" if hasattr(command, "list_commands") else "command"
+        listed.append((name, kind, plainhelp._command_help(command)))
+    return listed
+
+
 def typer_answer(cli, env: dict[str, str]) -> tuple[int, str]:
     """(exit code, output) of Typer's own completion for `env`, in this process."""
     import contextlib
@@ -188,6 +210,8 @@ def source() -> str:
         'edit. What Typer offers at each command: {path: [(value, zsh help, fish help)]}."""\n\n'
         "# ruff: noqa: E501\n\n"
         f"COMMANDS = {commands!r}\nOPTIONS = {options!r}\n"
+        "\n# `krate --help`'s list of commands: (name, kind, help), in Typer's order.\n"
+        f"ROOT = {root_listing()!r}\n"
     )
 
 

@@ -13,8 +13,6 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +24,8 @@ from krate.errors import KrateError, UsageError
 from krate.paths import DB_NAME, Paths
 
 if TYPE_CHECKING:
+    import zipfile
+
     from krate.store import Store
 
 EXPORTED_KIND = "data.exported"
@@ -91,6 +91,8 @@ def export(
     version: str,
 ) -> ExportResult:
     """Write the export zip to `out` (which must not exist) and record `data.exported`."""
+    import tempfile
+
     from krate.store import events
 
     out = check_target(out, paths)
@@ -155,12 +157,16 @@ class _Zip:
     """A zip writer that remembers each member's SHA-256 for the manifest."""
 
     def __init__(self, raw: IO[bytes], now: datetime) -> None:
+        import zipfile  # here, not at the top: `krate data where` reads this module's names
+
         self.zip = zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED)
         self.now = now
         self.date_time = now.astimezone(UTC).timetuple()[:6]
         self.digests: dict[str, str] = {}
 
     def _info(self, name: str) -> zipfile.ZipInfo:
+        import zipfile
+
         info = zipfile.ZipInfo(name, date_time=self.date_time)
         info.compress_type = zipfile.ZIP_DEFLATED
         info.external_attr = 0o600 << 16
