@@ -367,8 +367,8 @@ OPTIONS = {
         ),
         (
             "--vm",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm --rootfs ./root -- make",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm --rootfs ./root -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm alpine\\\\:3.20 -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm alpine:3.20 -- make",
         ),
         ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
@@ -486,8 +486,8 @@ OPTIONS = {
         ),
         (
             "--vm",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm --rootfs ./root -- make",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm --rootfs ./root -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm alpine\\\\:3.20 -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm alpine:3.20 -- make",
         ),
         ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),

@@ -36,7 +36,8 @@ ROOTFS = typer.Option(
     None,
     "--rootfs",
     metavar="DIR",
-    help="With --vm: a root folder to boot instead of an image (read-only).",
+    help="With --vm: a root folder to boot instead of an image (read-only). "
+    "Example: --vm --rootfs ./root",
     file_okay=False,
     exists=True,
     hidden=True,
