@@ -1020,6 +1020,11 @@ ROOT = [
         "Build outputs in the content-addressed store (artifacts/sha256/<hex>).",
     ),
     (
+        "image",
+        "group",
+        "OCI images to run workloads on: pull, import, list, show, rm, verify. Images are identified by config digest; `krate run IMAGE -- CMD` never pulls.",
+    ),
+    (
         "policy",
         "group",
         "The policy a workload runs under: what it may read, write, reach and inherit.",
