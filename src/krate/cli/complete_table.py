@@ -367,8 +367,8 @@ OPTIONS = {
         ),
         (
             "--vm",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm --rootfs ./root -- make",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm --rootfs ./root -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm alpine\\\\:3.20 -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm alpine:3.20 -- make",
         ),
         ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
@@ -486,8 +486,8 @@ OPTIONS = {
         ),
         (
             "--vm",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm --rootfs ./root -- make",
-            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm --rootfs ./root -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm alpine\\\\:3.20 -- make",
+            "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm alpine:3.20 -- make",
         ),
         ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
@@ -807,6 +807,11 @@ OPTIONS = {
             "--project",
             "The project''s krate.toml (the nearest above here) instead. Example\\\\: --project",
             "The project's krate.toml (the nearest above here) instead. Example: --project",
+        ),
+        (
+            "--private",
+            "The host may resolve to a private or loopback address (a corporate mirror)\\\\: \nadd its name to \\`network.private_ok\\` too. Example\\\\: --private \nnpm.corp.example",
+            "The host may resolve to a private or loopback address (a corporate mirror): add \nits name to `network.private_ok` too. Example: --private npm.corp.example",
         ),
         ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
