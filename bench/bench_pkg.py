@@ -21,10 +21,15 @@ warm user cache, read here as within the same 1.15x, since krate's fixed start-u
 table is printed and the exit status is 0.
 
 pip is run with `--isolated` and `PIP_CONFIG_FILE=/dev/null` in both arms: this machine's
-global pip configuration points at file:// indexes. The krate arm reaches the loopback
-mirrors with `--allow-host 127.0.0.1:PORT` (a forwarded host-loopback port).
-TODO(private_ok): once `[network] private_ok` / `--allow-private-host HOST` is merged, use
-a mirror name resolving to loopback and that opt-in, as a corporate mirror would need.
+global pip configuration points at file:// indexes.
+
+The mirrors are reached by name, as a corporate mirror is: `pypi.corp.example` and
+`npm.corp.example` resolve to 127.0.0.1, and the krate arm allows them with
+`--allow-host NAME:PORT --allow-private-host NAME` (the opt-in such a mirror needs).
+The names are mapped as tests/test_pkg_first_try.py maps them: both arms start under
+`bwrap --dev-bind / / --ro-bind HOSTS /etc/hosts`, which costs both the same few
+milliseconds and changes nothing else. Without bubblewrap (macOS) both arms use
+127.0.0.1 and the krate arm `--allow-host 127.0.0.1:PORT`.
 """
 
 from __future__ import annotations
@@ -88,11 +93,25 @@ class Setup:
             (self.home / cache).mkdir(parents=True)
         wheels = [f"krate-bench-py{i:02d}" for i in range(10)]
         npms = [f"krate-bench-js{i:02d}" for i in range(20)]
+        self.wrap: list[str] = []
+        self.names = {"py": "127.0.0.1", "npm": "127.0.0.1"}
+        bwrap = shutil.which("bwrap")
+        if bwrap:  # the mirrors by name (see the docstring)
+            hosts = base / "hosts"
+            hosts.write_text(
+                "127.0.0.1 localhost\n::1 localhost\n"
+                "127.0.0.1 pypi.corp.example\n127.0.0.1 npm.corp.example\n"
+            )
+            hosts.chmod(0o644)
+            self.wrap = [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(hosts), "/etc/hosts"]
+            self.names = {"py": "pypi.corp.example", "npm": "npm.corp.example"}
         make_simple_index(base / "py", wheels)
         port = free_port()
-        make_npm_registry(base / "npm", npms, f"http://127.0.0.1:{port}")
+        make_npm_registry(base / "npm", npms, f"http://{self.names['npm']}:{port}")
         self.py = Server(base / "py")
         self.npm = Server(base / "npm", npm=True, port=port)
+        py_url = f"http://{self.names['py']}:{self.py.port}"
+        npm_url = f"http://{self.names['npm']}:{self.npm.port}"
         deps = ", ".join(f'"{n}": "1.0.0"' for n in npms)
         (self.ws / "package.json").write_text(
             f'{{"name": "bench", "version": "1.0.0", "private": true, "dependencies": {{{deps}}}}}'
@@ -108,17 +127,23 @@ class Setup:
         }
         self.pip = [
             PYTHON, "-m", "pip", "install", "--isolated", "--quiet", "--no-input",
-            "--trusted-host", "127.0.0.1", "--index-url", f"{self.py.url}/simple/",
+            "--trusted-host", self.names["py"], "--index-url", f"{py_url}/simple/",
             "--target", "pylib", *wheels,
         ]  # fmt: skip
         self.npm_argv = [
-            "npm", "install", "--registry", f"{self.npm.url}/", "--no-audit", "--no-fund",
+            "npm", "install", "--registry", f"{npm_url}/", "--no-audit", "--no-fund",
             "--no-update-notifier", "--loglevel", "error",
         ]  # fmt: skip
 
-    def krate(self, argv: list[str], port: int) -> list[str]:
+    def bare(self, argv: list[str]) -> list[str]:
+        return [*self.wrap, *argv]
+
+    def krate(self, argv: list[str], port: int, name: str) -> list[str]:
         root = ["--as-root"] if os.geteuid() == 0 else []
-        return [KRATE, "run", *root, "--allow-host", f"127.0.0.1:{port}", "--", *argv]
+        allow = ["--allow-host", f"{name}:{port}"]
+        if name != "127.0.0.1":
+            allow += ["--allow-private-host", name]
+        return [*self.wrap, KRATE, "run", *root, *allow, "--", *argv]
 
     def krate_cache(self, tool: str) -> list[Path]:
         return list((self.krate_home / "caches").glob(f"*/{tool}"))
@@ -133,19 +158,19 @@ def compare(setup: Setup, runs: int) -> list[tuple[str, float, float]]:
     ws, home = setup.ws, setup.home
     outputs = (ws / "pylib", ws / "node_modules", ws / "package-lock.json")
     arms = {
-        "pip": (setup.pip, setup.py.port, home / ".cache" / "pip", "pip"),
-        "npm": (setup.npm_argv, setup.npm.port, home / ".npm", "npm"),
+        "pip": (setup.pip, setup.py.port, home / ".cache" / "pip", "pip", setup.names["py"]),
+        "npm": (setup.npm_argv, setup.npm.port, home / ".npm", "npm", setup.names["npm"]),
     }
     times: dict[tuple[str, str, str], list[float]] = {}
     for warm in (False, True):
         for _ in range(runs + 1):  # the first round warms (or is dropped from) the medians
-            for name, (argv, port, user_cache, tool) in arms.items():
+            for name, (argv, port, user_cache, tool, host) in arms.items():
                 for arm in ("bare", "krate"):
                     _clear(*outputs)
                     if not warm:
                         for cache in (user_cache, *setup.krate_cache(tool)):
                             _empty(cache)
-                    full = argv if arm == "bare" else setup.krate(argv, port)
+                    full = setup.bare(argv) if arm == "bare" else setup.krate(argv, port, host)
                     times.setdefault((name, "warm" if warm else "cold", arm), []).append(
                         _run(full, setup.env, ws)
                     )

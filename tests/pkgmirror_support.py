@@ -139,11 +139,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class Server:
     """A loopback HTTP server over `root` in a daemon thread; `url` is its base."""
 
-    def __init__(self, root: Path, *, npm: bool = False, port: int = 0) -> None:
+    def __init__(
+        self, root: Path, *, npm: bool = False, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
         handler = partial(_NpmHandler if npm else _QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
         self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

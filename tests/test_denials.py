@@ -39,7 +39,8 @@ def test_hints_from_the_record_or_made_the_same_way_for_decisions_without_one():
     assert lines[4].endswith(
         "[::1]:5432 (1x): not in network.allow; allow with --allow-host [::1]:5432"
     )
-    assert lines[5] == (
+    assert lines[5] == "krate:   or for every run: krate policy allow --private c.example"
+    assert lines[6] == (
         "krate:   or in a policy file's [network] table: "
         'add = ["a.example", "b.example:8080", "[::1]:5432"]; private_ok = ["c.example"]'
     )
@@ -67,4 +68,19 @@ def test_no_flag_is_offered_where_none_would_help():
         "krate: 1 connection refused:",
         "krate:   a.example:443 (1x): too many",
         "krate: details: krate runs show last",
+    ]
+
+
+def test_a_private_address_denial_names_the_policy_command_with_its_port():
+    lines = summary_lines(
+        [
+            deny("m.corp", 8080, hint="--allow-private-host m.corp", reason="m.corp resolves"),
+            deny("m.corp", 80, hint="--allow-private-host m.corp", reason="m.corp resolves"),
+            deny("127.0.0.1", 9, hint="--allow-host 127.0.0.1:9", reason="a loopback address"),
+        ]
+    )
+    fixes = [line for line in lines if "for every run" in line]
+    assert fixes == [
+        "krate:   or for every run: krate policy allow --private m.corp:8080",
+        "krate:   or for every run: krate policy allow --private m.corp",
     ]

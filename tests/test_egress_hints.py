@@ -177,6 +177,46 @@ def test_policy_explain_resolves_as_a_run_would_and_its_hints_work(box, server, 
     assert out.stdout.endswith("\n200\n"), out
 
 
+# The policy-side fix for a private-address denial, as the summary prints it.
+POLICY_FIX = re.compile(r"^krate: +or for every run: krate (policy allow --private \S+)$", re.M)
+
+
+def test_the_policy_command_printed_for_a_private_address_works(box, server, mapped):
+    """`krate policy allow --private`, as the summary and `explain` print it, applied
+    literally (it writes the user policy): the same connection then goes through with no
+    flag at all, and only that one: another name resolving to loopback stays refused."""
+    p = server.port
+    url = f"http://{NAME}:{p}/"
+    allow = ("--allow-host", f"{NAME}:{p}")
+    out = mapped("run", *allow, "--", "sh", "-c", f"{CURL} {url}")
+    assert out.stdout.endswith("\n403\n"), out
+    assert POLICY_FIX.findall(out.stderr) == [f"policy allow --private {NAME}:{p}"], out.stderr
+    command = POLICY_FIX.findall(out.stderr)[0].split()
+    explained = mapped("policy", "explain", "net", url, *allow)
+    assert explained.stdout.startswith(f"deny\t{NAME}:{p}\t"), explained.stdout
+    assert f"(for every run: krate {' '.join(command)})" in explained.stdout
+    assert "resolves to 127.0.0.1" in explained.stdout
+    as_json = json.loads(mapped("policy", "explain", "net", url, *allow, "--json").stdout)
+    assert as_json["command"] == f"krate {' '.join(command)}"
+    assert as_json["hint"] == f"--allow-private-host {NAME}"  # the flag stays next to it
+    done = mapped(*command)
+    assert done.returncode == 0, done.stderr
+    assert f"added {NAME}:{p}" in done.stderr and f"added {NAME} " in done.stderr
+    again = mapped(*command)  # idempotent
+    assert again.returncode == 0 and "nothing changed" in again.stderr, again.stderr
+    text = (box.krate_home / "policy.toml").read_text()
+    assert text.count(f'"{NAME}:{p}"') == 1 and text.count(f'"{NAME}"') == 1, text
+    assert mapped("policy", "explain", "net", url).stdout.startswith("allow\t")
+    other = f"http://other.corp.example:{p}/"
+    out = mapped("run", "--", "sh", "-c", f"{CURL} {url}; {CURL} {other}")
+    assert "\n200\n" in out.stdout and out.stdout.endswith("\n403\n"), out
+    allowed, denied = network(box)[-2:]
+    assert allowed["reason"] == f"private address allowed by network.private_ok: {NAME}"
+    assert allowed["verdict"] == "allow" and allowed["address"] == "127.0.0.1"
+    assert denied["verdict"] == "deny" and denied["host"] == "other.corp.example"
+    assert "other.corp.example" in out.stderr and NAME not in out.stderr.split("refused")[-1]
+
+
 def test_a_name_resolving_to_loopback_needs_its_own_opt_in(box, server, mapped):
     """Rebinding: an allowed name answering 127.0.0.1 is refused and recorded; an opt-in
     for another name changes nothing; the opt-in for this name, given with `allow`, works."""

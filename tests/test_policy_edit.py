@@ -129,6 +129,41 @@ def test_allow_twice_says_so_and_never_duplicates(krate_home, project):
     assert policy.read_bytes() == first
 
 
+def test_allow_private_adds_the_opt_in_and_the_host_only_when_the_file_lacks_it(
+    krate_home, project
+):
+    krate_home.mkdir(mode=0o700)
+    policy = krate_home / "policy.toml"
+    policy.write_text(COMMENTED)
+    done = run_krate("policy", "allow", "--private", "a.example")  # already in `add`
+    assert done.returncode == 0, done.stderr
+    assert "a.example is already in" in done.stderr and "(network.add)" in done.stderr
+    assert policy.read_text() == COMMENTED.replace(
+        "[network]\n", '[network]\nprivate_ok = ["a.example"]\n'
+    )
+    done = run_krate("policy", "allow", "--private", "http://m.example:8080/simple")
+    assert done.returncode == 0, done.stderr
+    text = policy.read_text()
+    assert '    "m.example:8080",\n]' in text and 'private_ok = ["a.example", "m.example"]' in text
+    assert "# the mirror" in text and "# and this one" in text
+    assert run_krate("policy", "check", str(policy)).returncode == 0
+    assert explain("m.example:8080")["verdict"] in ("allow", "deny")  # resolved as a run would
+    again = run_krate("policy", "allow", "--private", "m.example:8080")
+    assert again.returncode == 0 and again.stderr.count("already in") == 2
+    assert again.stderr.strip().endswith("nothing changed")
+    assert policy.read_text() == text
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.1", "[::1]:80", "*", "bad host"])
+def test_allow_private_refuses_addresses_and_everything_and_writes_nothing(
+    krate_home, project, bad
+):
+    done = run_krate("policy", "allow", "--private", bad)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("krate: invalid host") and done.stderr.count("\n") == 1
+    assert not (krate_home / "policy.toml").exists()
+
+
 @pytest.mark.parametrize("bad", ["bad host", "*.*.example", "a.example:99999", "x/y"])
 def test_a_bad_host_is_the_same_error_as_check_and_leaves_the_file_alone(
     krate_home, project, tmp_path, bad

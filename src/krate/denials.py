@@ -5,7 +5,8 @@ stale wheels, npm prints E403 about something else), so krate says it once, on
 stderr, when the run ends: the hosts denied and how many times, the reason, the
 exact `krate run` flag that would allow each (the `hint` the egress proxy recorded
 with the decision, or the same rule applied to a decision recorded without one),
-and where the details are. It stays a few lines with hundreds of denials.
+for a private-address denial the `krate policy allow --private` command that
+allows it in every run, and where the details are. It stays a few lines with hundreds of denials.
 Environment strips are counted on a line of their own.
 
 Pure: it reads the run's recorded decisions (`policy.decision` data), never the store.
@@ -36,6 +37,16 @@ def hint_of(decision: dict[str, Any]) -> str:
     if "resolves to" in str(decision.get("reason") or "") and norm is not None and not norm[1]:
         return f"{PRIVATE_FLAG} {norm[0]}"
     return allow_hint(host, port)
+
+
+def policy_fix(hint: str, host: Any, port: Any) -> str:
+    """The command that fixes a private-address denial in the user policy for every run
+    (`private_ok` and, when missing, `add`); "" for any other hint."""
+    from krate.policy.hosts import host_text
+
+    if not hint.startswith(PRIVATE_FLAG + " "):
+        return ""
+    return f"krate policy allow --private {host_text(str(host), int(port or 443))}"
 
 
 def why_of(decision: dict[str, Any]) -> str:
@@ -81,6 +92,10 @@ def summary_lines(decisions: Iterable[dict[str, Any]], stripped: Sequence[str] =
         hosts_more = f"{rest} more host{'s' if rest != 1 else ''}" if rest > 0 else "more hosts"
         lines.append(f"krate:   and {hosts_more} ({_plural(more, 'connection')})")
     hints = [hint for _, r in ranked if (hint := hint_of(r["decision"]))]
+    fixes = [
+        fix for (h, p), r in ranked[:MAX_HOSTS] if (fix := policy_fix(hint_of(r["decision"]), h, p))
+    ]
+    lines += [f"krate:   or for every run: {fix}" for fix in dict.fromkeys(fixes)]
     if hints:
         lines += _policy_line(hints)
     if stripped:

@@ -808,6 +808,11 @@ OPTIONS = {
             "The project''s krate.toml (the nearest above here) instead. Example\\\\: --project",
             "The project's krate.toml (the nearest above here) instead. Example: --project",
         ),
+        (
+            "--private",
+            "The host may resolve to a private or loopback address (a corporate mirror)\\\\: \nadd its name to \\`network.private_ok\\` too. Example\\\\: --private \nnpm.corp.example",
+            "The host may resolve to a private or loopback address (a corporate mirror): add \nits name to `network.private_ok` too. Example: --private npm.corp.example",
+        ),
         ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
     ],

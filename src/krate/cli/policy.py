@@ -139,7 +139,9 @@ def explain(
 
     For net, an allowed name is resolved as a run would (unless --no-resolve): one that
     resolves to a private or loopback address is denied unless `private_ok` names it.
-    A denial ends with the flag that would allow it. Exit 0 whatever the verdict.
+    A denial ends with the flag that would allow it (and, for a private address, the
+    `krate policy allow --private` command that allows it in every run).
+    Exit 0 whatever the verdict.
 
     Example: krate policy explain net github.com:22 --json
     """
@@ -161,6 +163,7 @@ def explain(
 def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
     """What a run's connection meets beyond the rule: the resolved addresses and their check
     (through the egress proxy, krate/resolve_early.py), and the flag that would allow it."""
+    from krate.denials import policy_fix
     from krate.egress import compile_private, compile_rules, helperlib
     from krate.policy.hosts import allow_hint
     from krate.policy.manage import net_subject
@@ -184,7 +187,12 @@ def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
     }
     answer = resolve_early.explain(config, host, port)
     keep = ("verdict", "rule", "layer", "reason", "hint", "addresses")
-    return {k: answer[k] for k in keep if k in answer}
+    out = {k: answer[k] for k in keep if k in answer}
+    fix = policy_fix(str(out.get("hint") or ""), host, port) if out.get("verdict") == "deny" else ""
+    if fix:  # the policy-side fix, next to the flag
+        out["command"] = fix
+        out["reason"] = f"{out.get('reason', '')} (for every run: {fix})"
+    return out
 
 
 USER = typer.Option(
@@ -227,25 +235,38 @@ def allow(
         ..., metavar="HOST[:PORT]", help="A host pattern as in `network.allow`, or a URL."
     ),
     project: bool = PROJECT,
+    private: bool = typer.Option(
+        False,
+        "--private",
+        help="The host may resolve to a private or loopback address (a corporate mirror): "
+        "add its name to `network.private_ok` too. Example: --private npm.corp.example",
+    ),
 ) -> None:
     """Allow a host for later runs: append it to your user policy's `network.add`.
 
     Validated as `krate policy check` does; comments and layout are kept; a host
-    already listed is not added twice.
+    already listed is not added twice. With --private the name also goes into
+    `network.private_ok` (the fix for a "resolves to a private address" denial).
 
     Example: krate policy allow npm.corp.example:8443
     """
     from krate import render
-    from krate.policy.edit import allow_host
+    from krate.policy.edit import allow_host, allow_private
 
     target, template, mode = _target(project)
     before = _trust_state(target) if project else None
-    done = allow_host(target, host, template=template, mode=mode)
-    if done.already:
-        render.message(f"{done.entry} is already in {target} ({done.key}); nothing changed")
-        return
-    render.message(f"added {done.entry} to {target} ({done.key})")
-    if project:
+    if private:
+        steps = allow_private(target, host, template=template, mode=mode)
+    else:
+        steps = [allow_host(target, host, template=template, mode=mode)]
+    unchanged = all(done.already for done in steps)
+    for i, done in enumerate(steps):
+        if not done.already:
+            render.message(f"added {done.entry} to {target} ({done.key})")
+            continue
+        end = "; nothing changed" if unchanged and i == len(steps) - 1 else ""
+        render.message(f"{done.entry} is already in {target} ({done.key}){end}")
+    if project and not unchanged:
         _project_note(target, before)
 
 

@@ -123,8 +123,59 @@ def allow_host(path: Path, text: str, *, template: str, mode: int | None = None)
     return append(path, "network", ("add", "allow"), entry, same, template=template, mode=mode)
 
 
-# A `krate policy allow --private HOST` (network.private_ok) is then:
-#     append(path, "network", ("private_ok",), entry, same, template=template, mode=mode)
+def allow_private(
+    path: Path, text: str, *, template: str, mode: int | None = None
+) -> list[Appended]:
+    """`krate policy allow --private HOST[:PORT]`: the host's name into `[network]
+    private_ok` and, unless the file's own `add`/`allow` already cover HOST[:PORT], the
+    host into `add` too (a private_ok entry for a host the policy does not allow is an
+    error), so one command fixes a private-address denial.
+
+    The file is made to allow the host itself, even when the profile does: the opt-in
+    then stays valid under any profile. Both lists change under one lock; each step is
+    proven as `append` proves it. Idempotent per list.
+    """
+    entry = host_entry(text)
+    wanted = hosts.parse_pattern(entry)
+    name = hosts.split_host_port(entry)[0]  # the host as written, without its port
+    try:
+        private = hosts.parse_private(name)
+    except ValueError as exc:
+        raise UsageError(f"invalid host for --private: {exc}") from None
+
+    def covered(existing: list[str]) -> bool:
+        rules = []
+        for e in existing:
+            try:
+                rules += hosts.parse_pattern(e)
+            except ValueError:
+                continue
+        return all(hosts.covers(rules, w) for w in wanted)
+
+    def same_private(existing: str) -> bool:
+        try:
+            return hosts.parse_private(existing) == private
+        except ValueError:
+            return False
+
+    done = []
+    with locked(path):
+        doc = _valid_doc(path, read_text(path) if path.exists() else template)
+        table = doc.get("network", {})
+        listed = [e for k in ("add", "allow") for e in table.get(k, ()) if isinstance(e, str)]
+        if covered(listed):
+            key = "add" if "add" in table or "allow" not in table else "allow"
+            done.append(Appended(entry, f"network.{key}", True))
+        else:
+            done.append(
+                _append(path, "network", ("add", "allow"), entry, lambda _: False,
+                        template=template, mode=mode)
+            )  # fmt: skip
+        done.append(
+            _append(path, "network", ("private_ok",), name, same_private,
+                    template=template, mode=mode)
+        )  # fmt: skip
+    return done
 
 
 def append(
