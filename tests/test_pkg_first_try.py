@@ -221,6 +221,7 @@ def test_npm_install_works_after_the_one_line_the_summary_prints(box, registries
     assert (box.ws / "node_modules" / PACKAGES[1] / "index.js").exists()
     assert caches(box, "npm"), "npm used krate's cache"
     assert not (box.home / ".npm").exists()
+    assert "Unknown env config" not in with_flag.stderr  # krate sets only variables npm knows
 
     shutil.rmtree(box.ws / "node_modules")
     (box.ws / "package-lock.json").unlink()

@@ -56,7 +56,9 @@ TOOLS = (
     Tool("pip", ".cache/pip", "PIP_CACHE_DIR"),
     Tool("uv", ".cache/uv", "UV_CACHE_DIR"),
     Tool("yarn", ".cache/yarn", "YARN_CACHE_FOLDER"),
-    Tool("pnpm", ".local/share/pnpm/store", "npm_config_store_dir"),
+    # pnpm's store setting travels as `npm_config_store_dir`, which npm warns about on every
+    # command ("Unknown env config"): pnpm gets the mount only, where its store exists.
+    Tool("pnpm", ".local/share/pnpm/store", None),
     Tool("go-build", ".cache/go-build", "GOCACHE"),
     Tool("go-mod", "go/pkg/mod", "GOMODCACHE"),
     Tool("cargo-registry", ".cargo/registry", None),
