@@ -98,7 +98,7 @@ STDIN=$(port krate.stdin)
     [ -e /krate/signals ] || continue
     work=""
     for kid in $(cat /proc/1/task/1/children); do
-      [ "$kid" = "$me" ] || [ "$kid" = "$(cat /feeder)" ] || work=$kid
+      [ "$kid" = "$me" ] || [ "$kid" = "$(cat /feeder 2>/dev/null)" ] || work=$kid
     done
     [ -n "$work" ] || continue
     n=$(wc -l < /krate/signals)
