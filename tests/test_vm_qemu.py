@@ -8,6 +8,7 @@ hanging KVM never skips them: krate falls back to emulation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -31,7 +32,8 @@ pytestmark = [
 ]
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 APPLETS = ("sh", "echo", "cat", "ls", "id", "mkdir", "mount", "touch", "sleep", "kill", "wget",
-           "nc", "test", "true", "chroot", "cut", "tail", "tr")  # fmt: skip
+           "nc", "test", "true", "chroot", "cut", "tail", "tr", "head", "wc",
+           "sha256sum")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +89,11 @@ class VmBox:
             kw.update(user=self.user, group=pwd.getpwnam(self.user).pw_gid, extra_groups=[])
         return kw
 
-    def run(self, root: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, root: Path, *args: str, cwd: Path | None = None, stdin=subprocess.DEVNULL
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            self.argv(root, *args), capture_output=True, text=True, timeout=240,
+            self.argv(root, *args), capture_output=True, text=True, timeout=240, stdin=stdin,
             **self.kw(cwd or self.ws),
         )  # fmt: skip
 
@@ -173,7 +177,12 @@ def test_as_the_workspace_owner(user_vmbox, image_root):
 def test_not_found_and_signal_statuses(vmbox, image_root):
     out = vmbox.run(image_root, "--policy", "strict", "--", "no-such-command")
     assert out.returncode == 127, out.stderr
-    out = vmbox.run(image_root, "--policy", "strict", "--", "sh", "-c", "kill -TERM $$")
+    held, writer = os.pipe()  # stdin a pipe nobody closes: the run must end all the same
+    try:
+        out = vmbox.run(image_root, "--policy", "strict", "--", "sh", "-c", "kill -TERM $$",
+                        stdin=held)  # fmt: skip
+    finally:
+        os.close(held), os.close(writer)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr
     assert vmbox.last_run()["exit_code"] == 143
 
@@ -314,3 +323,85 @@ def test_an_image_runs_in_the_vm_and_the_record_names_it(image_root):
         assert out.returncode == 125 and "krate image pull nosuch:1" in out.stderr
     finally:
         shutil.rmtree(box.base, ignore_errors=True)
+
+
+def _pipe_fds(pid: int) -> dict[int, tuple[str, int]]:
+    """{fd: (pipe:[inode], access mode)} for the pipes process `pid` holds."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            info = Path(f"/proc/{pid}/fdinfo/{name}").read_text()
+        except OSError:
+            continue
+        if link.startswith("pipe:"):
+            flags = next(
+                int(v, 8)
+                for k, _, v in (line.partition(":") for line in info.splitlines())
+                if k == "flags"
+            )
+            found[int(name)] = (link, flags & os.O_ACCMODE)
+    return found
+
+
+def test_stdin_reaches_the_guest_whole_with_its_end_and_qemu_gets_only_a_read_end(
+    vmbox, image_root
+):
+    """`producer | krate run --vm`: the bytes arrive intact (4 MB), /dev/stdin opens again,
+    the end of input is an end of file in the guest. QEMU holds neither krate's stdin nor
+    any write end of the pipe it reads: krate alone feeds it, the guest gets the bytes only."""
+    ws = vmbox.fresh_ws("stdin")
+    data = os.urandom(4 << 20)
+    script = (
+        'read first; echo "first=$first"; touch /work/reading; '
+        "sha256sum /dev/stdin; wc -c < /dev/stdin; exit 6"
+    )
+    theirs, ours = os.pipe()
+    proc = subprocess.Popen(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c", script),
+        stdin=theirs, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **vmbox.kw(ws),
+    )  # fmt: skip
+    os.close(theirs)
+    krate_stdin = f"pipe:[{os.fstat(ours).st_ino}]"
+    try:
+        os.write(ours, b"hello\n")
+        wait_for(lambda: (ws / "reading").exists(), timeout=180, what="the workload")
+        [qemu] = [p for p in _descendants(proc.pid)
+                  if Path(f"/proc/{p}/comm").read_text().startswith("qemu")]  # fmt: skip
+        qemu_pipes = _pipe_fds(qemu)
+        assert krate_stdin not in {link for link, _ in qemu_pipes.values()}, qemu_pipes
+        fed, mode = qemu_pipes[0]  # QEMU's stdin: a pipe of krate's, read-only
+        assert mode == os.O_RDONLY
+        assert all(m == os.O_RDONLY for link, m in qemu_pipes.values() if link == fed)
+        assert os.readlink(f"/proc/{qemu}/fd/1") == "/dev/null"  # the port's other direction
+        writers = [m for link, m in _pipe_fds(proc.pid).values() if link == fed]
+        assert writers == [os.O_WRONLY]  # krate holds the only write end
+        with os.fdopen(ours, "wb") as producer:
+            ours = -1
+            producer.write(data)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if ours >= 0:
+            os.close(ours)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 6, err
+    digest = hashlib.sha256(data).hexdigest()
+    assert out.decode().splitlines() == ["first=hello", f"{digest}  /dev/stdin", "0"]
+
+
+def test_stdin_from_a_file_as_the_workspace_owner_partly_read(user_vmbox, image_root):
+    """`krate run --vm ... < file`: the file's bytes; a workload that stops reading after a
+    line and 1000 bytes of 3 MB ends the run (krate's feeding does not hold it up)."""
+    source = user_vmbox.base / "input"
+    source.write_bytes(b"line one\n" + os.urandom(3 << 20))
+    with open(source, "rb") as f:
+        out = user_vmbox.run(
+            image_root, "--policy", "strict", "--", "sh", "-c",
+            'read l; echo "got=$l"; head -c 1000 | wc -c; exit 4', stdin=f,
+        )  # fmt: skip
+    assert out.returncode == 4, out.stderr
+    assert out.stdout.splitlines() == ["got=line one", "1000"]
+    shown = user_vmbox.last_run()
+    assert shown["exit_code"] == 4 and shown["status"] == "finished"

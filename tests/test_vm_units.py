@@ -13,7 +13,16 @@ import pytest
 
 from krate.errors import KrateError
 from krate.policy.model import Limits
-from krate.sandbox import backend_qemu, container, qemu, vm, vm_initramfs, vm_kernel, vm_run
+from krate.sandbox import (
+    backend_qemu,
+    container,
+    qemu,
+    vm,
+    vm_initramfs,
+    vm_kernel,
+    vm_run,
+    vm_stdin,
+)
 from krate.sandbox.spec import SandboxSpec
 from krate.sandbox.supervise import Outcome
 
@@ -67,6 +76,52 @@ def test_stdout_by_fd_set_stderr_by_path_memory_and_kvm():
     assert "file,id=stdout,path=/dev/fdset/1,append=on" in chardevs
     assert "file,id=stderr,path=/proc/self/fd/2,append=on" in chardevs
     assert after(argv, "-m") == ["512"] and after(argv, "-cpu") == ["host"]
+
+
+def test_stdin_is_a_port_read_from_qemus_own_descriptor_0_only_when_asked():
+    argv = qemu.command(plan(stdin=True))
+    assert "stdio,id=stdin,signal=off" in after(argv, "-chardev")
+    assert "virtserialport,chardev=stdin,name=krate.stdin" in after(argv, "-device")
+    assert not any("stdio" in c for c in after(qemu.command(plan()), "-chardev"))  # the probe
+
+
+def test_the_stdin_relay_copies_until_the_end_then_closes_and_stops_when_qemu_is_gone(
+    tmp_path,
+):
+    import threading
+
+    source = tmp_path / "in"
+    source.write_bytes(os.urandom(3 * vm_stdin.CHUNK + 5))  # more than a pipe holds
+    reader, writer = os.pipe()
+    got: list[bytes] = []
+    drain = threading.Thread(target=lambda: got.append(os.fdopen(reader, "rb").read()))
+    drain.start()
+    with open(source, "rb") as f:
+        vm_stdin.copy(f.fileno(), writer)
+    drain.join(10)
+    assert got == [source.read_bytes()]  # whole, and the end of file came (writer closed)
+    # the reader went away (QEMU exited) with the input still coming: copy ends, no error
+    reader, writer = os.pipe()
+    os.close(reader)
+    with open(source, "rb") as f:
+        vm_stdin.copy(f.fileno(), writer)
+    with pytest.raises(OSError):
+        os.fstat(writer)  # closed by copy
+
+
+@linux
+def test_a_terminal_that_is_not_krates_own_foreground_is_not_read(tmp_path):
+    leader, follower = os.openpty()  # not krate's controlling terminal: never read
+    try:
+        assert not vm_stdin.relayed(follower)
+    finally:
+        os.close(leader), os.close(follower)
+    with open(tmp_path / "f", "wb") as f:
+        assert vm_stdin.relayed(f.fileno())
+    relay = vm_stdin.Relay(src=os.open(os.devnull, os.O_RDONLY))
+    assert os.get_inheritable(relay.reader) is False and os.get_inheritable(relay.writer) is False
+    relay.abandon()
+    assert relay.reader == relay.writer == -1
 
 
 def test_network_is_restricted_slirp_whose_only_way_out_is_the_relay():
@@ -279,7 +334,7 @@ def test_the_command_line_needs_vm_and_rootfs_together(cli, tmp_path):
     out = cli("run", "--rootfs", str(tmp_path), "--", "true")
     assert out.code == 2 and "add --vm" in out.err
     out = cli("run", "--vm", "--", "true")
-    assert out.code == 2 and "--rootfs DIR" in out.err
+    assert out.code == 2 and "--vm needs an image" in out.err
 
 
 def test_a_hung_boot_is_125_with_the_console_lines(tmp_path):
@@ -296,7 +351,7 @@ def test_a_hung_boot_is_125_with_the_console_lines(tmp_path):
 def test_vm_options_need_each_other():
     with pytest.raises(KrateError, match="add --vm"):
         vm.choose(False, Path("/"), Path("/tmp"))
-    with pytest.raises(KrateError, match="--rootfs DIR"):
+    with pytest.raises(KrateError, match="--vm needs an image"):
         vm.choose(True, None, Path("/tmp"))
 
 

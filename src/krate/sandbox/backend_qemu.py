@@ -28,8 +28,8 @@ of the user's home) and under its own seccomp filter (`-sandbox on`).
 
 The workload's exit status comes back on a virtio-serial port (`started`, then
 `exit N`, 128+N for a signal); a guest that never reports `started` within the
-boot bound is killed: 125 with the console's last lines. stdin is not passed to
-the workload (it reads /dev/null): the serial ports carry no end of file.
+boot bound is killed: 125 with the console's last lines. krate's stdin reaches
+the workload through a pipe krate fills and a serial port (vm_stdin.py).
 Signals krate forwards reach the workload through the control share (`signals`).
 """
 
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
-from krate.sandbox import leftovers, qemu, vm_run
+from krate.sandbox import leftovers, qemu, vm_run, vm_stdin
 from krate.sandbox.backend import GUESTFWD, Capabilities, Installed
 from krate.sandbox.spec import is_within
 from krate.sandbox.supervise import Launcher
@@ -225,15 +225,21 @@ def _output(fd: int, fds: list[int]) -> qemu.Output:
     return qemu.Output(fd=copy)
 
 
-def _die_with_parent(run_as, parent: int) -> Callable[[], None]:
-    """In QEMU's child: stdin from /dev/null, the owner's ids, then PR_SET_PDEATHSIG."""
+def _die_with_parent(
+    run_as, parent: int, stdin: Callable[[], int] = lambda: -1
+) -> Callable[[], None]:
+    """In QEMU's child: descriptor 0 the stdin pipe's read end (`stdin()`, else /dev/null),
+    1 /dev/null (what the guest writes into its stdin port goes nowhere), the owner's ids,
+    then PR_SET_PDEATHSIG."""
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def child() -> None:
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
+        null = os.open(os.devnull, os.O_RDWR)
+        source = stdin()
+        os.dup2(source if source >= 0 else null, 0)
+        os.dup2(null, 1)
         os.close(null)
         if run_as is not None:
             os.setgroups(list(run_as.groups))
@@ -254,13 +260,27 @@ class QemuLauncher(Launcher):
         folder: Path, accel: str,
     ) -> None:  # fmt: skip
         env = {"PATH": os.defpath, "LC_ALL": "C"}
+        self.stdin: vm_stdin.Relay | None = None
         super().__init__(
-            env, preexec=_die_with_parent(spec.run_as, os.getpid()),
+            env, preexec=_die_with_parent(spec.run_as, os.getpid(), self._stdin_reader),
             wall_seconds=spec.limits.wall_seconds, terminal=False,
         )  # fmt: skip
         self.spec, self.exe, self.accel = spec, exe, accel
         self.kernel, self.initrd, self.rootfs, self.folder = kernel, initrd, rootfs, folder
         self.boot_s = BOOT_S[accel]
+
+    def _stdin_reader(self) -> int:
+        return self.stdin.reader if self.stdin is not None else -1
+
+    def _spawn(self) -> None:
+        """QEMU with the stdin pipe's read end as its descriptor 0; then the relay (vm_stdin.py)."""
+        self.stdin = vm_stdin.Relay()
+        try:
+            super()._spawn()
+        except BaseException:
+            self.stdin.abandon()
+            raise
+        self.stdin.start()
 
     def plan(self, fds: list[int]) -> qemu.Plan:
         def fd_path(path: Path, flags: int) -> str:
@@ -297,6 +317,7 @@ class QemuLauncher(Launcher):
             tsc_khz=qemu.tsc_khz(),
             forwards=forwards,
             machine=platform.machine(),
+            stdin=True,
         )
 
     def command(self, fds: list[int]) -> list[str]:

@@ -11,6 +11,11 @@ Shares (9p, `security_model=none`: files keep the QEMU user's ownership on the h
            EROFS even if it mounts it read-write), a tmpfs overlay in the guest
     ws     the workspace, read-write, at /work
 
+Input: the workload's stdin is a virtio-serial port backed by `-chardev stdio`, i.e.
+QEMU's own descriptor 0, which krate makes a private pipe it fills (vm_stdin.py):
+that chardev reads only while the guest can take bytes and reports end of file
+only after the last of them.
+
 Output: the workload's stdout and stderr are virtio-serial ports backed by krate's
 own descriptors 1 and 2, handed to QEMU as fd sets (`-add-fd`): a file krate's
 caller redirected to keeps one shared offset, so QEMU's writes and the caller's
@@ -67,6 +72,7 @@ class Plan(NamedTuple):
     # (guest port, relay command) per guestfwd rule; empty: no network device at all
     forwards: tuple[tuple[int, str], ...] = ()
     machine: str = "x86_64"
+    stdin: bool = False  # the `krate.stdin` port, read from QEMU's descriptor 0
 
 
 def command(plan: Plan) -> list[str]:
@@ -96,6 +102,11 @@ def command(plan: Plan) -> list[str]:
     argv += _share("ws", plan.workspace, readonly=False)
     argv += ["-device", "virtio-serial-device"]
     argv += _port("status", "krate.status", Output(path=plan.status))
+    if plan.stdin:
+        argv += [
+            "-chardev", "stdio,id=stdin,signal=off",
+            "-device", "virtserialport,chardev=stdin,name=krate.stdin",
+        ]  # fmt: skip
     argv += _port("stdout", "krate.stdout", plan.stdout)
     argv += _port("stderr", "krate.stderr", plan.stderr)
     if plan.forwards:

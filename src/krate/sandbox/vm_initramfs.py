@@ -15,9 +15,10 @@ host: `-fsdev ...,readonly=on`) under a tmpfs overlay, the workspace (`ws`,
 read-write) at /work, a minimal /dev, /proc and /tmp; bring up the network when
 the run has one (only route: QEMU's guestfwd to krate's egress proxy); then
 report `started`, run `run.sh` with stdout and stderr on their own virtio-serial
-ports (a watcher passes on the signals krate appends to the control share's
-`signals`), and report `exit N` (128+N for a signal) on the status port before it
-powers off. A failure before the workload is reported as `fail REASON`.
+ports and stdin on a pipe that a feeder (`cat`) fills from a third (a watcher
+passes on the signals krate appends to the control share's `signals`), and report
+`exit N` (128+N for a signal) on the status port before it powers off. A failure
+before the workload is reported as `fail REASON`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ if [ -e /krate/net ]; then
   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
     || die "cannot bring up the network to krate's egress proxy"
 fi
+# stdin: the port allows one open at a time, so the workload reads a pipe a feeder (cat) fills
+# (its /dev/stdin opens again, as on the host); the feeder's end of file is the workload's.
+# The feeder runs in the background, so a workload that never reads does not hold up init.
+STDIN=$(port krate.stdin)
+[ "$STDIN" = /dev/console ] && STDIN=/dev/null
 # Signals krate forwards arrive as lines (numbers) appended to /krate/signals; each goes to
 # the workload, init's other child. Started first so that the workload stays in the foreground
 # (an asynchronous command of a shell without job control would ignore SIGINT and SIGQUIT).
@@ -91,7 +97,9 @@ fi
   while sleep 0.2; do
     [ -e /krate/signals ] || continue
     work=""
-    for kid in $(cat /proc/1/task/1/children); do [ "$kid" = "$me" ] || work=$kid; done
+    for kid in $(cat /proc/1/task/1/children); do
+      [ "$kid" = "$me" ] || [ "$kid" = "$(cat /feeder 2>/dev/null)" ] || work=$kid
+    done
     [ -n "$work" ] || continue
     n=$(wc -l < /krate/signals)
     while [ "$seen" -lt "$n" ]; do
@@ -101,7 +109,8 @@ fi
   done
 ) &
 say started
-sh /krate/run.sh </dev/null >"$(port krate.stdout)" 2>"$(port krate.stderr)"
+{ cat "$STDIN" & echo $! > /feeder; } \
+  | sh /krate/run.sh >"$(port krate.stdout)" 2>"$(port krate.stderr)"
 say "exit $?"
 sync
 reboot -f
