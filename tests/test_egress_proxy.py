@@ -401,3 +401,39 @@ def test_proxy_is_isolated_and_shuts_down_cleanly(tmp_path, paths, server):
     held.settimeout(5)
     assert held.recv(1) == b""
     held.close()
+
+
+# Its start-up is what a run's first connection waits for (issue 19): asyncio alone took
+# about 30 ms of it, dataclasses and its inspect about 13 more.
+SLOW_MODULES = ("asyncio", "concurrent", "dataclasses", "inspect", "subprocess", "ssl")
+
+
+def test_the_proxy_never_imports_asyncio_or_other_slow_modules(tmp_path, paths, server):
+    """The loaded modules it reports once it listens, after serving a connection; and no
+    import of them anywhere in its own files, even inside a function."""
+    import ast
+
+    from krate.egress import helperlib
+
+    session = start(tmp_path, paths, f"127.0.0.1:{server.port}")
+    try:
+        session.require_ready()
+        held, head = tunnel(session, f"127.0.0.1:{server.port}")
+        assert head.startswith(b"HTTP/1.1 200")
+        held.close()
+        files = session.recorder.ready_line["python"]["files"]
+    finally:
+        session.close()
+    loaded = {Path(f).stem if Path(f).stem != "__init__" else Path(f).parent.name for f in files}
+    assert "socket" in loaded and "json" in loaded  # the report does name the stdlib it uses
+    assert not loaded & set(SLOW_MODULES), sorted(loaded & set(SLOW_MODULES))
+    for rel in ("krate/egress/proxy.py", *helperlib.MODULES):
+        tree = ast.parse((Path(helperlib.SRC) / rel).read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            slow = [n for n in names if n.partition(".")[0] in SLOW_MODULES]
+            assert not slow, f"{rel} imports {slow}"

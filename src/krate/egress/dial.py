@@ -9,9 +9,13 @@ metadata addresses are refused unless a rule names that very address (a
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import ipaddress
+import os
+import select
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,8 +40,15 @@ class Refused(Exception):
         self.reason = reason
 
 
+class Stopped(Exception):
+    """The proxy is shutting down: the connection ends as it is."""
+
+
+STEP = 0.1  # a dial checks this often whether the proxy is shutting down
+
+
 class Upstream(NamedTuple):
-    """A connected server socket (non-blocking) and the address it was dialled at."""
+    """A connected server socket (blocking) and the address it was dialled at."""
 
     sock: socket.socket
     address: str
@@ -79,6 +90,7 @@ class Dialer:
             if r.pattern.kind == "exact" and r.pattern.is_ip:
                 self.named.setdefault(r.pattern.host, []).append(r.pattern.ports)
         self.connect_timeout = connect_timeout
+        self.stopping = threading.Event()  # set by the shutdown: dials end at once
 
     def decide(self, host: str, port: int) -> Verdict:
         d = self._decide(host, port)
@@ -90,17 +102,9 @@ class Dialer:
             addr = addr.ipv4_mapped
         return any(p is None or port in p for p in self.named.get(str(addr), ()))
 
-    async def resolve(self, host: str, port: int) -> list[tuple]:
+    def resolve(self, host: str, port: int) -> list[tuple]:
         """(family, proto, sockaddr) of each address that may be dialled; Refused if none."""
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.connect_timeout
-            )
-        except TimeoutError as exc:
-            raise Refused("unreachable", f"resolving {host} timed out") from exc
-        except OSError as exc:
-            raise Refused("unreachable", f"cannot resolve {host}") from exc
+        infos = self.lookup(host, port)
         candidates, refused = [], []
         for family, _type, proto, _name, sockaddr in infos:
             addr = ipaddress.ip_address(sockaddr[0].split("%")[0])
@@ -117,15 +121,42 @@ class Dialer:
             )
         return candidates
 
-    async def connect(self, host: str, port: int, candidates: list[tuple]) -> Upstream:
-        """Dial the checked addresses in turn; the first that answers."""
-        loop = asyncio.get_running_loop()
+    def lookup(self, host: str, port: int) -> list:
+        """getaddrinfo, in a daemon thread of its own so that it is bounded by the connect
+        timeout and by the shutdown (it cannot be interrupted itself)."""
+        answer: list = []
+        done = threading.Lock()
+        done.acquire()
+
+        def look() -> None:
+            try:
+                answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as exc:
+                answer.append(exc)
+            finally:
+                done.release()
+
+        threading.Thread(target=look, daemon=True).start()
+        deadline = time.monotonic() + self.connect_timeout
+        while not done.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise Refused("unreachable", f"resolving {host} timed out")
+        if isinstance(answer[0], OSError):
+            raise Refused("unreachable", f"cannot resolve {host}") from answer[0]
+        return answer[0]
+
+    def check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise Stopped()
+
+    def connect(self, host: str, port: int, candidates: list[tuple]) -> Upstream:
+        """Dial the checked addresses in turn; the first that answers (a blocking socket)."""
         last = Refused("unreachable", f"cannot resolve {host}")
         for family, proto, sockaddr in candidates:
             sock = socket.socket(family, socket.SOCK_STREAM, proto)
-            sock.setblocking(False)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, sockaddr), self.connect_timeout)
+                self.connect_one(sock, sockaddr)
             except TimeoutError:
                 sock.close()
                 last = Refused("timeout", f"connecting to {host}:{port} timed out")
@@ -137,11 +168,31 @@ class Dialer:
             except BaseException:
                 sock.close()
                 raise
+            sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return Upstream(sock, sockaddr[0])
         raise last
 
-    async def dial(self, host: str, port: int, record) -> Upstream:
+    def connect_one(self, sock: socket.socket, sockaddr) -> None:
+        """A non-blocking connect, waited for in steps (the shutdown ends it), bounded by
+        the connect timeout."""
+        sock.setblocking(False)
+        err = sock.connect_ex(sockaddr)
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            deadline = time.monotonic() + self.connect_timeout
+            while True:
+                self.check_stop()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError()
+                _r, writable, _x = select.select([], [sock], [], min(STEP, left))
+                if writable:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    break
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def dial(self, host: str, port: int, record) -> Upstream:
         """Decide, resolve, check the addresses and dial exactly a checked one.
 
         The decision, and the address dialled, go into `record`; Refused says why not.
@@ -150,11 +201,11 @@ class Dialer:
         if record.verdict != "allow":
             raise Refused("denied", f"{host}:{port} is not allowed by the policy")
         try:
-            candidates = await self.resolve(host, port)
+            candidates = self.resolve(host, port)
         except Refused as refused:
             if refused.kind == "denied":
                 record.verdict = "deny"
             raise
-        upstream = await self.connect(host, port, candidates)
+        upstream = self.connect(host, port, candidates)
         record.address = upstream.address
         return upstream
