@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -375,6 +376,37 @@ def test_header_cap_idle_timeout_and_connection_cap(tmp_path, paths, server):
     capped = [r for r in rows if r["rule"] == "connection cap"]
     assert len(capped) == 1 and capped[0]["verdict"] == "deny"
     assert sum("idle for 1 s" in r["reason"] for r in rows) == 2
+
+
+def test_connections_that_never_speak_cannot_make_threads_without_end(tmp_path, paths, server):
+    """Each connection has a thread in the proxy from its first byte on: a workload
+    opening connections and sending nothing (each would wait the 30 s header timeout)
+    must not exhaust the user's process limit. Beyond 4x the cap they are closed unread,
+    and recorded."""
+    limits = Limits(max_connections=2)
+    session = start(tmp_path, paths, f"127.0.0.1:{server.port}", limits=limits)
+    socks = []
+    try:
+        session.require_ready()
+        socks = [socket.create_connection(("127.0.0.1", session.tcp_port)) for _ in range(30)]
+        time.sleep(1.0)
+        status = Path(f"/proc/{session.process.pid}/status").read_text()
+        threads = int(status.split("Threads:")[1].split()[0])
+        assert threads <= 8 + 3, threads  # the connections' and main, accept, stdin
+        closed = 0
+        for sock in socks:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                closed += isinstance(sys.exc_info()[1], ConnectionResetError)
+        assert closed >= 30 - 8
+    finally:
+        for sock in socks:
+            sock.close()
+        session.close()
+    capped = [r for r in decisions(paths, "run1") if r["rule"] == "connection cap"]
+    assert capped and "more than 8 connections open" in capped[0]["reason"]
 
 
 def test_empty_allow_list_starts_no_proxy(tmp_path, paths):

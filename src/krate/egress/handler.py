@@ -23,6 +23,11 @@ from krate.egress.relay import Relay
 from krate.egress.wire import Config, Record
 
 READ_CHUNK = 64 * 1024
+# Connections open at once (each has its thread, even before its request is read), as a
+# multiple of the connection cap: threads count against the user's process limit
+# (RLIMIT_NPROC), so a workload opening connections without end must not exhaust it.
+OPEN_PER_CAP = 4
+STACK_SIZE = 512 * 1024  # a connection's thread needs little (Python frames are on the heap)
 
 
 class Proxy:
@@ -36,11 +41,22 @@ class Proxy:
         self.lock = threading.Condition()  # guards the counts and `live`
         self.live: dict[int, list[socket.socket]] = {}  # per connection: its sockets
         self.stopping = dialer.stopping
+        threading.stack_size(STACK_SIZE)
 
     def start(self, serve: Callable, conn: socket.socket) -> None:
-        """Serve `conn` with `serve(conn, None)` in a new daemon thread."""
+        """Serve `conn` with `serve(conn, None)` in a new daemon thread; or, with too many
+        open already, close it unread and record that."""
+        limit = OPEN_PER_CAP * self.config.max_connections
         with self.lock:
-            self.threads += 1
+            full = self.threads >= limit
+            if not full:
+                self.threads += 1
+        if full:
+            conn.close()
+            record = Record(self.next_number(), reason=f"more than {limit} connections open")
+            record.rule, record.layer = "connection cap", "proxy"
+            self.emit(record.line())
+            return
         try:
             threading.Thread(target=self.run, args=(serve, conn), daemon=True).start()
         except RuntimeError:  # no thread to be had: the client is dropped

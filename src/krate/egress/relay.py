@@ -13,7 +13,6 @@ asyncio: the proxy does not import it). Measured with bench/bench_egress.py
 from __future__ import annotations
 
 import contextlib
-import selectors
 import socket
 import threading
 import time
@@ -103,6 +102,8 @@ class Relay:
 
     def pump_both(self, feed: Callable | None) -> None:
         """Both directions in this one thread, with a selector (non-blocking sockets)."""
+        import selectors  # only this relay mode needs it
+
         ends = ((self.client, self.server, True, None), (self.server, self.client, False, feed))
         buffers = (Buffer(), Buffer())
         pending = [b"", b""]  # per direction: read from its source, not yet sent on
