@@ -45,6 +45,7 @@ class Stopped(Exception):
 
 
 STEP = 0.1  # a dial checks this often whether the proxy is shutting down
+MAX_LOOKUPS = 32
 
 
 class Upstream(NamedTuple):
@@ -91,6 +92,9 @@ class Dialer:
                 self.named.setdefault(r.pattern.host, []).append(r.pattern.ports)
         self.connect_timeout = connect_timeout
         self.stopping = threading.Event()  # set by the shutdown: dials end at once
+        # Name lookups running at once (each in a thread, which a slow resolver keeps
+        # past the connect timeout): bounded, as asyncio's executor bounded them.
+        self.lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
 
     def decide(self, host: str, port: int) -> Verdict:
         d = self._decide(host, port)
@@ -127,6 +131,11 @@ class Dialer:
         answer: list = []
         done = threading.Lock()
         done.acquire()
+        deadline = time.monotonic() + self.connect_timeout
+        while not self.lookups.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise Refused("unreachable", f"resolving {host} timed out")
 
         def look() -> None:
             try:
@@ -134,10 +143,14 @@ class Dialer:
             except OSError as exc:
                 answer.append(exc)
             finally:
+                self.lookups.release()
                 done.release()
 
-        threading.Thread(target=look, daemon=True).start()
-        deadline = time.monotonic() + self.connect_timeout
+        try:
+            threading.Thread(target=look, daemon=True).start()
+        except RuntimeError:
+            self.lookups.release()
+            raise Refused("unreachable", f"cannot resolve {host} now") from None
         while not done.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
             self.check_stop()
             if time.monotonic() >= deadline:

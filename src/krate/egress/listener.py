@@ -110,10 +110,8 @@ class Listener:
         """Serve a connection on the Unix socket: a handed-over client, or the caller itself."""
         forward = None
         try:
-            conn.settimeout(self.header_timeout)
-            first = conn.recv(1, socket.MSG_PEEK)
-            conn.settimeout(None)
-            if first == HANDOFF:
+            conn.settimeout(self.header_timeout)  # kept for the hand-over's own reads
+            if conn.recv(1, socket.MSG_PEEK) == HANDOFF:
                 if conn.recv(2, socket.MSG_PEEK) == HANDOFF + b"Q" and self.query is not None:
                     self.answer(conn)
                     return

@@ -165,11 +165,17 @@ class Relay:
                 done.release()
 
         up, down = (self.client, self.server, True, None), (self.server, self.client, False, feed)
+        started = 0
         for args in (up, down):
-            threading.Thread(target=pump, args=args, daemon=True).start()
-        finished = 0
+            try:
+                threading.Thread(target=pump, args=args, daemon=True).start()
+            except RuntimeError:  # no thread to be had: this connection ends
+                self.reason = "the proxy could not start a relay thread"
+                break
+            started += 1
+        finished = 2 - started  # a direction never started counts as ended
         try:
-            while finished < 2:
+            while finished < 2 and started == 2:
                 left = self.meter.last + self.idle - time.monotonic()
                 if left <= 0:
                     self.reason = f"idle for {self.idle:g} s"
