@@ -40,8 +40,10 @@ ask() {
   exec 3<&-
   [ "$status" = 403 ] || exit 3
 }
-t0=$EPOCHREALTIME; ask; t1=$EPOCHREALTIME; ask; t2=$EPOCHREALTIME
-echo "$t0 $t1 $t2"
+t0=$EPOCHREALTIME
+up=0; for f in /tmp/krate-egress-*/proxy.sock; do [ -S "$f" ] && up=1; done
+ask; t1=$EPOCHREALTIME; ask; t2=$EPOCHREALTIME
+echo "$t0 $t1 $t2 $up"
 """
 
 
@@ -76,8 +78,9 @@ def proxy_ready(runs: int) -> list[float]:
     return out
 
 
-def first_connection(runs: int) -> list[tuple[float, float]]:
-    """(first, second) answer times of a workload asking the proxy right away."""
+def first_connection(runs: int) -> list[tuple[float, float, float]]:
+    """(first, second) answer times of a workload asking the proxy right away, and 1.0 when
+    the proxy was already listening as the workload started (its socket exists), else 0.0."""
     base = Path(tempfile.mkdtemp(prefix="krate-bench-", dir="/var/tmp"))
     try:
         ws = base / "ws"
@@ -91,8 +94,8 @@ def first_connection(runs: int) -> list[tuple[float, float]]:
         for _ in range(runs):
             done = subprocess.run(argv, env=env, cwd=ws, check=True, capture_output=True,
                                   stdin=subprocess.DEVNULL, text=True)  # fmt: skip
-            t0, t1, t2 = map(float, done.stdout.split())
-            out.append((t1 - t0, t2 - t1))
+            t0, t1, t2, up = map(float, done.stdout.split())
+            out.append((t1 - t0, t2 - t1, up))
         return out
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -104,14 +107,20 @@ def main() -> int:
     args = parser.parse_args()
     ready = proxy_ready(args.runs)
     pairs = first_connection(args.runs)
-    first = statistics.median(f for f, _ in pairs)
-    second = statistics.median(s for _, s in pairs)
-    wait = statistics.median(f - s for f, s in pairs)
+    first = statistics.median(f for f, _, _ in pairs)
+    second = statistics.median(s for _, s, _ in pairs)
+    wait = statistics.median(f - s for f, s, _ in pairs)
+    up = sum(u for _, _, u in pairs)
     print(f"egress proxy start-up, median of {args.runs} (ms):")
     print(f"  spawn -> ready line (as krate starts it)   {statistics.median(ready) * 1000:6.1f}")
     print(f"  first connection of a run, answered in     {first * 1000:6.1f}")
     print(f"  second connection, answered in             {second * 1000:6.1f}")
     print(f"  the first one's wait for the proxy         {wait * 1000:6.1f}")
+    print(f"  runs whose proxy listened as the workload started: {up:.0f} of {len(pairs)}")
+    for listening, label in ((1.0, "listening"), (0.0, "not yet listening")):
+        waits = [f - s for f, s, u in pairs if u == listening]
+        if waits:
+            print(f"    wait when {label:<20} {statistics.median(waits) * 1000:6.1f}")
     return 0
 
 
