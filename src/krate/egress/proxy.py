@@ -70,17 +70,21 @@ def install_given(modules: dict) -> None:
         sys.meta_path.append(Given(modules))  # last: a standard name always wins
 
 
-def read_config_line() -> dict:
-    """The configuration: the first line on stdin (the rest of stdin is the shutdown signal)."""
-    chunks = []
-    while True:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        if b"\n" in chunk:
-            break
-    return json.loads(b"".join(chunks).decode())
+class Lines:
+    """JSON lines from stdin: the modules given, then the configuration; the rest of stdin
+    is the shutdown signal (wire.watch_stdin)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def __call__(self) -> dict:
+        while b"\n" not in self.buffer:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line.decode())
 
 
 def serve(config, emit) -> None:
@@ -115,10 +119,14 @@ def main() -> int:
     # Ctrl-C reaches the whole process group; the proxy stops only when krate says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    raw = read_config_line()
-    install_given(raw.get("given") or {})
+    read = Lines()
+    # First the modules krate gives (sent at once), and every part imported: krate may
+    # start the proxy before it has compiled the policy the configuration carries.
+    install_given(read().get("given") or {})
+    from krate.egress import dial, handler, listener, names  # noqa: F401 (imported early)
     from krate.egress.wire import Config, Emitter
 
+    raw = read()
     config = Config.from_dict(raw)
     emit = Emitter(config.journal_fd)
     serve(config, emit)
