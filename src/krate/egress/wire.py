@@ -1,6 +1,8 @@
-"""The egress proxy's protocol with krate: one configuration line in, JSON lines out.
+"""The egress proxy's protocol with krate: two lines in (modules, configuration), JSON lines out.
 
-- stdin: one JSON line of configuration (`Config`); afterwards stdin stays open,
+- stdin: one JSON line `{"given": ...}` (its modules, sent at its spawn: it imports
+  them while krate prepares the run), then one JSON line of configuration
+  (`Config`, sent once the run is prepared); afterwards stdin stays open,
   and its end (krate closed it, or died) means "shut down" (`watch_stdin`).
 - stdout: JSON lines. First `{"type": "ready", ...}`, then one
   `{"type": "decision", ...}` per connection when it ends (`Record.line`), last
