@@ -5,8 +5,8 @@ Targets (issue 5): a 1 GiB download through the CONNECT tunnel at least 0.5 of a
 direct loopback download; added latency per new connection (connect + first
 byte) at most 5 ms median. The proxy is the real isolated helper process
 (`python -I -S proxy.py`), listening on a loopback port (as on macOS), once per
-way its relay can run (`RELAYS`: two blocking threads, or coroutines on the event
-loop), each measured tunnelled (CONNECT) and as plain HTTP; on Linux the same
+way its relay can run (`RELAYS`: two blocking threads, or one thread with a
+selector), each measured tunnelled (CONNECT) and as plain HTTP; on Linux the same
 download also runs from inside `krate run`, where the in-sandbox bridge hands
 each connection to the proxy over its Unix socket.
 
@@ -132,7 +132,7 @@ def tunnel(session, port: int) -> socket.socket:
     return sock
 
 
-RELAYS = {"threads": True, "loop": False}  # config.threads: the relay's two pumps
+RELAYS = {"threads": True, "selector": False}  # config.threads: the relay's two pumps
 
 
 def cpu_seconds(pid: int) -> float:

@@ -429,6 +429,10 @@ def test_the_proxy_answers_ports_per_name_and_caps_names(tmp_path):
         count = 0
         emit = staticmethod(lines.append)
 
+        def next_number(self) -> int:
+            self.count += 1
+            return self.count
+
     names = Names(rules, Dialer(rules, list(pol.net_default), 1.0), Proxy(), cap=3)
     assert names("A.example.") == "A 80,443"
     assert names("x.b.example") == "A 8443"

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -379,6 +380,37 @@ def test_header_cap_idle_timeout_and_connection_cap(tmp_path, paths, server):
     assert sum("idle for 1 s" in r["reason"] for r in rows) == 2
 
 
+def test_connections_that_never_speak_cannot_make_threads_without_end(tmp_path, paths, server):
+    """Each connection has a thread in the proxy from its first byte on: a workload
+    opening connections and sending nothing (each would wait the 30 s header timeout)
+    must not exhaust the user's process limit. Beyond 4x the cap they are closed unread,
+    and recorded."""
+    limits = Limits(max_connections=2)
+    session = start(tmp_path, paths, f"127.0.0.1:{server.port}", limits=limits)
+    socks = []
+    try:
+        session.require_ready()
+        socks = [socket.create_connection(("127.0.0.1", session.tcp_port)) for _ in range(30)]
+        time.sleep(1.0)
+        status = Path(f"/proc/{session.process.pid}/status").read_text()
+        threads = int(status.split("Threads:")[1].split()[0])
+        assert threads <= 8 + 3, threads  # the connections' and main, accept, stdin
+        closed = 0
+        for sock in socks:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                closed += isinstance(sys.exc_info()[1], ConnectionResetError)
+        assert closed >= 30 - 8
+    finally:
+        for sock in socks:
+            sock.close()
+        session.close()
+    capped = [r for r in decisions(paths, "run1") if r["rule"] == "connection cap"]
+    assert capped and "more than 8 connections open" in capped[0]["reason"]
+
+
 def test_empty_allow_list_starts_no_proxy(tmp_path, paths):
     assert start_for_run(policy(tmp_path), "none", paths) is None
     assert not (paths.data_dir / "egress").exists()
@@ -403,3 +435,39 @@ def test_proxy_is_isolated_and_shuts_down_cleanly(tmp_path, paths, server):
     held.settimeout(5)
     assert held.recv(1) == b""
     held.close()
+
+
+# Its start-up is what a run's first connection waits for (issue 19): asyncio alone took
+# about 30 ms of it, dataclasses and its inspect about 13 more.
+SLOW_MODULES = ("asyncio", "concurrent", "dataclasses", "inspect", "subprocess", "ssl")
+
+
+def test_the_proxy_never_imports_asyncio_or_other_slow_modules(tmp_path, paths, server):
+    """The loaded modules it reports once it listens, after serving a connection; and no
+    import of them anywhere in its own files, even inside a function."""
+    import ast
+
+    from krate.egress import helperlib
+
+    session = start(tmp_path, paths, f"127.0.0.1:{server.port}")
+    try:
+        session.require_ready()
+        held, head = tunnel(session, f"127.0.0.1:{server.port}")
+        assert head.startswith(b"HTTP/1.1 200")
+        held.close()
+        files = session.recorder.ready_line["python"]["files"]
+    finally:
+        session.close()
+    loaded = {Path(f).stem if Path(f).stem != "__init__" else Path(f).parent.name for f in files}
+    assert "socket" in loaded and "json" in loaded  # the report does name the stdlib it uses
+    assert not loaded & set(SLOW_MODULES), sorted(loaded & set(SLOW_MODULES))
+    for rel in ("krate/egress/proxy.py", *helperlib.MODULES):
+        tree = ast.parse((Path(helperlib.SRC) / rel).read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            slow = [n for n in names if n.partition(".")[0] in SLOW_MODULES]
+            assert not slow, f"{rel} imports {slow}"

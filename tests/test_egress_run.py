@@ -164,3 +164,18 @@ def test_a_flood_of_denied_connections_is_coalesced_and_counted(box, server):
     listed = box.krate("runs", "list", "--json")
     assert json.loads(listed.stdout)[0]["decisions"]["denied"] == 2000
     assert box.krate("audit", "verify").returncode == 0
+
+
+def test_a_run_refused_before_its_sandbox_leaves_no_proxy_behind(box, server):
+    """The proxy starts before the run is prepared (its start-up overlaps that work): a run
+    that ends before its sandbox (command not found, 127) stops it and leaves no socket
+    folder and no journal behind."""
+    tmp = box.base / "tmp"  # this run's own temporary folder: other runs' stay out of it
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    out = box.krate("run", "--policy", "strict", "--allow-host", f"localhost:{server.port}",
+                    "--", "no-such-command-krate-test", env=box.env(TMPDIR=str(tmp)))  # fmt: skip
+    assert out.returncode == 127, out.stderr
+    assert not list(tmp.iterdir())
+    assert not list(box.krate_home.rglob("*.jsonl"))
+    assert box.last_run()["status"] == "failed"

@@ -5,6 +5,8 @@ backend, hard-linked secret, command not found) is decided and recorded before
 anything runs; then `_launch` runs the launch sequence, top to bottom:
 
     1 prepare        the spec, wired to the egress proxy when the policy allows hosts
+                     (the proxy's process starts before the spec is made, its start-up
+                     overlapping that work; it gets its configuration here)
     2 start held     the sandbox starts, its workload held (by egress's bridge), or,
                      for a backend or run that cannot hold, nothing starts yet
     3 record started run.started is committed; if that fails nothing ever runs (125)
@@ -120,12 +122,19 @@ def execute(
     if not request.argv:
         raise UsageError("give the command to run after `--`, e.g. krate run -- npm install")
     backend = backend or request.backend or backends.choose()
-    leftovers.sweep_stale(paths.data_dir / RUN_DIRS)
-    since = watch.clock()
-    placeholders.sweep(paths.data_dir)
-    prepared = prepare(policy, request, backend)
-    spec = prepared.spec
     run_id = new_run_id()
+    # 1 prepare: the proxy, if any, starts first: it imports while the run is prepared
+    session = _egress(policy, run_id, paths, backend)
+    try:
+        leftovers.sweep_stale(paths.data_dir / RUN_DIRS)
+        since = watch.clock()
+        placeholders.sweep(paths.data_dir)
+        prepared = prepare(policy, request, backend)
+    except BaseException:
+        if session is not None:
+            session.close(timeout=2)
+        raise
+    spec = prepared.spec
     started_at = time.monotonic()
     record = _RunRecord(paths, run_id, policy, request, backend.name, prepared)
     try:
@@ -135,7 +144,7 @@ def execute(
         try:
             _check_command(spec, backend, policy)
             hints = _path_hints(spec, backend, policy)
-            outcome = _launch(backend, policy, record, request.lock_down)
+            outcome = _launch(backend, policy, record, request.lock_down, session)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
             _krate_failed(exc)  # e.g. the egress journal's folder cannot be made
@@ -162,6 +171,8 @@ def execute(
         )
         denials = record.network_denials() if policy.net_rules else ()
     finally:
+        if session is not None:
+            session.close()  # done in _launch, unless the run never got there
         record.close()
     return RunResult(
         run_id=run_id,
@@ -224,6 +235,7 @@ def _launch(
     policy: EffectivePolicy,
     record: _RunRecord,
     lock_down: Callable[[], None] | None,
+    session: EgressSession | None,
 ) -> supervise.Outcome:
     """The launch sequence (module docstring), steps 1 to 6; the caller records the end.
 
@@ -231,9 +243,9 @@ def _launch(
     stops the sandbox: a held workload never runs, a released one is killed.
     """
     paths, run_id, spec = record.paths, record.run_id, record.prepared.spec
-    session = _egress(policy, run_id, paths, backend, spec)  # 1 prepare: the proxy, if any
     try:
         if session is not None:
+            session.configure(None if spec.run_as is None else spec.run_as.uid)
             spec = session.apply(spec)
         with (
             _package_state(spec, policy, record, backend) as spec,
@@ -306,19 +318,19 @@ def _has_package_settings(home: Path, environ: Mapping[str, str]) -> bool:
 
 
 def _egress(
-    policy: EffectivePolicy, run_id: str, paths: Paths, backend: Backend, spec: SandboxSpec
+    policy: EffectivePolicy, run_id: str, paths: Paths, backend: Backend
 ) -> EgressSession | None:
-    """The run's egress proxy when the policy allows any host.
+    """The run's egress proxy when the policy allows any host, started before the run is
+    prepared; `_launch` sends its configuration (`configure`) once the sandbox's user is known.
 
     A run without network skips loading krate.egress unless a killed run left
-    decisions in a journal, which `egress.for_run` records first.
+    decisions in a journal, which `egress.spawn_early` records first.
     """
     if not policy.net_rules and not _has_entries(paths.egress_journals):
         return None
     from krate import egress
 
-    run_as = None if spec.run_as is None else spec.run_as.uid
-    return egress.for_run(policy, run_id, paths, backend.capabilities(), run_as=run_as)
+    return egress.spawn_early(policy, run_id, paths, backend.capabilities())
 
 
 def _krate_failed(exc: KrateError) -> None:

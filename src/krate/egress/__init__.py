@@ -45,7 +45,7 @@ from krate.sandbox.backend import Capabilities
 from . import helperlib
 from .gate import BridgeGate
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
-from .spawn import BRIDGE, BRIDGE_DNS, PROXY, proxy_script, spawn_proxy
+from .spawn import BRIDGE, BRIDGE_DNS, PROXY, proxy_script, send_config, start_proxy
 
 if TYPE_CHECKING:
     from krate.policy.decide import EffectivePolicy
@@ -60,6 +60,7 @@ __all__ = [
     "for_run",
     "proxy_script",
     "recover",
+    "spawn_early",
     "start_for_run",
     "summarize_hosts",
 ]
@@ -145,6 +146,7 @@ class EgressSession:
     summary: Summary | None = None
     start_errors: str = ""
     stopped_early: bool = False  # closed before the proxy was up: nothing can have used it
+    pending: dict[str, Any] | None = None  # the configuration still to send (configure())
 
     def __init__(
         self,
@@ -300,6 +302,45 @@ class EgressSession:
             loopback_ports=tuple(sorted({*spec.loopback_ports, *self.direct_ports})),
         )
 
+    def configure(self, run_as: int | None = None) -> None:
+        """Send the proxy its configuration (once): the bridge's folder made ready for the
+        sandbox's user, the run's secret on a loopback port. On a loopback port the
+        workload needs the proxy's port first: this waits for it.
+
+        `run_as`: the uid the sandbox runs as when krate runs as root (start_for_run)."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        os.chmod(self.folder, 0o700 if run_as is None else 0o711)
+        loopback = self.network == VIA_LOOPBACK
+        for source in (BRIDGE,) if loopback else (BRIDGE, BRIDGE_DNS):
+            shutil.copyfile(source, self.folder / source.name)
+            os.chmod(self.folder / source.name, 0o600 if run_as is None else 0o644)
+        self.dns = self.network == VIA_BRIDGE and (self.folder / "bridge_dns.py").exists()
+        # The loopback port is reachable by every local process: only clients that give
+        # this run's secret are served. The bridge's socket is reachable from this run's
+        # sandbox only. 256 bits, hex (URL-safe as it is): what secrets.token_hex(32)
+        # returns, without the import (secrets loads random, hmac and base64: about 1 ms).
+        secret = os.urandom(32).hex() if loopback else None
+        config = {
+            **pending,
+            "listen": "tcp:127.0.0.1:0" if loopback else f"unix:{self.socket_path}",
+            "journal_fd": self.journal_fd,
+            "socket_uid": run_as,
+            "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
+            "secret": secret,  # on stdin with the rest: never in argv or the environment
+        }
+        send_config(self.process, config)
+        # Behind the bridge the socket's path is known in advance and the bridge waits for
+        # it, so the sandbox starts while the proxy does; `check()` reports a proxy that
+        # never came up. On a loopback port the workload needs the proxy's port first.
+        self.secret = secret
+        if loopback:
+            rules = pending["rules"]
+            self.direct_ports = tuple(sorted({p for _h, p in loopback_forwards(rules)}))
+            self.require_ready()
+            self.tcp_port = int(self.recorder.ready_line["port"])
+
     def check(self) -> None:
         """After close(): the workload ran, but its allowed network never existed."""
         if self.recorder.ready_line is None and not self.stopped_early:
@@ -382,11 +423,25 @@ def for_run(
     The proxy starts before the sandbox (and before krate locks itself out of the
     network); the backend's capabilities say how the workload reaches it.
     """
+    session = spawn_early(policy, run_id, paths, capabilities)
+    if session is not None:
+        try:
+            session.configure(run_as)
+        except BaseException:
+            session.close(timeout=2)
+            raise
+    return session
+
+
+def spawn_early(
+    policy: EffectivePolicy, run_id: str, paths: Paths, capabilities: Capabilities
+) -> EgressSession | None:
+    """`for_run` without the configuration: the run starts its proxy before it prepares
+    the sandbox (the proxy's start-up then overlaps that work, and a first connection
+    does not wait for it), and calls `configure(run_as)` once it knows the sandbox's user."""
     recover(paths)
     limits = DEFAULT_LIMITS._replace(threads=capabilities.relay_threads)
-    return start_for_run(
-        policy, run_id, paths, network=capabilities.network, limits=limits, run_as=run_as
-    )
+    return spawn_for_run(policy, run_id, paths, network=capabilities.network, limits=limits)
 
 
 def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -438,39 +493,41 @@ def start_for_run(
     stays root's but that user may pass through it (0711) and read the bridge (0644);
     the proxy hands its socket to that uid alone.
     """
+    session = spawn_for_run(policy, run_id, paths, python=python, network=network, limits=limits)
+    if session is not None:
+        try:
+            session.configure(run_as)
+        except BaseException:
+            session.close(timeout=2)
+            raise
+    return session
+
+
+def spawn_for_run(
+    policy: EffectivePolicy,
+    run_id: str,
+    paths: Paths,
+    *,
+    python: str | None = None,
+    network: str = VIA_BRIDGE,
+    limits: Limits = DEFAULT_LIMITS,
+) -> EgressSession | None:
+    """The proxy's process started, before the run is prepared: it imports its parts while
+    krate prepares the run, and `EgressSession.configure` then sends its configuration.
+    None when the policy allows no network at all."""
     rules = compile_rules(policy)
     if not rules:
         return None
     clean_stale()
     python = python or os.path.realpath(sys.executable)
     folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
-    os.chmod(folder, 0o700 if run_as is None else 0o711)
     loopback = network == VIA_LOOPBACK
-    for source in (BRIDGE,) if loopback else (BRIDGE, BRIDGE_DNS):
-        shutil.copyfile(source, folder / source.name)
-        os.chmod(folder / source.name, 0o600 if run_as is None else 0o644)
     forwards = [] if loopback else loopback_forwards(rules)
     ports = {port for _host, port in forwards}
     http_port = next(p for p in range(HTTP_PORT, 65536) if p not in ports)
     socks_port = next(p for p in range(SOCKS_PORT, 65536) if p not in ports | {http_port})
     journal_fd = open_journal(paths, run_id)
-    # The loopback port is reachable by every local process: only clients that give this
-    # run's secret are served. The bridge's socket is reachable from this run's sandbox only.
-    # 256 bits, hex (URL-safe as it is): what secrets.token_hex(32) returns, without the
-    # import (secrets loads random, hmac and base64: about 1 ms of every networked run).
-    secret = os.urandom(32).hex() if loopback else None
-    config = {
-        "rules": rules,
-        "net_default": list(policy.net_default),
-        "private_ok": compile_private(policy),
-        "listen": "tcp:127.0.0.1:0" if loopback else f"unix:{folder / SOCKET_NAME}",
-        "journal_fd": journal_fd,
-        "socket_uid": run_as,
-        "given": helperlib.given(),  # its only non-standard modules (see helperlib.py)
-        "secret": secret,  # on stdin with the rest: never in argv or the environment
-        **limits._asdict(),
-    }
-    process, stderr = spawn_proxy(python, config, folder)
+    process, stderr = start_proxy(python, journal_fd, helperlib.given(), folder)
     try:
         recorder = Recorder(paths, run_id, process.stdout.fileno())
         recorder.start()
@@ -482,12 +539,10 @@ def start_for_run(
         journal_fd=journal_fd, python=python, forwards=forwards, http_port=http_port,
         socks_port=socks_port, stderr=stderr, network=network,
     )  # fmt: skip
-    # Behind the bridge the socket's path is known in advance and the bridge waits for it,
-    # so the sandbox starts while the proxy does; `check()` reports a proxy that never came
-    # up. On a loopback port the workload needs the proxy's port first.
-    session.secret = secret
-    if loopback:
-        session.direct_ports = tuple(sorted({port for _host, port in loopback_forwards(rules)}))
-        session.require_ready()
-        session.tcp_port = int(recorder.ready_line["port"])
+    session.pending = {
+        "rules": rules,
+        "net_default": list(policy.net_default),
+        "private_ok": compile_private(policy),
+        **limits._asdict(),
+    }
     return session

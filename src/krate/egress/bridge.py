@@ -79,7 +79,7 @@ def dial(path: str, wait: float = PROXY_WAIT_S):
             upstream.close()
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(0.005)
+            time.sleep(0.001)
 
 
 def serve(listener, path: str, target: str | None) -> None:

@@ -12,9 +12,13 @@ allow it (`hint`), which the 403 body, the record and krate's summary repeat.
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import ipaddress
+import os
+import select
 import socket
+import threading
+import time
 from collections.abc import Callable
 
 from krate.policy.decide import NetRule, net_decider, private_rule
@@ -59,8 +63,16 @@ def private_hint(host: str, port: int, addresses: list) -> str:
     return f"--allow-private-host {name}"
 
 
+class Stopped(Exception):
+    """The proxy is shutting down: the connection ends as it is."""
+
+
+STEP = 0.1  # a dial checks this often whether the proxy is shutting down
+MAX_LOOKUPS = 32
+
+
 class Upstream(NamedTuple):
-    """A connected server socket (non-blocking) and the address it was dialled at."""
+    """A connected server socket (blocking) and the address it was dialled at."""
 
     sock: socket.socket
     address: str
@@ -109,6 +121,10 @@ class Dialer:
             NetRule(HostPattern(r["kind"], r["host"], None, False), r["rule"], r["layer"])
             for r in private_ok
         )
+        self.stopping = threading.Event()  # set by the shutdown: dials end at once
+        # Name lookups running at once (each in a thread, which a slow resolver keeps
+        # past the connect timeout): bounded, as asyncio's executor bounded them.
+        self.lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
 
     def decide(self, host: str, port: int) -> Verdict:
         d = self._decide(host, port)
@@ -128,20 +144,12 @@ class Dialer:
             return None
         return private_rule(self.private_ok, host)
 
-    async def resolve(self, host: str, port: int, noted: list | None = None) -> list[tuple]:
+    def resolve(self, host: str, port: int, noted: list | None = None) -> list[tuple]:
         """(family, proto, sockaddr) of each address that may be dialled; Refused if none.
 
         `noted` gets the `private_ok` rule that let a special address through, if one did.
         """
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.connect_timeout
-            )
-        except TimeoutError as exc:
-            raise Refused("unreachable", f"resolving {host} timed out") from exc
-        except OSError as exc:
-            raise Refused("unreachable", f"cannot resolve {host}") from exc
+        infos = self.lookup(host, port)
         candidates, refused = [], []
         for family, _type, proto, _name, sockaddr in infos:
             addr = ipaddress.ip_address(sockaddr[0].split("%")[0])
@@ -158,15 +166,51 @@ class Dialer:
             raise special_refusal(host, port, refused)
         return candidates
 
-    async def connect(self, host: str, port: int, candidates: list[tuple]) -> Upstream:
-        """Dial the checked addresses in turn; the first that answers."""
-        loop = asyncio.get_running_loop()
+    def lookup(self, host: str, port: int) -> list:
+        """getaddrinfo, in a daemon thread of its own so that it is bounded by the connect
+        timeout and by the shutdown (it cannot be interrupted itself)."""
+        answer: list = []
+        done = threading.Lock()
+        done.acquire()
+        deadline = time.monotonic() + self.connect_timeout
+        while not self.lookups.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise Refused("unreachable", f"resolving {host} timed out")
+
+        def look() -> None:
+            try:
+                answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as exc:
+                answer.append(exc)
+            finally:
+                self.lookups.release()
+                done.release()
+
+        try:
+            threading.Thread(target=look, daemon=True).start()
+        except RuntimeError:
+            self.lookups.release()
+            raise Refused("unreachable", f"cannot resolve {host} now") from None
+        while not done.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise Refused("unreachable", f"resolving {host} timed out")
+        if isinstance(answer[0], OSError):
+            raise Refused("unreachable", f"cannot resolve {host}") from answer[0]
+        return answer[0]
+
+    def check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise Stopped()
+
+    def connect(self, host: str, port: int, candidates: list[tuple]) -> Upstream:
+        """Dial the checked addresses in turn; the first that answers (a blocking socket)."""
         last = Refused("unreachable", f"cannot resolve {host}")
         for family, proto, sockaddr in candidates:
             sock = socket.socket(family, socket.SOCK_STREAM, proto)
-            sock.setblocking(False)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, sockaddr), self.connect_timeout)
+                self.connect_one(sock, sockaddr)
             except TimeoutError:
                 sock.close()
                 last = Refused("timeout", f"connecting to {host}:{port} timed out")
@@ -178,11 +222,31 @@ class Dialer:
             except BaseException:
                 sock.close()
                 raise
+            sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return Upstream(sock, sockaddr[0])
         raise last
 
-    async def dial(self, host: str, port: int, record) -> Upstream:
+    def connect_one(self, sock: socket.socket, sockaddr) -> None:
+        """A non-blocking connect, waited for in steps (the shutdown ends it), bounded by
+        the connect timeout."""
+        sock.setblocking(False)
+        err = sock.connect_ex(sockaddr)
+        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            deadline = time.monotonic() + self.connect_timeout
+            while True:
+                self.check_stop()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError()
+                _r, writable, _x = select.select([], [sock], [], min(STEP, left))
+                if writable:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    break
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def dial(self, host: str, port: int, record) -> Upstream:
         """Decide, resolve, check the addresses and dial exactly a checked one.
 
         The decision, and the address dialled, go into `record`; Refused says why not.
@@ -198,7 +262,7 @@ class Dialer:
             )
         noted: list[str] = []
         try:
-            candidates = await self.resolve(host, port, noted)
+            candidates = self.resolve(host, port, noted)
         except Refused as refused:
             if refused.kind == "denied":
                 record.verdict = "deny"
@@ -206,7 +270,7 @@ class Dialer:
             raise
         if noted:  # the record says the opt-in was used, and which rule gave it
             record.reason = f"private address allowed by {', '.join(noted)}"
-        upstream = await self.connect(host, port, candidates)
+        upstream = self.connect(host, port, candidates)
         record.address = upstream.address
         return upstream
 
@@ -236,7 +300,7 @@ def address_kind(addr) -> str:
     return "non-global"
 
 
-async def explain(dialer: Dialer, host: str, port: int) -> dict:
+def explain(dialer: Dialer, host: str, port: int) -> dict:
     """What a run's connection to host:port would meet, short of connecting: decision,
     then (when allowed) resolution and the special-address check; `krate policy explain`."""
     verdict, rule, layer = dialer.decide(host, port)
@@ -249,7 +313,7 @@ async def explain(dialer: Dialer, host: str, port: int) -> dict:
         return out
     noted: list[str] = []
     try:
-        candidates = await dialer.resolve(host, port, noted)
+        candidates = dialer.resolve(host, port, noted)
     except Refused as refused:
         out["reason"] = refused.reason
         if refused.kind == "denied":

@@ -13,36 +13,40 @@ the workload reaches a loopback TCP port directly.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Callable
 
 from krate.egress.parsers import split_hostport
 
 HANDOFF = b"\x00"  # first byte of a bridge's hand-over; no HTTP or SOCKS5 client sends it
 BACKLOG = 512
+ACCEPT_STEP = 0.25  # how soon the accepting thread notices the listener was closed
 
-Handle = Callable[[socket.socket, "tuple | None"], Awaitable[None]]
+Handle = Callable[[socket.socket, "tuple | None"], None]
+Start = Callable[[Handle, socket.socket], None]  # serve a client in a thread of its own
 Query = Callable[[str], str]  # a name the workload looked up -> the answer line
 
 
 class Listener:
-    """Accepts clients and passes each to `handle(sock, forward)` in its own task."""
+    """Accepts clients in a thread and passes each to `start(serve, sock)`, which serves it
+    in a thread of its own (`serve(sock, None)`: `handle`, or `take` on the Unix socket)."""
 
     def __init__(
-        self, listen: str, handle: Handle, tasks: set, header_timeout: float,
+        self, listen: str, handle: Handle, start: Start, header_timeout: float,
         query: Query | None = None,
     ) -> None:  # fmt: skip
         self.kind, _, self.where = listen.partition(":")
-        self.handle, self.tasks, self.header_timeout = handle, tasks, header_timeout
+        self.handle, self.start, self.header_timeout = handle, start, header_timeout
         self.query = query
         self.sock: socket.socket | None = None
-        self.accepting: asyncio.Future | None = None
+        self.closed = False
 
     def open(self, socket_uid: int | None) -> object:
-        """Bind and listen; returns the address for the ready line (path or port)."""
+        """Bind and listen, and start accepting; returns the address for the ready line."""
         if self.kind == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             # Made under another name and renamed once it has its owner: the bridge, waiting
@@ -59,30 +63,35 @@ class Listener:
             host, _, port = self.where.rpartition(":")
             sock = socket.create_server((host, int(port)), backlog=BACKLOG)
             address = sock.getsockname()[1]
-        sock.setblocking(False)
+        sock.settimeout(ACCEPT_STEP)  # accept() wakes up this often to see close()
         self.sock = sock
-        self.accepting = asyncio.ensure_future(self.accept(sock))
+        threading.Thread(target=self.accept, args=(sock,), daemon=True).start()
         return address
 
-    async def accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+    def accept(self, sock: socket.socket) -> None:
         serve = self.take if self.kind == "unix" else self.handle
-        while True:
-            conn, _ = await loop.sock_accept(sock)
-            task = asyncio.ensure_future(serve(conn, None))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        while not self.closed:
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.closed:
+                    return
+                time.sleep(ACCEPT_STEP)  # out of descriptors: the backlog waits
+                continue
+            if self.closed:
+                conn.close()
+                return
+            conn.setblocking(True)
+            self.start(serve, conn)
 
     def close(self) -> None:
-        if self.accepting is not None:
-            self.accepting.cancel()
+        """Accept no more clients."""
+        self.closed = True
         if self.sock is not None:
-            self.sock.close()
-
-    async def wait_closed(self) -> None:
-        if self.accepting is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.accepting
+            with contextlib.suppress(OSError):
+                self.sock.close()
 
     def remove(self) -> None:
         """The Unix socket's folder is this run's alone (socket and bridge copy): leave
@@ -97,11 +106,11 @@ class Listener:
 
     # -- the Unix socket: clients handed over by the in-sandbox bridge
 
-    async def take(self, conn: socket.socket, _forward=None) -> None:
+    def take(self, conn: socket.socket, _forward=None) -> None:
         """Serve a connection on the Unix socket: a handed-over client, or the caller itself."""
         forward = None
         try:
-            await asyncio.wait_for(readable(conn), self.header_timeout)
+            conn.settimeout(self.header_timeout)  # kept for the hand-over's own reads
             if conn.recv(1, socket.MSG_PEEK) == HANDOFF:
                 if conn.recv(2, socket.MSG_PEEK) == HANDOFF + b"Q" and self.query is not None:
                     self.answer(conn)
@@ -110,7 +119,7 @@ class Listener:
         except (TimeoutError, OSError, ValueError):
             conn.close()
             return
-        await self.handle(conn, forward)
+        self.handle(conn, forward)
 
     def answer(self, conn: socket.socket) -> None:
         """`Q name`: one line back (names.py); any descriptor sent along is closed."""
@@ -124,16 +133,6 @@ class Listener:
             conn.sendall((self.query(name) + "\n").encode())
         finally:
             conn.close()
-
-
-async def readable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
 
 
 def handed_over(conn: socket.socket) -> tuple[socket.socket, tuple | None]:

@@ -15,6 +15,7 @@ the web ports 80 and 443, plus any port another rule names for it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from krate.egress.dial import Dialer
@@ -31,6 +32,11 @@ class Names:
         self.rules = [r for r in rules if not r["is_ip"]]
         self.dialer, self.proxy, self.cap = dialer, proxy, cap
         self.allowed: dict[str, str] = {}
+        self.lock = threading.Lock()  # the bridge may ask from several threads at once
+
+    def __call__(self, asked: str) -> str:
+        with self.lock:
+            return self.answer(asked)
 
     def ports(self, name: str) -> list[int]:
         """The ports some rule allows for `name`, confirmed by the decision itself."""
@@ -44,7 +50,7 @@ class Names:
             wanted |= WEB_PORTS if r["ports"] is None else set(r["ports"])
         return sorted(p for p in wanted if self.dialer.decide(name, p).verdict == "allow")
 
-    def __call__(self, asked: str) -> str:
+    def answer(self, asked: str) -> str:
         norm = normalize_subject(asked)
         name = norm[0] if norm is not None and not norm[1] else None
         if name is not None and name in self.allowed:
@@ -61,8 +67,7 @@ class Names:
 
     def deny(self, name: str, reason: str, cap: bool = False) -> None:
         """One decision line per lookup (the recorder keeps the first of each name)."""
-        self.proxy.count += 1
-        record = Record(self.proxy.count, protocol="dns", host=name, reason=reason)
+        record = Record(self.proxy.next_number(), protocol="dns", host=name, reason=reason)
         if cap:
             record.rule, record.layer = "name cap", "proxy"
         else:

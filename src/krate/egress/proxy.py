@@ -11,6 +11,11 @@ only, after every standard finder (helperlib.py, `Given`). Its ready line report
 its path, every module file it loaded and the modules it was given, for
 `krate audit network --prove`.
 
+It serves each client in a thread of its own with blocking sockets and
+timeouts, and imports no asyncio: that import alone took about 30 ms of the
+proxy's 50 ms start-up, which the first connection of a run waited for
+(bench/bench_proxy_start.py; tests/test_helper_isolation.py keeps it out).
+
 This file only starts it; the parts, each loaded by exact file:
 - wire.py: the protocol with krate (configuration in, JSON lines out);
 - listener.py: the Unix socket with the bridge's hand-over, or a loopback port;
@@ -26,11 +31,11 @@ address (or `localhost`) explicitly; outlive its parent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import sys
+import threading
 
 
 class Given:
@@ -65,20 +70,24 @@ def install_given(modules: dict) -> None:
         sys.meta_path.append(Given(modules))  # last: a standard name always wins
 
 
-def read_config_line() -> dict:
-    """The configuration: the first line on stdin (the rest of stdin is the shutdown signal)."""
-    chunks = []
-    while True:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        if b"\n" in chunk:
-            break
-    return json.loads(b"".join(chunks).decode())
+class Lines:
+    """JSON lines from stdin: the modules given, then the configuration; the rest of stdin
+    is the shutdown signal (wire.watch_stdin)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def __call__(self) -> dict:
+        while b"\n" not in self.buffer:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line.decode())
 
 
-async def serve(config, emit) -> None:
+def serve(config, emit) -> None:
     from krate.egress.dial import Dialer
     from krate.egress.handler import Proxy
     from krate.egress.listener import Listener
@@ -89,22 +98,19 @@ async def serve(config, emit) -> None:
     proxy = Proxy(config, dialer, emit)
     names = Names(config.rules, dialer, proxy)  # asked only on the bridge's unix socket
     listener = Listener(
-        config.listen, proxy.handle, proxy.tasks, config.header_timeout, names.__call__
+        config.listen, proxy.handle, proxy.start, config.header_timeout, names.__call__
     )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     address = listener.open(config.socket_uid)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await watch_stdin(stop)
+    threading.Thread(target=watch_stdin, args=(stop,), daemon=True).start()
     emit.ready(config, address)
-    await stop.wait()
+    while not stop.wait(1.0):  # woken by the signal handler too (it runs on this thread)
+        pass
     listener.close()
-    if proxy.tasks:
-        await asyncio.wait(list(proxy.tasks), timeout=config.shutdown_grace)
-    for task in list(proxy.tasks):
-        task.cancel()
-    if proxy.tasks:
-        await asyncio.wait(list(proxy.tasks), timeout=1.0)
-    await listener.wait_closed()
+    if not proxy.wait_idle(config.shutdown_grace):
+        proxy.stop_all()
+        proxy.wait_idle(1.0)
     listener.remove()
     emit({"type": "closed", "connections": proxy.count})
 
@@ -113,24 +119,29 @@ def main() -> int:
     # Ctrl-C reaches the whole process group; the proxy stops only when krate says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    raw = read_config_line()
-    install_given(raw.get("given") or {})
+    read = Lines()
+    # First the modules krate gives (sent at once), and every part imported: krate may
+    # start the proxy before it has compiled the policy the configuration carries.
+    first = read()
+    install_given(first.get("given") or {})
+    from krate.egress import dial, handler, listener, names  # noqa: F401 (imported early)
     from krate.egress.wire import Config, Emitter
 
+    # `krate policy explain net` (resolve_early.py) sends everything in one line
+    raw = first if "rules" in first else read()
     config = Config.from_dict(raw)
     emit = Emitter(config.journal_fd)
-    loop = asyncio.new_event_loop()
     if raw.get("explain"):  # `krate policy explain net`: one answer, no connection
         from krate.egress.dial import Dialer, explain
 
         dialer = Dialer(config.rules, config.net_default, config.connect_timeout, config.private_ok)
         target = raw["explain"]
-        emit(loop.run_until_complete(explain(dialer, target["host"], target["port"])))
+        emit(explain(dialer, target["host"], target["port"]))
         os._exit(0)
-    loop.run_until_complete(serve(config, emit))
-    # Every line is written (os.write, unbuffered) and the relay threads are daemons: skip
-    # the interpreter's and the executor's teardown, which krate's run would wait for (a
-    # name lookup still running in the executor would hold it for its whole timeout).
+    serve(config, emit)
+    # Every line is written (os.write, unbuffered) and every other thread is a daemon: skip
+    # the interpreter's teardown, which krate's run would wait for (a name lookup still
+    # running in its thread would hold it for its whole timeout).
     os._exit(0)
 
 

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from krate.helper_process import LineReader
 from krate.paths import Paths, ensure_private_dir
-from krate.store import egress as egress_store
-from krate.store import open_store
+
+# krate.store (sqlite3) is imported where it is used: the run imports this module before it
+# starts the proxy, and the proxy's start-up should not wait for sqlite3's import.
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,6 +67,8 @@ FIELDS = (
 
 def event_data(line: dict[str, Any]) -> dict[str, Any]:
     """The event payload for one decision line: only known metadata fields pass."""
+    from krate.store import egress as egress_store
+
     data = {name: line.get(name) for name in FIELDS}
     data["area"] = egress_store.AREA
     host, port = line.get("host"), line.get("port")
@@ -151,6 +154,8 @@ def reconcile(
     closed again) only when something is missing, the rare case after a crash.
     Without `recorded` and `coalescer` (a killed run), both are read from the store.
     """
+    from krate.store import egress as egress_store
+
     lines = read_journal(path)
     if coalescer is None:
         recorded, firsts, counted = egress_store.recorded_state(store, run_id)
@@ -190,6 +195,8 @@ def recover(paths: Paths) -> int:
                 except BlockingIOError:
                     continue  # a live run (krate or its proxy) still holds it
                 if store is None:
+                    from krate.store import open_store
+
                     store = open_store(paths)
                 total += reconcile(store, path.stem, path)
             finally:
@@ -279,6 +286,9 @@ class Recorder:
         """Append everything pending in one transaction."""
         if not self._pending:
             return
+        from krate.store import egress as egress_store
+        from krate.store import open_store
+
         batch, self._pending = self._pending, []
         if self._store is None:
             self._store = open_store(self.paths)

@@ -3,17 +3,15 @@
 Every relayed connection (CONNECT, SOCKS5, plain HTTP, a forwarded port) goes
 through `Relay`: it copies each direction, half-closes the other side at end of
 stream, counts bytes in one `Meter` and ends the connection when nothing moved
-for `idle` seconds. Its two pumps run either as two blocking threads (`threads`,
-the caller's choice per backend) or as two coroutines on the event loop; the
-loop only supervises them. Measured with bench/bench_egress.py (docs/egress.md):
-per GiB the threads cost what the former thread relay did, the coroutines less
-than the former asyncio protocols, and plain HTTP (formerly asyncio streams)
-half as much as before.
+for `idle` seconds. Its two directions run either as two blocking threads
+(`threads`, the caller's choice per backend), the connection's own thread
+supervising them, or both in the connection's thread with a selector (no
+asyncio: the proxy does not import it). Measured with bench/bench_egress.py
+(docs/egress.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
@@ -102,52 +100,91 @@ class Relay:
             exc = error
         self.ended(dst, feed, exc)
 
-    async def pump_on_loop(self, src: socket.socket, dst: socket.socket, up: bool, feed) -> None:
-        """One direction as a coroutine (non-blocking sockets)."""
-        loop = asyncio.get_running_loop()
-        buffer, exc = Buffer(), None
-        try:
-            while n := await loop.sock_recv_into(src, buffer.data):
-                await loop.sock_sendall(dst, self.passed(up, buffer.got(n), feed))
-        except (OSError, ValueError) as error:
-            exc = error
-        self.ended(dst, feed, exc)
+    def pump_both(self, feed: Callable | None) -> None:
+        """Both directions in this one thread, with a selector (non-blocking sockets)."""
+        import selectors  # only this relay mode needs it
 
-    def in_thread(self, *args) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        ends = ((self.client, self.server, True, None), (self.server, self.client, False, feed))
+        buffers = (Buffer(), Buffer())
+        pending = [b"", b""]  # per direction: read from its source, not yet sent on
+        reading, shut = [True, True], [False, False]
+        with selectors.DefaultSelector() as selector:
+            while not self.stopped and not all(shut):
+                wanted: dict[socket.socket, int] = {}
+                for i, (src, dst, _up, _feed) in enumerate(ends):
+                    if pending[i]:
+                        wanted[dst] = wanted.get(dst, 0) | selectors.EVENT_WRITE
+                    elif reading[i]:
+                        wanted[src] = wanted.get(src, 0) | selectors.EVENT_READ
+                left = self.meter.last + self.idle - time.monotonic()
+                if left <= 0:
+                    self.reason = f"idle for {self.idle:g} s"
+                    return
+                for sock, events in wanted.items():
+                    selector.register(sock, events)
+                try:
+                    ready = {k.fileobj: e for k, e in selector.select(max(left, IDLE_STEP))}
+                finally:
+                    for sock in wanted:
+                        selector.unregister(sock)
+                for i, (src, dst, up, fed) in enumerate(ends):
+                    try:
+                        if pending[i] and ready.get(dst, 0) & selectors.EVENT_WRITE:
+                            pending[i] = pending[i][dst.send(pending[i]) :]
+                        elif reading[i] and ready.get(src, 0) & selectors.EVENT_READ:
+                            if n := src.recv_into(buffers[i].data):
+                                pending[i] = bytes(self.passed(up, buffers[i].got(n), fed))
+                            else:
+                                reading[i] = False
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except (OSError, ValueError) as error:
+                        self.ended(dst, fed, error)
+                        return
+                    if not reading[i] and not pending[i] and not shut[i]:
+                        shut[i] = True
+                        self.ended(dst, fed, None)
 
-        def run() -> None:
+    def run(self, threads: bool, feed: Callable | None = None) -> None:
+        """Relay until both directions ended or `idle` seconds passed without a byte."""
+        if not threads:
+            for sock in (self.client, self.server):
+                sock.setblocking(False)
+            self.pump_both(feed)
+            if self.reason and not self.stopped:
+                self.stop()
+            return
+        for sock in (self.client, self.server):
+            sock.setblocking(True)
+        done = threading.Semaphore(0)
+
+        def pump(*args) -> None:
             try:
                 self.pump(*args)
             finally:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                done.release()
 
-        threading.Thread(target=run, daemon=True).start()
-        return done
-
-    async def run(self, threads: bool, feed: Callable | None = None) -> None:
-        """Relay until both directions ended or `idle` seconds passed without a byte."""
-        directions = (
-            (self.client, self.server, True, None),
-            (self.server, self.client, False, feed),
-        )
-        if threads:
-            for sock in (self.client, self.server):
-                sock.setblocking(True)
-            pumps = [self.in_thread(*d) for d in directions]
-        else:
-            pumps = [asyncio.ensure_future(self.pump_on_loop(*d)) for d in directions]
+        up, down = (self.client, self.server, True, None), (self.server, self.client, False, feed)
+        started = 0
+        for args in (up, down):
+            try:
+                threading.Thread(target=pump, args=args, daemon=True).start()
+            except RuntimeError:  # no thread to be had: this connection ends
+                self.reason = "the proxy could not start a relay thread"
+                break
+            started += 1
+        finished = 2 - started  # a direction never started counts as ended
         try:
-            while pending := [p for p in pumps if not p.done()]:
+            while finished < 2 and started == 2:
                 left = self.meter.last + self.idle - time.monotonic()
                 if left <= 0:
                     self.reason = f"idle for {self.idle:g} s"
                     break
-                await asyncio.wait(pending, timeout=max(left, IDLE_STEP))
+                if done.acquire(timeout=max(left, IDLE_STEP)):
+                    finished += 1
         finally:
-            if not all(p.done() for p in pumps):
+            if finished < 2:
                 self.stop()
-                await asyncio.wait(pumps, timeout=1.0)
-            for p in pumps:
-                p.cancel()
+                deadline = time.monotonic() + 1.0
+                while finished < 2 and done.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                    finished += 1

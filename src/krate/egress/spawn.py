@@ -57,9 +57,18 @@ def spawn_proxy(
     python: str, config: dict[str, Any], folder: Path
 ) -> tuple[subprocess.Popen, IO[bytes]]:
     """The proxy process, given its configuration, and the file its own errors go to."""
+    process, stderr = start_proxy(python, config["journal_fd"], config["given"], folder)
+    send_config(process, config)
+    return process, stderr
+
+
+def start_proxy(
+    python: str, journal_fd: int, given: dict[str, Any], folder: Path
+) -> tuple[subprocess.Popen, IO[bytes]]:
+    """The proxy process, told only its modules (`given`): it imports them while krate
+    makes its configuration (`send_config`); and the file its own errors go to."""
     # Its bytecode is this interpreter's: another one gets the source.
     script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
-    journal_fd = config["journal_fd"]
     # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
     # Started with Ctrl-C ignored, so Python installs no handler for it: a Ctrl-C at the
@@ -87,8 +96,17 @@ def spawn_proxy(
         ) from exc
     finally:
         signal.signal(signal.SIGINT, ctrl_c)
+    write_line(process, {"given": given})
+    return process, stderr
+
+
+def send_config(process: subprocess.Popen, config: dict[str, Any]) -> None:
+    """The configuration line (it may hold the run's proxy credential: stdin only)."""
+    write_line(process, config)
+
+
+def write_line(process: subprocess.Popen, line: dict[str, Any]) -> None:
     # A proxy that exits at once (it cannot start) closes the pipe: failure() says why.
     with contextlib.suppress(BrokenPipeError):
-        process.stdin.write((json.dumps(config) + "\n").encode())
+        process.stdin.write((json.dumps(line) + "\n").encode())
         process.stdin.flush()
-    return process, stderr

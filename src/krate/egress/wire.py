@@ -1,6 +1,8 @@
-"""The egress proxy's protocol with krate: one configuration line in, JSON lines out.
+"""The egress proxy's protocol with krate: two lines in (modules, configuration), JSON lines out.
 
-- stdin: one JSON line of configuration (`Config`); afterwards stdin stays open,
+- stdin: one JSON line `{"given": ...}` (its modules, sent at its spawn: it imports
+  them while krate prepares the run), then one JSON line of configuration
+  (`Config`, sent once the run is prepared); afterwards stdin stays open,
   and its end (krate closed it, or died) means "shut down" (`watch_stdin`).
 - stdout: JSON lines. First `{"type": "ready", ...}`, then one
   `{"type": "decision", ...}` per connection when it ends (`Record.line`), last
@@ -10,17 +12,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
 
 
-@dataclass
 class Config:
+    """The proxy's configuration (plain class: dataclasses would import inspect, ~13 ms)."""
+
     rules: list[dict]
     listen: str  # "unix:/path" or "tcp:127.0.0.1:0"
     max_connections: int = 256
@@ -29,40 +31,49 @@ class Config:
     header_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
     shutdown_grace: float = 2.0
-    threads: bool = True  # relay each connection with two blocking threads (else on the loop)
+    threads: bool = True  # relay each connection with two blocking threads (else one selector)
     journal_fd: int | None = None
     socket_uid: int | None = None  # the sandbox's uid when it is not krate's (a root krate)
-    given: dict = field(default_factory=dict)  # krate's policy modules (helperlib.given())
+    given: dict  # krate's policy modules (helperlib.given())
     net_default: tuple[str, str] = ("default: no rule allows it", "builtin:default")
     # network.private_ok: allowed names that may resolve to private addresses (kind, host, rule)
-    private_ok: list = field(default_factory=list)
+    private_ok: list  # (set per instance: a class-level list would be shared)
     # The loopback listener's per-run credential (`krate:SECRET` in the proxy URL); never
     # reported or recorded. None on the bridge's socket, which only the run's sandbox reaches.
     secret: str | None = None
 
+    FIELDS = (
+        "rules", "listen", "max_connections", "connect_timeout", "idle_timeout",
+        "header_timeout", "max_header_bytes", "shutdown_grace", "threads", "journal_fd",
+        "socket_uid", "given", "net_default", "private_ok", "secret",
+    )  # fmt: skip
+
+    def __init__(self, rules: list[dict], listen: str, **given: object) -> None:
+        self.rules, self.listen, self.given, self.private_ok = rules, listen, {}, []
+        for name, value in given.items():
+            if name not in self.FIELDS:
+                raise TypeError(f"unknown configuration field {name!r}")
+            setattr(self, name, value)
+
     @classmethod
     def from_dict(cls, raw: dict) -> Config:
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        return cls(**{k: raw[k] for k in cls.FIELDS if k in raw})
 
 
-@dataclass
 class Record:
     """What is reported about one connection: metadata only, never contents."""
 
-    n: int
-    protocol: str = "unknown"
-    host: str | None = None
-    port: int | None = None
-    verdict: str = "deny"
-    rule: str = ""
-    layer: str = ""
-    reason: str = ""
-    address: str | None = None
-    hint: str = ""  # a denial: the `krate run` flag that would allow it
-    bytes_up: int = 0
-    bytes_down: int = 0
-    started: float = field(default_factory=time.time)
-    t0: float = field(default_factory=time.monotonic)
+    def __init__(
+        self, n: int, protocol: str = "unknown", host: str | None = None,
+        port: int | None = None, reason: str = "",
+    ) -> None:  # fmt: skip
+        self.n, self.protocol, self.host, self.port = n, protocol, host, port
+        self.verdict, self.rule, self.layer, self.reason = "deny", "", "", reason
+        self.address: str | None = None
+        self.hint = ""  # a denial: the `krate run` flag that would allow it
+        self.bytes_up = self.bytes_down = 0
+        self.started = time.time()
+        self.t0 = time.monotonic()
 
     def line(self) -> dict:
         return {
@@ -91,9 +102,14 @@ class Emitter:
     def __init__(self, journal_fd: int | None) -> None:
         self.journal_fd = journal_fd
         self.stdout_ok = True
+        self.lock = threading.Lock()  # one line at a time: every connection has its thread
 
     def __call__(self, line: dict) -> None:
         data = (json.dumps(line, separators=(",", ":")) + "\n").encode()
+        with self.lock:
+            self.write(line, data)
+
+    def write(self, line: dict, data: bytes) -> None:
         if self.journal_fd is not None and line.get("type") == "decision":
             with contextlib.suppress(OSError):
                 os.write(self.journal_fd, data)
@@ -117,18 +133,14 @@ class Emitter:
         )
 
 
-async def watch_stdin(stop: asyncio.Event) -> None:
-    """Set `stop` when stdin ends: krate finished, or died."""
-
-    class Watch(asyncio.Protocol):
-        def connection_lost(self, exc) -> None:
-            stop.set()
-
-        def eof_received(self) -> None:
-            stop.set()
-
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(Watch, os.fdopen(0, "rb", buffering=0))
+def watch_stdin(stop: threading.Event) -> None:
+    """Set `stop` when stdin ends (krate finished, or died); run in a daemon thread."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    stop.set()
 
 
 def import_report() -> dict:
