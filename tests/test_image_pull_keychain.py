@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import run_krate
@@ -90,3 +92,44 @@ def test_no_credentials_or_a_keychain_error_when_asked_is_one_line(registry, pas
     assert not (tmp_path / "home" / "artifacts" / "sha256").is_dir() or not any(
         (tmp_path / "home" / "artifacts" / "sha256").iterdir()
     )
+
+
+def ask_transport(registry, blob_dir: Path, answer: dict) -> tuple[int, list[dict]]:
+    """The transport as krate starts it, with a pull job that asks for its credentials."""
+    from krate.registry import client
+
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(client.TRANSPORT)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={},
+    )  # fmt: skip
+    job = {
+        "op": "pull", "registry": registry.name, "scheme": "https", "http_fallback": True,
+        "repository": "me/layers", "reference": "1", "zstd": False, "blob_dir": str(blob_dir),
+        "platform": {"os": "linux", "architecture": "amd64", "variant": None},
+        "credentials": "ask",
+    }  # fmt: skip
+    proc.stdin.write(json.dumps(job).encode() + b"\n")
+    proc.stdin.flush()
+    lines = []
+    for raw in proc.stdout:
+        lines.append(json.loads(raw))
+        if lines[-1]["type"] == "credentials":
+            proc.stdin.write(json.dumps(answer).encode() + b"\n")
+            proc.stdin.close()
+    return proc.wait(timeout=60), lines
+
+
+def test_the_transport_asks_once_after_connecting_and_only_then(registry, password, tmp_path):
+    layers = [layer({f"f{i}": os.urandom(1 << 20)}, level=0) for i in range(3)]
+    Pusher(registry.port, USER, password).image("me/layers", "1", image(layers))
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    code, lines = ask_transport(registry, blob_dir, {"username": USER, "password": password})
+    kinds = [line["type"] for line in lines]
+    assert code == 0 and kinds[-1] == "done", lines
+    assert kinds.count("credentials") == 1  # three download threads, one question
+    assert kinds.index("egress") < kinds.index("credentials")  # connected before asking
+    assert password not in json.dumps(lines)
+    refused, lines = ask_transport(registry, tmp_path / "none", {})  # no login: none given
+    assert refused == 1 and lines[-1]["code"] == "unauthorized", lines
+    assert "requires a login" in lines[-1]["message"]
