@@ -13,12 +13,16 @@ pessimistic side. curl fetches the manifest and the same blobs in one
 process over one connection (`-u` Basic auth, each `-o` a file), and checks nothing.
 The same pull again with every blob present is krate's fixed cost (start-up, Typer,
 keyring, auth, manifest, the record); the last line compares the rest with curl.
+`--anonymous`: a registry without auth (curl without -u; krate never loads keyring).
+krate's bytecode is compiled first, as an installed krate has it (an editable checkout
+under PYTHONDONTWRITEBYTECODE would otherwise recompile its sources on every command).
 On a shared machine the numbers move with the load: compare ratios of one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import statistics
 import subprocess
@@ -67,11 +71,12 @@ def krate_pull(env: dict, home: Path, ref: str, fresh: bool = True) -> float:
     return took
 
 
-def curl_fetch(reg: Registry, out: Path, digests: list[str]) -> float:
+def curl_fetch(reg: Registry, out: Path, digests: list[str], auth: bool = True) -> float:
     out.mkdir()
     base = f"http://{reg.name}/v2/{REPO}"
-    argv = ["curl", "-sSf", "-u", f"{USER}:{PASSWORD}", "-H", f"Accept: {OCI_MANIFEST}",
-            "-o", str(out / "manifest"), f"{base}/manifests/1"]  # fmt: skip
+    argv = ["curl", "-sSf", *(["-u", f"{USER}:{PASSWORD}"] if auth else []),
+            "-H", f"Accept: {OCI_MANIFEST}", "-o", str(out / "manifest"),
+            f"{base}/manifests/1"]  # fmt: skip
     for digest in digests:
         argv += ["-o", str(out / digest[7:]), f"{base}/blobs/{digest}"]
     start = time.perf_counter()
@@ -84,28 +89,36 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=150)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--anonymous", action="store_true", help="a registry without auth")
     args = parser.parse_args()
+    compileall.compile_dir(str(ROOT / "src" / "krate"), quiet=1)
     img = build(args.size_mb * 1_000_000, args.layers)
     total = sum(len(b) for b in img.blobs.values()) + len(img.manifest)
     with tempfile.TemporaryDirectory(prefix="krate-bench-pull-", dir="/var/tmp") as tmp:
         tmp_path = Path(tmp)
-        reg = Registry(tmp_path / "registry", users={USER: PASSWORD}).start()
+        users = None if args.anonymous else {USER: PASSWORD}
+        reg = Registry(tmp_path / "registry", users=users).start()
         keychain = SecretService().start()  # gnome-keyring on a private D-Bus bus
         env = keychain.env()
         krate_times, curl_times, fixed_times = [], [], []
         try:
-            Pusher(reg.port, USER, PASSWORD).image(REPO, "1", img)
-            subprocess.run(
-                [KRATE, "login", reg.name, "-u", USER, "--password-stdin"],
-                input=PASSWORD.encode(),
-                env={**env, "KRATE_HOME": str(tmp_path / "home")},
-                check=True,
-                capture_output=True,
-            )
+            if args.anonymous:
+                Pusher(reg.port).image(REPO, "1", img)
+            else:
+                Pusher(reg.port, USER, PASSWORD).image(REPO, "1", img)
+                subprocess.run(
+                    [KRATE, "login", reg.name, "-u", USER, "--password-stdin"],
+                    input=PASSWORD.encode(),
+                    env={**env, "KRATE_HOME": str(tmp_path / "home")},
+                    check=True,
+                    capture_output=True,
+                )
             digests = list(img.blobs)
             ref = f"{reg.name}/{REPO}:1"
             for i in range(args.runs):
-                curl_times.append(curl_fetch(reg, tmp_path / f"curl{i}", digests))
+                curl_times.append(
+                    curl_fetch(reg, tmp_path / f"curl{i}", digests, not args.anonymous)
+                )
                 krate_times.append(krate_pull(env, tmp_path / "home", ref))
                 fixed_times.append(krate_pull(env, tmp_path / "home", ref, fresh=False))
                 print(

@@ -2,7 +2,9 @@
 
 Like push, its registry transport is started at entry (cli/main.py), before the
 lockdown and before any third-party import; this command takes it over, locks
-down, then loads keyring and the store. Prints the image's config digest (its
+down, opens the store and sends the job; keyring is loaded only if the registry
+asks for a login (an anonymous registry never loads it), while the transport is
+already connected. Prints the image's config digest (its
 identity) on stdout; progress and the summary go to stderr. Only typer and the
 standard library at the top.
 """
@@ -72,9 +74,14 @@ def pull(
         reference = domain.parse_reference(ref)
         explicit = platform is not None
         wanted = domain.parse_platform(platform) if explicit else domain.host_platform()
-        credentials = _credentials(reference.registry) or (
-            _credentials(reference.endpoint) if reference.endpoint != reference.registry else None
-        )
+
+        def credentials():  # only if the registry asks: keyring stays unloaded otherwise
+            return _credentials(reference.registry) or (
+                _credentials(reference.endpoint)
+                if reference.endpoint != reference.registry
+                else None
+            )
+
         if plain_http:
             render.message("krate: " + client.connection_for(reference.endpoint, True).warning)
         notices = _notices(reference.endpoint)
@@ -92,7 +99,7 @@ def pull(
                 ref=reference,
                 platform=wanted,
                 platform_explicit=explicit,
-                credentials=credentials,
+                ask_credentials=credentials,
                 plain_http=plain_http,
                 on_message=on_message,
             )

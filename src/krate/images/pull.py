@@ -193,11 +193,16 @@ def pull(
     platform: Platform,
     platform_explicit: bool = False,
     credentials: Credentials | None = None,
+    ask_credentials: Callable[[], Credentials | None] | None = None,
     plain_http: bool = False,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> PullResult:
-    """Pull through the started transport; record the image once all its blobs are stored."""
+    """Pull through the started transport; record the image once all its blobs are stored.
+
+    `ask_credentials` (the keychain) is called only if the registry asks for a login,
+    while the transport is already connected; `credentials` are sent with the job.
+    """
     from krate.images import blobs, catalog
 
     connection = connection_for(ref.endpoint, plain_http)
@@ -222,7 +227,7 @@ def pull(
     try:
         done = transport.run(
             job, open_store=open_store, command="krate image pull", on_message=on_message,
-            secrets=secret,
+            secrets=secret, ask=ask_credentials,
         )  # fmt: skip
     except TransportFailed as exc:
         raise KrateError(f"pull of {ref} failed: {exc}") from None

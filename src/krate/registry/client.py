@@ -30,7 +30,7 @@ from krate.registry.transport_hosts import is_loopback as loopback_host
 from krate.registry.transport_hosts import split_host
 
 if TYPE_CHECKING:
-    from krate.registry.keychain import Keychain
+    from krate.registry.keychain import Credentials, Keychain
     from krate.store.connection import Store
 
 TRANSPORT = Path(__file__).with_name("transport.py")
@@ -240,16 +240,46 @@ class Transport:
         command: str,
         on_message: Callable[[dict[str, Any]], None] | None = None,
         secrets: tuple[str, ...] = (),
+        ask: Callable[[], Credentials | None] | None = None,
     ) -> dict[str, Any]:
-        """Send the job, record egress while it works, return its `done` line or raise."""
+        """Send the job, record egress while it works, return its `done` line or raise.
+
+        With `ask`, the job goes without credentials (`"credentials": "ask"`) and stdin
+        stays open: `ask()` (the keychain) runs only when the transport says the
+        registry wants them, while it is already connected, and its answer is the next
+        line. An error of `ask()` is raised once the transport has stopped.
+        """
         from krate.netguard.ledger import Ledger
 
         if self._done:
             raise RuntimeError("transport already used")
         self._done = True
         lock = threading.Lock()
+        secrets_seen = list(secrets)
+        asked: list[BaseException] = []
+        answered: list[bool] = []
+        if ask is not None:
+            job = {**job, "credentials": "ask", "username": None, "password": None}
+
+        def answer() -> None:
+            credentials = None
+            try:
+                credentials = ask()
+            except BaseException as exc:  # the keychain's error, raised by the main thread
+                asked.append(exc)
+            line = {}
+            if credentials is not None:
+                line = {"username": credentials.username, "password": credentials.password}
+                secrets_seen.extend(secret_forms(credentials.username, credentials.password))
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.write(json.dumps(line).encode() + b"\n")
+                self.proc.stdin.close()
+            del line, credentials
 
         def other(message: dict[str, Any]) -> None:
+            if ask is not None and message.get("type") == "credentials" and not answered:
+                answered.append(True)
+                answer()
             with lock:
                 self.messages.append(message)
             if on_message is not None:
@@ -267,12 +297,17 @@ class Transport:
         ).start()
         try:
             try:
-                self.proc.stdin.write(json.dumps(job).encode())
-                self.proc.stdin.close()
+                self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+                if ask is None:
+                    self.proc.stdin.close()
+                else:
+                    self.proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass  # it died early: its exit status and stderr say why
             del job
             code = self.proc.wait()
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()  # it never asked (an anonymous registry)
         except BaseException:
             self.proc.kill()
             self.proc.wait()
@@ -280,6 +315,9 @@ class Transport:
             raise
         ledger.finish()
         helper_process.stop(self.proc, 10, errors)  # its pipes, once both readers ended
+        if asked:
+            raise asked[0]
+        secrets = tuple(secrets_seen)
         with lock:
             messages = list(self.messages)
         final = messages[-1] if messages else {}

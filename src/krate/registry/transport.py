@@ -8,11 +8,14 @@ file planted next to krate ever runs with network access. Standard library only;
 it cannot import krate. The job `{"op": "report"}` answers with its sys.path and
 loaded module files (`krate audit network --prove` checks them).
 
-Input: one JSON job on stdin (credentials included: never argv, never the
-environment), read to EOF. Output: JSON lines on stdout, for krate to record and
-show: `egress` (host and port of every connection it opens, the format of
-krate.netguard.ledger.report_line), `progress`, `blob`, `manifest`, `referrers`,
-`auth`, then `done` or `error` (one line a person can act on; exit status 1).
+Input: one JSON job line on stdin (credentials included: never argv, never the
+environment). A pull's job says `"credentials": "ask"` instead: the transport asks
+with a `credentials` line when the registry first challenges it, and reads them as
+the next line on stdin (transport_auth.Asker). Output: JSON lines on stdout, for krate
+to record and show: `egress` (host and port of every connection it opens, the format
+of krate.netguard.ledger.report_line), `progress`, `blob`, `manifest`, `referrers`,
+`auth`, `credentials`, then `done` or `error` (one line a person can act on; exit
+status 1).
 
 It speaks the OCI distribution push sequence (see docs/push.md): `GET /v2/` and
 the Basic or Bearer challenge that answers it; per blob `HEAD` (skip when
@@ -74,7 +77,7 @@ def _load_parts() -> None:
 if __name__ == "__main__":
     _load_parts()
 
-from krate.registry.transport_auth import Auth  # noqa: E402
+from krate.registry.transport_auth import Asker, Auth  # noqa: E402
 from krate.registry.transport_http import (  # noqa: E402
     Backoff,
     Failure,
@@ -84,6 +87,7 @@ from krate.registry.transport_http import (  # noqa: E402
     Retryable,
     emit,
     retry,
+    warm,
 )
 from krate.registry.transport_pull import Puller  # noqa: E402
 
@@ -110,7 +114,7 @@ class Client:
     def __init__(self, job: dict) -> None:
         self.registry = job["registry"]
         self.pool = Pool(self.registry, job["scheme"], job)
-        self.auth = Auth(self.registry, job, self.pool.allowed)
+        self.auth = Auth(self.registry, job, self.pool.allowed, Asker(sys.stdin.buffer))
         self.retries = int(job.get("retries", 4))
         self.backoff = float(job.get("backoff", 0.5))
         self.fallback = bool(job.get("http_fallback"))
@@ -433,8 +437,9 @@ def run(job: dict) -> None:
 
 
 def main() -> int:
+    warm()  # while krate still loads keyring and its store; the job comes after
     try:
-        job = json.loads(sys.stdin.buffer.read())
+        job = json.loads(sys.stdin.buffer.readline())  # credentials may follow (Asker)
     except ValueError:
         emit("error", code="bad_job", message="the transport received no readable job")
         return 1
@@ -452,5 +457,16 @@ def main() -> int:
     return 0
 
 
+def leave(code: int) -> None:
+    """Exit without tearing the interpreter down (some 8 ms krate would wait for): every
+    blob is fsynced and every line flushed by now, and no thread is left."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # krate stopped reading: nothing more to tell it
+            code = code or 1
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

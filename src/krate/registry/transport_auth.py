@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from urllib.parse import urlencode, urlsplit
 
 from krate.registry.transport_hosts import is_loopback
-from krate.registry.transport_http import Failure, Response, destination
+from krate.registry.transport_http import Failure, Response, destination, emit
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -48,13 +49,45 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+class Asker:
+    """The job's credentials, asked of krate only when the registry first wants them.
+
+    A pull's job comes without them (`"credentials": "ask"`): an anonymous registry never
+    makes krate load keyring, and an authenticated one lets the transport start its
+    connection while krate still reads the keychain. Asked once (a `credentials` line
+    out, one JSON line `{"username", "password"}` or `{}` in, on stdin), shared by the
+    download threads.
+    """
+
+    def __init__(self, stdin) -> None:
+        self.stdin = stdin
+        self.lock = threading.Lock()
+        self.answer: tuple[str | None, str | None] | None = None
+
+    def __call__(self) -> tuple[str | None, str | None]:
+        with self.lock:
+            if self.answer is None:
+                emit("credentials")
+                try:
+                    doc = json.loads(self.stdin.readline() or b"{}")
+                except ValueError:
+                    doc = {}
+                user, password = (doc.get(k) for k in ("username", "password"))
+                ok = isinstance(user, str) and isinstance(password, str)
+                self.answer = (user, password) if ok else (None, None)
+            return self.answer
+
+
 class Auth:
     """Which credentials go with the next request; `scheme` is "none", "basic" or "bearer"."""
 
-    def __init__(self, registry: str, job: dict, allowed: set[tuple[str, int]]) -> None:
+    def __init__(
+        self, registry: str, job: dict, allowed: set[tuple[str, int]], ask: Asker | None = None
+    ) -> None:
         self.registry = registry
         self.username = job.get("username")
         self.password = job.get("password")
+        self.ask = ask if job.get("credentials") == "ask" else None
         self.allowed = allowed  # the pool's destinations: the token service joins them
         self.scheme = "none"
         self.realm: str | None = None
@@ -64,7 +97,14 @@ class Auth:
         self.asked: set[str | None] = set()
         self.renewals = 0
 
+    def _take(self) -> None:
+        """The credentials krate holds back until they are needed (Asker), once."""
+        if self.ask is not None:
+            self.username, self.password = self.ask()
+            self.ask = None
+
     def basic(self) -> str | None:
+        self._take()
         if self.username is None or self.password is None:
             return None
         pair = f"{self.username}:{self.password}".encode()
@@ -120,6 +160,7 @@ class Auth:
 
     def challenged(self, challenge: str, registry_scheme: str) -> tuple[bool, str | None]:
         """A later 401: (whether a token is needed, for which scope); Basic is tried once."""
+        self._take()
         scheme, params = parse_challenge(challenge)
         who = f" for user {self.username}" if self.username else ""
         if scheme == "bearer":
@@ -180,6 +221,7 @@ class Auth:
 
     def refused(self, detail: str = "") -> Failure:
         """No credentials: say to log in; refused ones: say so and to log in again."""
+        self._take()
         if self.username is None:
             return Failure(
                 "unauthorized",

@@ -28,6 +28,7 @@ from krate.registry.transport_http import Failure, emit
 
 BUFFER = 1 << 20
 BUFFERS = 4  # in flight between the reader and the writer: bounded memory
+SYNC_STEP = 16 << 20  # written bytes between two early flushes to disk
 TEMP_PREFIX = ".tmp-pull-"  # krate's stale-temp sweep removes `.tmp-*` left by a killed pull
 
 
@@ -92,7 +93,12 @@ class BlobDir:
 
 
 class _Writer(threading.Thread):
-    """Hashes and writes the buffers the reader fills, in order; hands each one back."""
+    """Hashes and writes the buffers the reader fills, in order; hands each one back.
+
+    Every SYNC_STEP bytes it has the disk start on what is written so far (fdatasync
+    in a thread of its own, one at a time), so the fsync that settles the blob waits
+    only for the tail instead of the whole blob after its last byte arrived.
+    """
 
     def __init__(self, fd: int) -> None:
         super().__init__(name="blob-writer", daemon=True)
@@ -101,21 +107,41 @@ class _Writer(threading.Thread):
         self.free: queue.Queue = queue.Queue()
         self.filled: queue.Queue = queue.Queue()
         self.error: OSError | None = None
+        self.unsynced = 0
+        self.syncer: threading.Thread | None = None
         for _ in range(BUFFERS):
             self.free.put(bytearray(BUFFER))
 
     def run(self) -> None:
-        while (item := self.filled.get()) is not None:
-            buf, n = item
-            if self.error is None:
-                chunk = memoryview(buf)[:n]
-                self.hasher.update(chunk)
-                try:
-                    while chunk:
-                        chunk = chunk[os.write(self.fd, chunk) :]
-                except OSError as exc:
-                    self.error = exc  # the reader stops at its next buffer
-            self.free.put(buf)
+        try:
+            while (item := self.filled.get()) is not None:
+                buf, n = item
+                if self.error is None:
+                    chunk = memoryview(buf)[:n]
+                    self.hasher.update(chunk)
+                    try:
+                        while chunk:
+                            chunk = chunk[os.write(self.fd, chunk) :]
+                    except OSError as exc:
+                        self.error = exc  # the reader stops at its next buffer
+                    self._early_sync(n)
+                self.free.put(buf)
+        finally:
+            if self.syncer is not None:
+                self.syncer.join()  # before the descriptor is closed
+
+    def _early_sync(self, n: int) -> None:
+        self.unsynced += n
+        if self.unsynced < SYNC_STEP or (self.syncer is not None and self.syncer.is_alive()):
+            return
+        self.unsynced = 0
+        self.syncer = threading.Thread(target=_datasync, args=(self.fd,), daemon=True)
+        self.syncer.start()
+
+
+def _datasync(fd: int) -> None:
+    with contextlib.suppress(OSError):  # only a head start: settle's fsync is the one that counts
+        os.fdatasync(fd)
 
 
 class Receiver:

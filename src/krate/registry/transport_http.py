@@ -128,6 +128,20 @@ def retry(
             recover()
 
 
+_warm: list[ssl.SSLContext] = []  # made while the transport waits for its job
+
+
+def warm() -> None:
+    """Make the TLS context now: loading the system's CA certificates takes some 20 ms, which
+    the transport spends while krate is still loading keyring, not after the job arrives."""
+    _warm.append(ssl.create_default_context())
+
+
+def tls_context() -> ssl.SSLContext:
+    """The warmed context (once: a job may add its own CA to it), else a new one."""
+    return _warm.pop() if _warm else ssl.create_default_context()
+
+
 class Pool:
     """Connections to the allowed destinations only, reused; counts the bytes sent."""
 
@@ -138,7 +152,7 @@ class Pool:
         self.timeout = float(job.get("timeout", 60))
         self.allowed = {(self.host, self.port)}
         self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
-        self.context = ssl.create_default_context()
+        self.context = tls_context()
         if job.get("ca_file"):
             self.context.load_verify_locations(job["ca_file"])
         self.sent = 0
