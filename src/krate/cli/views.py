@@ -1,0 +1,342 @@
+"""The bodies of the light read-only commands, without Typer.
+
+`cli/fastread.py` calls these before Typer is imported (Typer alone is ~5x the start
+of `python -c pass`); the Typer commands in info.py, audit.py, runs.py, data.py and
+image.py call the same functions, so both routes print the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from krate.cli.common import paths, print_rows
+
+
+def echo(text: object = "") -> None:
+    """One line on stdout, as `typer.echo` writes it."""
+    sys.stdout.write(f"{text}\n")
+    sys.stdout.flush()
+
+
+def info(json_: bool) -> None:
+    from krate import info as domain
+    from krate import render
+    from krate.netguard.lockdown import describe as describe_lockdown
+
+    facts = domain.gather(paths(), os.environ)
+    if json_:
+        render.print_json(facts)
+        return
+    sandbox = facts["sandbox"]
+    rows = [
+        ("version", facts["version"]),
+        ("python", facts["python"]),
+        ("platform", facts["platform"]),
+        ("data folder", absent(facts["data_dir"], facts["data_dir_exists"])),
+        ("config folder", absent(facts["config_dir"], facts["config_dir_exists"], "")),
+        (
+            "database",
+            f"{facts['db_path']} ({facts['db_size']} bytes)"
+            if facts["db_exists"]
+            else absent(facts["db_path"], False),
+        ),
+        ("schema version", facts["schema_version"] or "none yet"),
+        ("events", facts["events"]),
+        (
+            "sandbox",
+            f"{sandbox['backend']} ({'available' if sandbox['available'] else 'not available'})",
+        ),
+        ("keyring backend", facts["keyring_backend"]),
+        ("telemetry", facts["telemetry"]),
+        ("network lockdown", describe_lockdown(facts["lockdown"])),
+        ("network guard", facts["network_guard"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        echo(f"{key:<{width}}  {value}")
+
+
+def absent(path: str, exists: bool, why: str = ": nothing recorded yet") -> str:
+    """A path as `krate data where` shows it: marked absent until krate first writes there."""
+    return path if exists else f"{path} (absent{why})"
+
+
+def audit_head(json_: bool) -> None:
+    from krate import render
+    from krate.store import events, open_store
+
+    with open_store(paths(), readonly=True) as store:
+        current = events.head(store)
+    if json_:
+        render.print_json({"seq": current.seq, "hash": current.hash})
+    else:
+        echo(f"{current.seq} {current.hash}")
+
+
+def audit_list(
+    since: str | None,
+    until: str | None,
+    kind: str | None,
+    run: str | None,
+    limit: int | None,
+    json_: bool,
+    jsonl: bool,
+) -> None:
+    from krate import render
+    from krate.cli.common import output_mode
+    from krate.store import events, open_store
+    from krate.store.connection import utc_now
+    from krate.timeparse import parse_moment
+
+    mode = output_mode(json_, jsonl)
+    now = utc_now()
+    bounds = {
+        name: events.format_ts(parse_moment(value, now, option=f"--{name}")) if value else None
+        for name, value in (("since", since), ("until", until))
+    }
+    with open_store(paths(), readonly=True) as store:
+        rows = events.query(
+            store,
+            since=bounds["since"],
+            until=bounds["until"],
+            kind_prefix=kind,
+            run_id=run,
+            limit=limit,
+        )
+    if mode == "json":
+        render.print_json([e.to_dict() for e in rows])
+    elif mode == "jsonl":
+        render.print_jsonl(e.to_dict() for e in rows)
+    else:
+        render.table(
+            ["seq", "time (UTC)", "kind", "run", "data"],
+            ((e.seq, render.when(e.ts), e.kind, e.run_id or "", brief(e.data)) for e in rows),
+        )
+
+
+def brief(data: dict, width: int = 80) -> str:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def runs_list(limit: int, json_: bool) -> None:
+    from krate import render
+    from krate.runs_read import list_runs
+
+    print_rows(
+        list_runs(paths(), limit),
+        json_,
+        lambda r: r.to_dict(),
+        ["id", "started (UTC)", "status", "exit", "seconds", "denied", "command"],
+        lambda r: (
+            r.id,
+            render.when(r.started),
+            r.status,
+            "" if r.exit_code is None else r.exit_code,
+            "" if r.duration_s is None else f"{r.duration_s:.2f}",
+            r.denied,
+            _argv_text(r.argv),
+        ),
+    )
+
+
+def runs_show(run: str, json_: bool) -> None:
+    from krate import render
+    from krate.runs_read import show_run
+
+    row, decisions, run_events = show_run(paths(), run)
+    started = next((e.data for e in run_events if e.kind == "run.started"), {})
+    finished = next((e.data for e in run_events if e.kind == "run.finished"), {})
+    if json_:
+        render.print_json(_as_json(row, decisions, run_events, started, finished))
+        return
+    _print_facts(row, started, finished)
+    _print_decisions(decisions)
+
+
+def _argv_text(argv: list[str], width: int = 60) -> str:
+    import shlex
+
+    text = shlex.join(argv)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _subject(decision: dict) -> str:
+    """The decision's subject; a count of coalesced denials says how many more there were."""
+    subject = decision.get("subject") or ""
+    repeats = decision.get("repeats")
+    return f"{subject} ({repeats} more, counted)" if repeats else subject
+
+
+def _as_json(row, decisions: list[dict], run_events: list, started: dict, finished: dict) -> dict:
+    """The run's row with its decisions, hosts, and what its start and finish recorded."""
+    from krate.egress import summarize_hosts
+
+    out = row.to_dict()
+    out["decision_counts"] = out.pop("decisions")
+    out["decisions"] = decisions
+    out["hosts"] = summarize_hosts(decisions)
+    out["limits"] = started.get("limits", {})
+    out["layout"] = started.get("layout", {})
+    out["ignored"] = started.get("ignored", [])
+    out["run_as"] = started.get("run_as")
+    out["as_root"] = bool(started.get("as_root"))
+    out["image"] = started.get("image")
+    out["policy_files_changed"] = finished.get("policy_files_changed", [])
+    out["events"] = [e.seq for e in run_events]
+    return out
+
+
+def _image(started: dict) -> list[tuple[str, str]]:
+    image = started.get("image")
+    if not image:
+        return []
+    return [("image", f"{image.get('ref')} {image.get('config')}")]
+
+
+def _print_facts(row, started: dict, finished: dict) -> None:
+    """One `key  value` line per fact of the run."""
+    import shlex
+
+    lines = [
+        ("id", row.id),
+        ("command", shlex.join(row.argv)),
+        ("directory", row.cwd),
+        ("workspace", row.workspace),
+        ("backend", row.backend),
+        *_image(started),
+        *_identity(started),
+        ("policy", f"{row.policy_name} {row.policy_hash or ''}".strip()),
+        ("started", row.started),
+        ("finished", row.finished or ""),
+        ("duration", "" if row.duration_s is None else f"{row.duration_s:.3f} s"),
+        ("status", row.status + (f" ({row.reason})" if row.reason else "")),
+        ("exit", "" if row.exit_code is None else str(row.exit_code)),
+        ("decisions", f"{row.allowed} allowed, {row.denied} denied"),
+    ]
+    layout = started.get("layout", {})
+    if layout.get("hidden"):
+        lines.append(("hidden", ", ".join(layout["hidden"])))
+    if layout.get("network"):
+        lines.append(("network", layout["network"]))
+    written = finished.get("policy_files_changed", [])
+    if written:
+        lines.append(("krate.toml written", ", ".join(written)))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        echo(f"{key:<{width}}  {value}")
+
+
+def _print_decisions(decisions: list[dict]) -> None:
+    """The hosts the run reached or was refused, then every decision."""
+    from krate import render
+    from krate.egress import summarize_hosts
+
+    hosts = summarize_hosts(decisions)
+    if hosts:
+        echo("")
+        render.table(
+            ["host", "port", "verdict", "connections", "bytes up", "bytes down"],
+            ([h["host"], h["port"], h["verdict"], h["connections"], h["bytes_up"], h["bytes_down"]]
+             for h in hosts),
+        )  # fmt: skip
+    if decisions:
+        echo("")
+        render.table(
+            ["seq", "area", "verdict", "subject", "rule", "layer", "reason"],
+            (
+                (
+                    d["seq"],
+                    d.get("area", ""),
+                    d.get("verdict", ""),
+                    _subject(d),
+                    d.get("rule", ""),
+                    d.get("layer", ""),
+                    d.get("reason") or "",
+                )
+                for d in decisions
+            ),  # fmt: skip
+        )
+
+
+def _identity(started: dict) -> list[tuple[str, str]]:
+    """Whom a root krate ran the workload as (nothing for an ordinary user's run)."""
+    who = started.get("run_as")
+    if who:
+        return [("runs as", f"{who['user']} (uid {who['uid']}), the workspace's owner")]
+    if started.get("as_root"):
+        return [("runs as", "root (uid 0), --as-root")]
+    return []
+
+
+def data_where(json_: bool) -> None:
+    from krate import render
+    from krate.privacy.where import where as inventory
+
+    found = inventory(paths())
+    if json_:
+        render.print_json(found)
+        return
+    render.table(
+        ["place", "path", "size", "records", "note"],
+        (
+            (
+                p["place"],
+                p["path"] or "",
+                size(p["bytes"]) if p["exists"] else "absent",
+                records(p["records"]),
+                p["note"],
+            )
+            for p in found["places"]
+        ),
+    )
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def records(records: dict) -> str:
+    parts = []
+    for key, value in records.items():
+        if key == "events_by_kind":
+            if value:
+                parts.append("(" + ", ".join(f"{k} {n}" for k, n in value.items()) + ")")
+        elif key == "tables":
+            if value:
+                parts.append("tables: " + ", ".join(f"{k} {n}" for k, n in value.items()))
+        elif key == "accounts":
+            parts += [f"{a['service']}/{a['account']}" for a in value]
+        elif key == "files" and isinstance(value, dict):
+            continue
+        else:
+            parts.append(f"{value} {key[:-1] if value == 1 and key.endswith('s') else key}")
+    return " ".join(parts)
+
+
+def image_list(json_: bool) -> None:
+    from krate import render
+    from krate.images import catalog
+    from krate.store import open_store
+
+    with open_store(paths(), readonly=True) as store:
+        found = catalog.list_images(store)
+    if json_:
+        render.print_json([r._asdict() for r in found])
+        return
+    render.table(
+        ["name", "config", "layers", "source", "added (UTC)"],
+        ((r.ref, short_digest(r.config_digest), len(r.layers), r.source, render.when(r.added))
+         for r in found),
+    )  # fmt: skip
+
+
+def short_digest(digest: str | None) -> str:
+    return digest[: len("sha256:") + 12] if digest else ""
