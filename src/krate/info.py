@@ -10,7 +10,7 @@ from typing import Any
 from krate import __version__
 from krate.netguard import guard, lockdown
 from krate.paths import Paths
-from krate.registry.keychain import backend_name
+from krate.registry.backend_name import backend_name
 from krate.sandbox.detect import detect
 
 

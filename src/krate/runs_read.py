@@ -6,6 +6,7 @@ would load the sandbox spec, the policy package and the supervisor for nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from krate import ids
@@ -51,3 +52,21 @@ def show_run(paths: Paths, ref: str) -> tuple[RunRow, list[dict[str, Any]], list
         decisions = runs_store.decisions(store, row.id)
         run_events = events.query(store, run_id=row.id)
     return row, decisions, run_events
+
+
+def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hosts a run contacted, from its decision events: verdicts, connections, bytes."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for d in decisions:
+        if d.get("area") != "network":
+            continue
+        key = (d.get("host"), d.get("port"), d.get("verdict"))
+        row = rows.setdefault(
+            key,
+            {"host": key[0], "port": key[1], "verdict": key[2], "connections": 0,
+             "bytes_up": 0, "bytes_down": 0},
+        )  # fmt: skip
+        row["connections"] += d.get("repeats") or 1  # a count event stands for its repeats
+        row["bytes_up"] += d.get("bytes_up") or 0
+        row["bytes_down"] += d.get("bytes_down") or 0
+    return list(rows.values())

@@ -172,7 +172,7 @@ def _subject(decision: dict) -> str:
 
 def _as_json(row, decisions: list[dict], run_events: list, started: dict, finished: dict) -> dict:
     """The run's row with its decisions, hosts, and what its start and finish recorded."""
-    from krate.egress import summarize_hosts
+    from krate.runs_read import summarize_hosts
 
     out = row.to_dict()
     out["decision_counts"] = out.pop("decisions")
@@ -232,7 +232,7 @@ def _print_facts(row, started: dict, finished: dict) -> None:
 def _print_decisions(decisions: list[dict]) -> None:
     """The hosts the run reached or was refused, then every decision."""
     from krate import render
-    from krate.egress import summarize_hosts
+    from krate.runs_read import summarize_hosts
 
     hosts = summarize_hosts(decisions)
     if hosts:
@@ -323,11 +323,10 @@ def records(records: dict) -> str:
 
 def image_list(json_: bool) -> None:
     from krate import render
-    from krate.images import catalog
-    from krate.store import open_store
+    from krate.store import images, open_store  # images/catalog.py loads the blob store
 
     with open_store(paths(), readonly=True) as store:
-        found = catalog.list_images(store)
+        found = images.all_rows(store)  # = catalog.list_images
     if json_:
         render.print_json([r._asdict() for r in found])
         return
