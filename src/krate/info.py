@@ -18,7 +18,7 @@ def gather(paths: Paths, environ: Mapping[str, str]) -> dict[str, Any]:
     from krate.store import inventory, open_store
 
     with open_store(paths, readonly=True) as store:
-        database = inventory.database(store, paths.db_path)  # as `krate data where` shows it
+        database = inventory.database(store, paths.db_path, by_kind=False)  # as `data where`
     backend = detect()
     return {
         "version": __version__,

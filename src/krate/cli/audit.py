@@ -142,21 +142,10 @@ def network(
 
     Example: krate audit network --prove --json | jq .proven
     """
-    from krate import render
-    from krate.netguard import lockdown, report
-
     if prove:
         _prove(json_)
         return
-    from krate.store import open_store
-
-    with open_store(paths(), readonly=True) as store:
-        summary = report.summarize(store, lockdown.state())
-    if json_:
-        render.print_json(summary)
-        return
-    for line in report.lines(summary):
-        typer.echo(line)
+    views.audit_network(json_)
 
 
 def _prove(json_: bool) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 # (command words) -> (flags: option -> parameter, values: option -> (parameter, minimum
-# for an int, None for text), positional parameters, defaults of the values, body in views).
+# for an int, None for text, MANY for a repeatable text), positional parameters, defaults
+# of the values, body in views).
 JSON = {"--json": "json_"}
+MANY = "many"
 COMMANDS: dict[tuple[str, ...], tuple[dict, dict, tuple[str, ...], dict, str]] = {
     ("info",): (JSON, {}, (), {}, "info"),
     ("audit", "head"): (JSON, {}, (), {}, "audit_head"),
@@ -37,7 +39,30 @@ COMMANDS: dict[tuple[str, ...], tuple[dict, dict, tuple[str, ...], dict, str]] =
     ("runs", "show"): (JSON, {}, ("run",), {}, "runs_show"),
     ("data", "where"): (JSON, {}, (), {}, "data_where"),
     ("image", "list"): (JSON, {}, (), {}, "image_list"),
+    # The policy options of run and build (cli/policy_options.py), as flags_from takes them.
+    ("builds", "list"): (JSON, {"--limit": ("limit", 0)}, (), {}, "builds_list"),
+    ("artifacts", "list"): (JSON, {"--limit": ("limit", 0)}, (), {}, "artifacts_list"),
+    ("policy", "list"): (JSON, {}, (), {}, "policy_list"),
+    ("audit", "network"): (JSON, {}, (), {}, "audit_network"),
+    ("policy", "show"): (
+        {**JSON, "--no-network": "no_network"},
+        {
+            "--policy": ("policy", None),
+            "--allow-host": ("allow_host", MANY),
+            "--allow-private-host": ("allow_private_host", MANY),
+            "--allow-write": ("allow_write", MANY),
+            "--deny-read": ("deny_read", MANY),
+            "--env": ("env", MANY),
+        },
+        (),
+        {},
+        "policy_show_options",
+    ),
 }
+
+# Options these commands have that always go to Typer: the proof starts its real runs
+# before the lockdown (cli/main.py, netguard/proof_early.py).
+TYPER_ONLY = {("audit", "network"): ("--prove",)}
 
 
 def parse(args: list[str]) -> tuple[str, dict[str, Any]] | None:
@@ -69,6 +94,9 @@ def parse(args: list[str]) -> tuple[str, dict[str, Any]] | None:
                 return None
             value, i = rest[i], i + 1
         parameter, minimum = values[name]
+        if minimum == MANY:
+            found[parameter] = [*(found[parameter] or []), value]
+            continue
         if minimum is not None:
             if not (value.isascii() and value.isdigit()) or int(value) < minimum:
                 return None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
-from krate.cli.common import paths, print_rows
+from krate.cli.common import paths, print_rows, print_stored
 
 
 def echo(text: object = "") -> None:
@@ -339,3 +340,124 @@ def image_list(json_: bool) -> None:
 
 def short_digest(digest: str | None) -> str:
     return digest[: len("sha256:") + 12] if digest else ""
+
+
+def policy_show_options(json_: bool, **options: Any) -> None:
+    """`policy show` as cli/fastread.py parsed it: the policy options by name."""
+    from krate.cli.policy_load import flags_from
+
+    policy_show(json_, flags_from(**options))
+
+
+def policy_show(json_: bool, flags: Any) -> None:
+    from pathlib import Path
+
+    from krate import render
+    from krate.cli.policy_load import load_effective
+
+    effective = load_effective(flags, Path.cwd())
+    if json_:
+        render.print_json(effective.to_dict())
+        return
+    out = sys.stdout.write
+    data = effective.to_dict()
+    out(f"policy {effective.name}  sha256:{effective.hash}\n")
+    out(f"workspace {effective.workspace}\n")
+    for layer in data["layers"]:
+        if layer["source"]:
+            state = "trusted" if layer["trusted"] else "NOT trusted: may only narrow"
+            out(f"layer {layer['layer']}: {layer['source']} ({state})\n")
+    rows = []
+    for section in ("deny_read", "read_only", "allow_write"):
+        rows += [(section, r["path"], r["rule"], r["layer"]) for r in data["filesystem"][section]]
+    allow = data["network"]["allow"]
+    rows += [("network", r["pattern"], r["rule"], r["layer"]) for r in allow]
+    private = data["network"].get("private_ok", [])
+    rows += [("private_ok", r["pattern"], r["rule"], r["layer"]) for r in private]
+    otherwise = data["network"]["otherwise"]
+    rows.append(
+        (
+            "network",
+            "(anything else)" if allow else "(no network)",
+            "deny: " + otherwise["rule"],
+            otherwise["layer"],
+        )
+    )
+    for layer in data["env"]:
+        rows += [("env pass", name, "", layer["layer"]) for name in layer["pass"]]
+        rows += [("env strip", name, "", layer["layer"]) for name in layer["strip"]]
+    for name, limit in data["limits"].items():
+        if limit["value"] is not None:
+            rows.append(("limits", f"{name} = {limit['value']}", "", limit["layer"]))
+    sys.stdout.flush()
+    render.table(["section", "value", "rule", "layer"], rows)
+    for note in effective.ignored:
+        out(f"ignored: {note}\n")
+
+
+def builds_list(limit: int | None, json_: bool) -> None:
+    from krate import render
+    from krate.store import artifacts as rows
+
+    print_stored(
+        rows.list_builds,
+        limit,
+        json_,
+        rows.BuildRow.summary,
+        ["id", "time (UTC)", "name", "run", "outputs"],
+        lambda b: (b.id, render.when(b.created), b.name or "", b.run_id or "", b.subjects),
+    )
+
+
+def artifacts_list(limit: int | None, json_: bool) -> None:
+    from krate import render
+    from krate.store import artifacts as rows
+
+    print_stored(
+        rows.list_artifacts,
+        limit,
+        json_,
+        rows.ArtifactRow.to_dict,
+        ["digest", "size", "name", "build", "stored (UTC)"],
+        lambda a: (
+            short_digest(a.digest),
+            a.size,
+            a.name,
+            a.build_id,
+            render.when(a.stored_at),
+        ),
+    )
+
+
+def policy_list(json_: bool) -> None:
+    from pathlib import Path
+
+    from krate import render
+    from krate.cli.policy_load import read_trust
+    from krate.policy.manage import list_policies
+
+    config = paths()
+    trusted, _ = read_trust(config)
+    rows = list_policies(workspace=Path.cwd(), user_policy_path=config.user_policy, trusted=trusted)
+    if json_:
+        render.print_json(rows)
+        return
+    render.table(
+        ["name", "kind", "state", "path", "description"],
+        ((r["name"], r["kind"], r["state"], r["path"] or "", r["description"]) for r in rows),
+    )
+
+
+def audit_network(json_: bool) -> None:
+    """`krate audit network` without --prove (the proof goes through Typer, cli/main.py)."""
+    from krate import render
+    from krate.netguard import lockdown, report
+    from krate.store import open_store
+
+    with open_store(paths(), readonly=True) as store:
+        summary = report.summarize(store, lockdown.state())
+    if json_:
+        render.print_json(summary)
+        return
+    for line in report.lines(summary):
+        echo(line)

@@ -1,7 +1,7 @@
-"""Which keyring backend krate uses, named without importing keyring or keychain.py.
+"""krate's keychain service and the keyring backend it uses, without keychain.py or keyring.
 
-`krate info` shows it on every call; keychain.py (dataclasses, ~5 ms) is for the
-commands that read or write credentials.
+`krate info` and `krate data where` show them on every call; keychain.py (dataclasses,
+~5 ms) is for the commands that read or write credentials.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+SERVICE = "krate"
 _PLATFORM_BACKENDS = {
     "darwin": "keyring.backends.macOS.Keyring",
     "linux": "keyring.backends.SecretService.Keyring",

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from krate.errors import KrateError
-from krate.registry.backend_name import backend_name as backend_name  # callers import it here
+from krate.registry.backend_name import SERVICE as SERVICE  # callers import both here
+from krate.registry.backend_name import backend_name as backend_name
 
-SERVICE = "krate"
 _REFUSED = ("keyring.backends.fail.", "keyring.backends.null.")
 
 
