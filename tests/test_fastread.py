@@ -82,6 +82,8 @@ def test_the_tables_hold_exactly_the_typer_commands_options(words):
         ["policy", "show", "--allow-host"], ["policy", "show", "--env", "-x"],
         ["policy", "show", "--no-network=1"], ["policy", "show", "strict"],
         ["audit", "network", "--prove"], ["audit", "network", "--json", "--prove"],
+        ["policy", "explain", "net"], ["policy", "explain", "net", "-x"],
+        ["policy", "explain", "net", "a", "b"], ["policy", "explain", "--help"],
     ],
 )  # fmt: skip
 def test_lines_typer_must_explain_are_left_to_it(args):
@@ -153,6 +155,11 @@ def test_every_accepted_line_prints_what_typer_prints(cli, monkeypatch, store, t
         ["policy", "list"], ["policy", "list", "--json"], ["audit", "network"],
         ["audit", "network", "--json"], ["builds", "list"], ["builds", "list", "--limit", "1"],
         ["artifacts", "list", "--json", "--limit=0"], ["artifacts", "list"],
+        ["policy", "explain", "net", "registry.npmjs.org", "--no-resolve"],
+        ["policy", "explain", "--json", "net", "evil.example", "--no-resolve"],
+        ["policy", "explain", "read", "~/.ssh/id_rsa"], ["policy", "explain", "env", "NPM_TOKEN"],
+        ["policy", "explain", "write", "/tmp/x", "--allow-write", "/tmp", "--policy", "strict"],
+        ["policy", "explain", "bogus", "x"], ["policy", "explain", "net", "a b", "--no-resolve"],
         ["policy", "show", "--policy", "strict", "--allow-host", "a.example",
          "--allow-host=b.example:8443", "--no-network"],
         ["policy", "show", "--deny-read", "~/notes", "--env", "NPM_TOKEN", "--allow-write",

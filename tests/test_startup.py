@@ -153,6 +153,9 @@ def test_light_read_commands_load_no_cli_framework_and_no_launch_path(tmp_path, 
         assert loaded(args, HEAVY_FOR_FAST, cwd=work) == ["0"], args
     for args in RECORD_READERS:
         assert loaded(args, ("dataclasses", "inspect"), cwd=work) == ["0"], args
+    # explain net compiles the rules as the egress proxy takes them (krate.egress).
+    explain = ["policy", "explain", "net", "registry.npmjs.org"]
+    assert loaded(explain, ("typer", "click", "krate.runs"), cwd=work) == ["0"]
 
 
 def test_a_tab_press_loads_neither_typer_nor_the_store(krate_home):

@@ -19,6 +19,15 @@ from typing import Any
 # of the values, body in views).
 JSON = {"--json": "json_"}
 MANY = "many"
+# The policy options of run and build (cli/policy_options.py), as flags_from takes them.
+POLICY = {
+    "--policy": ("policy", None),
+    "--allow-host": ("allow_host", MANY),
+    "--allow-private-host": ("allow_private_host", MANY),
+    "--allow-write": ("allow_write", MANY),
+    "--deny-read": ("deny_read", MANY),
+    "--env": ("env", MANY),
+}
 COMMANDS: dict[tuple[str, ...], tuple[dict, dict, tuple[str, ...], dict, str]] = {
     ("info",): (JSON, {}, (), {}, "info"),
     ("audit", "head"): (JSON, {}, (), {}, "audit_head"),
@@ -46,17 +55,17 @@ COMMANDS: dict[tuple[str, ...], tuple[dict, dict, tuple[str, ...], dict, str]] =
     ("audit", "network"): (JSON, {}, (), {}, "audit_network"),
     ("policy", "show"): (
         {**JSON, "--no-network": "no_network"},
-        {
-            "--policy": ("policy", None),
-            "--allow-host": ("allow_host", MANY),
-            "--allow-private-host": ("allow_private_host", MANY),
-            "--allow-write": ("allow_write", MANY),
-            "--deny-read": ("deny_read", MANY),
-            "--env": ("env", MANY),
-        },
+        POLICY,
         (),
         {},
         "policy_show_options",
+    ),
+    ("policy", "explain"): (
+        {**JSON, "--no-resolve": "no_resolve", "--no-network": "no_network"},
+        POLICY,
+        ("kind", "subject"),
+        {},
+        "policy_explain_options",
     ),
 }
 

@@ -93,48 +93,7 @@ def explain(
 
     Example: krate policy explain net github.com:22 --json
     """
-    from krate import render
-    from krate.policy.manage import explain as decide
-
-    effective = load_effective(flags, Path.cwd())
-    decision = decide(effective, kind, subject, cwd=Path.cwd())
-    out = decision.to_dict()
-    if kind == "net":
-        out.update(_as_run_would(effective, subject, decision, no_resolve))
-    if json_:
-        render.print_json(out)
-        return
-    line = f"{out['verdict']}\t{out['subject']}\t{out['rule']}\t[{out['layer']}]"
-    typer.echo(line + (f"\t{out['reason']}" if out.get("reason") else ""))
-
-
-def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
-    """What a run's connection meets beyond the rule: the resolved addresses and their check
-    (through the egress proxy, krate/resolve_early.py), and the flag that would allow it."""
-    from krate.egress import compile_private, compile_rules, helperlib
-    from krate.policy.hosts import allow_hint
-    from krate.policy.manage import net_subject
-
-    host, port = net_subject(subject)
-    if not decision.allowed and decision.layer == "input":
-        return {}  # not a host name or port at all: no flag would allow it
-    if not decision.allowed:
-        hint = allow_hint(host, port)
-        return {"reason": f"not allowed by the policy; to allow it: {hint}", "hint": hint}
-    if no_resolve:
-        return {}
-    from krate import resolve_early
-
-    config = {
-        "rules": compile_rules(effective),
-        "net_default": list(effective.net_default),
-        "private_ok": compile_private(effective),
-        "given": helperlib.given(),
-        "listen": "none",
-    }
-    answer = resolve_early.explain(config, host, port)
-    keep = ("verdict", "rule", "layer", "reason", "hint", "addresses")
-    return {k: answer[k] for k in keep if k in answer}
+    views.policy_explain(kind, subject, json_, no_resolve, flags)
 
 
 USER = typer.Option(
