@@ -48,7 +48,6 @@ COMMANDS: dict[tuple[str, ...], tuple[dict, dict, tuple[str, ...], dict, str]] =
     ("runs", "show"): (JSON, {}, ("run",), {}, "runs_show"),
     ("data", "where"): (JSON, {}, (), {}, "data_where"),
     ("image", "list"): (JSON, {}, (), {}, "image_list"),
-    # The policy options of run and build (cli/policy_options.py), as flags_from takes them.
     ("builds", "list"): (JSON, {"--limit": ("limit", 0)}, (), {}, "builds_list"),
     ("artifacts", "list"): (JSON, {"--limit": ("limit", 0)}, (), {}, "artifacts_list"),
     ("policy", "list"): (JSON, {}, (), {}, "policy_list"),

@@ -1,8 +1,9 @@
 """The bodies of the light read-only commands, without Typer.
 
-`cli/fastread.py` calls these before Typer is imported (Typer alone is ~5x the start
-of `python -c pass`); the Typer commands in info.py, audit.py, runs.py, data.py and
-image.py call the same functions, so both routes print the same bytes.
+`cli/fastread.py` calls these without importing Typer (Typer alone is ~5x the start of
+`python -c pass`); the Typer commands (info.py, audit.py, runs.py, builds.py,
+artifacts.py, policy.py, data.py, image.py) call the same functions, so both routes
+print the same bytes (tests/test_fastread.py compares them).
 """
 
 from __future__ import annotations
