@@ -13,7 +13,8 @@ so that they hold on any machine:
 - one TAB press (`_KRATE_COMPLETE=complete_bash`): at most 3x `python -c pass`.
 
 `python -c "import typer"` is printed without a goal: it is the floor of every command
-that goes through Typer (all but run/build, --version and TAB), ARCHITECTURE.md
+that goes through Typer (help, the writers and the rarer readers; not run/build, the
+light read-only commands of cli/fastread.py, --version or TAB), ARCHITECTURE.md
 "Start-up budget".
 
 Not timed: `audit list` without --limit prints the whole record, and `audit verify` and
@@ -66,6 +67,7 @@ COMMANDS = [
     ("audit list --json --limit 50", ["audit", "list", "--json", "--limit", "50"]),
     ("audit network", ["audit", "network"]),
     ("data where", ["data", "where"]),
+    ("image list", ["image", "list"]),
 ]
 COMPLETIONS = [
     ("TAB: krate au", "krate au", "1"),

@@ -36,7 +36,7 @@ def test_a_refusal_after_main_returned_still_exits_1_and_is_recorded(tmp_path, k
     assert run_krate("audit", "note", "before").returncode == 0
     for body, host in ((LATE_THREAD, "telemetry"), (LATE_EXIT_HANDLER, "late")):
         env = _plugin(tmp_path / host, body)
-        result = run_krate("audit", "head", env=env)
+        result = run_krate("audit", "verify", env=env)
         assert f"socket.getaddrinfo to {host}.example.com:443" in result.stderr, result.stderr
         assert result.returncode == 1, result.stderr
     events = json.loads(run_krate("audit", "list", "--kind", "guard.", "--json").stdout)
@@ -54,7 +54,7 @@ def test_a_refusal_after_the_last_settlement_exits_1_at_once(tmp_path, krate_hom
         "atexit.register(lambda: socket.getaddrinfo('last.example.com', 443))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    result = run_krate("audit", "head", env=env)
+    result = run_krate("audit", "verify", env=env)
     assert "socket.getaddrinfo to last.example.com:443" in result.stderr
     assert result.returncode == 1, result.stderr
 

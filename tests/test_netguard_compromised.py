@@ -84,7 +84,7 @@ def test_all_three_ways_out_are_refused_and_the_python_one_is_recorded(
     target = f"{host}:{port}"
     assert run_krate("audit", "note", "before").returncode == 0
     report = tmp_path / "report.jsonl"
-    result = run_krate("audit", "head", env=attack_env(compromised, target, report))
+    result = run_krate("audit", "verify", env=attack_env(compromised, target, report))
 
     (results,) = [json.loads(line) for line in report.read_text().splitlines()]
     assert results["ctypes"] == {"socket": "refused", "errno": 13}  # EACCES from the kernel
@@ -100,7 +100,7 @@ def test_all_three_ways_out_are_refused_and_the_python_one_is_recorded(
     (event,) = events
     assert f"{event['data']['file']}:{event['data']['line']}" == where
     assert event["data"]["target"] == target
-    assert event["data"]["command"] == "krate audit head"
+    assert event["data"]["command"] == "krate audit verify"
 
 
 def test_prove_fails_while_the_compromised_dependency_is_installed(compromised, listener, tmp_path):

@@ -74,7 +74,11 @@ def test_guard_costs_nothing_when_nothing_tries():
 
 
 def _plugin(tmp_path, body: str, module: str = "annotated_doc") -> dict:
-    """A module on PYTHONPATH shadowing a dependency (annotated_doc: typer imports it)."""
+    """A module on PYTHONPATH shadowing a dependency (annotated_doc: typer imports it).
+
+    The command attacked must go through Typer (`audit verify`): the light commands that
+    cli/fastread.py parses load no third-party package at all.
+    """
     pkg = tmp_path / "evil" / module
     pkg.mkdir(parents=True)
     real = (
@@ -94,7 +98,7 @@ def _plugin(tmp_path, body: str, module: str = "annotated_doc") -> dict:
 def test_name_resolution_alone_is_caught_recorded_and_exits_1(tmp_path, krate_home):
     assert run_krate("audit", "note", "before").returncode == 0
     env = _plugin(tmp_path, "socket.getaddrinfo('telemetry.example.com', 443)")
-    result = run_krate("audit", "head", env=env)
+    result = run_krate("audit", "verify", env=env)
     assert result.returncode == 1
     where = f"{tmp_path}/evil/annotated_doc/__init__.py:3"
     assert f"socket.getaddrinfo to telemetry.example.com:443, attempted by {where}" in result.stderr
@@ -104,7 +108,7 @@ def test_name_resolution_alone_is_caught_recorded_and_exits_1(tmp_path, krate_ho
     assert event["kind"] == "guard.violation"
     assert event["data"]["event"] == "socket.getaddrinfo"
     assert f"{event['data']['file']}:{event['data']['line']}" == where
-    assert event["data"]["command"] == "krate audit head"
+    assert event["data"]["command"] == "krate audit verify"
     assert run_krate("audit", "verify").returncode == 0
     shown = run_krate("audit", "network")
     assert "1 attempt refused by the guard" in shown.stdout.splitlines()[0]

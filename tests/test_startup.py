@@ -109,8 +109,17 @@ LIGHT_COMMANDS = (
     ["info"], ["info", "--json"], ["runs", "list"], ["runs", "show", "last"], ["builds", "list"],
     ["artifacts", "list"], ["policy", "list"], ["policy", "show"],
     ["policy", "explain", "net", "registry.npmjs.org"], ["audit", "head"], ["audit", "list"],
-    ["audit", "network"], ["data", "where"],
+    ["audit", "network"], ["data", "where"], ["image", "list"],
 )  # fmt: skip
+# The lines cli/fastread.py parses load no CLI framework (Typer alone is ~5x `python -c
+# pass`), and the read side of runs (runs_read.py) without the launch's modules.
+FAST_COMMANDS = [args for args in LIGHT_COMMANDS if args[:2] != ["policy", "explain"]]
+HEAVY_FOR_FAST = ("typer", "click", "krate.runs", "krate.run_prepare", "krate.egress",
+                  "krate.sandbox.spec", "krate.registry.keychain",
+                  "krate.images.blobs")  # fmt: skip
+# The record's everyday readers load no dataclasses (inspect, ast, dis: ~5 ms) either.
+RECORD_READERS = (["info"], ["runs", "list"], ["runs", "show", "last"], ["audit", "head"],
+                  ["audit", "list"], ["data", "where"], ["image", "list"])  # fmt: skip
 LOADED = (
     "import contextlib, io, os, sys; from krate.cli.main import main\n"
     "with contextlib.redirect_stdout(io.StringIO()):\n"
@@ -134,6 +143,19 @@ def test_light_commands_load_no_heavy_module(tmp_path, krate_home):
         assert loaded(args, HEAVY_FOR_COMMANDS, cwd=work) == ["0"], args
     # The export's temporary file (tempfile, random) too: `runs show` has it from egress/.
     assert loaded(["data", "where"], ("tempfile", "random"), cwd=work) == ["0"]
+
+
+def test_light_read_commands_load_no_cli_framework_and_no_launch_path(tmp_path, krate_home):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_krate(*AS_ROOT_RUN, "--no-network", "--", "true", cwd=work)  # a store with one run
+    for args in FAST_COMMANDS:
+        assert loaded(args, HEAVY_FOR_FAST, cwd=work) == ["0"], args
+    for args in RECORD_READERS:
+        assert loaded(args, ("dataclasses", "inspect"), cwd=work) == ["0"], args
+    # explain net compiles the rules as the egress proxy takes them (krate.egress).
+    explain = ["policy", "explain", "net", "registry.npmjs.org"]
+    assert loaded(explain, ("typer", "click", "krate.runs"), cwd=work) == ["0"]
 
 
 def test_a_tab_press_loads_neither_typer_nor_the_store(krate_home):

@@ -10,7 +10,7 @@ from typing import Any
 from krate import __version__
 from krate.netguard import guard, lockdown
 from krate.paths import Paths
-from krate.registry.keychain import backend_name
+from krate.registry.backend_name import backend_name
 from krate.sandbox.detect import detect
 
 
@@ -18,7 +18,7 @@ def gather(paths: Paths, environ: Mapping[str, str]) -> dict[str, Any]:
     from krate.store import inventory, open_store
 
     with open_store(paths, readonly=True) as store:
-        database = inventory.database(store, paths.db_path)  # as `krate data where` shows it
+        database = inventory.database(store, paths.db_path, by_kind=False)  # as `data where`
     backend = detect()
     return {
         "version": __version__,

@@ -48,6 +48,8 @@ from krate.records import NamedTuple
 from krate.redact import redact_argv
 from krate.run_prepare import Prepared, prepare
 from krate.run_prepare import broad_workspace as broad_workspace  # the CLI's and tests' name
+from krate.runs_read import list_runs as list_runs  # the callers' names: reading lives there
+from krate.runs_read import show_run as show_run
 from krate.sandbox import backend as backends
 from krate.sandbox import leftovers, placeholders, procstart, supervise
 from krate.sandbox.spec import SandboxSpec
@@ -57,8 +59,6 @@ if TYPE_CHECKING:
     from krate.policy.decide import EffectivePolicy
     from krate.sandbox.backend import Backend
     from krate.store.connection import Store
-    from krate.store.events import Event
-    from krate.store.runs import RunRow
 
 RUN_DIRS = leftovers.RUN_DIRS
 PKG_SUFFIX = ".pkg"  # the run folder of the sanitized npm and pip settings
@@ -538,42 +538,3 @@ def mark_interrupted(store: Store) -> list[str]:
             )  # fmt: skip
             marked.append(row.id)
     return marked
-
-
-# ---------------------------------------------------------------- reading
-
-
-def _effective(row: RunRow) -> RunRow:
-    if row.status == "running" and not leftovers.alive(row.krate_pid, row.krate_start):
-        return row._replace(status="interrupted", reason="krate was killed before the run finished")
-    return row
-
-
-def list_runs(paths: Paths, limit: int | None = None) -> list[RunRow]:
-    """Newest first; runs whose krate is gone show as interrupted."""
-    from krate.store import open_store
-    from krate.store import runs as runs_store
-
-    with open_store(paths, readonly=True) as store:
-        return [_effective(r) for r in runs_store.list_runs(store, limit)]
-
-
-def show_run(paths: Paths, ref: str) -> tuple[RunRow, list[dict[str, Any]], list[Event]]:
-    """One run (by id, unique id prefix or `last`), its decisions and its events."""
-    from krate.store import events, open_store
-    from krate.store import runs as runs_store
-
-    with open_store(paths, readonly=True) as store:
-        found = ids.resolve(
-            ref,
-            "run",
-            last=lambda: next(iter(runs_store.list_runs(store, 1)), None),
-            exact=lambda run_id: runs_store.get_run(store, run_id),
-            prefixed=lambda prefix: runs_store.runs_with_prefix(store, prefix),
-            none_yet="no runs yet",
-            listing="krate runs list",
-        )
-        row = _effective(found)
-        decisions = runs_store.decisions(store, row.id)
-        run_events = events.query(store, run_id=row.id)
-    return row, decisions, run_events

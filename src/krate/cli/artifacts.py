@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from krate.cli.common import paths, print_stored
+from krate.cli import views
+from krate.cli.common import paths
 from krate.cli.options import JSON, NEWEST
 from krate.plural import counted
 
@@ -26,27 +27,13 @@ app = typer.Typer(
 REF_HELP = "A digest (sha256:<hex> or bare hex), a unique digest prefix, or a file name (newest)."
 
 
-def _short(digest: str) -> str:
-    return digest[: len("sha256:") + 12]
-
-
 @app.command("list")
 def list_(limit: int = NEWEST, json_: bool = JSON) -> None:
     """List stored outputs, newest last: digest, size, name, build, when.
 
     Example: krate artifacts list --json | jq -r '.[].digest'
     """
-    from krate import render
-    from krate.store import artifacts as rows
-
-    print_stored(
-        rows.list_artifacts,
-        limit,
-        json_,
-        rows.ArtifactRow.to_dict,
-        ["digest", "size", "name", "build", "stored (UTC)"],
-        lambda a: (_short(a.digest), a.size, a.name, a.build_id, render.when(a.stored_at)),
-    )
+    views.artifacts_list(limit, json_)
 
 
 @app.command()

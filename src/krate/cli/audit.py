@@ -6,7 +6,8 @@ import json
 
 import typer
 
-from krate.cli.common import output_mode, paths
+from krate.cli import views
+from krate.cli.common import paths
 from krate.cli.complete import run_ids
 from krate.cli.options import JSON, NEWEST
 from krate.plural import counted
@@ -54,40 +55,7 @@ def list_(
 
     Example: krate audit list --since 1h --kind run. --jsonl | jq .data
     """
-    from krate import render
-    from krate.store import events, open_store
-    from krate.store.connection import utc_now
-    from krate.timeparse import parse_moment
-
-    mode = output_mode(json_, jsonl)
-    now = utc_now()
-    bounds = {
-        name: events.format_ts(parse_moment(value, now, option=f"--{name}")) if value else None
-        for name, value in (("since", since), ("until", until))
-    }
-    with open_store(paths(), readonly=True) as store:
-        rows = events.query(
-            store,
-            since=bounds["since"],
-            until=bounds["until"],
-            kind_prefix=kind,
-            run_id=run,
-            limit=limit,
-        )
-    if mode == "json":
-        render.print_json([e.to_dict() for e in rows])
-    elif mode == "jsonl":
-        render.print_jsonl(e.to_dict() for e in rows)
-    else:
-        render.table(
-            ["seq", "time (UTC)", "kind", "run", "data"],
-            ((e.seq, render.when(e.ts), e.kind, e.run_id or "", _brief(e.data)) for e in rows),
-        )
-
-
-def _brief(data: dict, width: int = 80) -> str:
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return text if len(text) <= width else text[: width - 1] + "…"
+    views.audit_list(since, until, kind, run, limit, json_, jsonl)
 
 
 @app.command()
@@ -123,15 +91,7 @@ def head(json_: bool = JSON) -> None:
 
     Example: krate audit head --json
     """
-    from krate import render
-    from krate.store import events, open_store
-
-    with open_store(paths(), readonly=True) as store:
-        current = events.head(store)
-    if json_:
-        render.print_json({"seq": current.seq, "hash": current.hash})
-    else:
-        typer.echo(f"{current.seq} {current.hash}")
+    views.audit_head(json_)
 
 
 @app.command()
@@ -182,21 +142,10 @@ def network(
 
     Example: krate audit network --prove --json | jq .proven
     """
-    from krate import render
-    from krate.netguard import lockdown, report
-
     if prove:
         _prove(json_)
         return
-    from krate.store import open_store
-
-    with open_store(paths(), readonly=True) as store:
-        summary = report.summarize(store, lockdown.state())
-    if json_:
-        render.print_json(summary)
-        return
-    for line in report.lines(summary):
-        typer.echo(line)
+    views.audit_network(json_)
 
 
 def _prove(json_: bool) -> None:

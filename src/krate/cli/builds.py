@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from krate.cli.common import paths, print_stored
+from krate.cli import views
+from krate.cli.common import paths
 from krate.cli.options import JSON, NEWEST
 
 app = typer.Typer(
@@ -23,17 +24,7 @@ def list_(limit: int = NEWEST, json_: bool = JSON) -> None:
 
     Example: krate builds list --json | jq -r '.[].id'
     """
-    from krate import render
-    from krate.store import artifacts as rows
-
-    print_stored(
-        rows.list_builds,
-        limit,
-        json_,
-        rows.BuildRow.summary,
-        ["id", "time (UTC)", "name", "run", "outputs"],
-        lambda b: (b.id, render.when(b.created), b.name or "", b.run_id or "", b.subjects),
-    )
+    views.builds_list(limit, json_)
 
 
 @app.command()

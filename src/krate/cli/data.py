@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from krate.cli import views
 from krate.cli.common import paths
 from krate.cli.options import JSON
 from krate.plural import counted
@@ -87,31 +88,7 @@ def _confirm(question: str, yes: bool, what: str) -> None:
         raise KrateError(f"nothing changed ({what} not confirmed)")
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def _records(records: dict) -> str:
-    parts = []
-    for key, value in records.items():
-        if key == "events_by_kind":
-            if value:
-                parts.append("(" + ", ".join(f"{k} {n}" for k, n in value.items()) + ")")
-        elif key == "tables":
-            if value:
-                parts.append("tables: " + ", ".join(f"{k} {n}" for k, n in value.items()))
-        elif key == "accounts":
-            parts += [f"{a['service']}/{a['account']}" for a in value]
-        elif key == "files" and isinstance(value, dict):
-            continue
-        else:
-            parts.append(f"{value} {key[:-1] if value == 1 and key.endswith('s') else key}")
-    return " ".join(parts)
+_size = views.size  # also the export and delete messages'
 
 
 @app.command()
@@ -120,26 +97,7 @@ def where(json_: bool = JSON) -> None:
 
     Example: krate data where --json | jq '.places[] | {place, path, bytes}'
     """
-    from krate import render
-    from krate.privacy.where import where as inventory
-
-    found = inventory(paths())
-    if json_:
-        render.print_json(found)
-        return
-    render.table(
-        ["place", "path", "size", "records", "note"],
-        (
-            (
-                p["place"],
-                p["path"] or "",
-                _size(p["bytes"]) if p["exists"] else "absent",
-                _records(p["records"]),
-                p["note"],
-            )
-            for p in found["places"]
-        ),
-    )
+    views.data_where(json_)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from krate.cli import views
 from krate.cli.common import paths
 from krate.cli.complete import image_names
 from krate.cli.image_pull import pull
@@ -37,10 +38,6 @@ NAMES_ARG = typer.Argument(
 )
 NAME_ARG = typer.Argument(..., help=NAME_HELP, autocompletion=image_names)
 ONLY_ARG = typer.Argument(None, help="Only this image. " + NAME_HELP, autocompletion=image_names)
-
-
-def _short(digest: str | None) -> str:
-    return digest[: len("sha256:") + 12] if digest else ""
 
 
 @app.command("import")
@@ -77,20 +74,7 @@ def list_(json_: bool = JSON) -> None:
 
     Example: krate image list --json | jq -r '.[].ref'
     """
-    from krate import render
-    from krate.images import catalog
-    from krate.store import open_store
-
-    with open_store(paths(), readonly=True) as store:
-        found = catalog.list_images(store)
-    if json_:
-        render.print_json([r._asdict() for r in found])
-        return
-    render.table(
-        ["name", "config", "layers", "source", "added (UTC)"],
-        ((r.ref, _short(r.config_digest), len(r.layers), r.source, render.when(r.added))
-         for r in found),
-    )  # fmt: skip
+    views.image_list(json_)
 
 
 @app.command()

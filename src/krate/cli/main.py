@@ -250,6 +250,14 @@ def _dispatch(args: list[str]) -> int:
             if args[0] == "build":
                 return workload.build_workload(options)
             return workload.run_workload(options)
+        if not completing:
+            # The light read-only commands: parsed without Typer (cli/fastread.py), after
+            # the guard and lockdown, as Typer's route; anything unusual goes to Typer.
+            from krate.cli import fastread
+
+            light = fastread.parse(args)
+            if light is not None:
+                return fastread.run(light)
         if os.environ.get("NO_COLOR"):
             # Typer's help honours NO_COLOR for colours but still writes bold; this, read
             # when its help module is imported, keeps every escape code out (no rich import).

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from krate.cli import views
 from krate.cli.common import paths
 from krate.cli.options import JSON
 from krate.cli.policy_options import load_effective, policy_options, read_trust
@@ -34,19 +35,7 @@ def list_(json_: bool = JSON) -> None:
 
     Example: krate policy list --json
     """
-    from krate import render
-    from krate.policy.manage import list_policies
-
-    config = paths()
-    trusted, _ = read_trust(config)
-    rows = list_policies(workspace=Path.cwd(), user_policy_path=config.user_policy, trusted=trusted)
-    if json_:
-        render.print_json(rows)
-        return
-    render.table(
-        ["name", "kind", "state", "path", "description"],
-        ((r["name"], r["kind"], r["state"], r["path"] or "", r["description"]) for r in rows),
-    )
+    views.policy_list(json_)
 
 
 @app.command()
@@ -58,46 +47,7 @@ def show(json_: bool = JSON, *, flags) -> None:
 
     Example: krate policy show --policy strict --allow-host api.example.com
     """
-    from krate import render
-
-    effective = load_effective(flags, Path.cwd())
-    if json_:
-        render.print_json(effective.to_dict())
-        return
-    out = sys.stdout.write
-    data = effective.to_dict()
-    out(f"policy {effective.name}  sha256:{effective.hash}\n")
-    out(f"workspace {effective.workspace}\n")
-    for layer in data["layers"]:
-        if layer["source"]:
-            state = "trusted" if layer["trusted"] else "NOT trusted: may only narrow"
-            out(f"layer {layer['layer']}: {layer['source']} ({state})\n")
-    rows = []
-    for section in ("deny_read", "read_only", "allow_write"):
-        rows += [(section, r["path"], r["rule"], r["layer"]) for r in data["filesystem"][section]]
-    allow = data["network"]["allow"]
-    rows += [("network", r["pattern"], r["rule"], r["layer"]) for r in allow]
-    private = data["network"].get("private_ok", [])
-    rows += [("private_ok", r["pattern"], r["rule"], r["layer"]) for r in private]
-    otherwise = data["network"]["otherwise"]
-    rows.append(
-        (
-            "network",
-            "(anything else)" if allow else "(no network)",
-            "deny: " + otherwise["rule"],
-            otherwise["layer"],
-        )
-    )
-    for layer in data["env"]:
-        rows += [("env pass", name, "", layer["layer"]) for name in layer["pass"]]
-        rows += [("env strip", name, "", layer["layer"]) for name in layer["strip"]]
-    for name, limit in data["limits"].items():
-        if limit["value"] is not None:
-            rows.append(("limits", f"{name} = {limit['value']}", "", limit["layer"]))
-    sys.stdout.flush()
-    render.table(["section", "value", "rule", "layer"], rows)
-    for note in effective.ignored:
-        out(f"ignored: {note}\n")
+    views.policy_show(json_, flags)
 
 
 @app.command()
@@ -145,54 +95,7 @@ def explain(
 
     Example: krate policy explain net github.com:22 --json
     """
-    from krate import render
-    from krate.policy.manage import explain as decide
-
-    effective = load_effective(flags, Path.cwd())
-    decision = decide(effective, kind, subject, cwd=Path.cwd())
-    out = decision.to_dict()
-    if kind == "net":
-        out.update(_as_run_would(effective, subject, decision, no_resolve))
-    if json_:
-        render.print_json(out)
-        return
-    line = f"{out['verdict']}\t{out['subject']}\t{out['rule']}\t[{out['layer']}]"
-    typer.echo(line + (f"\t{out['reason']}" if out.get("reason") else ""))
-
-
-def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
-    """What a run's connection meets beyond the rule: the resolved addresses and their check
-    (through the egress proxy, krate/resolve_early.py), and the flag that would allow it."""
-    from krate.denials import policy_fix
-    from krate.egress import compile_private, compile_rules, helperlib
-    from krate.policy.hosts import allow_hint
-    from krate.policy.manage import net_subject
-
-    host, port = net_subject(subject)
-    if not decision.allowed and decision.layer == "input":
-        return {}  # not a host name or port at all: no flag would allow it
-    if not decision.allowed:
-        hint = allow_hint(host, port)
-        return {"reason": f"not allowed by the policy; to allow it: {hint}", "hint": hint}
-    if no_resolve:
-        return {}
-    from krate import resolve_early
-
-    config = {
-        "rules": compile_rules(effective),
-        "net_default": list(effective.net_default),
-        "private_ok": compile_private(effective),
-        "given": helperlib.given(),
-        "listen": "none",
-    }
-    answer = resolve_early.explain(config, host, port)
-    keep = ("verdict", "rule", "layer", "reason", "hint", "addresses")
-    out = {k: answer[k] for k in keep if k in answer}
-    fix = policy_fix(str(out.get("hint") or ""), host, port) if out.get("verdict") == "deny" else ""
-    if fix:  # the policy-side fix, next to the flag
-        out["command"] = fix
-        out["reason"] = f"{out.get('reason', '')} (for every run: {fix})"
-    return out
+    views.policy_explain(kind, subject, json_, no_resolve, flags)
 
 
 USER = typer.Option(

@@ -30,13 +30,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
 from krate.records import NamedTuple
+from krate.runs_read import summarize_hosts  # `runs show` reads it without this package
 from krate.sandbox.backend import BRIDGE as VIA_BRIDGE
 from krate.sandbox.backend import GUESTFWD as VIA_GUESTFWD
 from krate.sandbox.backend import LOOPBACK as VIA_LOOPBACK
@@ -442,24 +442,6 @@ def spawn_early(
     recover(paths)
     limits = DEFAULT_LIMITS._replace(threads=capabilities.relay_threads)
     return spawn_for_run(policy, run_id, paths, network=capabilities.network, limits=limits)
-
-
-def summarize_hosts(decisions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Hosts a run contacted, from its decision events: verdicts, connections, bytes."""
-    rows: dict[tuple, dict[str, Any]] = {}
-    for d in decisions:
-        if d.get("area") != "network":
-            continue
-        key = (d.get("host"), d.get("port"), d.get("verdict"))
-        row = rows.setdefault(
-            key,
-            {"host": key[0], "port": key[1], "verdict": key[2], "connections": 0,
-             "bytes_up": 0, "bytes_down": 0},
-        )  # fmt: skip
-        row["connections"] += d.get("repeats") or 1  # a count event stands for its repeats
-        row["bytes_up"] += d.get("bytes_up") or 0
-        row["bytes_down"] += d.get("bytes_down") or 0
-    return list(rows.values())
 
 
 def clean_stale(tmp: str | None = None) -> None:

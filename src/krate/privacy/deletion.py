@@ -33,6 +33,7 @@ from krate.paths import DB_NAME, Paths, ensure_private_dir
 from krate.plural import counted
 from krate.privacy import GRACE, pending_area
 from krate.privacy.keychain import KeychainEntry, Remover, entries_in, remove_entries
+from krate.privacy.places import separate_config, tree_size
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 CONFIG_NAME = ".krate-config"
@@ -57,35 +58,11 @@ def parse_stamp(name: str) -> datetime | None:
         return None
 
 
-def tree_size(path: Path) -> tuple[int, int]:
-    """(bytes, files) under `path`, not following symlinks; (0, 0) if it does not exist."""
-    if not path.exists():
-        return 0, 0
-    if path.is_file():
-        return path.lstat().st_size, 1
-    size = files = 0
-    for root, _dirs, names in os.walk(path):
-        for name in names:
-            try:
-                size += os.lstat(os.path.join(root, name)).st_size
-                files += 1
-            except FileNotFoundError:
-                pass
-    return size, files
-
-
 def has_content(path: Path) -> bool:
     try:
         return any(path.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return False
-
-
-def separate_config(paths: Paths) -> Path | None:
-    """The config folder when it is not the data folder itself (it then needs moving too)."""
-    if paths.config_dir.absolute() == paths.data_dir.absolute():
-        return None
-    return paths.config_dir
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 from krate import sha
 from krate.errors import KrateError, UsageError
-from krate.paths import DB_NAME, Paths
+from krate.paths import Paths
+from krate.privacy.places import EXPORTED_KIND as EXPORTED_KIND
+from krate.privacy.places import config_files
 
 if TYPE_CHECKING:
     import zipfile
 
     from krate.store import Store
 
-EXPORTED_KIND = "data.exported"
 
 # What each known table holds, for README.txt; tables not named here get a generic line.
 TABLE_NOTES = {
@@ -200,19 +201,6 @@ class _Zip:
 
     def close(self) -> None:
         self.zip.close()
-
-
-def config_files(paths: Paths) -> list[Path]:
-    """The user's own files in the config folder (user policy, trust files), not krate.db."""
-    folder = paths.config_dir
-    if not folder.is_dir():
-        return []
-    from krate.store.headcopy import NAME as HEAD_COPY
-
-    # krate's own files when both folders are one (KRATE_HOME); the head copy's seq and
-    # hash are the export's chain head (manifest.json), not a file of the user's.
-    skip = {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", HEAD_COPY}
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in skip)
 
 
 def artifact_files(paths: Paths) -> list[Path]:

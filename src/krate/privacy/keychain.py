@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from krate.registry.keychain import SERVICE
+from krate.registry.backend_name import SERVICE
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,6 @@ class KeychainEntry:
 
 
 Remover = Callable[[Sequence[KeychainEntry]], list[KeychainEntry]]
-REMOVAL_AVAILABLE = True  # `krate data delete --now` removes them (krate.registry.keychain)
 
 
 def entries_in(db_path: Path) -> list[KeychainEntry]:

@@ -17,28 +17,14 @@ file, and keyring's "fail"/"null" placeholders, are refused.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from krate.errors import KrateError
+from krate.registry.backend_name import SERVICE as SERVICE  # callers import both here
+from krate.registry.backend_name import backend_name as backend_name
 
-SERVICE = "krate"
-_PLATFORM_BACKENDS = {
-    "darwin": "keyring.backends.macOS.Keyring",
-    "linux": "keyring.backends.SecretService.Keyring",
-}
-_FAIL = "keyring.backends.fail.Keyring"
 _REFUSED = ("keyring.backends.fail.", "keyring.backends.null.")
-
-
-def backend_name(environ: Mapping[str, str], platform: str = sys.platform) -> str:
-    override = environ.get("PYTHON_KEYRING_BACKEND")
-    if override:
-        return override
-    key = "linux" if platform.startswith("linux") else platform
-    return _PLATFORM_BACKENDS.get(key, _FAIL)
 
 
 def _install_hint(name: str) -> str:

@@ -34,11 +34,13 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from krate import sha
 from krate.paths import DIR_MODE, FILE_MODE, ensure_private_dir
-from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, Bind, SandboxSpec, is_within
+
+if TYPE_CHECKING:
+    from krate.sandbox.spec import SandboxSpec
 
 CACHES = "caches"  # under the data folder
 WORKSPACE_FILE = "workspace"  # the project's path, for `krate data where` and prune
@@ -128,6 +130,8 @@ def apply(
     usual paths where they exist (`mounts`), else named by the tools' variables. A root krate
     running the workload as the workspace's owner gets none (that user cannot reach root's
     data folder)."""
+    from krate.sandbox.spec import Bind  # loaded by the run already; `data where` needs none
+
     if spec.run_as is not None:
         return spec
     if not mounts:
@@ -168,6 +172,8 @@ def _place(dest: Path, spec: SandboxSpec) -> str:
     bubblewrap can only mount onto a path that exists, and krate never creates one in the
     user's home: the run leaves the host as it was.
     """
+    from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, is_within
+
     writable = {*spec.writable, *spec.declared_writable}
     if any(is_within(dest, w) or is_within(w, dest) for w in writable):
         return LEAVE

@@ -119,12 +119,14 @@ def end_snapshot(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
-def database(store: Any, db_path: Path) -> dict[str, Any]:
+def database(store: Any, db_path: Path, *, by_kind: bool = True) -> dict[str, Any]:
     """The database as `krate info` and `krate data where` both report it.
 
     `store` is open read-only; when no database exists yet it is the empty in-memory
     one, whose schema is not the user's: then nothing is counted and the schema
     version is None. The size counts the WAL, shared-memory and head-copy files too.
+    `by_kind=False` (info): no counts per kind, whose GROUP BY walks every event
+    (~9 ms at 100,000 events), and the events counted as the table's rows.
     """
     from krate.store.headcopy import NAME as HEAD_COPY
 
@@ -132,14 +134,15 @@ def database(store: Any, db_path: Path) -> dict[str, Any]:
     names = {db_path.name + s: Path(str(db_path) + s) for s in ("", "-wal", "-shm")}
     names[HEAD_COPY] = db_path.with_name(HEAD_COPY)
     sizes = {name: p.stat().st_size for name, p in names.items() if p.exists()}
-    kinds = event_kind_counts(store.conn) if present else {}
+    kinds = event_kind_counts(store.conn) if present and by_kind else {}
+    counts = table_counts(store.conn) if present else {}
     return {
         "path": str(db_path),
         "exists": db_path.exists(),
         "bytes": sum(sizes.values()),
         "files": sizes,
         "schema_version": store.schema_version if present else None,
-        "events": sum(kinds.values()),
+        "events": sum(kinds.values()) if by_kind else counts.get("events", 0),
         "events_by_kind": kinds,
-        "tables": table_counts(store.conn) if present else {},
+        "tables": counts,
     }
