@@ -124,7 +124,11 @@ def execute(
     backend = backend or request.backend or backends.choose()
     run_id = new_run_id()
     # 1 prepare: the proxy, if any, starts first: it imports while the run is prepared
-    session = _egress(policy, run_id, paths, backend)
+    session, egress_failed = None, None
+    try:
+        session = _egress(policy, run_id, paths, backend)
+    except KrateError as exc:  # e.g. its journal's folder: recorded as the run's failure below
+        egress_failed = exc
     try:
         leftovers.sweep_stale(paths.data_dir / RUN_DIRS)
         since = watch.clock()
@@ -142,6 +146,8 @@ def execute(
             record.finish("refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
             raise prepared.refusal
         try:
+            if egress_failed is not None:
+                raise egress_failed
             _check_command(spec, backend, policy)
             hints = _path_hints(spec, backend, policy)
             outcome = _launch(backend, policy, record, request.lock_down, session)
