@@ -111,6 +111,29 @@ def test_the_emergency_exit_is_three_ctrl_close_brackets_across_reads():
         assert len(calls) == expected, chunks
 
 
+@linux
+def test_raw_mode_passes_every_key_and_the_size_is_read():
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = os.openpty()
+    try:
+        fcntl.ioctl(leader, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        assert vm_stdin.size(follower) == (33, 101)
+        assert not vm_stdin.terminal(follower)  # not krate's own foreground terminal
+        vm_stdin.raw(follower)
+        iflag, oflag, _, lflag, *_ = termios.tcgetattr(follower)
+        assert not lflag & (termios.ECHO | termios.ICANON | termios.ISIG)  # Ctrl-C: a byte
+        assert not iflag & (termios.ICRNL | termios.IXON) and not oflag & termios.OPOST
+        os.write(leader, b"\x03\x1a\r")
+        assert os.read(follower, 10) == b"\x03\x1a\r"
+    finally:
+        os.close(leader), os.close(follower)
+    with open(os.devnull) as null:
+        assert vm_stdin.size(null.fileno()) == (24, 80)  # not a terminal: the usual size
+
+
 def wait_until_empty(fd: int) -> None:
     import fcntl
     import struct
