@@ -24,6 +24,7 @@ from krate.sandbox import vm
 
 from .conftest import KRATE, chown_tree, wait_for
 from .egress_support import Server
+from .terminal_support import Terminal
 
 MISSING = [p.name for p in vm.status(plat="linux") if p.found is None]
 pytestmark = [
@@ -33,7 +34,7 @@ pytestmark = [
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 APPLETS = ("sh", "echo", "cat", "ls", "id", "mkdir", "mount", "touch", "sleep", "kill", "wget",
            "nc", "test", "true", "chroot", "cut", "tail", "tr", "head", "wc",
-           "sha256sum")  # fmt: skip
+           "sha256sum", "stty")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -405,3 +406,43 @@ def test_stdin_from_a_file_as_the_workspace_owner_partly_read(user_vmbox, image_
     assert out.stdout.splitlines() == ["got=line one", "1000"]
     shown = user_vmbox.last_run()
     assert shown["exit_code"] == 4 and shown["status"] == "finished"
+
+
+TYPED = (
+    "test -t 0 && echo in-tty; test -t 1 && echo out-tty; stty size; "
+    'read x; echo "got $x"; i=0; '
+    'while test "$(stty size)" != "40 120" && test $i -lt 300; do sleep 0.1; i=$((i + 1)); done; '
+    "stty size; "
+    "trap 'echo got-INT' INT; echo ready; sleep 30; echo after-sleep; sleep 120; echo never"
+)
+
+
+def test_on_a_terminal_the_guest_has_one_keys_raw_and_an_emergency_exit(
+    vmbox, image_root, terminals
+):
+    """krate on a terminal: the workload's stdin and stdout are a terminal of the host's size;
+    a typed line is echoed and read; a resized window resizes it; Ctrl-C is a byte (the
+    guest's terminal signals the workload, krate keeps running); three Ctrl-] kill the VM
+    (130, recorded) and the host's terminal gets its modes back."""
+    term = Terminal(
+        vmbox.argv(image_root, "--policy", "strict", "--", "sh", "-c", TYPED),
+        env=vmbox.env(), cwd=vmbox.ws, rows=33, cols=101,
+    )  # fmt: skip
+    terminals.append(term)
+    before = term.modes()
+    at = term.expect(rb"in-tty\r\nout-tty\r\n33 101\r\n", timeout=180)
+    term.send(b"hello there\r")
+    at = term.expect(rb"hello there\r\ngot hello there\r\n", at)
+    term.resize(40, 120)  # the window resized: SIGWINCH to krate, the new size to the guest
+    at = term.expect(rb"40 120\r\nready\r\n", at)
+    raw = term.modes()
+    assert raw != before  # raw while the run goes: the host's terminal does not echo
+    term.send(b"\x03")  # a byte: the guest's terminal sends SIGINT to the workload
+    at = term.expect(rb"got-INT\r\nafter-sleep\r\n", at)
+    assert term.proc.poll() is None  # krate itself got no SIGINT
+    term.send(b"\x1d\x1d\x1d")
+    assert term.wait(timeout=60) == 130
+    assert b"Ctrl-] three times" in term.out[at:] and b"never" not in term.out
+    assert term.modes() == before
+    shown = vmbox.last_run()
+    assert shown["exit_code"] == 130 and shown["status"] == "interrupted"

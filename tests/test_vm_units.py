@@ -83,6 +83,67 @@ def test_stdin_is_a_port_read_from_qemus_own_descriptor_0_only_when_asked():
     assert "stdio,id=stdin,signal=off" in after(argv, "-chardev")
     assert "virtserialport,chardev=stdin,name=krate.stdin" in after(argv, "-device")
     assert not any("stdio" in c for c in after(qemu.command(plan()), "-chardev"))  # the probe
+    on_terminal = after(qemu.command(plan(stdin=True, terminal=True)), "-device")
+    assert "virtconsole,chardev=stdin,name=krate.stdin" in on_terminal  # the guest's hvc0
+
+
+def test_the_emergency_exit_is_three_ctrl_close_brackets_across_reads():
+    import threading
+
+    calls: list[int] = []
+    for chunks, expected in (
+        ([b"a\x1d\x1d\x1db"], 1),
+        ([b"\x1d", b"\x1d", b"\x1d"], 1),  # a raw terminal gives one key per read
+        ([b"\x1d\x1d", b"x\x1d"], 0),
+    ):
+        calls.clear()
+        reader, writer = os.pipe()
+        sink_r, sink_w = os.pipe()
+        t = threading.Thread(target=vm_stdin.copy, args=(reader, sink_w, lambda: calls.append(1)))
+        t.start()
+        for chunk in chunks:  # one read per chunk
+            os.write(writer, chunk)
+            wait_until_empty(reader)
+        os.close(writer)
+        t.join(10)
+        assert os.read(sink_r, 100) == b"".join(chunks)  # the bytes still reach the guest
+        os.close(sink_r), os.close(reader)
+        assert len(calls) == expected, chunks
+
+
+@linux
+def test_raw_mode_passes_every_key_and_the_size_is_read():
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = os.openpty()
+    try:
+        fcntl.ioctl(leader, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        assert vm_stdin.size(follower) == (33, 101)
+        assert not vm_stdin.terminal(follower)  # not krate's own foreground terminal
+        vm_stdin.raw(follower)
+        iflag, oflag, _, lflag, *_ = termios.tcgetattr(follower)
+        assert not lflag & (termios.ECHO | termios.ICANON | termios.ISIG)  # Ctrl-C: a byte
+        assert not iflag & (termios.ICRNL | termios.IXON) and not oflag & termios.OPOST
+        os.write(leader, b"\x03\x1a\r")
+        assert os.read(follower, 10) == b"\x03\x1a\r"
+    finally:
+        os.close(leader), os.close(follower)
+    with open(os.devnull) as null:
+        assert vm_stdin.size(null.fileno()) == (24, 80)  # not a terminal: the usual size
+
+
+def wait_until_empty(fd: int) -> None:
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    deadline = time.monotonic() + 10
+    while struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def test_the_stdin_relay_copies_until_the_end_then_closes_and_stops_when_qemu_is_gone(

@@ -29,8 +29,11 @@ of the user's home) and under its own seccomp filter (`-sandbox on`).
 The workload's exit status comes back on a virtio-serial port (`started`, then
 `exit N`, 128+N for a signal); a guest that never reports `started` within the
 boot bound is killed: 125 with the console's last lines. krate's stdin reaches
-the workload through a pipe krate fills and a serial port (vm_stdin.py).
-Signals krate forwards reach the workload through the control share (`signals`).
+the workload through a pipe krate fills and a serial port (vm_stdin.py); when
+it is a terminal, that port is the guest's console, the workload's terminal, and
+the host's terminal is raw for the run (restored when QEMU ends, and again by
+supervise.terminal_kept). Signals krate forwards reach the workload through the
+control share (`signals`), and so does a new window size (`w ROWS COLS`).
 """
 
 from __future__ import annotations
@@ -146,12 +149,17 @@ class Qemu(Installed):
             _private_write(control / "run.sh", text)
             if spec.network == "proxy":
                 _private_write(control / "net", "")
+            terminal = vm_stdin.terminal(0)
+            if terminal:  # the guest's terminal: its size, and which of stdout/stderr use it
+                rows, cols = vm_stdin.size(0)
+                tty = f"{rows} {cols} {int(os.isatty(1))} {int(os.isatty(2))}\n"
+                _private_write(control / "tty", tty)
             if spec.run_as is not None:  # QEMU runs as the workspace's owner
                 for path in (folder, control, *control.iterdir()):
                     os.chown(path, spec.run_as.uid, spec.run_as.gid)
             assert self.rootfs is not None
             with QemuLauncher(
-                spec, self.executable, kernel, initrd, self.rootfs, folder, accel
+                spec, self.executable, kernel, initrd, self.rootfs, folder, accel, terminal
             ) as launcher:
                 yield launcher
 
@@ -226,10 +234,14 @@ def _output(fd: int, fds: list[int]) -> qemu.Output:
 
 
 def _die_with_parent(
-    run_as, parent: int, stdin: Callable[[], int] = lambda: -1
+    run_as,
+    parent: int,
+    stdin: Callable[[], int] = lambda: -1,
+    echo: Callable[[], int] = lambda: -1,
 ) -> Callable[[], None]:
     """In QEMU's child: descriptor 0 the stdin pipe's read end (`stdin()`, else /dev/null),
-    1 /dev/null (what the guest writes into its stdin port goes nowhere), the owner's ids,
+    1 the terminal's write-only copy (`echo()`: the guest's console writes there), else
+    /dev/null (what the guest writes into its stdin port goes nowhere), the owner's ids,
     then PR_SET_PDEATHSIG."""
     import ctypes
 
@@ -239,7 +251,8 @@ def _die_with_parent(
         null = os.open(os.devnull, os.O_RDWR)
         source = stdin()
         os.dup2(source if source >= 0 else null, 0)
-        os.dup2(null, 1)
+        out = echo()
+        os.dup2(out if out >= 0 else null, 1)
         os.close(null)
         if run_as is not None:
             os.setgroups(list(run_as.groups))
@@ -257,13 +270,14 @@ class QemuLauncher(Launcher):
 
     def __init__(
         self, spec: SandboxSpec, exe: str, kernel: Path, initrd: Path, rootfs: Path,
-        folder: Path, accel: str,
+        folder: Path, accel: str, tty: bool = False,
     ) -> None:  # fmt: skip
         env = {"PATH": os.defpath, "LC_ALL": "C"}
         self.stdin: vm_stdin.Relay | None = None
+        self.tty, self.echo, self.saved_mode = tty, -1, None
+        preexec = _die_with_parent(spec.run_as, os.getpid(), self._stdin_reader, lambda: self.echo)
         super().__init__(
-            env, preexec=_die_with_parent(spec.run_as, os.getpid(), self._stdin_reader),
-            wall_seconds=spec.limits.wall_seconds, terminal=False,
+            env, preexec=preexec, wall_seconds=spec.limits.wall_seconds, terminal=False
         )  # fmt: skip
         self.spec, self.exe, self.accel = spec, exe, accel
         self.kernel, self.initrd, self.rootfs, self.folder = kernel, initrd, rootfs, folder
@@ -273,14 +287,49 @@ class QemuLauncher(Launcher):
         return self.stdin.reader if self.stdin is not None else -1
 
     def _spawn(self) -> None:
-        """QEMU with the stdin pipe's read end as its descriptor 0; then the relay (vm_stdin.py)."""
-        self.stdin = vm_stdin.Relay()
+        """QEMU with the stdin pipe's read end as its descriptor 0; then the relay (vm_stdin.py).
+
+        On a terminal: QEMU's descriptor 1 is a write-only descriptor of it (opened anew, so
+        QEMU's O_NONBLOCK never reaches the user's shell), and the terminal goes raw."""
+        self.stdin = vm_stdin.Relay(escape=self._escape if self.tty else None)
         try:
+            if self.tty:
+                self.echo = os.open("/proc/self/fd/0", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
             super()._spawn()
         except BaseException:
             self.stdin.abandon()
             raise
+        finally:
+            if self.echo >= 0:
+                os.close(self.echo)
+                self.echo = -1
+        if self.tty:
+            import termios
+
+            with contextlib.suppress(termios.error, OSError):
+                self.saved_mode = termios.tcgetattr(0)
+                vm_stdin.raw(0)
         self.stdin.start()
+
+    def _escape(self) -> None:
+        """Three Ctrl-] from the raw terminal (the relay's thread): kill the VM."""
+        self.restore_terminal()
+        with contextlib.suppress(OSError):
+            os.write(2, b"\r\nkrate: Ctrl-] three times: the micro-VM is killed\r\n")
+        self._kill_early(signal.SIGINT)
+
+    def restore_terminal(self) -> None:
+        """The terminal's modes as before the run (supervise.terminal_kept does it again)."""
+        saved, self.saved_mode = self.saved_mode, None
+        if saved is not None:
+            import termios
+
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(0, termios.TCSANOW, saved)
+
+    def close(self) -> None:
+        self.restore_terminal()
+        super().close()
 
     def plan(self, fds: list[int]) -> qemu.Plan:
         def fd_path(path: Path, flags: int) -> str:
@@ -318,6 +367,7 @@ class QemuLauncher(Launcher):
             forwards=forwards,
             machine=platform.machine(),
             stdin=True,
+            terminal=self.tty,
         )
 
     def command(self, fds: list[int]) -> list[str]:
@@ -361,15 +411,23 @@ class QemuLauncher(Launcher):
         self.forwarded.append(signum)
         if signum == signal.SIGINT and self._insists():
             self._kill_early(signum)
-        elif signum != getattr(signal, "SIGWINCH", -1):  # the guest has no terminal
+        elif signum == getattr(signal, "SIGWINCH", -1):  # the guest's terminal, if any
+            if self.tty:
+                rows, cols = vm_stdin.size(0)
+                self._tell_guest(f"w {int(rows)} {int(cols)}")
+        else:
             self.signal_workload(signum)
 
     def signal_workload(self, signum: int) -> None:
+        self._tell_guest(str(int(signum)))
+
+    def _tell_guest(self, line: str) -> None:
+        """A line to the guest's watcher: a signal number, or `w ROWS COLS` (a new size)."""
         path = self.folder / "in" / "signals"
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # numbers only
             try:
-                os.write(fd, f"{int(signum)}\n".encode())
+                os.write(fd, f"{line}\n".encode())
             finally:
                 os.close(fd)
 
@@ -435,7 +493,10 @@ class QemuLauncher(Launcher):
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
-        return super().wait()
+        try:
+            return super().wait()
+        finally:
+            self.restore_terminal()
 
 
 def _proxy_ports(env) -> list[int]:

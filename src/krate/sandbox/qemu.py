@@ -14,7 +14,10 @@ Shares (9p, `security_model=none`: files keep the QEMU user's ownership on the h
 Input: the workload's stdin is a virtio-serial port backed by `-chardev stdio`, i.e.
 QEMU's own descriptor 0, which krate makes a private pipe it fills (vm_stdin.py):
 that chardev reads only while the guest can take bytes and reports end of file
-only after the last of them.
+only after the last of them. When krate's stdin is a terminal that port is a
+virtio console instead (`virtconsole`): the guest's /dev/hvc0, a real terminal
+whose echo and output QEMU writes to its descriptor 1, a write-only descriptor of
+krate's terminal (vm_stdin.py).
 
 Output: the workload's stdout and stderr are virtio-serial ports backed by krate's
 own descriptors 1 and 2, handed to QEMU as fd sets (`-add-fd`): a file krate's
@@ -73,6 +76,7 @@ class Plan(NamedTuple):
     forwards: tuple[tuple[int, str], ...] = ()
     machine: str = "x86_64"
     stdin: bool = False  # the `krate.stdin` port, read from QEMU's descriptor 0
+    terminal: bool = False  # that port a console (the guest's /dev/hvc0), echoing to QEMU's fd 1
 
 
 def command(plan: Plan) -> list[str]:
@@ -105,7 +109,8 @@ def command(plan: Plan) -> list[str]:
     if plan.stdin:
         argv += [
             "-chardev", "stdio,id=stdin,signal=off",
-            "-device", "virtserialport,chardev=stdin,name=krate.stdin",
+            "-device", f"{'virtconsole' if plan.terminal else 'virtserialport'},"
+            "chardev=stdin,name=krate.stdin",
         ]  # fmt: skip
     argv += _port("stdout", "krate.stdout", plan.stdout)
     argv += _port("stderr", "krate.stderr", plan.stderr)

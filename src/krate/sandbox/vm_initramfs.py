@@ -15,7 +15,10 @@ host: `-fsdev ...,readonly=on`) under a tmpfs overlay, the workspace (`ws`,
 read-write) at /work, a minimal /dev, /proc and /tmp; bring up the network when
 the run has one (only route: QEMU's guestfwd to krate's egress proxy); then
 report `started`, run `run.sh` with stdout and stderr on their own virtio-serial
-ports and stdin on a pipe that a feeder (`cat`) fills from a third (a watcher
+ports and stdin on a pipe that a feeder (`cat`) fills from a third (or, when
+krate's stdin is a terminal, on that third port made a virtio console, /dev/hvc0,
+as the workload's controlling terminal, sized as the host's: `setsid -c`, since
+Debian's busybox has no `script` to allocate a pty; a watcher
 passes on the signals krate appends to the control share's `signals`), and report
 `exit N` (128+N for a signal) on the status port before it powers off. A failure
 before the workload is reported as `fail REASON`.
@@ -88,6 +91,15 @@ fi
 # The feeder runs in the background, so a workload that never reads does not hold up init.
 STDIN=$(port krate.stdin)
 [ "$STDIN" = /dev/console ] && STDIN=/dev/null
+# krate on a terminal: that port is a console, /dev/hvc0, the workload's controlling terminal
+# (setsid -c), at the host's size; stdout and stderr use it where krate's are the terminal.
+TTY=""
+if [ -e /krate/tty ]; then
+  TTY=/dev/hvc0
+  read rows cols tout terr < /krate/tty
+  for i in 1 2 3 4 5 6 7 8 9 10; do [ -e $TTY ] && break; sleep 0.1; done
+  [ -e $TTY ] || die "the guest has no terminal ($TTY)"
+fi
 # Signals krate forwards arrive as lines (numbers) appended to /krate/signals; each goes to
 # the workload, init's other child. Started first so that the workload stays in the foreground
 # (an asynchronous command of a shell without job control would ignore SIGINT and SIGQUIT).
@@ -104,14 +116,30 @@ STDIN=$(port krate.stdin)
     n=$(wc -l < /krate/signals)
     while [ "$seen" -lt "$n" ]; do
       seen=$((seen + 1))
-      kill -"$(sed -n "${seen}p" /krate/signals)" "$work" 2>/dev/null
+      line=$(sed -n "${seen}p" /krate/signals)
+      case "$line" in
+        # a new window size: the guest's kernel sends SIGWINCH to the terminal's foreground
+        "w "*) set -- $line; [ -n "$TTY" ] && stty -F $TTY rows "$2" cols "$3" ;;
+        *) kill -"$line" "$work" 2>/dev/null ;;
+      esac
     done
   done
 ) &
 say started
-{ cat "$STDIN" & echo $! > /feeder; } \
-  | sh /krate/run.sh >"$(port krate.stdout)" 2>"$(port krate.stderr)"
-say "exit $?"
+if [ -n "$TTY" ]; then
+  OUT=$TTY; ERR=$TTY
+  [ "$tout" = 1 ] || OUT=$(port krate.stdout)
+  [ "$terr" = 1 ] || ERR=$(port krate.stderr)
+  # the size is set while the terminal is open: its last close forgets it. The last stty
+  # waits until the terminal's output has left the guest (TCSADRAIN).
+  { stty rows "$rows" cols "$cols"; setsid -c sh /krate/run.sh; status=$?; stty -tostop; } \
+    <$TTY >"$OUT" 2>"$ERR"
+else
+  { cat "$STDIN" & echo $! > /feeder; } \
+    | sh /krate/run.sh >"$(port krate.stdout)" 2>"$(port krate.stderr)"
+  status=$?
+fi
+say "exit $status"
 sync
 reboot -f
 """
