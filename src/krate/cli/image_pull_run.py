@@ -37,6 +37,8 @@ def pull(ref: str, platform: str | None, plain_http: bool, quiet: bool, json_: b
             render.message("krate: " + client.connection_for(reference.endpoint, True).warning)
         notices = _notices(reference.endpoint)
         with open_store(paths()) as store, _Progress(quiet) as progress:
+            if _logged_in(store, {reference.registry, reference.endpoint}):
+                _preload_keyring()  # while the transport connects; the registry may ask
 
             def on_message(message: dict[str, Any]) -> None:
                 notices(message)
@@ -67,6 +69,41 @@ def pull(ref: str, platform: str | None, plain_http: bool, quiet: bool, json_: b
         render.print_json(result.to_dict())
     else:
         sys.stdout.write(f"{result.image.config_digest}\n")
+
+
+def _logged_in(store, registries: set[str]) -> bool:
+    """Whether `krate login` kept credentials for one of these names: the newest
+    credential.stored / credential.removed event says (names only, no keychain read)."""
+    from krate.store import events
+
+    for event in reversed(events.query(store, kind_prefix="credential.")):
+        if event.data.get("registry") in registries:
+            return event.kind == "credential.stored"
+    return False
+
+
+def _preload_keyring() -> None:
+    """Import keyring and the keychain's backend (~80 ms) in a thread while the transport
+    connects, so a registry that asks for the login is answered sooner. Only imports:
+    the keychain is opened and read on the main thread, and only if the registry asks
+    (an error there is reported then)."""
+    import os
+    import threading
+
+    from krate.registry.backend_name import backend_name
+
+    module = backend_name(os.environ).rpartition(".")[0]
+
+    def load() -> None:
+        import importlib
+
+        try:
+            importlib.import_module("keyring.core")
+            importlib.import_module(module)
+        except Exception:
+            pass  # the main thread's own import says what is wrong, if it needs it
+
+    threading.Thread(target=load, name="keyring-preload", daemon=True).start()
 
 
 def _size(n: int) -> str:
