@@ -84,6 +84,9 @@ def test_the_tables_hold_exactly_the_typer_commands_options(words):
         ["audit", "network", "--prove"], ["audit", "network", "--json", "--prove"],
         ["policy", "explain", "net"], ["policy", "explain", "net", "-x"],
         ["policy", "explain", "net", "a", "b"], ["policy", "explain", "--help"],
+        ["image", "pull"], ["image", "pull", "--help"], ["image", "pull", "a/b:1", "-h"],
+        ["image", "pull", "a/b:1", "c/d:1"], ["image", "pull", "a/b:1", "--platform"],
+        ["image", "pull", "-qh", "a/b:1"], ["image", "pull", "--quiet=1", "a/b:1"],
     ],
 )  # fmt: skip
 def test_lines_typer_must_explain_are_left_to_it(args):
@@ -101,6 +104,11 @@ def test_common_forms_are_parsed_like_click():
         {"json_": True, "run": "last"},
     )
     assert fastread.parse(["runs", "list"]) == ("runs_list", {"json_": False, "limit": 20})
+    assert fastread.parse(["image", "pull", "-q", "--platform=linux/arm64", "r.example/a:1"]) == (
+        "image_pull",
+        {"json_": False, "plain_http": False, "quiet": True, "platform": "linux/arm64",
+         "ref": "r.example/a:1"},
+    )  # fmt: skip
     assert fastread.parse(
         ["policy", "show", "--allow-host", "a", "--env=X", "--allow-host=b", "--no-network"]
     ) == (
@@ -160,6 +168,7 @@ def test_every_accepted_line_prints_what_typer_prints(cli, monkeypatch, store, t
         ["policy", "explain", "read", "~/.ssh/id_rsa"], ["policy", "explain", "env", "NPM_TOKEN"],
         ["policy", "explain", "write", "/tmp/x", "--allow-write", "/tmp", "--policy", "strict"],
         ["policy", "explain", "bogus", "x"], ["policy", "explain", "net", "a b", "--no-resolve"],
+        ["image", "pull", "Bad Ref!"], ["image", "pull", "-q", "r.example/a:1", "--platform", "x"],
         ["policy", "show", "--policy", "strict", "--allow-host", "a.example",
          "--allow-host=b.example:8443", "--no-network"],
         ["policy", "show", "--deny-read", "~/notes", "--env", "NPM_TOKEN", "--allow-write",

@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -419,3 +420,52 @@ def test_progress_on_a_terminal_and_one_line_on_a_pipe(registry, env, pusher):
     piped = pull(f"{registry.name}/me/bars:1", env=env)
     lines = [ln for ln in piped.stderr.splitlines() if "plain HTTP" not in ln]
     assert len(lines) == 1 and lines[0].startswith("pulled "), piped.stderr
+
+
+def test_a_pull_runs_without_typer_locked_down_and_prints_what_typer_prints(
+    registry, env, pusher, krate_home
+):
+    """The fast route (cli/fastread.py) takes the transport started at entry, locks down
+    before it opens the store, never loads Typer, and prints the same bytes as Typer's."""
+    img = image([layer({"bin/hello": b"hello\n"})])
+    pusher.image("me/fast", "1", img)
+    ref = f"{registry.name}/me/fast:1"
+    code = (
+        "import sys\n"
+        "from krate.cli import fastread, main\n"
+        "from krate.netguard import lockdown\n"
+        "if sys.argv[1] == 'typer':\n"
+        "    fastread.parse = lambda args: None\n"
+        "code = main.main(sys.argv[2:], protect=True)\n"
+        "seccomp = [l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')]\n"
+        "print(code, 'typer' in sys.modules, lockdown.state()['applied_here'], seccomp,"
+        " file=sys.stderr)\n"
+    )
+    first = subprocess.run(
+        [sys.executable, "-c", code, "fast", "image", "pull", ref],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert first.stdout == img.config_digest + "\n", first.stderr
+    assert first.stderr.splitlines()[-1] == "0 False True ['2']", first.stderr
+    assert stored(krate_home) == {img.digest, img.config_digest, *img.layers}
+    assert leftovers(krate_home) == []
+    (pulled,) = events(krate_home, "image.pulled")
+    assert pulled["ref"] == ref
+    egress = events(krate_home, "network.egress")
+    assert "krate image pull" in {e["command"] for e in egress}
+    routes = {}
+    for route in ("fast", "typer"):
+        for args in (["-q", ref], ["--json", ref], [ref, "--platform", "linux/s390x"]):
+            done = subprocess.run(
+                [sys.executable, "-c", code, route, "image", "pull", *args],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            *err, state = done.stderr.splitlines()
+            assert state.split()[1:3] == [str(route == "typer"), "True"], done.stderr
+            out = done.stdout
+            if out.startswith("{"):  # --json: everything but the time it took
+                out = {k: v for k, v in json.loads(out).items() if k != "duration_s"}
+            routes.setdefault(route, []).append((state.split()[0], out, err))
+    for fast, slow in zip(routes["fast"], routes["typer"], strict=True):
+        assert fast == slow
+    assert routes["fast"][2][0] == "1" and "linux/s390x" in routes["fast"][2][2][-1]

@@ -133,3 +133,41 @@ def test_the_transport_asks_once_after_connecting_and_only_then(registry, passwo
     refused, lines = ask_transport(registry, tmp_path / "none", {})  # no login: none given
     assert refused == 1 and lines[-1]["code"] == "unauthorized", lines
     assert "requires a login" in lines[-1]["message"]
+
+
+def test_after_a_login_the_backend_is_loaded_early_but_read_only_when_asked(tmp_path):
+    """A login on record (credential.stored, names only) lets the pull import keyring's
+    backend in a thread while the transport connects; it is read only on a challenge, and
+    a logout on record (credential.removed) stops even the import."""
+    from krate.cli import image_pull_run
+    from krate.paths import Paths
+    from krate.store import events as chain
+    from krate.store import open_store
+
+    reg = Registry(tmp_path / "open-registry").start()  # anonymous: it never asks
+    try:
+        img = image([layer({"bin/tool": os.urandom(50_000)})])
+        Pusher(reg.port).image("public/tool", "1", img)
+        home = tmp_path / "home"
+        ref = f"{reg.name}/public/tool:1"
+        for kind, want in (
+            ("credential.stored", ["loaded"]),
+            ("credential.removed", []),
+        ):
+            with open_store(Paths.from_env({"KRATE_HOME": str(home)})) as store:
+                chain.append(store, kind, {"registry": reg.name, "account": reg.name})
+            mark = tmp_path / f"{kind}-marks"
+            result = run_krate("image", "pull", "-q", ref, env=probe_env(home, mark))
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == img.config_digest
+            # Never read: nobody asked. (The import may not finish before a pull this small
+            # exits: the thread is a daemon, krate does not wait for it.)
+            assert marks(mark) in ([], want), kind
+            if kind == "credential.removed":
+                assert marks(mark) == []
+        with open_store(Paths.from_env({"KRATE_HOME": str(home)})) as store:
+            chain.append(store, "credential.stored", {"registry": "other.example:5000"})
+            assert not image_pull_run._logged_in(store, {reg.name})
+            assert image_pull_run._logged_in(store, {"other.example:5000", reg.name})
+    finally:
+        reg.kill()

@@ -449,3 +449,32 @@ def test_krate_names_exactly_the_files_the_transport_loads():
     t = load_transport()
     assert client.TRANSPORT_PARTS == t.PARTS
     assert all(f.is_file() for f in client.TRANSPORT_FILES)
+
+
+def test_the_tls_context_made_in_a_thread_since_start_is_the_one_used(tmp_path):
+    """transport.py starts making the TLS context (CA certificates read without the GIL)
+    before its parts import; a connection waits for it, and makes its own if it failed."""
+    import ssl
+    import threading
+
+    transport = load_transport()
+    http = sys.modules["krate.registry.transport_http"]
+    made: list = []
+    gate = threading.Event()
+
+    def make():
+        gate.wait(5)
+        made.append(ssl.create_default_context())
+
+    thread = threading.Thread(target=make, daemon=True)
+    thread.start()
+    http.warm((thread, made))
+    gate.set()
+    context = http.tls_context()
+    assert not thread.is_alive() and made == [context]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    failed = threading.Thread(target=lambda: None)
+    failed.start()
+    http.warm((failed, []))  # the thread made nothing: made again where errors are reported
+    assert http.tls_context().verify_mode == ssl.CERT_REQUIRED
+    assert transport._early_tls is None  # loaded as a module, not run: nothing started early

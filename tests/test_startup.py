@@ -184,3 +184,23 @@ def test_the_collector_is_off_only_while_krate_starts(tmp_path, krate_home):
         done = subprocess.run([sys.executable, "-c", GC_STATE, *args], cwd=work,
                               capture_output=True, text=True, check=True)  # fmt: skip
         assert done.stdout.split() == ["0", "True", "True"], (args, done.stderr)
+
+
+def test_the_registry_transport_starts_before_krate_loads_its_client():
+    """`image pull`/`login`/`push`: the transport's interpreter starts with only subprocess
+    loaded (registry/early.py), so its start overlaps krate's; the command takes it over."""
+    code = (
+        "import json, sys\n"
+        "from krate.cli import common, main\n"
+        "main._protect(sys.argv[1:])\n"
+        "loaded = [m for m in ('krate.registry.client', 'dataclasses', 'typer')"
+        " if m in sys.modules]\n"
+        "started = common.take_transport()\n"
+        "print(json.dumps([loaded, type(started).__name__, started.proc.poll()]))\n"
+        "started.abandon()\n"
+    )
+    for args in (["image", "pull", "ghcr.io/me/tools:1"], ["login", "ghcr.io"]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == '[[], "Transport", null]', (args, done.stderr)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from krate.errors import UsageError
-from krate.handoff import Handoff
+from krate.errors import KrateError, UsageError
 from krate.paths import Paths
 
 
@@ -42,26 +41,35 @@ def started() -> None:
         gc.enable()
 
 
-_transport: Handoff = Handoff()  # login/push: started at entry, before the lockdown
-
-
 def start_transport() -> None:
-    """Start the registry transport now (cli/main.py, for login/push); the command takes it."""
-    import sys
+    """Start the registry transport now (cli/main.py, for login/push/image pull); the
+    command takes it. Only `subprocess` is loaded first (registry/early.py)."""
+    from krate.registry import early
 
-    from krate.registry.client import Transport, child_env
-
-    _transport.put(Transport.start(python=sys.executable, env=child_env(os.environ)))
+    early.start()
 
 
 def take_transport():
     """The transport started at entry (once), or None (the in-process test entry)."""
-    return _transport.take()
+    from krate.registry import early
+
+    try:
+        proc = early.take()
+    except OSError as exc:
+        raise KrateError(f"cannot start the registry transport: {exc.strerror or exc}") from exc
+    if proc is None:
+        return None
+    from krate.registry.client import Transport
+
+    return Transport(proc)
 
 
 def abandon_transport() -> None:
     """End a transport no command took (a usage error, --help...): it exits on EOF."""
-    transport = take_transport()
+    try:
+        transport = take_transport()
+    except Exception:
+        return  # it never started: nothing to end
     if transport is not None:
         transport.abandon()
 

@@ -2,12 +2,15 @@
 
 `krate info`, `audit head`, `runs list` and the like run in shell loops and hooks;
 importing Typer alone costs about 5x the start of `python -c pass`, more than their
-own work. So the lines these commands accept are parsed here, as click parses them,
-and the same bodies run (cli/views.py). Anything else (--help, an unknown option, a
-missing or bad value, `--`, an option before the command's name) returns None, and
-Typer parses the line and writes its own message. The guard and the lockdown are
-applied before either route (cli/main.py). Tests keep these tables equal to the Typer
-commands' options and compare the output of both routes byte for byte.
+own work; `image pull` is here too, its start-up being part of every pull's time.
+So the lines these commands accept are parsed here, as click parses them, and the
+same bodies run (cli/views.py; image pull's is cli/image_pull_run.py, which takes the
+transport cli/main.py started and locks down, as on Typer's route). Anything else
+(--help, an unknown option, a missing or bad value, `--`, an option before the
+command's name) returns None, and Typer parses the line and writes its own message.
+The guard and the lockdown are applied before either route (cli/main.py). Tests keep
+these tables equal to the Typer commands' options and compare the output of both
+routes byte for byte.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ COMMANDS: dict[tuple[str, ...], tuple[dict, dict, tuple[str, ...], dict, str]] =
     ("runs", "show"): (JSON, {}, ("run",), {}, "runs_show"),
     ("data", "where"): (JSON, {}, (), {}, "data_where"),
     ("image", "list"): (JSON, {}, (), {}, "image_list"),
+    ("image", "pull"): (
+        {**JSON, "--plain-http": "plain_http", "--quiet": "quiet", "-q": "quiet"},
+        {"--platform": ("platform", None)},
+        ("ref",),
+        {},
+        "image_pull",
+    ),
     ("builds", "list"): (JSON, {"--limit": ("limit", 0)}, (), {}, "builds_list"),
     ("artifacts", "list"): (JSON, {"--limit": ("limit", 0)}, (), {}, "artifacts_list"),
     ("policy", "list"): (JSON, {}, (), {}, "policy_list"),

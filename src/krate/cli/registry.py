@@ -16,7 +16,8 @@ from typing import Any
 
 import typer
 
-from krate.cli.common import lock_down, paths, take_transport
+from krate.cli.common import paths
+from krate.cli.registry_session import _credentials, _notices, _start_transport, _store_opener
 
 PLAIN_HTTP = typer.Option(
     False,
@@ -24,35 +25,6 @@ PLAIN_HTTP = typer.Option(
     help="Use plain HTTP (unencrypted) even though the registry is not on this machine. "
     "Example: krate push app.tar.gz 10.0.0.5:5000/me/app:1 --plain-http",
 )
-
-
-def _start_transport():
-    """The helper started at entry (cli/main.py), or started now; then lock this process down."""
-    from krate.registry.client import Transport, child_env
-
-    transport = take_transport() or Transport.start(
-        python=sys.executable, env=child_env(os.environ)
-    )
-    lock_down()
-    return transport
-
-
-def _store_opener():
-    from krate.store import open_store
-
-    where = paths()
-    return lambda: open_store(where)
-
-
-def _notices(registry: str):
-    from krate import render
-    from krate.registry.client import PLAIN_HTTP_NOTICE
-
-    def show(message: dict[str, Any]) -> None:
-        if message.get("type") == "notice" and message.get("plain_http"):
-            render.message("krate: " + PLAIN_HTTP_NOTICE.format(registry=registry))
-
-    return show
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -194,18 +166,6 @@ def push(
         f"via the referrers {result.referrers})"
     )
     typer.echo(result.manifest_digest)
-
-
-def _credentials(registry: str):
-    """The stored credentials, or None (anonymous push) when there are none or no keychain."""
-    from krate.errors import KrateError
-    from krate.registry import keychain
-
-    try:
-        kc = keychain.open_keychain(keychain.backend_name(os.environ))
-    except KrateError:
-        return None  # a registry that needs a login says so, naming `krate login`
-    return kc.get(registry)
 
 
 class _Progress:

@@ -526,3 +526,10 @@ def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
         out["command"] = fix
         out["reason"] = f"{out.get('reason', '')} (for every run: {fix})"
     return out
+
+
+def image_pull(**options: Any) -> None:
+    """`krate image pull`: not read-only, but its start-up is part of every pull's time."""
+    from krate.cli.image_pull_run import pull
+
+    pull(**options)

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from krate import helper_process
 from krate.errors import KrateError, UsageError
+from krate.registry import early
+from krate.registry.early import CHILD_ENV_NAMES, child_env  # noqa: F401 (used by callers)
 from krate.registry.transport_hosts import is_loopback as loopback_host
 from krate.registry.transport_hosts import split_host
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from krate.registry.keychain import Credentials, Keychain
     from krate.store.connection import Store
 
-TRANSPORT = Path(__file__).with_name("transport.py")
+TRANSPORT = Path(early.SCRIPT)
 # Every file the transport runs: the script and the parts it loads by exact file.
 # = transport.PARTS
 TRANSPORT_PARTS = (
@@ -50,8 +52,6 @@ TRANSPORT_FILES = (
     *(TRANSPORT.with_name(f"{p}.py") for p in TRANSPORT_PARTS),
 )
 HELPER = "registry-transport"
-# Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
-CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 _HOST = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
@@ -180,11 +180,6 @@ class TransportFailed(KrateError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def child_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The transport's whole environment: OpenSSL's CA overrides, nothing secret."""
-    return {k: environ[k] for k in CHILD_ENV_NAMES if environ.get(k)}
 
 
 class Transport:

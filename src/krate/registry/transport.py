@@ -74,7 +74,22 @@ def _load_parts() -> None:
         spec.loader.exec_module(module)
 
 
+def _warm_early() -> tuple:
+    """Start making the TLS context now, in a thread: OpenSSL reads the system's CA
+    certificates (some 20 ms) without holding the GIL, while the parts import."""
+    import ssl
+    import threading
+
+    made: list = []
+    thread = threading.Thread(target=lambda: made.append(ssl.create_default_context()))
+    thread.daemon = True
+    thread.start()
+    return thread, made
+
+
+_early_tls = None
 if __name__ == "__main__":
+    _early_tls = _warm_early()
     _load_parts()
 
 from krate.registry.transport_auth import Asker, Auth  # noqa: E402
@@ -437,7 +452,7 @@ def run(job: dict) -> None:
 
 
 def main() -> int:
-    warm()  # while krate still loads keyring and its store; the job comes after
+    warm(_early_tls)  # while krate still loads keyring and its store; the job comes after
     try:
         job = json.loads(sys.stdin.buffer.readline())  # credentials may follow (Asker)
     except ValueError:

@@ -129,16 +129,25 @@ def retry(
 
 
 _warm: list[ssl.SSLContext] = []  # made while the transport waits for its job
+_warming: list[tuple[threading.Thread, list[ssl.SSLContext]]] = []
 
 
-def warm() -> None:
-    """Make the TLS context now: loading the system's CA certificates takes some 20 ms, which
-    the transport spends while krate is still loading keyring, not after the job arrives."""
-    _warm.append(ssl.create_default_context())
+def warm(early: tuple[threading.Thread, list[ssl.SSLContext]] | None = None) -> None:
+    """Have the TLS context ready before the job: loading the system's CA certificates takes
+    some 20 ms. `early` is (thread, list it appends the context to), making it since the
+    transport started (transport.py); it is waited for only when a connection needs it."""
+    if early is None:
+        _warm.append(ssl.create_default_context())
+    else:
+        _warming.append(early)
 
 
 def tls_context() -> ssl.SSLContext:
     """The warmed context (once: a job may add its own CA to it), else a new one."""
+    while _warming:
+        thread, made = _warming.pop()
+        thread.join()
+        _warm.extend(made)  # empty if it failed: made again here, where an error is reported
     return _warm.pop() if _warm else ssl.create_default_context()
 
 
