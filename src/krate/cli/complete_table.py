@@ -281,8 +281,8 @@ OPTIONS = {
             "Show completion for the current shell, to copy it or customize the installation.",
             "Show completion for the current shell, to copy it or customize the installation.",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "run": [
         (
@@ -370,8 +370,8 @@ OPTIONS = {
             "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm alpine\\\\:3.20 -- make",
             "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm alpine:3.20 -- make",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "build": [
         (
@@ -489,8 +489,8 @@ OPTIONS = {
             "Run CMD in a micro-VM (its own kernel, QEMU on Linux)\\\\: docs/vm.md. Example\\\\: \nkrate run --vm alpine\\\\:3.20 -- make",
             "Run CMD in a micro-VM (its own kernel, QEMU on Linux): docs/vm.md. Example: \nkrate run --vm alpine:3.20 -- make",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "provenance": [
         (
@@ -503,8 +503,8 @@ OPTIONS = {
             "Wrap the Statement in a DSSE envelope (unsigned\\\\: no signatures yet). \nExample\\\\: krate provenance dist/app.tar.gz --dsse",
             "Wrap the Statement in a DSSE envelope (unsigned: no signatures yet). Example: \nkrate provenance dist/app.tar.gz --dsse",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "login": [
         ("--username", "Your user name there.", "Your user name there."),
@@ -519,12 +519,12 @@ OPTIONS = {
             "Use plain HTTP (unencrypted) even though the registry is not on this machine. \nExample\\\\: krate push app.tar.gz 10.0.0.5\\\\:5000/me/app\\\\:1 --plain-http",
             "Use plain HTTP (unencrypted) even though the registry is not on this machine. \nExample: krate push app.tar.gz 10.0.0.5:5000/me/app:1 --plain-http",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "logout": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "push": [
         (
@@ -532,13 +532,13 @@ OPTIONS = {
             "Use plain HTTP (unencrypted) even though the registry is not on this machine. \nExample\\\\: krate push app.tar.gz 10.0.0.5\\\\:5000/me/app\\\\:1 --plain-http",
             "Use plain HTTP (unencrypted) even though the registry is not on this machine. \nExample: krate push app.tar.gz 10.0.0.5:5000/me/app:1 --plain-http",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "info": [
         ("--json", "Print one JSON object.", "Print one JSON object."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "doctor": [
         (
@@ -551,27 +551,27 @@ OPTIONS = {
             "Also store, read back and remove a throwaway keychain entry (service \\`krate\\`).\nExample\\\\: krate doctor --keyring-write-test",
             "Also store, read back and remove a throwaway keychain entry (service `krate`). \nExample: krate doctor --keyring-write-test",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "runs": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "runs list": [
         ("--limit", "Show the newest N runs.", "Show the newest N runs."),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "runs show": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "builds": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "builds list": [
         (
@@ -580,22 +580,22 @@ OPTIONS = {
             "Only the newest N (still newest last). Example: --limit 10",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "builds show": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "builds last": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "artifacts": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "artifacts list": [
         (
@@ -604,13 +604,13 @@ OPTIONS = {
             "Only the newest N (still newest last). Example: --limit 10",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "artifacts show": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "artifacts export": [
         (
@@ -623,17 +623,17 @@ OPTIONS = {
             "Where to write the copy (must not exist).",
             "Where to write the copy (must not exist).",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "artifacts verify": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image pull": [
         (
@@ -657,8 +657,8 @@ OPTIONS = {
             "No progress and no summary on stderr. Example: krate image pull -q \nghcr.io/me/tools:1",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image import": [
         (
@@ -667,37 +667,37 @@ OPTIONS = {
             "The name to record (default: the archive's tags, or PATH's name). Example: krate\nimage import ./rootfs --ref myroot:1",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image list": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image show": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image rm": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "image verify": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy list": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy show": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
@@ -736,12 +736,12 @@ OPTIONS = {
             "Pass this variable through even if it looks secret (repeatable). Example\\\\: \n--env NPM_TOKEN",
             "Pass this variable through even if it looks secret (repeatable). Example: --env \nNPM_TOKEN",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy check": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy explain": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
@@ -785,8 +785,8 @@ OPTIONS = {
             "Pass this variable through even if it looks secret (repeatable). Example\\\\: \n--env NPM_TOKEN",
             "Pass this variable through even if it looks secret (repeatable). Example: --env \nNPM_TOKEN",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy init": [
         (
@@ -799,8 +799,8 @@ OPTIONS = {
             "Overwrite an existing file. Example\\\\: --user --force",
             "Overwrite an existing file. Example: --user --force",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy allow": [
         (
@@ -813,8 +813,8 @@ OPTIONS = {
             "The host may resolve to a private or loopback address (a corporate mirror)\\\\: \nadd its name to \\`network.private_ok\\` too. Example\\\\: --private \nnpm.corp.example",
             "The host may resolve to a private or loopback address (a corporate mirror): add \nits name to `network.private_ok` too. Example: --private npm.corp.example",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy edit": [
         (
@@ -822,24 +822,24 @@ OPTIONS = {
             "The project''s krate.toml (the nearest above here) instead. Example\\\\: --project",
             "The project's krate.toml (the nearest above here) instead. Example: --project",
         ),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy trust": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "policy untrust": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit note": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit list": [
         (
@@ -869,23 +869,23 @@ OPTIONS = {
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
         ("--jsonl", "Print one JSON object per line.", "Print one JSON object per line."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit show": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit head": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit verify": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "audit network": [
         (
@@ -894,17 +894,17 @@ OPTIONS = {
             "Run the self-test: every command with no network purpose, watched by four layers\n(kernel, guard, strace + empty network namespace, static checks). Exit 0 only \nwhen all checked evidence agrees.",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "data": [
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "data where": [
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "data export": [
         (
@@ -923,8 +923,8 @@ OPTIONS = {
             "Include the stored artifacts themselves. Example: --with-artifacts",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "data delete": [
         (
@@ -943,8 +943,8 @@ OPTIONS = {
             "Purge permanently now instead of keeping it 7 days (no restore). Example: krate \ndata delete --now --yes",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "data restore": [
         (
@@ -953,8 +953,8 @@ OPTIONS = {
             "Which pending deletion (its timestamp, see `krate data where`). Example: --from \n20260430T120000.000000Z",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
     "data prune": [
         (
@@ -978,8 +978,8 @@ OPTIONS = {
             "Do not ask for confirmation. Example: --yes",
         ),
         ("--json", "Print JSON. Example\\\\: --json | jq .", "Print JSON. Example: --json | jq ."),
-        ("-h", "Show this message and exit.", "Show this message and exit."),
         ("--help", "Show this message and exit.", "Show this message and exit."),
+        ("-h", "Show this message and exit.", "Show this message and exit."),
     ],
 }
 
