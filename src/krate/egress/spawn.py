@@ -33,14 +33,20 @@ def proxy_script() -> Path:
     source here exactly as an import would check it. `krate audit network --prove`
     compares that bytecode with its source.
     """
+    return fresh_bytecode(PROXY) or PROXY
+
+
+def fresh_bytecode(source: Path) -> Path | None:
+    """`source`'s bytecode in its `__pycache__` when it is this interpreter's and matches the
+    source (magic number, timestamp and size, as an import checks them), else None."""
     tag = sys.implementation.cache_tag
-    cached = HERE / "__pycache__" / f"proxy.{tag}.pyc"
+    cached = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
     try:
         with open(cached, "rb") as fh:
             header = fh.read(16)
-        stat = os.stat(PROXY)
+        stat = os.stat(source)
     except (OSError, TypeError):
-        return PROXY
+        return None
     external = sys.modules.get("_frozen_importlib_external")
     fresh = (
         external is not None
@@ -50,7 +56,7 @@ def proxy_script() -> Path:
         and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
         and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
     )
-    return cached if fresh else PROXY
+    return cached if fresh else None
 
 
 def spawn_proxy(
