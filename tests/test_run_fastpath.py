@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,32 @@ def test_the_bridges_bytecode_runs_the_workload(tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 4, done.stderr
+
+
+def test_the_explain_proxy_resolves_without_the_listener_or_the_relay(tmp_path):
+    """`krate policy explain net` waits for the proxy's answer: in its one-shot explain mode
+    the proxy imports only what decides and resolves (dial, wire), not what serves clients."""
+    from krate.egress import compile_private, compile_rules, helperlib, spawn
+
+    effective = policy(tmp_path, "localhost:9")
+    line = {
+        "rules": compile_rules(effective),
+        "net_default": list(effective.net_default),
+        "private_ok": compile_private(effective),
+        "given": helperlib.given(),
+        "listen": "none",
+        "explain": {"host": "localhost", "port": 9},
+    }
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(spawn.PROXY)],
+        input=json.dumps(line) + "\n", capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    answers = [json.loads(raw) for raw in done.stdout.splitlines()]
+    assert [a.get("type") for a in answers] == ["explain"], (done.stdout, done.stderr[-2000:])
+    assert answers[0]["verdict"] == "allow", answers[0]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert {"krate.egress.dial", "krate.egress.wire"} <= loaded
+    assert not loaded & {
+        "krate.egress.handler", "krate.egress.listener", "krate.egress.names",
+        "krate.egress.relay", "krate.egress.parsers",
+    }  # fmt: skip

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from krate.bytecode import fresh as fresh_bytecode
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 
 HERE = Path(__file__).resolve().parent
@@ -34,29 +35,6 @@ def proxy_script() -> Path:
     compares that bytecode with its source.
     """
     return fresh_bytecode(PROXY) or PROXY
-
-
-def fresh_bytecode(source: Path) -> Path | None:
-    """`source`'s bytecode in its `__pycache__` when it is this interpreter's and matches the
-    source (magic number, timestamp and size, as an import checks them), else None."""
-    tag = sys.implementation.cache_tag
-    cached = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
-    try:
-        with open(cached, "rb") as fh:
-            header = fh.read(16)
-        stat = os.stat(source)
-    except (OSError, TypeError):
-        return None
-    external = sys.modules.get("_frozen_importlib_external")
-    fresh = (
-        external is not None
-        and len(header) == 16
-        and header[:4] == external.MAGIC_NUMBER
-        and int.from_bytes(header[4:8], "little") == 0
-        and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
-        and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
-    )
-    return cached if fresh else None
 
 
 def spawn_proxy(
