@@ -117,7 +117,12 @@ def _bridge_of(krate_pid: int) -> int | None:
             continue
         parts = cmd.split(b"\0")
         # the bridge itself (`python -I -S .../bridge.py`), not bubblewrap's command line
-        if len(parts) > 3 and parts[1] == b"-I" and parts[3].endswith(b"bridge.py") and tag in cmd:
+        if (
+            len(parts) > 3
+            and parts[1] == b"-I"
+            and parts[3].endswith((b"bridge.py", b"bridge.pyc"))
+            and tag in cmd
+        ):
             return int(entry.name)
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,78 @@ def test_a_proxy_that_never_starts_is_reported_with_its_own_error(tmp_path, krat
     assert session.recorder.ready_line is None and not session.stopped_early
     message = str(session.failure())
     assert message.startswith("the egress proxy did not start: proxy: cannot bind the socket")
+
+
+def test_the_run_copies_the_bridges_fresh_bytecode_and_the_source_when_stale(tmp_path, krate_home):
+    """Python compiles a script given as source on every start (~2.5 ms for the bridge, on
+    the run's critical path): the run gives the bridge its bytecode, only when it matches."""
+    import compileall
+    import os
+
+    from krate.egress import spawn
+
+    compileall.compile_file(str(spawn.BRIDGE), quiet=1)
+    assert spawn.fresh_bytecode(spawn.BRIDGE) is not None
+    paths = Paths(krate_home, krate_home)
+    session = start_for_run(policy(tmp_path, "example.com"), "r1", paths)
+    try:
+        session.configure()
+        argv = session.wrap_argv(["true"])
+        assert argv[3] == str(session.folder / "bridge.pyc"), argv
+        assert not (session.folder / "bridge.py").exists()
+        copied = (session.folder / "bridge.pyc").read_bytes()
+        assert copied == spawn.fresh_bytecode(spawn.BRIDGE).read_bytes()
+    finally:
+        session.close()
+    # A source newer than its bytecode (an edited checkout): the source, as before.
+    source = tmp_path / "bridge.py"
+    source.write_text("print('x')\n")
+    compileall.compile_file(str(source), quiet=1)
+    assert spawn.fresh_bytecode(source) is not None
+    os.utime(source, (1, 1))
+    assert spawn.fresh_bytecode(source) is None
+
+
+def test_the_bridges_bytecode_runs_the_workload(tmp_path):
+    """The copied bytecode is the bridge: it starts the workload and passes its status."""
+    import compileall
+
+    from krate.egress import spawn
+
+    compileall.compile_file(str(spawn.BRIDGE), quiet=1)
+    cached = spawn.fresh_bytecode(spawn.BRIDGE)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(cached), "--socket", str(tmp_path / "none"),
+         "--http", "0", "--socks", "0", "--", "sh", "-c", "exit 4"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 4, done.stderr
+
+
+def test_the_explain_proxy_resolves_without_the_listener_or_the_relay(tmp_path):
+    """`krate policy explain net` waits for the proxy's answer: in its one-shot explain mode
+    the proxy imports only what decides and resolves (dial, wire), not what serves clients."""
+    from krate.egress import compile_private, compile_rules, helperlib, spawn
+
+    effective = policy(tmp_path, "localhost:9")
+    line = {
+        "rules": compile_rules(effective),
+        "net_default": list(effective.net_default),
+        "private_ok": compile_private(effective),
+        "given": helperlib.given(),
+        "listen": "none",
+        "explain": {"host": "localhost", "port": 9},
+    }
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(spawn.PROXY)],
+        input=json.dumps(line) + "\n", capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    answers = [json.loads(raw) for raw in done.stdout.splitlines()]
+    assert [a.get("type") for a in answers] == ["explain"], (done.stdout, done.stderr[-2000:])
+    assert answers[0]["verdict"] == "allow", answers[0]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert {"krate.egress.dial", "krate.egress.wire"} <= loaded
+    assert not loaded & {
+        "krate.egress.handler", "krate.egress.listener", "krate.egress.names",
+        "krate.egress.relay", "krate.egress.parsers",
+    }  # fmt: skip

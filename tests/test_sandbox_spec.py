@@ -311,3 +311,16 @@ def test_cgroup_place_is_the_nearest_usable_ancestor(tmp_path):
     # a mount whose root does not hold krate's cgroup (another cgroup namespace): unusable
     proc = _fake_cgroups(tmp_path / "ns", mountinfo.replace(" / ", " /elsewhere ", 1), membership)
     assert cgroup.find(proc, lambda f: f == v1 / "job") is None
+
+
+PATHS = ["/", "/a", "/a/b", "/a/bc", "/ab", "//a", "//a/b", "a", "a/b", ".", "/a/b/c", "/b/a"]
+
+
+@pytest.mark.parametrize("root", PATHS)
+@pytest.mark.parametrize("path", PATHS)
+def test_is_within_answers_as_the_parents_do(path: str, root: str) -> None:
+    """is_within compares parts (start-up: no Path per parent); the answer stays the old one."""
+    from krate.sandbox.spec import is_within
+
+    p, r = Path(path), Path(root)
+    assert is_within(p, r) == (p == r or r in p.parents)

@@ -35,8 +35,11 @@ def wanted(args: list[str]) -> bool:
 
 def start() -> subprocess.Popen:
     """The proxy process, waiting for its configuration on stdin."""
+    from krate.bytecode import fresh
+
+    script = fresh(PROXY) or PROXY  # its bytecode when fresh, as a run's proxy (egress/spawn.py)
     return subprocess.Popen(
-        [os.path.realpath(sys.executable), "-I", "-S", str(PROXY)],
+        [os.path.realpath(sys.executable), "-I", "-S", str(script)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

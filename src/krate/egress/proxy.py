@@ -124,7 +124,8 @@ def main() -> int:
     # start the proxy before it has compiled the policy the configuration carries.
     first = read()
     install_given(first.get("given") or {})
-    from krate.egress import dial, handler, listener, names  # noqa: F401 (imported early)
+    if not first.get("explain"):  # explain decides and resolves: no listener, no relay
+        from krate.egress import dial, handler, listener, names  # noqa: F401 (imported early)
     from krate.egress.wire import Config, Emitter
 
     # `krate policy explain net` (resolve_early.py) sends everything in one line

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from krate.bytecode import fresh as fresh_bytecode
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 
 HERE = Path(__file__).resolve().parent
@@ -33,24 +34,7 @@ def proxy_script() -> Path:
     source here exactly as an import would check it. `krate audit network --prove`
     compares that bytecode with its source.
     """
-    tag = sys.implementation.cache_tag
-    cached = HERE / "__pycache__" / f"proxy.{tag}.pyc"
-    try:
-        with open(cached, "rb") as fh:
-            header = fh.read(16)
-        stat = os.stat(PROXY)
-    except (OSError, TypeError):
-        return PROXY
-    external = sys.modules.get("_frozen_importlib_external")
-    fresh = (
-        external is not None
-        and len(header) == 16
-        and header[:4] == external.MAGIC_NUMBER
-        and int.from_bytes(header[4:8], "little") == 0
-        and int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
-        and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF
-    )
-    return cached if fresh else PROXY
+    return fresh_bytecode(PROXY) or PROXY
 
 
 def spawn_proxy(

@@ -164,7 +164,11 @@ def _workspace(spec: SandboxSpec, empty: Callable[[], int], fds: list[int]) -> l
 
 def _is_bridge(argv: list[str]) -> bool:
     """The egress bridge's command (egress EgressSession.wrap_argv): host Python -I -S bridge."""
-    return len(argv) > 3 and argv[1:3] == ["-I", "-S"] and argv[3].endswith("/bridge.py")
+    return (
+        len(argv) > 3
+        and argv[1:3] == ["-I", "-S"]
+        and argv[3].endswith(("/bridge.py", "/bridge.pyc"))  # the source, or its bytecode
+    )
 
 
 def _host_python(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -106,7 +106,12 @@ def resolve_existing(paths: Iterable[Path | str]) -> list[Path]:
 
 
 def is_within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+    """`path == root or root in path.parents`, by the paths' parts: the same answer
+    without making a Path per parent (~200 calls per run, ~1 ms)."""
+    parts = root.parts
+    if not parts:  # Path("."): every relative path is within it, no absolute one
+        return not path.anchor
+    return path.parts[: len(parts)] == parts
 
 
 def protect_ancestors(read_only: Iterable[Path], writable: Iterable[Path]) -> list[Path]:
