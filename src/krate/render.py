@@ -74,3 +74,19 @@ def when(ts: str | None) -> str:
 def message(text: str) -> None:
     """A line for the human, on stderr."""
     sys.stderr.write(text + "\n")
+
+
+def transfer_bar():
+    """A started rich progress bar for blob transfers on stderr (`push`, `image pull`)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console(stderr=True),
+        transient=True,
+    )
+    bar.start()
+    return bar

@@ -178,25 +178,9 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TransferSpeedColumn,
-            )
-
             from krate import render
 
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=render.console(stderr=True),
-                transient=True,
-            )
-            self.bar.start()
+            self.bar = render.transfer_bar()
         return self
 
     def __exit__(self, *exc: object) -> None:
