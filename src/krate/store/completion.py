@@ -15,8 +15,9 @@ from pathlib import Path
 TIMEOUT_S = 0.2
 
 
-def run_ids(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str, str]]:
-    """(id, "started status") of the newest runs whose id starts with `prefix`."""
+def _rows(db_path: Path, sql: str, params: tuple) -> list[tuple]:
+    """Rows of one read-only query, or none when the store is absent, locked or broken: a
+    TAB press never waits and never fails."""
     if not db_path.is_file():
         return []
     wal = Path(f"{db_path}-wal").exists()
@@ -26,15 +27,21 @@ def run_ids(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str,
     except sqlite3.Error:
         return []
     try:
-        rows = conn.execute(
-            "SELECT id, started, status FROM runs WHERE substr(id, 1, ?) = ? "
-            "ORDER BY started DESC LIMIT ?",
-            (len(prefix), prefix, limit),
-        ).fetchall()
+        return conn.execute(sql, params).fetchall()
     except sqlite3.Error:
         return []
     finally:
         conn.close()
+
+
+def run_ids(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str, str]]:
+    """(id, "started status") of the newest runs whose id starts with `prefix`."""
+    rows = _rows(
+        db_path,
+        "SELECT id, started, status FROM runs WHERE substr(id, 1, ?) = ? "
+        "ORDER BY started DESC LIMIT ?",
+        (len(prefix), prefix, limit),
+    )
     return [
         (rid, f"{(started or '')[:19].replace('T', ' ')} {status}") for rid, started, status in rows
     ]
@@ -42,22 +49,9 @@ def run_ids(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str,
 
 def image_refs(db_path: Path, prefix: str = "", limit: int = 50) -> list[tuple[str, str]]:
     """(name, short config digest) of the images whose name starts with `prefix`."""
-    if not db_path.is_file():
-        return []
-    wal = Path(f"{db_path}-wal").exists()
-    mode = "mode=ro" if wal else "immutable=1"
-    try:
-        conn = sqlite3.connect(f"{db_path.absolute().as_uri()}?{mode}", uri=True, timeout=TIMEOUT_S)
-    except sqlite3.Error:
-        return []
-    try:
-        rows = conn.execute(
-            "SELECT ref, config_digest FROM images WHERE substr(ref, 1, ?) = ? "
-            "ORDER BY ref LIMIT ?",
-            (len(prefix), prefix, limit),
-        ).fetchall()
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
+    rows = _rows(
+        db_path,
+        "SELECT ref, config_digest FROM images WHERE substr(ref, 1, ?) = ? ORDER BY ref LIMIT ?",
+        (len(prefix), prefix, limit),
+    )
     return [(ref, (config or "")[:19]) for ref, config in rows]
