@@ -343,3 +343,94 @@ def test_help_on_a_pipe_loads_no_rich_and_matches_the_terminals(terminal_env):
     on_terminal = re.sub(r"\x1b\[[0-9;]*m", "", on_a_terminal("--help", env=env))
     assert "╭" in on_terminal  # rich on the terminal
     assert words(piped) == words(on_terminal)
+
+
+# ---------------------------------------------------------------- help from the table
+
+HELP_PATHS = sorted(ALL)
+
+
+def test_the_help_table_is_what_typer_prints_off_a_terminal():
+    """cli/help_table.py is generated from Typer's own route: a changed help text, option
+    or command fails here until it is regenerated."""
+    from krate.cli import help_table, quickcomplete
+
+    hint = "run: .venv/bin/python -m krate.cli.quickcomplete --write && ruff format src"
+    texts = quickcomplete.help_texts()
+    assert sorted(" ".join(("krate", *words)) for words in texts) == HELP_PATHS, hint
+    for words, text in texts.items():
+        assert help_table.HELP.get(words) == text, f"krate {' '.join(words)}: {hint}"
+
+
+def test_help_on_a_pipe_is_typers_for_every_command_and_both_flags(krate_home):
+    """The real krate, piped: byte for byte the help Typer's route prints, exit 0."""
+    from krate.cli.help_table import HELP
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    for path in HELP_PATHS:
+        words = path.split()[1:]
+        for flag in ("--help", "-h"):
+            done = run_krate(*words, flag, env=env)
+            assert (done.returncode, done.stderr) == (0, ""), (path, flag)
+            assert done.stdout == HELP[tuple(words)], (path, flag)
+    wide = run_krate("policy", "explain", "--help", env=dict(env, COLUMNS="300"))
+    assert wide.stdout == HELP[("policy", "explain")]
+
+
+# krate's own entry with the table's route switched off: Typer's route, errors included.
+TYPER_HELP = (
+    "import sys; from krate.cli import main, quickhelp; quickhelp.text = lambda args: None; "
+    "sys.exit(main.main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"COLUMNS": "40"}, {"COLUMNS": "x"}, {"FORCE_COLOR": "1"}],
+    ids=["narrow", "bad-columns", "force-color"],
+)
+def test_help_the_table_cannot_answer_goes_to_typer(krate_home, extra):
+    """A narrow COLUMNS wraps Click's usage line, FORCE_COLOR asks for rich: Typer's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    env.update(extra)
+    args = ["policy", "explain", "--help"]
+    done = run_krate(*args, env=env)
+    typer_route = subprocess.run([sys.executable, "-c", TYPER_HELP, *args], env=env,
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, typer_route.stdout)
+    if extra == {"COLUMNS": "40"}:  # else this test is void: the narrow help differs
+        from krate.cli.help_table import HELP
+
+        assert done.stdout != HELP[tuple(args[:-1])]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["info", "--json", "--help"], ["audit", "list", "--help", "--help"], ["--version", "--help"],
+     ["nosuch", "--help"], ["audit list", "--help"]],
+)  # fmt: skip
+def test_only_a_bare_help_line_is_answered_from_the_table(krate_home, args):
+    """Any other line ending in --help is Typer's, as before."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    done = run_krate(*args, env=env)
+    typer_route = subprocess.run([sys.executable, "-c", TYPER_HELP, *args], env=env,
+                                 capture_output=True, text=True)  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (
+        typer_route.returncode,
+        typer_route.stdout,
+        typer_route.stderr,
+    )
+
+
+def test_the_table_answers_no_workload_argument(monkeypatch):
+    """`krate run -- --help` or `krate run CMD --help` pass --help to the workload."""
+    import io
+
+    from krate.cli import quickhelp
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert quickhelp.text(["run", "--help"]) is not None  # else this test is void
+    for args in (["run", "--", "--help"], ["run", "true", "--help"], ["build", "--", "-h"]):
+        assert quickhelp.text(args) is None, args

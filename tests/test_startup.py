@@ -158,6 +158,19 @@ def test_light_read_commands_load_no_cli_framework_and_no_launch_path(tmp_path, 
     assert loaded(explain, ("typer", "click", "krate.runs"), cwd=work) == ["0"]
 
 
+def test_help_off_a_terminal_loads_no_cli_framework(krate_home):
+    """`krate [COMMAND...] --help` on a pipe is printed from cli/help_table.py: no Typer,
+    Click or rich, no command's module, not even pathlib (no store, no deletions settled)."""
+    from krate.cli.help_table import HELP
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    heavy = ("typer", "click", "rich", "krate.cli.app", "krate.cli.fastrun",
+             "krate.resolve_early", "pathlib", "sqlite3")  # fmt: skip
+    for words in HELP:
+        flag = "-h" if len(words) % 2 else "--help"
+        assert loaded([*words, flag], heavy, env=env) == ["0"], words
+
+
 def test_a_tab_press_loads_neither_typer_nor_the_store(krate_home):
     env = dict(os.environ, _KRATE_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="krate audit v")
     heavy = ("typer", "rich", "sqlite3", "pathlib", "krate.store", "krate.policy", "ctypes")

@@ -7,8 +7,6 @@ unknown commands get the whole tree. `app` is the whole tree, built on first use
 
 from __future__ import annotations
 
-import os
-import sys
 from importlib import import_module
 
 import typer
@@ -16,6 +14,7 @@ import typer
 from krate import __version__
 from krate.cli.common import started
 from krate.cli.options import WORKLOAD_CONTEXT
+from krate.cli.quickhelp import on_terminal
 
 # name -> (module under krate.cli, attribute, kind): "group" is a Typer app, "command" a function.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -83,7 +82,7 @@ def build(first: str | None = None, *, root_help: bool = False) -> typer.Typer:
     from the generated table (cli/complete_table.py ROOT) without importing their
     modules; on a terminal rich renders the real tree.
     """
-    plain = not _on_terminal()
+    plain = not on_terminal()
     if plain:
         from krate.cli import plainhelp
 
@@ -118,16 +117,6 @@ def _mount_listing(root: typer.Typer) -> None:
 
 def _listed_only() -> None:
     """Never called: `krate --help` exits before any command runs."""
-
-
-def _on_terminal() -> bool:
-    """Whether help goes to a terminal (or colour was asked for): then rich renders it."""
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def __getattr__(name: str) -> typer.Typer:

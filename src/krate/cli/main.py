@@ -116,8 +116,8 @@ def _protect(args: list[str]) -> bool:
 
 def _explains_net(args: list[str]) -> bool:
     """`krate policy explain net ...`: its name is resolved by a helper born unlocked."""
-    if args[:2] != ["policy", "explain"]:
-        return False  # every other command: not even the module is loaded
+    if args[:2] != ["policy", "explain"] or args[-1:] in (["--help"], ["-h"]):
+        return False  # every other command, and its help: not even the module is loaded
     from krate import resolve_early
 
     return resolve_early.wanted(args)
@@ -140,9 +140,9 @@ def _after_command(args: list[str], held: bool) -> None:
             _settle_deletions()  # may load keyring: only now, after the lockdown
         except Exception as exc:
             _fail(f"could not purge expired deleted data: {exc}")
-    from krate.cli.common import abandon_transport
-
-    abandon_transport()
+    common = sys.modules.get("krate.cli.common")
+    if common is not None:
+        common.abandon_transport()  # the registry's transport, when the command did not take it
     resolver = sys.modules.get("krate.resolve_early")
     if resolver is not None:
         resolver.abandon()  # explain's resolver, when explain did not take it
@@ -230,6 +230,16 @@ def _dispatch(args: list[str]) -> int:
 
     completing = "_KRATE_COMPLETE" in os.environ
     try:
+        if not completing and args[-1:] in (["--help"], ["-h"]):
+            # Off a terminal: Typer's help text from a table (cli/quickhelp.py), without
+            # Typer and without settling deletions (help changes nothing; the next
+            # command settles them).
+            from krate.cli import quickhelp
+
+            text = quickhelp.text(args)
+            if text is not None:
+                sys.stdout.write(text)
+                return 0
         # `krate data` settles deletions itself (restore explains an expired one), and
         # `krate doctor` reports them as they are.
         from krate.netguard import lockdown
@@ -258,15 +268,7 @@ def _dispatch(args: list[str]) -> int:
             light = fastread.parse(args)
             if light is not None:
                 return fastread.run(light)
-        if os.environ.get("NO_COLOR"):
-            # Typer's help honours NO_COLOR for colours but still writes bold; this, read
-            # when its help module is imported, keeps every escape code out (no rich import).
-            os.environ.setdefault("_TYPER_FORCE_DISABLE_TERMINAL", "1")
-        from krate.cli.app import build
-
-        app = build(None if completing else _first_word(args), root_help=_root_help(args))
-        result = app(args=args, prog_name="krate", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        return _typer(args, completing)
     except KrateError as exc:
         _fail(str(exc))
         return exc.exit_code
@@ -309,6 +311,19 @@ def _dispatch(args: list[str]) -> int:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (set KRATE_DEBUG=1 for the traceback)")
         return _failed(args, 1)
+
+
+def _typer(args: list[str], completing: bool) -> int:
+    """Typer's route: parse `args` with the app, mounting only the command named."""
+    if os.environ.get("NO_COLOR"):
+        # Typer's help honours NO_COLOR for colours but still writes bold; this, read
+        # when its help module is imported, keeps every escape code out (no rich import).
+        os.environ.setdefault("_TYPER_FORCE_DISABLE_TERMINAL", "1")
+    from krate.cli.app import build
+
+    app = build(None if completing else _first_word(args), root_help=_root_help(args))
+    result = app(args=args, prog_name="krate", standalone_mode=False)
+    return result if isinstance(result, int) else 0
 
 
 def _close_options(typed: str, options: list[str]) -> list[str]:
