@@ -233,3 +233,81 @@ def test_the_explain_proxy_resolves_without_the_listener_or_the_relay(tmp_path):
         "krate.egress.handler", "krate.egress.listener", "krate.egress.names",
         "krate.egress.relay", "krate.egress.parsers",
     }  # fmt: skip
+
+
+def explain_config(effective) -> dict:
+    from krate.egress import compile_private, compile_rules, helperlib
+
+    return {
+        "rules": compile_rules(effective),
+        "net_default": list(effective.net_default),
+        "private_ok": compile_private(effective),
+        "given": helperlib.given(),
+        "listen": "none",
+    }
+
+
+def test_the_explain_proxy_imports_its_parts_before_the_policy_arrives(tmp_path):
+    """resolve_early.py tells the proxy its modules at its start: it imports what decides
+    and resolves while krate loads the policy, then answers as soon as the policy comes."""
+    from krate.egress import helperlib, spawn
+
+    proxy = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-X", "importtime", str(spawn.PROXY)], cwd="/",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proxy.stdin.write(json.dumps({"given": helperlib.given(), "explain": True}) + "\n")
+    proxy.stdin.flush()
+    import threading
+
+    timer = threading.Timer(30, proxy.kill)  # a proxy waiting for the policy first: fails
+    timer.daemon = True
+    timer.start()
+    seen = []
+    while not any("krate.egress.dial" in line for line in seen):  # before the policy
+        line = proxy.stderr.readline()
+        assert line, ("".join(seen)[-2000:], proxy.poll())
+        seen.append(line)
+    timer.cancel()
+    config = explain_config(policy(tmp_path, "localhost:9"))
+    out, err = proxy.communicate(
+        json.dumps({**config, "explain": {"host": "localhost", "port": 9}}) + "\n", timeout=60
+    )
+    answers = [json.loads(raw) for raw in out.splitlines()]
+    assert [(a["type"], a["verdict"]) for a in answers] == [("explain", "allow")], err[-2000:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in [*seen, *err.splitlines()] if "|" in line}
+    assert not loaded & {"krate.egress.handler", "krate.egress.listener", "krate.egress.relay"}
+
+
+@pytest.mark.parametrize(
+    ("allow", "private", "host", "port"),
+    [
+        (("localhost:9",), (), "localhost", 9),  # a rule naming loopback: allowed
+        (("localhost.krate-test.invalid:9",), (), "localhost.krate-test.invalid", 9),
+        (("127.0.0.1:9",), (), "127.0.0.1", 9),
+        (("*:9",), (), "localhost", 9),  # loopback through a wildcard: refused
+        (("*:9",), ("localhost",), "localhost", 9),  # ... unless private_ok names it
+        (("example.com",), (), "other.example", 443),  # not allowed: no resolution
+        ((), (), "999.1.1.1", 443),  # not a host at all
+    ],
+)
+def test_explain_answers_the_same_with_its_modules_sent_first(tmp_path, allow, private, host, port):
+    """explain's two lines (modules at the start, then policy and host) get the answer the
+    proxy gives the whole configuration in one line: same decision, resolution and check."""
+    from krate import resolve_early
+    from krate.egress import spawn
+    from krate.policy import Flags, effective_policy
+
+    home = tmp_path / "home"
+    home.mkdir()
+    effective = effective_policy(
+        workspace=tmp_path, home=home, user_policy_path=home / "no-policy.toml", trusted={},
+        flags=Flags(policy="strict", allow_host=allow, allow_private_host=private),
+    )  # fmt: skip
+    config = explain_config(effective)
+    one_line = subprocess.run(
+        [sys.executable, "-I", "-S", str(spawn.PROXY)], cwd="/", capture_output=True, text=True,
+        input=json.dumps({**config, "explain": {"host": host, "port": port}}) + "\n", timeout=60,
+    )  # fmt: skip
+    [expected] = [json.loads(raw) for raw in one_line.stdout.splitlines()]
+    assert resolve_early.explain(config, host, port) == expected  # two lines, as the CLI sends

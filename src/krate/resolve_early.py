@@ -5,9 +5,10 @@ refused unless `private_ok` names the host), and krate's own process may not res
 names: a lookup is network traffic, and the lockdown refuses it IP sockets. The
 process that resolves names for runs is the egress proxy; explain starts it at entry
 (cli/main.py, like login's transport), before the lockdown and with only krate and the
-standard library loaded, and later gives it the policy and one host in its one-shot
-explain mode (`dial.explain`): the same decide-resolve-check code a run's connection
-goes through. It opens no connection. Standard library only at the top.
+standard library loaded, and tells it its modules at once, so that it imports them while
+krate loads the policy (as a run's proxy does); then it gives it the policy and one host
+in its one-shot explain mode (`dial.explain`): the same decide-resolve-check code a run's
+connection goes through. It opens no connection. Standard library only at the top.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def wanted(args: list[str]) -> bool:
 
 
 def start() -> subprocess.Popen:
-    """The proxy process, waiting for its configuration on stdin."""
+    """The proxy process, told its modules at once (as a run's proxy is): it imports what
+    decides and resolves while krate loads the policy, then waits for the policy and host."""
     from krate.bytecode import fresh
 
     script = fresh(PROXY) or PROXY  # its bytecode when fresh, as a run's proxy (egress/spawn.py)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [os.path.realpath(sys.executable), "-I", "-S", str(script)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -47,6 +49,15 @@ def start() -> subprocess.Popen:
         cwd="/",
         env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
     )
+    from krate.egress import helperlib  # krate and the standard library: while it starts
+
+    first = {"given": helperlib.given(), "explain": True}
+    try:
+        process.stdin.write((json.dumps(first) + "\n").encode())
+        process.stdin.flush()
+    except BrokenPipeError:
+        pass  # it died: explain() reports that it gave no answer
+    return process
 
 
 def start_early() -> None:

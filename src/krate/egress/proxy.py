@@ -124,11 +124,14 @@ def main() -> int:
     # start the proxy before it has compiled the policy the configuration carries.
     first = read()
     install_given(first.get("given") or {})
+    from krate.egress import dial  # noqa: F401 (imported early; explain decides with it too)
+
     if not first.get("explain"):  # explain decides and resolves: no listener, no relay
-        from krate.egress import dial, handler, listener, names  # noqa: F401 (imported early)
+        from krate.egress import handler, listener, names  # noqa: F401 (imported early)
     from krate.egress.wire import Config, Emitter
 
-    # `krate policy explain net` (resolve_early.py) sends everything in one line
+    # `krate policy explain net` (resolve_early.py) sends its modules at its start, then the
+    # policy and the host; everything in one line works too
     raw = first if "rules" in first else read()
     config = Config.from_dict(raw)
     emit = Emitter(config.journal_fd)
