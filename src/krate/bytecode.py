@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+
+TYPE_CHECKING = False  # not `from typing import ...`: explain loads this before its spawn
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
-def fresh(source: Path) -> Path | None:
+def fresh(source: Path | str) -> Path | str | None:
     """`source`'s bytecode in its `__pycache__` when it is this interpreter's and matches the
-    source (magic number, timestamp and size, as an import checks them), else None."""
+    source (magic number, timestamp and size, as an import checks them), else None.
+
+    A path as `source` gives a path, a string a string (explain starts its proxy without
+    pathlib loaded: resolve_early.py)."""
     tag = sys.implementation.cache_tag
-    cached = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+    folder, name = os.path.split(os.fspath(source))
+    cached_name = os.path.join(
+        folder, "__pycache__", f"{name.rpartition('.')[0] or name}.{tag}.pyc"
+    )
+    cached = cached_name if isinstance(source, str) else type(source)(cached_name)
     try:
         with open(cached, "rb") as fh:
             header = fh.read(16)

@@ -13,17 +13,16 @@ connection goes through. It opens no connection. Standard library only at the to
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-from krate.handoff import Handoff
+TYPE_CHECKING = False  # only `subprocess` before the spawn (not typing, pathlib or json)
+if TYPE_CHECKING:
+    from typing import Any
 
-_held: Handoff = Handoff()
-PROXY = Path(__file__).resolve().parent / "egress" / "proxy.py"
+_held: list[subprocess.Popen] = []  # the process started at entry, until explain takes it
+PROXY = os.path.join(os.path.dirname(os.path.realpath(__file__)), "egress", "proxy.py")
 TIMEOUT_S = 30.0
 
 
@@ -41,7 +40,7 @@ def start() -> subprocess.Popen:
 
     script = fresh(PROXY) or PROXY  # its bytecode when fresh, as a run's proxy (egress/spawn.py)
     process = subprocess.Popen(
-        [os.path.realpath(sys.executable), "-I", "-S", str(script)],
+        [os.path.realpath(sys.executable), "-I", "-S", script],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -49,6 +48,8 @@ def start() -> subprocess.Popen:
         cwd="/",
         env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
     )
+    import json
+
     from krate.egress import helperlib  # krate and the standard library: while it starts
 
     first = {"given": helperlib.given(), "explain": True}
@@ -62,15 +63,20 @@ def start() -> subprocess.Popen:
 
 def start_early() -> None:
     """cli/main.py, before the lockdown: start it; the explain command takes it."""
-    _held.put(start())
+    _held[:] = [start()]
 
 
 def abandon() -> None:
     """End a process no command took (a usage error...): it exits when stdin ends."""
-    process = _held.take()
+    process = _take()
     if process is not None:
         process.kill()
         process.wait()
+
+
+def _take() -> subprocess.Popen | None:
+    """The process started at entry (once), or None (the in-process entry)."""
+    return _held.pop() if _held else None
 
 
 def explain(config: dict[str, Any], host: str, port: int) -> dict[str, Any]:
@@ -79,7 +85,9 @@ def explain(config: dict[str, Any], host: str, port: int) -> dict[str, Any]:
     `config` holds the policy's rules as a run's proxy gets them. Uses the process
     started at entry, or starts one now (the in-process entry has no lockdown).
     """
-    process = _held.take() or start()
+    import json
+
+    process = _take() or start()
     line = json.dumps({**config, "explain": {"host": host, "port": port}}) + "\n"
     try:
         out, _ = process.communicate(line.encode(), timeout=TIMEOUT_S)
