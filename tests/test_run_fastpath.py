@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,72 @@ def test_explain_answers_the_same_with_its_modules_sent_first(tmp_path, allow, p
     )  # fmt: skip
     [expected] = [json.loads(raw) for raw in one_line.stdout.splitlines()]
     assert resolve_early.explain(config, host, port) == expected  # two lines, as the CLI sends
+    forked = subprocess.run([sys.executable, "-c", FORKED, json.dumps([config, host, port])],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert json.loads(forked.stdout) == expected  # the resolver the CLI forks at entry
+
+
+# The resolver `krate policy explain net` forks at entry (resolve_early.Forked), asked once.
+FORKED = (
+    "import json, sys\n"
+    "from krate import resolve_early\n"
+    "config, host, port = json.loads(sys.argv[1])\n"
+    "resolve_early.fork_early()\n"
+    "print(json.dumps(resolve_early.explain(config, host, port)))\n"
+)
+# The same, with the proxy's explain replaced by a report of where it runs.
+FORKED_REPORTS = (
+    "import json, os, signal\n"
+    "from krate import resolve_early\n"
+    "from krate.egress import dial\n"
+    "dial.explain_once = lambda config, target: {'type': 'explain', 'env': dict(os.environ),\n"
+    "    'cwd': os.getcwd(), 'fds': sorted(os.listdir('/proc/self/fd')),\n"
+    "    'sigint': signal.getsignal(signal.SIGINT) == signal.SIG_IGN}\n"
+    "extra = os.open('/dev/null', os.O_RDONLY)\n"
+    "os.set_inheritable(extra, True)\n"
+    "resolve_early.fork_early()\n"
+    "print(json.dumps(resolve_early.explain({'rules': [], 'listen': 'none'}, 'x', 1)))\n"
+)
+
+
+def test_the_forked_resolver_runs_as_the_proxy_does(tmp_path):
+    """Not krate's environment (a resolver reads LOCALDOMAIN, RES_OPTIONS, HOSTALIASES; a
+    secret has no business there), not its folder, nor its descriptors or Ctrl-C."""
+    env = dict(os.environ, NPM_TOKEN="s3cret", LOCALDOMAIN="corp.example")
+    done = subprocess.run([sys.executable, "-c", FORKED_REPORTS], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    seen = json.loads(done.stdout)
+    assert seen["env"] == {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}  # the proxy's (spawn)
+    assert seen["cwd"] == "/" and seen["sigint"] is True
+    assert len(seen["fds"]) == 6, seen["fds"]  # 0-2 on /dev/null, its two pipes, listdir's
+
+
+def test_explains_resolver_ends_before_krate_locks_down(tmp_path, krate_home):
+    """The proof's own start-up analysis (netguard/startup.py) of a real explain: the forked
+    resolver opened no third-party code and ended before krate locked down, whether it was
+    asked (an allowed host) or not (a denied one)."""
+    import shutil
+
+    from krate.netguard import observer, startup
+
+    from .conftest import KRATE
+
+    strace = shutil.which("strace")
+    if strace is None or not sys.platform.startswith("linux"):
+        pytest.skip("needs strace and the Linux lockdown")
+    package = str(Path(krate.egress.__file__).resolve().parent.parent)
+    lines = (["localhost:9", "--allow-host", "localhost:9"], ["other.example"])
+    for words in lines:
+        log = tmp_path / "strace.log"
+        argv = [KRATE, "policy", "explain", "net", *words]
+        cmd = observer.wrap(argv, strace=strace, bwrap=None, log=str(log), trace=startup.TRACE)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("allow\t" if len(words) > 1 else "deny\t"), done.stdout
+        seen = startup.analyse(log.read_text(), package)
+        assert seen["locked_down"], words
+        assert seen["outlived_lockdown"] == [], words
+        assert seen["third_party_while_unlocked"] == [], words
+        started = seen["children_before_lockdown"]
+        assert started == ["a fork of krate"], (words, started)  # the resolver, not the proxy
+        assert seen["helpers"] == [], words  # no proxy, and krate is not taken for one

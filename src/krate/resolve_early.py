@@ -1,14 +1,21 @@
-"""`krate policy explain net`: the egress proxy, started before the lockdown, resolves the name.
+"""`krate policy explain net`: the name is resolved as a run's proxy resolves it, before the lockdown.
 
 Why: a run's answer depends on where an allowed name resolves (a private address is
 refused unless `private_ok` names the host), and krate's own process may not resolve
-names: a lookup is network traffic, and the lockdown refuses it IP sockets. The
-process that resolves names for runs is the egress proxy; explain starts it at entry
-(cli/main.py, like login's transport), before the lockdown and with only krate and the
-standard library loaded, and tells it its modules at once, so that it imports them while
-krate loads the policy (as a run's proxy does); then it gives it the policy and one host
-in its one-shot explain mode (`dial.explain`): the same decide-resolve-check code a run's
-connection goes through. It opens no connection. Standard library only at the top.
+names: a lookup is network traffic, the guard refuses it in Python and the lockdown
+refuses IP sockets. So the answer comes from the proxy's own explain code
+(`dial.explain_once`: decide, resolve, check the addresses) in a process of its own:
+
+- the line cli/fastread.py parses (every usual one): a copy of krate forked at entry
+  (`Forked`), before the guard's audit hook (which a child cannot shed) and with
+  only krate and the standard library loaded; krate holds its lockdown until the
+  copy answered and ended (cli/views.py), so nothing it started outlives the
+  lockdown, and a second interpreter's start and imports (~20 ms) are saved;
+- a line Typer parses, or a failed fork: the egress proxy itself (`start`), started
+  at entry like login's transport and told its modules at once, so that it imports
+  them while krate loads the policy, then asked in its one-shot explain mode.
+
+Either opens no connection. Standard library only at the top.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ TYPE_CHECKING = False  # only `subprocess` before the spawn (not typing, pathlib
 if TYPE_CHECKING:
     from typing import Any
 
-_held: list[subprocess.Popen] = []  # the process started at entry, until explain takes it
+_held: list[subprocess.Popen | Forked] = []  # the process started at entry, until explain takes it
 PROXY = os.path.join(os.path.dirname(os.path.realpath(__file__)), "egress", "proxy.py")
 TIMEOUT_S = 30.0
 
@@ -66,6 +73,121 @@ def start_early() -> None:
     _held[:] = [start()]
 
 
+class Forked:
+    """The resolver as a copy of krate forked at entry, before its guard and lockdown.
+
+    Forked once what the proxy decides and resolves with is loaded (dial, wire: krate
+    and the standard library only, imports held: cli/main.py), it imports nothing
+    more: it waits for the one line the proxy would get, answers with the proxy's own
+    `dial.explain_once`, and exits; krate waits for it, then locks down. It
+    runs as the proxy does: no guard, the proxy's environment (PATH and LC_ALL only,
+    so the resolver reads no LOCALDOMAIN, RES_OPTIONS or HOSTALIASES), cwd /,
+    Ctrl-C ignored, no descriptor of krate's but its two pipes.
+    """
+
+    def __init__(self) -> None:
+        from krate.egress import dial, wire  # noqa: F401 (before the fork: the child's code)
+
+        down_r, self.down = os.pipe()
+        self.up, up_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                os.close(self.down)
+                os.close(self.up)
+                _resolver(down_r, up_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(down_r)
+        os.close(up_w)
+
+    def communicate(self, line: bytes, timeout: float) -> tuple[bytes, None]:
+        """Send the line, read the answer to its end (as Popen.communicate), reap the child."""
+        import select
+        import time
+
+        try:  # noqa: SIM105 (contextlib: ~1 ms more before the spawn's answer)
+            os.write(self.down, line)
+        except BrokenPipeError:
+            pass  # it died: no answer
+        os.close(self.down)
+        self.down = -1
+        out, deadline = b"", time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.up, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired("resolver", timeout)
+            if not poller.poll(left * 1000):
+                continue
+            chunk = os.read(self.up, 65536)
+            if not chunk:
+                break
+            out += chunk
+        self.wait()
+        return out, None
+
+    def kill(self) -> None:
+        import signal
+
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self) -> None:
+        if self.pid:
+            os.waitpid(self.pid, 0)
+            self.pid = 0
+        for fd in (self.down, self.up):
+            if fd >= 0:
+                os.close(fd)
+        self.down = self.up = -1
+
+
+def _resolver(down: int, up: int) -> None:
+    """The forked child: the proxy's environment, then its one explain answer."""
+    import json
+    import signal
+
+    from krate.egress.dial import explain_once
+    from krate.egress.wire import Config
+
+    for name in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(name, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update({"PATH": os.defpath, "LC_ALL": "C.UTF-8"})
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    keep = sorted((down, up))
+    os.closerange(3, keep[0])
+    os.closerange(keep[0] + 1, keep[1])
+    os.closerange(keep[1] + 1, 65536)
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(down, 65536)
+        if not chunk:
+            return  # krate went on without it
+        data += chunk
+    raw = json.loads(data.partition(b"\n")[0])
+    answer = explain_once(Config.from_dict(raw), raw["explain"])
+    out = (json.dumps(answer) + "\n").encode()
+    while out:
+        out = out[os.write(up, out) :]
+
+
+def fork_early() -> None:
+    """cli/main.py, before the guard, imports held: fork the resolver; explain takes it
+    (or, when the fork failed, starts the proxy then, still before the lockdown)."""
+    try:
+        _held[:] = [Forked()]
+    except OSError:
+        _held[:] = []
+
+
 def abandon() -> None:
     """End a process no command took (a usage error...): it exits when stdin ends."""
     process = _take()
@@ -74,7 +196,7 @@ def abandon() -> None:
         process.wait()
 
 
-def _take() -> subprocess.Popen | None:
+def _take() -> subprocess.Popen | Forked | None:
     """The process started at entry (once), or None (the in-process entry)."""
     return _held.pop() if _held else None
 

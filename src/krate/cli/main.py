@@ -74,7 +74,8 @@ def _protect(args: list[str]) -> bool:
     the lockdown; on macOS the lockdown is a Seatbelt profile, inside which
     sandbox-exec is refused. audit network --prove: its real runs of run and build
     start here, then the lockdown (netguard/proof_early.py). policy explain net: the
-    egress proxy that resolves its name starts here (resolve_early.py). run/build
+    resolver of its name is forked here, before the guard, and the command locks down
+    once it answered (resolve_early.py; returns True). run/build
     that cli/fastrun.py parsed: third-party imports are held until the command has
     started its sandbox and proxy and locked down (returns True). Anything else:
     locked down now.
@@ -82,6 +83,16 @@ def _protect(args: list[str]) -> bool:
     from krate.netguard import guard, lockdown
 
     completing = "_KRATE_COMPLETE" in os.environ
+    if not completing and _explains_net(args) and _parsed_fast(args):
+        # Its resolver is a copy of krate forked before the guard (an audit hook it could
+        # not shed) with krate and the standard library loaded; the command locks down
+        # once the name is resolved, before it prints (resolve_early.Forked, cli/views.py).
+        lockdown.hold_imports()
+        from krate import resolve_early
+
+        resolve_early.fork_early()
+        guard.install()
+        return True
     guard.install(record=not completing)
     command = None if completing else _starts_children(args, lockdown.DEFERRED_COMMANDS)
     if command in ("run", "build"):
@@ -104,7 +115,7 @@ def _protect(args: list[str]) -> bool:
     elif not completing and _explains_net(args):
         from krate import resolve_early
 
-        resolve_early.start_early()  # explain net resolves through the egress proxy
+        resolve_early.start_early()  # a line Typer parses: through the egress proxy
     elif not completing and _starts_children(args, EARLY_SANDBOX) is not None:
         lockdown.hold_imports()  # until apply(): krate and the standard library only
         from krate import doctor_trial
@@ -123,6 +134,13 @@ def _explains_net(args: list[str]) -> bool:
     return resolve_early.wanted(args)
 
 
+def _parsed_fast(args: list[str]) -> bool:
+    """cli/fastread.py takes the line (no Typer, which cannot load while imports are held)."""
+    from krate.cli import fastread
+
+    return fastread.parse(args) is not None
+
+
 def _proves(args: list[str]) -> bool:
     """`krate audit network --prove` that will really run (not print help)."""
     words = [a for a in args if not a.startswith("-")]
@@ -134,6 +152,9 @@ def _after_command(args: list[str], held: bool) -> None:
     """Lock down (a deferred command that stopped early), settle what it deferred."""
     from krate.netguard import lockdown
 
+    resolver = sys.modules.get("krate.resolve_early")
+    if resolver is not None:
+        resolver.abandon()  # explain's resolver, when explain did not take it: before the lockdown
     lockdown.apply()
     if held:
         try:
@@ -143,9 +164,6 @@ def _after_command(args: list[str], held: bool) -> None:
     common = sys.modules.get("krate.cli.common")
     if common is not None:
         common.abandon_transport()  # the registry's transport, when the command did not take it
-    resolver = sys.modules.get("krate.resolve_early")
-    if resolver is not None:
-        resolver.abandon()  # explain's resolver, when explain did not take it
     early = sys.modules.get("krate.netguard.proof_early")
     if early is not None:
         early.abandon()  # real runs of a proof that stopped before taking them

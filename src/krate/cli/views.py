@@ -485,11 +485,24 @@ def policy_explain(kind: str, subject: str, json_: bool, no_resolve: bool, flags
     out = decision.to_dict()
     if kind == "net":
         out.update(_as_run_would(effective, subject, decision, no_resolve))
+    _resolved()
     if json_:
         render.print_json(out)
         return
     line = f"{out['verdict']}\t{out['subject']}\t{out['rule']}\t[{out['layer']}]"
     echo(line + (f"\t{out['reason']}" if out.get("reason") else ""))
+
+
+def _resolved() -> None:
+    """explain's forked resolver (krate/resolve_early.py) is done with: end it if it was
+    never asked (a denied host), then lock down, as cli/main.py held the lockdown for it."""
+    from krate.netguard import lockdown
+
+    if lockdown.imports_held():
+        from krate import resolve_early
+
+        resolve_early.abandon()
+        lockdown.apply()
 
 
 def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:

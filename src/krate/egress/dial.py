@@ -300,6 +300,13 @@ def address_kind(addr) -> str:
     return "non-global"
 
 
+def explain_once(config, target: dict) -> dict:
+    """`krate policy explain net`'s answer under the proxy's configuration (wire.Config):
+    in the proxy, and in the copy of krate that resolve_early.py forks to resolve the name."""
+    dialer = Dialer(config.rules, config.net_default, config.connect_timeout, config.private_ok)
+    return explain(dialer, target["host"], target["port"])
+
+
 def explain(dialer: Dialer, host: str, port: int) -> dict:
     """What a run's connection to host:port would meet, short of connecting: decision,
     then (when allowed) resolution and the special-address check; `krate policy explain`."""

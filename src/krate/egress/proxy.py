@@ -136,11 +136,9 @@ def main() -> int:
     config = Config.from_dict(raw)
     emit = Emitter(config.journal_fd)
     if raw.get("explain"):  # `krate policy explain net`: one answer, no connection
-        from krate.egress.dial import Dialer, explain
+        from krate.egress.dial import explain_once
 
-        dialer = Dialer(config.rules, config.net_default, config.connect_timeout, config.private_ok)
-        target = raw["explain"]
-        emit(explain(dialer, target["host"], target["port"]))
+        emit(explain_once(config, raw["explain"]))
         os._exit(0)
     serve(config, emit)
     # Every line is written (os.write, unbuffered) and every other thread is a daemon: skip
