@@ -1,4 +1,4 @@
-"""`krate policy explain net`: the name is resolved as a run's proxy resolves it, before the lockdown.
+"""`krate policy explain net`: the name resolved as a run's proxy resolves it, unlocked.
 
 Why: a run's answer depends on where an allowed name resolves (a private address is
 refused unless `private_ok` names the host), and krate's own process may not resolve
