@@ -13,9 +13,9 @@ so that they hold on any machine:
 - one TAB press (`_KRATE_COMPLETE=complete_bash`): at most 3x `python -c pass`.
 
 `python -c "import typer"` is printed without a goal: it is the floor of every command
-that goes through Typer (help, the writers and the rarer readers; not run/build, the
-light read-only commands of cli/fastread.py, --version or TAB), ARCHITECTURE.md
-"Start-up budget".
+that goes through Typer (the writers, the rarer readers, help on a terminal; not
+run/build, the light read-only commands of cli/fastread.py, help on a pipe as timed
+here, --version or TAB), ARCHITECTURE.md "Start-up budget".
 
 Not timed: `audit list` without --limit prints the whole record, and `audit verify` and
 `data export` walk it (bench_store.py times them at 1,000,000 events);
