@@ -340,6 +340,7 @@ FORKED_REPORTS = (
 )
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="macOS asks the proxy")
 def test_the_forked_resolver_runs_as_the_proxy_does(tmp_path):
     """Not krate's environment (a resolver reads LOCALDOMAIN, RES_OPTIONS, HOSTALIASES; a
     secret has no business there), not its folder, nor its descriptors or Ctrl-C."""

@@ -6,12 +6,12 @@ names: a lookup is network traffic, the guard refuses it in Python and the lockd
 refuses IP sockets. So the answer comes from the proxy's own explain code
 (`dial.explain_once`: decide, resolve, check the addresses) in a process of its own:
 
-- the line cli/fastread.py parses (every usual one): a copy of krate forked at entry
-  (`Forked`), before the guard's audit hook (which a child cannot shed) and with
-  only krate and the standard library loaded; krate holds its lockdown until the
+- the line cli/fastread.py parses (every usual one), on Linux: a copy of krate forked
+  at entry (`Forked`), before the guard's audit hook (which a child cannot shed) and
+  with only krate and the standard library loaded; krate holds its lockdown until the
   copy answered and ended (cli/views.py), so nothing it started outlives the
   lockdown, and a second interpreter's start and imports (~20 ms) are saved;
-- a line Typer parses, or a failed fork: the egress proxy itself (`start`), started
+- a line Typer parses, macOS, or a failed fork: the egress proxy itself (`start`), started
   at entry like login's transport and told its modules at once, so that it imports
   them while krate loads the policy, then asked in its one-shot explain mode.
 
@@ -181,7 +181,14 @@ def _resolver(down: int, up: int) -> None:
 
 def fork_early() -> None:
     """cli/main.py, before the guard, imports held: fork the resolver; explain takes it
-    (or, when the fork failed, starts the proxy then, still before the lockdown)."""
+    (or, when the fork failed, starts the proxy then, still before the lockdown).
+
+    Linux only: on macOS a forked child that did not exec may not use the system's
+    resolver (it talks to mDNSResponder through services a fork does not carry over),
+    so the proxy is started as before."""
+    if not sys.platform.startswith("linux"):
+        start_early()
+        return
     try:
         _held[:] = [Forked()]
     except OSError:
