@@ -507,7 +507,8 @@ def _resolved() -> None:
 
 def _as_run_would(effective, subject: str, decision, no_resolve: bool) -> dict:
     """What a run's connection meets beyond the rule: the resolved addresses and their check
-    (through the egress proxy, krate/resolve_early.py), and the flag that would allow it."""
+    (the egress proxy's own code, unlocked: krate/resolve_early.py), and the flag that
+    would allow it."""
     from krate.egress import compile_private, compile_rules, helperlib
     from krate.policy.hosts import allow_hint
     from krate.policy.manage import net_subject
