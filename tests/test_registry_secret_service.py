@@ -18,7 +18,7 @@ import types
 import pytest
 
 from krate.registry import keychain, secret_service
-from tests.conftest import KRATE
+from tests.conftest import run_krate
 from tests.registry_images import Pusher, image, layer
 from tests.registry_server import needs_registry
 from tests.registry_support import USER, events
@@ -36,23 +36,34 @@ def _imported(stderr: str) -> set[str]:
 
 
 @needs_registry
+@pytest.mark.parametrize("who", ["root", "user"])
 def test_an_authenticated_pull_reads_the_login_without_importing_keyring(
-    registry, password, keychain, tmp_path
+    registry, password, keychain, tmp_path, ordinary_user, user_tmp, who
 ):
+    """As root and as an ordinary user with their own session bus and keyring."""
+    if who == "user" and ordinary_user is None:
+        pytest.skip("needs root to create the ordinary user")
+    from tests.secret_service import SecretService
+
+    user = ordinary_user if who == "user" else None
+    service = SecretService(user).start() if user else keychain
     img = image([layer({"a": os.urandom(1 << 20)})])
     Pusher(registry.port, USER, password).image("me/private", "1", img)
-    home = tmp_path / "home"
-    env = keychain.env(KRATE_HOME=str(home))
-    login = subprocess.run(
-        [KRATE, "login", registry.name, "-u", USER, "--password-stdin"],
-        input=password, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert login.returncode == 0, login.stderr
-    pull = subprocess.run(
-        [KRATE, "image", "pull", "-q", f"{registry.name}/me/private:1"],
-        env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    home = (user_tmp if user else tmp_path) / "home"
+    env = service.env(KRATE_HOME=str(home))
+    try:
+        login = run_krate(
+            "login", registry.name, "-u", USER, "--password-stdin",
+            input=password, env=env, user=user,
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        pull = run_krate(
+            "image", "pull", "-q", f"{registry.name}/me/private:1",
+            env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, user=user,
+        )  # fmt: skip
+    finally:
+        if user:
+            service.stop()
     assert pull.returncode == 0, pull.stderr[-2000:]
     assert pull.stdout.strip() == img.config_digest  # the registry took the credentials
     modules = _imported(pull.stderr)
