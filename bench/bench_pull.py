@@ -16,6 +16,11 @@ keyring, auth, manifest, the record); the last line compares the rest with curl.
 `--anonymous`: a registry without auth (curl without -u; krate never loads keyring).
 krate's bytecode is compiled first, as an installed krate has it (an editable checkout
 under PYTHONDONTWRITEBYTECODE would otherwise recompile its sources on every command).
+Each timed command starts on a clean disk: `sync` first, untimed, so that neither side
+pays for the other's writeback (curl's 150 MB stay dirty in the page cache and the
+kernel flushes them some 30 s later, often in the middle of a later krate pull, whose
+fsyncs then wait behind them); curl's files are removed after each run, and the two
+sides take turns going first.
 On a shared machine the numbers move with the load: compare ratios of one run.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +69,7 @@ def krate_pull(env: dict, home: Path, ref: str, fresh: bool = True) -> float:
         for blob in blobs.iterdir():
             blob.unlink()
     env = {**env, "KRATE_HOME": str(home)}
+    os.sync()  # untimed: nobody's earlier writes are flushed during this run
     start = time.perf_counter()
     done = subprocess.run([KRATE, "image", "pull", "-q", ref], env=env, capture_output=True)
     took = time.perf_counter() - start
@@ -79,9 +86,12 @@ def curl_fetch(reg: Registry, out: Path, digests: list[str], auth: bool = True) 
             f"{base}/manifests/1"]  # fmt: skip
     for digest in digests:
         argv += ["-o", str(out / digest[7:]), f"{base}/blobs/{digest}"]
+    os.sync()  # untimed, as for krate
     start = time.perf_counter()
     subprocess.run(argv, check=True)
-    return time.perf_counter() - start
+    took = time.perf_counter() - start
+    shutil.rmtree(out)  # its dirty pages go with it, unwritten
+    return took
 
 
 def main() -> None:
@@ -116,10 +126,13 @@ def main() -> None:
             digests = list(img.blobs)
             ref = f"{reg.name}/{REPO}:1"
             for i in range(args.runs):
-                curl_times.append(
-                    curl_fetch(reg, tmp_path / f"curl{i}", digests, not args.anonymous)
-                )
-                krate_times.append(krate_pull(env, tmp_path / "home", ref))
+                curl = (reg, tmp_path / f"curl{i}", digests, not args.anonymous)
+                if i % 2:  # take turns going first
+                    krate_times.append(krate_pull(env, tmp_path / "home", ref))
+                    curl_times.append(curl_fetch(*curl))
+                else:
+                    curl_times.append(curl_fetch(*curl))
+                    krate_times.append(krate_pull(env, tmp_path / "home", ref))
                 fixed_times.append(krate_pull(env, tmp_path / "home", ref, fresh=False))
                 print(
                     f"run {i + 1}: krate image pull {krate_times[-1]:6.2f} s   "

@@ -41,14 +41,16 @@ def spawn(
     stderr: int | IO[bytes] | None = subprocess.PIPE,
     pass_fds: Collection[int] = (),
     cwd: str | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.Popen:
-    """Start `python -I -S script`: no site-packages, no .pth files, no PYTHON* variables,
-    only `env` and the descriptors named; stdin and stdout are pipes (the job, the report).
+    """Start `python -I -S script [args]`: no site-packages, no .pth files, no PYTHON*
+    variables, only `env` and the descriptors named; stdin and stdout are pipes (the job,
+    the report).
 
     Raises OSError when it cannot start; the caller says which helper in its message.
     """
     return subprocess.Popen(
-        [python, "-I", "-S", str(script)],
+        [python, "-I", "-S", str(script), *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,

@@ -104,7 +104,7 @@ def _protect(args: list[str]) -> bool:
     elif command is not None:
         from krate.cli.common import start_transport
 
-        start_transport()  # standard library only; the command takes it over
+        start_transport(args)  # standard library only; the command takes it over
     elif not completing and _proves(args):
         # Its real runs of run and build must not be born inside this lockdown (they
         # start a sandbox that needs its own loopback); krate and stdlib only until then.

@@ -45,10 +45,15 @@ def _notices(registry: str):
 def _credentials(registry: str):
     """The stored credentials, or None (anonymous push) when there are none or no keychain."""
     from krate.errors import KrateError
-    from krate.registry import keychain
+    from krate.registry import keychain, secret_service
 
+    name = keychain.backend_name(os.environ)
+    # the Secret Service read without keyring's import when keyring would read it so
+    raw = secret_service.lookup(name, keychain.SERVICE, registry, os.environ)
+    if raw is not secret_service.UNSURE:
+        return keychain.parse_entry(raw, registry)
     try:
-        kc = keychain.open_keychain(keychain.backend_name(os.environ))
+        kc = keychain.open_keychain(name)
     except KrateError:
         return None  # a registry that needs a login says so, naming `krate login`
     return kc.get(registry)

@@ -16,6 +16,8 @@ import sys
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transport.py")
 # Variables the transport may see: OpenSSL's own CA bundle overrides, nothing else.
 CHILD_ENV_NAMES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+# Its one argument: do not read the system's CA certificates before the job (transport.py).
+TLS_LATER = "--tls-later"
 
 _held: list = []  # the started process, or the OSError that stopped it
 
@@ -25,14 +27,34 @@ def child_env(environ) -> dict[str, str]:
     return {k: environ[k] for k in CHILD_ENV_NAMES if environ.get(k)}
 
 
-def start() -> None:
-    """Start `python -I -S transport.py` now; a failure is reported when it is taken."""
+def start(args: list[str] | tuple[str, ...] = ()) -> None:
+    """Start `python -I -S transport.py` now; a failure is reported when it is taken.
+
+    When the command line names a loopback registry (`localhost:5000/app:1`), which is
+    mostly plain HTTP, the transport is told not to read the system's CA certificates
+    ahead of the job (some 20 to 40 ms of CPU, which the command's own start-up needs):
+    a hint about speed only, since the transport decides from the job what it trusts.
+    """
     from krate import helper_process
 
+    extra = (TLS_LATER,) if any(names_loopback(a) for a in args) else ()
     try:
-        _held[:] = [helper_process.spawn(sys.executable, SCRIPT, env=child_env(os.environ))]
+        _held[:] = [
+            helper_process.spawn(sys.executable, SCRIPT, env=child_env(os.environ), args=extra)
+        ]
     except OSError as exc:
         _held[:] = [exc]
+
+
+def names_loopback(word: str) -> bool:
+    """Whether a command-line word starts with a loopback registry (`localhost`, `127.*`,
+    `[::1]`, with or without a port or a path). String checks only: nothing is imported."""
+    host = word.partition("/")[0].lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host in ("localhost", "::1") or (host.startswith("127.") and host.count(".") == 3)
 
 
 def take():

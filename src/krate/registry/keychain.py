@@ -61,17 +61,9 @@ class Keychain:
         return f"keyring backend {self.name}"
 
     def get(self, registry: str) -> Credentials | None:
-        raw = self._call("read", self.backend.get_password, SERVICE, registry)
-        if raw is None:
-            return None
-        try:
-            doc = json.loads(raw)
-            return Credentials(str(doc["username"]), str(doc["password"]))
-        except (ValueError, KeyError, TypeError):
-            raise KrateError(
-                f"the keychain entry for {registry} (service {SERVICE!r}) is not one krate "
-                f"wrote; run `krate logout {registry}` then `krate login {registry}`"
-            ) from None
+        return parse_entry(
+            self._call("read", self.backend.get_password, SERVICE, registry), registry
+        )
 
     def put(self, registry: str, credentials: Credentials) -> None:
         secret = json.dumps({"username": credentials.username, "password": credentials.password})
@@ -101,6 +93,20 @@ class Keychain:
                 f"cannot {what} the credentials of {args[1]} in the {self.label} "
                 f"({kind}{': ' + detail if detail else ''}); {_install_hint(self.name)}"
             ) from None
+
+
+def parse_entry(raw: str | None, registry: str) -> Credentials | None:
+    """An entry's secret (the JSON krate wrote) as Credentials; None for no entry."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        return Credentials(str(doc["username"]), str(doc["password"]))
+    except (ValueError, KeyError, TypeError):
+        raise KrateError(
+            f"the keychain entry for {registry} (service {SERVICE!r}) is not one krate "
+            f"wrote; run `krate logout {registry}` then `krate login {registry}`"
+        ) from None
 
 
 _NO_UI = -25308  # errSecInteractionNotAllowed

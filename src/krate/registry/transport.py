@@ -89,7 +89,8 @@ def _warm_early() -> tuple:
 
 _early_tls = None
 if __name__ == "__main__":
-    _early_tls = _warm_early()
+    if "--tls-later" not in sys.argv[1:]:  # krate's hint: a loopback registry (early.py)
+        _early_tls = _warm_early()
     _load_parts()
 
 from krate.registry.transport_auth import Asker, Auth  # noqa: E402
@@ -452,7 +453,8 @@ def run(job: dict) -> None:
 
 
 def main() -> int:
-    warm(_early_tls)  # while krate still loads keyring and its store; the job comes after
+    if _early_tls is not None:  # else made when a connection needs it (Pool)
+        warm(_early_tls)  # while krate still loads keyring and its store; the job comes after
     try:
         job = json.loads(sys.stdin.buffer.readline())  # credentials may follow (Asker)
     except ValueError:
