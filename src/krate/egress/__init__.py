@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.paths import Paths
@@ -55,7 +54,10 @@ from .spawn import (
     start_proxy,
 )
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from krate.policy.decide import EffectivePolicy
     from krate.sandbox.spec import SandboxSpec
 

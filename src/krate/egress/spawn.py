@@ -15,10 +15,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any
 
 from krate.bytecode import fresh as fresh_bytecode
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 PROXY = HERE / "proxy.py"

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from krate import canonical
 from krate.policy import paths
 from krate.policy.hosts import HostPattern, normalize_subject
 from krate.policy.model import Decision, Limits
 from krate.records import NamedTuple
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 ALLOW = "allow"
 DENY = "deny"

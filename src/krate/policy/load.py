@@ -11,13 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from krate import sha
 from krate.policy import envnames, hosts, paths
 from krate.policy.builtin import PROFILES
 from krate.policy.model import LIMIT_NAMES, Item, Layer, PolicyError
 from krate.records import NamedTuple
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 PROJECT_FILE = "krate.toml"
 MAX_FILE_BYTES = 1 << 20

@@ -25,9 +25,9 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from krate.paths import FILE_MODE
+from krate.records import NamedTuple
 from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, SandboxSpec, is_within
 
 # npm keys that may reach the workload (`@scope:registry` too); `//host/:...` never does.
