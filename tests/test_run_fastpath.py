@@ -134,6 +134,27 @@ def test_the_fast_path_runs_without_importing_heavy_modules(tmp_path, krate_home
     assert done.stdout.split() == ["3"]
 
 
+# A networked run loads the egress session, and still none of the above but krate.egress:
+# its folder and files are made without tempfile and shutil (egress/scratch.py, ~3 ms).
+NOT_ON_THE_NETWORKED_RUN_PATH = (
+    *(m for m in NOT_ON_THE_RUN_PATH if m != "krate.egress"), "tempfile", "random",
+)  # fmt: skip
+
+
+def test_a_networked_run_loads_no_heavy_module_either(tmp_path, krate_home):
+    code = (
+        "import sys; from krate.cli.main import main; "
+        "code = main(['run', '--as-root', '--allow-host', 'example.com', '--', 'sh', '-c', "
+        "'test -n \"$HTTP_PROXY\" && exit 3']); "
+        f"print(code, *[m for m in {NOT_ON_THE_NETWORKED_RUN_PATH!r} if m in sys.modules])"
+    )
+    for _ in range(2):  # the first run creates the store (migrations may load sqlite-utils)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+    assert done.stdout.split() == ["3"], done.stderr
+
+
 def test_the_bridge_starts_the_workload_with_only_c_modules_loaded(tmp_path):
     """The bridge sits before every networked workload: its start-up is kept minimal."""
     bridge = Path(krate.egress.__file__).with_name("bridge.py")
