@@ -155,6 +155,22 @@ def test_a_networked_run_loads_no_heavy_module_either(tmp_path, krate_home):
     assert done.stdout.split() == ["3"], done.stderr
 
 
+def test_the_program_loads_no_registry_code_on_its_way_out(tmp_path, krate_home):
+    """As the program runs (argv from sys.argv: guard, lockdown, and the settling after the
+    command): nothing started a registry transport, so nothing loads its module to end one."""
+    code = (
+        "import sys; sys.argv = ['krate', 'run', '--as-root', '--no-network', '--', 'true']; "
+        "from krate.cli.main import main; code = main(); "
+        f"print(code, *[m for m in {(*NOT_ON_THE_RUN_PATH, 'krate.registry')!r} "
+        "if m in sys.modules])"
+    )
+    for _ in range(2):  # the first run creates the store (migrations may load sqlite-utils)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+    assert done.stdout.split() == ["0"], done.stderr
+
+
 def test_the_bridge_starts_the_workload_with_only_c_modules_loaded(tmp_path):
     """The bridge sits before every networked workload: its start-up is kept minimal."""
     bridge = Path(krate.egress.__file__).with_name("bridge.py")

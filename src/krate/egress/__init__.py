@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.helper_process import wait
 from krate.paths import Paths
 from krate.records import NamedTuple
 from krate.runs_read import summarize_hosts  # `runs show` reads it without this package
@@ -391,7 +392,7 @@ class EgressSession:
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         try:
-            self.process.wait(timeout=timeout)
+            wait(self.process, timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
