@@ -87,3 +87,20 @@ def test_remove_takes_the_folder_and_anything_unexpected_in_it(tmp_path):
     scratch.remove(folder)
     assert not folder.exists()
     scratch.remove(folder)  # already gone: nothing to do
+
+
+def test_clean_stale_removes_only_the_folders_of_dead_krates_of_this_user(tmp_path):
+    """A krate killed with its proxy leaves its socket folder; the next run removes it."""
+    from krate.egress import DIR_PREFIX, clean_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{DIR_PREFIX}{dead.pid}-abc"
+    alive = tmp_path / f"{DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "krate-other-1"
+    for folder in (stale, alive, other):
+        folder.mkdir()
+        (folder / "proxy.sock").write_text("")
+    clean_stale(str(tmp_path))
+    assert not stale.exists() and alive.exists() and other.exists()
+    clean_stale(str(tmp_path / "missing"))  # no such folder: nothing to do

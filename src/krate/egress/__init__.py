@@ -465,8 +465,13 @@ def clean_stale(tmp: str | None = None) -> None:
         import tempfile
 
         tmp = tempfile.gettempdir()
-    base = Path(tmp)
-    for folder in base.glob(DIR_PREFIX + "*"):
+    try:  # a listing, not Path.glob: every networked run does this (/tmp may be long)
+        with os.scandir(tmp) as listing:
+            names = [e.name for e in listing if e.name.startswith(DIR_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        folder = Path(tmp, name)
         try:
             pid = int(folder.name[len(DIR_PREFIX) :].split("-")[0])
             if folder.stat().st_uid != os.getuid():
