@@ -136,3 +136,25 @@ def test_the_stream_is_not_closed_under_a_reader_still_in_it(tmp_path):
 def test_a_helper_that_cannot_start_raises_oserror(tmp_path):
     with pytest.raises(OSError):
         helper_process.spawn(str(tmp_path / "no-python"), tmp_path / "x.py", env={})
+
+
+def test_wait_is_popens_wait_woken_by_the_exit():
+    """krate waits for its egress proxy at the end of every networked run; Popen's wait with
+    a timeout sleeps 0.5, 1, 2, 4 ... ms between polls, helper_process.wait wakes at the exit
+    (a pidfd): same status, same TimeoutExpired, and a child reaped already is Popen's."""
+    from krate.helper_process import wait
+
+    quick = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(7)"])
+    assert wait(quick, 30.0) == 7 and quick.returncode == 7
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        start = time.monotonic()
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait(slow, 0.2)
+        assert time.monotonic() - start >= 0.19
+    finally:
+        slow.kill()
+    start = time.monotonic()
+    assert wait(slow, 30.0) == -9
+    assert time.monotonic() - start < 5.0
+    assert wait(slow, 0.01) == -9  # reaped already

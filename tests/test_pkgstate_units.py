@@ -153,3 +153,18 @@ def test_a_cache_variable_pointing_into_a_writable_folder_is_the_users_choice(tm
                           environ=mine, mounts=False)  # fmt: skip
     assert spec.env["PIP_CACHE_DIR"] == f"{WS}/.pip-cache"
     assert spec.env["npm_config_cache"] == str(folder / "npm")
+
+
+def test_configparser_loads_only_for_a_pip_conf_to_copy():
+    """~1 ms of every run's start: a machine without a pip.conf never loads it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from krate.sandbox import pkgconfig; "
+        "before = 'configparser' in sys.modules; "
+        "clean = pkgconfig.sanitize_pipconf('[global]\\nindex-url = https://u:p@x.example/s\\n'); "
+        "print(before, 'configparser' in sys.modules, 'u:p' in clean)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True", "False"], done.stderr

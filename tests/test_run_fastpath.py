@@ -113,11 +113,12 @@ def test_the_fast_parser_agrees_with_typer_on_every_line_it_accepts(name):
 # Modules `krate run` must not load: the CLI framework and its output stack, the
 # third-party store helper, and standard modules that cost milliseconds at import
 # (dataclasses pulls in inspect, ast and dis; hashlib OpenSSL, where krate.sha is the
-# builtin SHA-256; shutil bz2 and lzma). A run without network does not load the egress
-# code at all. See ARCHITECTURE.md, "Start-up budget".
+# builtin SHA-256; shutil bz2 and lzma; typing ~2 ms, imported for type checkers only, under
+# `TYPE_CHECKING = False`). A run without network does not load the egress code at all.
+# See ARCHITECTURE.md, "Start-up budget".
 NOT_ON_THE_RUN_PATH = (
     "typer", "click", "rich", "sqlite_utils", "keyring", "dataclasses", "inspect", "asyncio",
-    "tomllib", "difflib", "krate.egress", "krate.cli.app", "_hashlib", "shutil",
+    "tomllib", "difflib", "krate.egress", "krate.cli.app", "_hashlib", "shutil", "typing",
 )  # fmt: skip
 
 
@@ -132,6 +133,43 @@ def test_the_fast_path_runs_without_importing_heavy_modules(tmp_path, krate_home
             [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
         )
     assert done.stdout.split() == ["3"]
+
+
+# A networked run loads the egress session, and still none of the above but krate.egress:
+# its folder and files are made without tempfile and shutil (egress/scratch.py, ~3 ms).
+NOT_ON_THE_NETWORKED_RUN_PATH = (
+    *(m for m in NOT_ON_THE_RUN_PATH if m != "krate.egress"), "tempfile", "random",
+)  # fmt: skip
+
+
+def test_a_networked_run_loads_no_heavy_module_either(tmp_path, krate_home):
+    code = (
+        "import sys; from krate.cli.main import main; "
+        "code = main(['run', '--as-root', '--allow-host', 'example.com', '--', 'sh', '-c', "
+        "'test -n \"$HTTP_PROXY\" && exit 3']); "
+        f"print(code, *[m for m in {NOT_ON_THE_NETWORKED_RUN_PATH!r} if m in sys.modules])"
+    )
+    for _ in range(2):  # the first run creates the store (migrations may load sqlite-utils)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+    assert done.stdout.split() == ["3"], done.stderr
+
+
+def test_the_program_loads_no_registry_code_on_its_way_out(tmp_path, krate_home):
+    """As the program runs (argv from sys.argv: guard, lockdown, and the settling after the
+    command): nothing started a registry transport, so nothing loads its module to end one."""
+    code = (
+        "import sys; sys.argv = ['krate', 'run', '--as-root', '--no-network', '--', 'true']; "
+        "from krate.cli.main import main; code = main(); "
+        f"print(code, *[m for m in {(*NOT_ON_THE_RUN_PATH, 'krate.registry')!r} "
+        "if m in sys.modules])"
+    )
+    for _ in range(2):  # the first run creates the store (migrations may load sqlite-utils)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+    assert done.stdout.split() == ["0"], done.stderr
 
 
 def test_the_bridge_starts_the_workload_with_only_c_modules_loaded(tmp_path):

@@ -12,13 +12,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from krate.errors import NotFound, UsageError
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    Row = TypeVar("Row")
+
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 LAST = "last"
-Row = TypeVar("Row")
 
 
 def new_id(now_ms: int | None = None, rand: int | None = None) -> str:

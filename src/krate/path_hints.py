@@ -17,7 +17,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_HINTS = 3
 # Arguments looked at, at most: `xargs` can hand a run thousands of paths, and each

@@ -8,7 +8,9 @@ four characters `\\xNN` (Python's `backslashreplace`), and the rest kept as it i
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def printable(value: Any) -> Any:

@@ -13,7 +13,8 @@ loads it with the policy modules (egress/helperlib.py).
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 
 # As typing.NamedTupleMeta: what a class body may not set, and what it sets but is not copied.
 _PROHIBITED = frozenset(

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.records import NamedTuple
 from krate.sandbox.env import Stripped, scrub
 from krate.sandbox.spec import SandboxSpec, build, is_within
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
     from krate.policy.decide import EffectivePolicy
     from krate.policy.model import Decision

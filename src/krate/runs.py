@@ -31,7 +31,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from krate import ids
 from krate.errors import (
@@ -54,7 +53,10 @@ from krate.sandbox import backend as backends
 from krate.sandbox import leftovers, placeholders, procstart, supervise
 from krate.sandbox.spec import SandboxSpec
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.egress import EgressSession
     from krate.policy.decide import EffectivePolicy
     from krate.sandbox.backend import Backend

@@ -7,12 +7,14 @@ would load the sandbox spec, the policy package and the supervisor for nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from krate import ids
 from krate.sandbox import leftovers
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.paths import Paths
     from krate.store.events import Event
     from krate.store.runs import RunRow

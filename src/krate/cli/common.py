@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from krate.errors import KrateError, UsageError
 from krate.paths import Paths
@@ -66,6 +67,8 @@ def take_transport():
 
 def abandon_transport() -> None:
     """End a transport no command took (a usage error, --help...): it exits on EOF."""
+    if "krate.registry.early" not in sys.modules:
+        return  # nothing started one (every run and build): not even the module is loaded
     try:
         transport = take_transport()
     except Exception:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 VALUES = {"--policy": "policy", "--workdir": "workdir", "--image": "image", "--rootfs": "rootfs"}
 REPEATED = {

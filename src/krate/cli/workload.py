@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from krate.cli.common import lock_down, paths
 from krate.records import NamedTuple
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from krate.policy import Flags
 

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+from krate.helper_process import wait
 from krate.paths import Paths
 from krate.records import NamedTuple
 from krate.runs_read import summarize_hosts  # `runs show` reads it without this package
@@ -42,7 +40,7 @@ from krate.sandbox.backend import GUESTFWD as VIA_GUESTFWD
 from krate.sandbox.backend import LOOPBACK as VIA_LOOPBACK
 from krate.sandbox.backend import Capabilities
 
-from . import helperlib
+from . import helperlib, scratch
 from .gate import BridgeGate
 from .recorder import Recorder, journal_path, open_journal, reconcile, recover
 from .spawn import (
@@ -55,7 +53,10 @@ from .spawn import (
     start_proxy,
 )
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from krate.policy.decide import EffectivePolicy
     from krate.sandbox.spec import SandboxSpec
 
@@ -329,8 +330,7 @@ class EgressSession:
                 # and Python compiles a script it is given as source (~2.5 ms) every time.
                 cached = fresh_bytecode(BRIDGE)
                 source, name = (cached, BRIDGE_PYC) if cached is not None else (source, name)
-            shutil.copyfile(source, self.folder / name)
-            os.chmod(self.folder / name, 0o600 if run_as is None else 0o644)
+            scratch.copy(source, self.folder / name, 0o600 if run_as is None else 0o644)
         self.dns = self.network == VIA_BRIDGE and (self.folder / "bridge_dns.py").exists()
         # The loopback port is reachable by every local process: only clients that give
         # this run's secret are served. The bridge's socket is reachable from this run's
@@ -392,7 +392,7 @@ class EgressSession:
         with contextlib.suppress(OSError):
             self.process.stdin.close()
         try:
-            self.process.wait(timeout=timeout)
+            wait(self.process, timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -411,7 +411,7 @@ class EgressSession:
             self.recorder.coalescer,
         )
         os.close(self.journal_fd)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        scratch.remove(self.folder)
         if self.stderr is not None:
             if self.recorder.ready_line is None:
                 self.stderr.seek(0)
@@ -461,14 +461,25 @@ def spawn_early(
 
 def clean_stale(tmp: str | None = None) -> None:
     """Remove socket folders left by a krate that was killed with its proxy."""
-    base = Path(tmp or tempfile.gettempdir())
-    for folder in base.glob(DIR_PREFIX + "*"):
+    if tmp is None:
+        import tempfile
+
+        tmp = tempfile.gettempdir()
+    try:  # a listing, not Path.glob: every networked run does this (/tmp may be long)
+        with os.scandir(tmp) as listing:
+            names = [e.name for e in listing if e.name.startswith(DIR_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        folder = Path(tmp, name)
         try:
             pid = int(folder.name[len(DIR_PREFIX) :].split("-")[0])
             if folder.stat().st_uid != os.getuid():
                 continue
             os.kill(pid, 0)
         except ProcessLookupError:
+            import shutil  # rarely: only after a krate was killed with its proxy
+
             shutil.rmtree(folder, ignore_errors=True)
         except (ValueError, OSError):
             continue
@@ -515,9 +526,9 @@ def spawn_for_run(
     rules = compile_rules(policy)
     if not rules:
         return None
-    clean_stale()
     python = python or os.path.realpath(sys.executable)
-    folder = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
+    folder = scratch.make_folder(f"{DIR_PREFIX}{os.getpid()}-")
+    clean_stale(str(folder.parent))  # where this run's folder went (tempfile's choice)
     loopback = network == VIA_LOOPBACK
     forwards = [] if loopback else loopback_forwards(rules)
     ports = {port for _host, port in forwards}

@@ -23,7 +23,10 @@ the very code `krate policy explain` uses.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 SRC = Path(__file__).resolve().parent.parent.parent  # the folder holding the `krate` package
 # The proxy's parts and what they and `krate.policy.decide` import, and nothing more (a test

@@ -29,7 +29,6 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from krate.helper_process import LineReader
 from krate.paths import Paths, ensure_private_dir
@@ -37,8 +36,10 @@ from krate.paths import Paths, ensure_private_dir
 # krate.store (sqlite3) is imported where it is used: the run imports this module before it
 # starts the proxy, and the proxy's start-up should not wait for sqlite3's import.
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     from krate.store.connection import Store
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import IO, Any
 
 from krate.bytecode import fresh as fresh_bytecode
+from krate.egress import scratch
 from krate.errors import EXIT_KRATE_FAILED, KrateError
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 PROXY = HERE / "proxy.py"
@@ -53,8 +55,9 @@ def start_proxy(
     makes its configuration (`send_config`); and the file its own errors go to."""
     # Its bytecode is this interpreter's: another one gets the source.
     script = proxy_script() if python == os.path.realpath(sys.executable) else PROXY
-    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers).
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept by the session, closed in close())
+    # The proxy's own errors, shown only when it fails to start (an unlinked file: no leftovers;
+    # made in the run's private folder, not by tempfile: scratch.py says why).
+    stderr = scratch.unlinked_file(folder, "proxy-errors")
     # Started with Ctrl-C ignored, so Python installs no handler for it: a Ctrl-C at the
     # terminal while the proxy starts (it reaches krate's whole group) cannot kill it.
     ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -73,7 +76,7 @@ def start_proxy(
     except OSError as exc:
         stderr.close()
         os.close(journal_fd)
-        shutil.rmtree(folder, ignore_errors=True)
+        scratch.remove(folder)
         raise KrateError(
             f"cannot start the egress proxy ({exc.strerror}); check that {python} runs",
             exit_code=EXIT_KRATE_FAILED,

@@ -8,7 +8,12 @@ dataclass (attributes, `_replace`, `to_dict()`).
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+
+from krate.records import NamedTuple
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 # The fields of an OCI/Docker image config's "config" object a run honours, as docker run does.
 RUN_FIELDS = ("Env", "WorkingDir", "Entrypoint", "Cmd", "User")

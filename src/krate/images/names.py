@@ -8,11 +8,11 @@ or bare hex, 6 digits or more) names the image itself.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from krate.errors import KrateError
 from krate.store import images as rows
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from krate.store.connection import Store
 

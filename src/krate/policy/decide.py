@@ -10,14 +10,17 @@ domain for `*.` patterns, then `*`), so the proxy's hot path stays cheap.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from krate import canonical
 from krate.policy import paths
 from krate.policy.hosts import HostPattern, normalize_subject
 from krate.policy.model import Decision, Limits
 from krate.records import NamedTuple
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from pathlib import Path  # not at run time: the egress proxy loads this module
+    from typing import Any
 
 ALLOW = "allow"
 DENY = "deny"
@@ -180,6 +183,8 @@ class EffectivePolicy:
     def deny_read(self) -> tuple[Path, ...]:
         """Hidden paths as Paths, made on first use: the built-in list is long, and a run
         hands the sandbox the rule paths (`deny_rules`) as text instead."""
+        from pathlib import Path
+
         if self._deny_read and not isinstance(self._deny_read[0], Path):
             self._deny_read = tuple(map(Path, self._deny_read))
         return self._deny_read

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from krate.errors import UsageError
 from krate.policy import envnames, hosts, paths
@@ -23,6 +22,7 @@ from krate.policy.compiler import compile_layers
 from krate.policy.load import PROJECT_FILE, load_file
 from krate.policy.model import Flags, Item, Layer
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from krate.policy.decide import EffectivePolicy
 

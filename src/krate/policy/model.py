@@ -10,10 +10,13 @@ start-up (see ARCHITECTURE.md, "Start-up budget").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from krate.errors import KrateError
 from krate.records import NamedTuple
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from pathlib import Path  # not at run time: the egress proxy loads this module
 
 LIMIT_NAMES = ("cpu_seconds", "memory_mb", "processes", "wall_seconds")
 

@@ -8,7 +8,7 @@ checks), and `open()`s a launcher for one run: a context manager whose
 `start(gate)`, `release()` and `wait()` are steps 2, 4 and 6 of the launch
 sequence in runs.py (the launcher is supervise.Launcher or a subclass).
 
-Kept free of imports beyond the standard library's typing: it is on the run path.
+Kept free of imports beyond the standard library (not even typing): it is on the run path.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from __future__ import annotations
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.records import NamedTuple
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from krate.sandbox.cgroup import Place
     from krate.sandbox.spec import SandboxSpec
     from krate.sandbox.supervise import Launcher
@@ -61,32 +63,35 @@ class Capabilities(NamedTuple):
     mounts: bool = False
 
 
-class Gate(Protocol):
-    """What holds a started workload until the run is recorded (egress's bridge)."""
+# The run's view of a backend and of its hold, for type checkers only: typing costs
+# ~2 ms to import, and the run path does not load it (tests/test_run_fastpath.py).
+if TYPE_CHECKING:
 
-    def release(self, go: bool = True) -> None: ...
+    class Gate(Protocol):
+        """What holds a started workload until the run is recorded (egress's bridge)."""
 
-    def unstarted(self, status: int) -> tuple[int, str] | None:
-        """Once the sandbox exited with `status`: None if the workload was started,
-        else the run's exit code and the reason it never started."""
-        ...
+        def release(self, go: bool = True) -> None: ...
 
+        def unstarted(self, status: int) -> tuple[int, str] | None:
+            """Once the sandbox exited with `status`: None if the workload was started,
+            else the run's exit code and the reason it never started."""
+            ...
 
-class Backend(Protocol):
-    name: str  # recorded as run.started's `backend`
-    executable: str
+    class Backend(Protocol):
+        name: str  # recorded as run.started's `backend`
+        executable: str
 
-    def capabilities(self) -> Capabilities: ...
+        def capabilities(self) -> Capabilities: ...
 
-    def visible(self, path: Path, spec: SandboxSpec) -> bool:
-        """Whether the workload can see `path` (resolved): for the 126/127 checks."""
-        ...
+        def visible(self, path: Path, spec: SandboxSpec) -> bool:
+            """Whether the workload can see `path` (resolved): for the 126/127 checks."""
+            ...
 
-    def open(
-        self, spec: SandboxSpec, *, run_id: str, data_dir: Path, memory: Place | None = None
-    ) -> AbstractContextManager[Launcher]:
-        """The launcher for one run of `spec`, with what the backend needs around it."""
-        ...
+        def open(
+            self, spec: SandboxSpec, *, run_id: str, data_dir: Path, memory: Place | None = None
+        ) -> AbstractContextManager[Launcher]:
+            """The launcher for one run of `spec`, with what the backend needs around it."""
+            ...
 
 
 class Installed:

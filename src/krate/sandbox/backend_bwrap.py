@@ -31,13 +31,13 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.sandbox import bwrap, limits, placeholders
 from krate.sandbox.backend import BRIDGE, Capabilities, Installed
 from krate.sandbox.supervise import Launcher, Outcome
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     import threading
 

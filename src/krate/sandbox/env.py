@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from krate.records import NamedTuple
 from krate.redact import credential_kind
+
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
+if TYPE_CHECKING:
+    from typing import Any
 
 # Temporary-folder variables: all point at the sandbox's private folder.
 TMP_VARS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR")

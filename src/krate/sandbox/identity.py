@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.records import NamedTuple
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.sandbox.backend import Backend
 
 OVERFLOW_GID = 65534  # nogroup: for an owner with no account, rather than root's group

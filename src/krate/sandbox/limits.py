@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import resource
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.sandbox.detect import which as find_executable
 from krate.sandbox.spec import Limits
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from krate.sandbox.cgroup import Place, RunCgroup
     from krate.sandbox.supervise import Outcome

@@ -34,11 +34,12 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from krate import sha
 from krate.paths import DIR_MODE, FILE_MODE, ensure_private_dir
+from krate.records import NamedTuple
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from krate.sandbox.spec import SandboxSpec
 

@@ -18,16 +18,15 @@ recorded. configparser reads pip's format; npm's is `key=value` lines, parsed he
 
 from __future__ import annotations
 
-import configparser
 import io
 import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from krate.paths import FILE_MODE
+from krate.records import NamedTuple
 from krate.sandbox.spec import PRIVATE_TMP, SOCKET_DIRS, SandboxSpec, is_within
 
 # npm keys that may reach the workload (`@scope:registry` too); `//host/:...` never does.
@@ -86,6 +85,8 @@ def sanitize_npmrc(text: str) -> str:
 
 def sanitize_pipconf(text: str) -> str:
     """A pip.conf with only the allowed options, URL credentials taken out."""
+    import configparser  # ~1 ms: only for a run that has a pip.conf to copy
+
     parser = configparser.RawConfigParser(strict=False)
     try:
         parser.read_string(text)

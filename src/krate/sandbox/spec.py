@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from krate.policy.model import Limits  # the policy's own limits, enforced as they are
 from krate.policy.paths import Resolver, expand
 from krate.records import NamedTuple
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.sandbox.placeholders import Pin
 
 # Host folders holding sockets of privileged daemons (Docker, D-Bus, the user's

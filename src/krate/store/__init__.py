@@ -6,8 +6,7 @@ imported, so a light module here (store/completion.py, used at every TAB) stays 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from krate.store.connection import Store, open_store
 

@@ -15,14 +15,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from krate.errors import StoreError
 from krate.paths import FILE_MODE, Paths, ensure_private_dir, make_private_file
 from krate.store import headcopy
 from krate.store import migrations as schema
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from sqlite_utils import Database
 
     from krate.store.events import Head, Writer

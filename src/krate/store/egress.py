@@ -10,11 +10,13 @@ beyond the metadata the proxy reports.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from krate.store.connection import translate_errors
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.store.connection import Store
 
 KIND = "policy.decision"

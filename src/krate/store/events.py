@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
 
 from krate import canonical, sha
 from krate.records import NamedTuple
 from krate.store.connection import read_snapshot, translate_errors
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.store.connection import Store
 
 GENESIS = "0" * 64

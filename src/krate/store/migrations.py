@@ -9,8 +9,8 @@ database stays cheap (krate is called in shell loops).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
     from sqlite_utils import Database
 

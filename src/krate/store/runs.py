@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any
 
 from krate.records import NamedTuple
 from krate.store.connection import query
 from krate.store.events import data_of
 
+TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
+    from typing import Any
+
     from krate.store.connection import Store
     from krate.store.events import Event, Writer
 
