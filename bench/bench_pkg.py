@@ -6,8 +6,8 @@ Mirrors on loopback, no internet (tests/pkgmirror_support.py): a PEP 503 simple 
 with 10 pure-Python wheels, and an npm registry of 20 packages (packuments and tarballs
 made by `npm pack`), each a `ThreadingHTTPServer` in this process, with a listen backlog
 of 128 (with the default 5, bare npm's burst of connections lost SYNs and waited a
-second for their resend, which made the bare arm of the npm rows 0.7 s slower at random). Four comparisons,
-interleaved, medians, ratio krate / bare:
+second for their resend, which made the bare arm of the npm rows 0.7 s slower at random).
+Four comparisons, interleaved, medians, ratio krate / bare:
 
 1. pip install of the 10 wheels, cold: no cache on either side (the user's ~/.cache/pip
    and krate's cache of the project emptied before every run of either arm; both
