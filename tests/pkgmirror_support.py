@@ -136,6 +136,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Listener(http.server.ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: npm opens 15+ connections at once, the
+    # kernel drops the SYNs past the backlog and the client resends them a second later
+    # (bare `npm install` took 1.7 s instead of 1.0, at random; krate's proxy, dialling
+    # one by one, rarely met it). A real registry's backlog is in the hundreds.
+    request_queue_size = 128
+
+
 class Server:
     """A loopback HTTP server over `root` in a daemon thread; `url` is its base."""
 
@@ -143,7 +151,7 @@ class Server:
         self, root: Path, *, npm: bool = False, port: int = 0, host: str = "127.0.0.1"
     ) -> None:
         handler = partial(_NpmHandler if npm else _QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
+        self.httpd = _Listener((host, port), handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

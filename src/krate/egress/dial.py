@@ -84,6 +84,15 @@ class Verdict(NamedTuple):
     layer: str
 
 
+def is_address(host: str) -> bool:
+    """Whether `host` is an IP address (the parsers give them without brackets)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def special(addr) -> bool:
     """Loopback, private, link-local, metadata, multicast or otherwise not global."""
     if addr.version == 6 and addr.ipv4_mapped:
@@ -125,6 +134,12 @@ class Dialer:
         # Name lookups running at once (each in a thread, which a slow resolver keeps
         # past the connect timeout): bounded, as asyncio's executor bounded them.
         self.lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
+        # The lookup threads, kept once started: a new thread per connection cost about
+        # 0.1 ms of CPU, an eighth of what the proxy spends on one (bench/bench_pkg.py).
+        # At most MAX_LOOKUPS exist: one starts only while none is idle, and every busy
+        # one holds a slot of `lookups`.
+        self.idle: list[tuple] = []  # per lookup thread waiting: (its wake-up lock, its job box)
+        self.idle_lock = threading.Lock()
 
     def decide(self, host: str, port: int) -> Verdict:
         d = self._decide(host, port)
@@ -167,8 +182,16 @@ class Dialer:
         return candidates
 
     def lookup(self, host: str, port: int) -> list:
-        """getaddrinfo, in a daemon thread of its own so that it is bounded by the connect
-        timeout and by the shutdown (it cannot be interrupted itself)."""
+        """getaddrinfo, in a daemon lookup thread so that it is bounded by the connect
+        timeout and by the shutdown (it cannot be interrupted itself). An IP address is
+        converted here: that never waits for a resolver."""
+        if is_address(host):
+            try:
+                return socket.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+                )
+            except OSError as exc:
+                raise Refused("unreachable", f"cannot resolve {host}") from exc
         answer: list = []
         done = threading.Lock()
         done.acquire()
@@ -177,21 +200,19 @@ class Dialer:
             self.check_stop()
             if time.monotonic() >= deadline:
                 raise Refused("unreachable", f"resolving {host} timed out")
-
-        def look() -> None:
+        job = (host, port, answer, done)
+        with self.idle_lock:
+            waiting = self.idle.pop() if self.idle else None
+        if waiting is not None:
+            wake, box = waiting
+            box[0] = job
+            wake.release()
+        else:  # its first job is given directly: nothing is left waiting if it cannot start
             try:
-                answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-            except OSError as exc:
-                answer.append(exc)
-            finally:
+                threading.Thread(target=self.look, args=(job,), daemon=True).start()
+            except RuntimeError:
                 self.lookups.release()
-                done.release()
-
-        try:
-            threading.Thread(target=look, daemon=True).start()
-        except RuntimeError:
-            self.lookups.release()
-            raise Refused("unreachable", f"cannot resolve {host} now") from None
+                raise Refused("unreachable", f"cannot resolve {host} now") from None
         while not done.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
             self.check_stop()
             if time.monotonic() >= deadline:
@@ -199,6 +220,23 @@ class Dialer:
         if isinstance(answer[0], OSError):
             raise Refused("unreachable", f"cannot resolve {host}") from answer[0]
         return answer[0]
+
+    def look(self, job: tuple) -> None:
+        """A lookup thread: answer `job`, then wait for the next one, for good."""
+        wake, box = threading.Lock(), [job]
+        wake.acquire()
+        while True:
+            host, port, answer, done = box[0]
+            try:
+                answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as exc:
+                answer.append(exc)
+            finally:
+                with self.idle_lock:  # idle before its slot is free: no extra thread starts
+                    self.idle.append((wake, box))
+                self.lookups.release()
+                done.release()
+            wake.acquire()  # released with the next job in `box`
 
     def check_stop(self) -> None:
         if self.stopping.is_set():

@@ -3,16 +3,20 @@
 Every relayed connection (CONNECT, SOCKS5, plain HTTP, a forwarded port) goes
 through `Relay`: it copies each direction, half-closes the other side at end of
 stream, counts bytes in one `Meter` and ends the connection when nothing moved
-for `idle` seconds. Its two directions run either as two blocking threads
-(`threads`, the caller's choice per backend), the connection's own thread
-supervising them, or both in the connection's thread with a selector (no
-asyncio: the proxy does not import it). Measured with bench/bench_egress.py
+for `idle` seconds. Its two directions run both in the connection's thread with
+a selector (no asyncio: the proxy does not import it); with `threads` (the
+caller's choice per backend) a connection that turns out to be a bulk transfer
+(a read filled FIRST_CHUNK) moves on to two blocking threads, the connection's
+own thread supervising them. Most connections are short (an index page, a
+package's metadata): starting two threads for each cost about 0.2 ms of CPU, a
+quarter of what the proxy spent on one. Measured with bench/bench_egress.py
 (docs/egress.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import threading
 import time
@@ -90,20 +94,26 @@ class Relay:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)  # half-close: the other direction keeps flowing
 
-    def pump(self, src: socket.socket, dst: socket.socket, up: bool, feed) -> None:
-        """One direction with blocking calls (in its own thread)."""
+    def pump(
+        self, src: socket.socket, dst: socket.socket, up: bool, feed, first: bytes, more: bool
+    ) -> None:
+        """One direction with blocking calls (in its own thread): `first` (what the selector
+        read and did not send yet) goes first; `more` is false once `src` reached its end."""
         buffer, exc = Buffer(), None
         try:
-            while n := src.recv_into(buffer.data):
+            if first:
+                dst.sendall(first)
+            while more and (n := src.recv_into(buffer.data)):
                 dst.sendall(self.passed(up, buffer.got(n), feed))
         except (OSError, ValueError) as error:
             exc = error
         self.ended(dst, feed, exc)
 
-    def pump_both(self, feed: Callable | None) -> None:
-        """Both directions in this one thread, with a selector (non-blocking sockets)."""
-        import selectors  # only this relay mode needs it
+    def pump_both(self, feed: Callable | None, until_bulk: bool = False) -> tuple | None:
+        """Both directions in this one thread, with a selector (non-blocking sockets).
 
+        None once the relay ended; with `until_bulk`, as soon as a read filled its first
+        buffer, (pending, reading, shut) per direction, for the threads to go on from."""
         ends = ((self.client, self.server, True, None), (self.server, self.client, False, feed))
         buffers = (Buffer(), Buffer())
         pending = [b"", b""]  # per direction: read from its source, not yet sent on
@@ -144,16 +154,20 @@ class Relay:
                     if not reading[i] and not pending[i] and not shut[i]:
                         shut[i] = True
                         self.ended(dst, fed, None)
+                if until_bulk and not all(shut) and any(len(b.data) == CHUNK for b in buffers):
+                    return pending, reading, shut
+        return None
 
     def run(self, threads: bool, feed: Callable | None = None) -> None:
         """Relay until both directions ended or `idle` seconds passed without a byte."""
-        if not threads:
-            for sock in (self.client, self.server):
-                sock.setblocking(False)
-            self.pump_both(feed)
+        for sock in (self.client, self.server):
+            sock.setblocking(False)
+        state = self.pump_both(feed, until_bulk=threads)
+        if state is None:
             if self.reason and not self.stopped:
                 self.stop()
             return
+        pending, reading, shut = state
         for sock in (self.client, self.server):
             sock.setblocking(True)
         done = threading.Semaphore(0)
@@ -164,18 +178,20 @@ class Relay:
             finally:
                 done.release()
 
-        up, down = (self.client, self.server, True, None), (self.server, self.client, False, feed)
+        up = (self.client, self.server, True, None, pending[0], reading[0])
+        down = (self.server, self.client, False, feed, pending[1], reading[1])
+        todo = [args for args, ended in zip((up, down), shut, strict=True) if not ended]
         started = 0
-        for args in (up, down):
+        for args in todo:
             try:
                 threading.Thread(target=pump, args=args, daemon=True).start()
             except RuntimeError:  # no thread to be had: this connection ends
                 self.reason = "the proxy could not start a relay thread"
                 break
             started += 1
-        finished = 2 - started  # a direction never started counts as ended
+        finished = 2 - started  # a direction ended already, or never started, counts as ended
         try:
-            while finished < 2 and started == 2:
+            while finished < 2 and started == len(todo):
                 left = self.meter.last + self.idle - time.monotonic()
                 if left <= 0:
                     self.reason = f"idle for {self.idle:g} s"
