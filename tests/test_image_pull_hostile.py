@@ -200,6 +200,44 @@ def test_a_blob_that_does_not_match_its_size_is_not_kept(fake, env, krate_home, 
     assert not [n for n in store_names(krate_home) if n.startswith(".")]
 
 
+BIG = 18 << 20  # > transport_blobs.SYNC_STEP (an early flush starts) and many read buffers
+
+
+@pytest.mark.parametrize(
+    "how", ["last byte flipped", "one byte more", "one byte short", "declared one byte more"]
+)
+def test_a_large_blob_wrong_at_its_end_leaves_nothing_while_others_stream(
+    fake, env, krate_home, how
+):
+    """Three multi-MiB layers download at once (a thread each, flushed to disk early); the
+    middle one is wrong only at its end: its last byte, one byte too many or too few once
+    every earlier buffer has been hashed and written, or a Content-Length one byte long."""
+    layers = [(os.urandom(BIG), b"") for _ in range(3)]
+    img = image(layers)
+    fake.image("me/big", "1", img)
+    victim = img.layers[1]
+    data = layers[1][0]
+    route = f"/v2/me/big/blobs/{victim}"
+    if how == "last byte flipped":
+        fake.routes[route] = (200, {}, data[:-1] + bytes([data[-1] ^ 0x01]))
+    elif how == "declared one byte more":
+        fake.routes[route] = (200, {}, data + b"x")
+    else:
+        body = data + b"x" if how == "one byte more" else data[:-1]
+        chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+        fake.routes[route] = (
+            200,
+            {"Transfer-Encoding": "chunked", "Content-Length": None},
+            chunked,
+        )
+    result = pull(f"{fake.name}/me/big:1", env)
+    line = error(result)
+    assert f"blob {victim[:19]} failed its check" in line and "nothing of it was kept" in line
+    assert victim[7:] not in store_names(krate_home)
+    assert not [n for n in store_names(krate_home) if n.startswith(".")]  # no temp file
+    assert events(krate_home, "image.") == []
+
+
 def test_a_blob_redirect_is_followed_without_credentials(fake, env, krate_home):
     """ghcr.io, Docker Hub and most registries serve layers from a storage host."""
     storage = Fake(need_auth=False)

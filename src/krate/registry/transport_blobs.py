@@ -7,11 +7,13 @@ sha256 and size are checked, and `BlobDir.settle` links it into place (0400, fsy
 never replacing a stored blob) only when both match what the manifest promised: a
 mismatch, a short read or an interruption leaves nothing behind.
 
-Why a second thread: reading the socket, hashing and writing are each a copy of
-every byte, and each releases the GIL. The connection's thread reads into a few
-rotating buffers while a writer thread hashes and writes them, so on a machine
-with two cores a pull runs at about the speed of the slower half instead of the
-sum of both (bench/bench_pull.py). Same bytes, same order, same checks.
+Why one thread per download, not two: reading the socket, hashing and writing
+each release the GIL, and a pull already downloads up to three layers at once
+(transport_pull.PARALLEL), which keeps two cores busy. A reader thread handing
+buffers to a hash-and-write thread per download measured slower on two shared
+cores (bench/bench_pull.py, docs/images.md): six threads and their hand-offs
+competing for the same CPUs. Each download reads 1 MiB straight into one buffer
+(no copy beyond the kernel's), hashes it and writes it, in order.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
 import tempfile
 import threading
 import time
@@ -27,7 +28,6 @@ import time
 from krate.registry.transport_http import Failure, emit
 
 BUFFER = 1 << 20
-BUFFERS = 4  # in flight between the reader and the writer: bounded memory
 SYNC_STEP = 16 << 20  # written bytes between two early flushes to disk
 TEMP_PREFIX = ".tmp-pull-"  # krate's stale-temp sweep removes `.tmp-*` left by a killed pull
 
@@ -92,51 +92,27 @@ class BlobDir:
                 os.close(fd)
 
 
-class _Writer(threading.Thread):
-    """Hashes and writes the buffers the reader fills, in order; hands each one back.
-
-    Every SYNC_STEP bytes it has the disk start on what is written so far (fdatasync
-    in a thread of its own, one at a time), so the fsync that settles the blob waits
-    only for the tail instead of the whole blob after its last byte arrived.
-    """
+class _EarlySync:
+    """Has the disk start on a blob while it still streams: every SYNC_STEP written bytes an
+    fdatasync in a thread of its own (one at a time), so the fsync that settles the blob
+    waits only for its tail instead of the whole blob after its last byte arrived."""
 
     def __init__(self, fd: int) -> None:
-        super().__init__(name="blob-writer", daemon=True)
         self.fd = fd
-        self.hasher = hashlib.sha256()
-        self.free: queue.Queue = queue.Queue()
-        self.filled: queue.Queue = queue.Queue()
-        self.error: OSError | None = None
         self.unsynced = 0
         self.syncer: threading.Thread | None = None
-        for _ in range(BUFFERS):
-            self.free.put(bytearray(BUFFER))
 
-    def run(self) -> None:
-        try:
-            while (item := self.filled.get()) is not None:
-                buf, n = item
-                if self.error is None:
-                    chunk = memoryview(buf)[:n]
-                    self.hasher.update(chunk)
-                    try:
-                        while chunk:
-                            chunk = chunk[os.write(self.fd, chunk) :]
-                    except OSError as exc:
-                        self.error = exc  # the reader stops at its next buffer
-                    self._early_sync(n)
-                self.free.put(buf)
-        finally:
-            if self.syncer is not None:
-                self.syncer.join()  # before the descriptor is closed
-
-    def _early_sync(self, n: int) -> None:
+    def written(self, n: int) -> None:
         self.unsynced += n
         if self.unsynced < SYNC_STEP or (self.syncer is not None and self.syncer.is_alive()):
             return
         self.unsynced = 0
         self.syncer = threading.Thread(target=_datasync, args=(self.fd,), daemon=True)
         self.syncer.start()
+
+    def join(self) -> None:
+        if self.syncer is not None:
+            self.syncer.join()  # before the descriptor is closed
 
 
 def _datasync(fd: int) -> None:
@@ -175,31 +151,31 @@ class Receiver:
 
     def _copy(self, resp, fd: int) -> str:
         """Body -> file; network errors propagate (retried), local ones are a Failure."""
-        writer = _Writer(fd)
-        writer.start()
+        hasher = hashlib.sha256()
+        view = memoryview(bytearray(BUFFER))
+        early = _EarlySync(fd)
         left = self.size
         try:
-            while writer.error is None:
-                buf = writer.free.get()
-                n = resp.readinto(memoryview(buf)[: min(BUFFER, left + 1)])
-                if not n:
-                    writer.free.put(buf)
-                    break
+            while n := resp.readinto(view[: min(BUFFER, left + 1)]):
                 if n > left:
                     raise self.mismatch("the registry sends more than the")
-                writer.filled.put((buf, n))
+                chunk = view[:n]
+                hasher.update(chunk)
+                try:
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk) :]
+                except OSError as exc:
+                    raise local(exc) from None
+                early.written(n)
                 left -= n
                 self.received += n
                 self._progress()
         finally:
-            writer.filled.put(None)
-            writer.join()
-        if writer.error is not None:
-            raise local(writer.error)
+            early.join()
         if left:
             sent = self.size - left
             raise self.mismatch(f"the registry sent {sent} bytes, the manifest promised")
-        return "sha256:" + writer.hasher.hexdigest()
+        return "sha256:" + hasher.hexdigest()
 
     def _progress(self) -> None:
         moment = time.monotonic()
