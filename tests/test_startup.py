@@ -217,3 +217,26 @@ def test_the_registry_transport_starts_before_krate_loads_its_client():
             [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
         )
         assert done.stdout.strip() == '[[], "Transport", null]', (args, done.stderr)
+
+
+def test_the_registry_transport_is_spawned_before_krate_loads_its_paths():
+    """The transport's start (its interpreter and imports: some 30 ms) is on the critical
+    path of every pull; krate spawns it before loading even its paths module (pathlib)."""
+    code = (
+        "import json, sys\n"
+        "seen = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'subprocess.Popen' and not seen:\n"
+        "        seen.append([m for m in ('krate.paths', 'pathlib') if m in sys.modules])\n"
+        "sys.addaudithook(hook)\n"
+        "from krate.cli import main\n"
+        "main._protect(sys.argv[1:])\n"
+        "from krate.cli import common\n"
+        "common.take_transport().abandon()\n"
+        "print(json.dumps(seen))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "image", "pull", "localhost:5000/me/app:1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "[[]]", done.stderr

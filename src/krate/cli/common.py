@@ -42,14 +42,6 @@ def started() -> None:
         gc.enable()
 
 
-def start_transport(args: list[str] | tuple[str, ...] = ()) -> None:
-    """Start the registry transport now (cli/main.py, for login/push/image pull); the
-    command takes it. Only `subprocess` is loaded first (registry/early.py)."""
-    from krate.registry import early
-
-    early.start(args)
-
-
 def take_transport():
     """The transport started at entry (once), or None (the in-process test entry)."""
     from krate.registry import early

@@ -102,9 +102,9 @@ def _protect(args: list[str]) -> bool:
             lockdown.hold_imports()
             return True
     elif command is not None:
-        from krate.cli.common import start_transport
+        from krate.registry import early  # not cli.common: its paths and pathlib come later
 
-        start_transport(args)  # standard library only; the command takes it over
+        early.start(args)  # standard library only; the command takes it over
     elif not completing and _proves(args):
         # Its real runs of run and build must not be born inside this lockdown (they
         # start a sandbox that needs its own loopback); krate and stdlib only until then.
