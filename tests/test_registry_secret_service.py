@@ -206,3 +206,29 @@ def test_an_unsure_read_is_keyrings_to_answer(monkeypatch):
     _fake(monkeypatch, items=[_Item(b"not json")])
     with pytest.raises(KrateError, match="is not one krate wrote"):
         registry_session._credentials("r.example")
+
+
+def test_warming_the_read_ahead_of_a_challenge_never_reaches_the_secret_service(tmp_path):
+    """The pull's preload thread warms what the read needs (secretstorage, its cipher's first
+    use) before the registry asks: a session bus listening here must see no connection."""
+    import socket
+
+    bus = tmp_path / "bus"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(bus))
+    listener.listen(1)
+    listener.setblocking(False)
+    code = (
+        "import sys\n"
+        "from krate.registry import secret_service\n"
+        "secret_service.warm()\n"
+        "print('secretstorage' in sys.modules, 'cryptography' in sys.modules)\n"
+    )
+    env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": f"unix:path={bus}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["True", "True"], done.stderr
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody connected
+    listener.close()
