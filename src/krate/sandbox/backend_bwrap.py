@@ -41,8 +41,7 @@ from krate.sandbox.supervise import Launcher, Outcome
 
 TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
-    import threading
-
+    from krate.helper_process import QuickThread
     from krate.sandbox.backend import Gate
     from krate.sandbox.cgroup import Place, RunCgroup
     from krate.sandbox.spec import SandboxSpec
@@ -124,7 +123,7 @@ class BwrapLauncher(Launcher):
             self.terminal = False
         self.spec, self.exe, self.group = spec, exe, group
         self.status: _Status | None = None
-        self.preparing: threading.Thread | None = None
+        self.preparing: QuickThread | None = None
         self.hold: ShellHold | None = None  # the launcher's own gate, without the bridge
         # The host's root only: an image's /bin/sh is the image's.
         self.holdable = spec.image is None and usable(
@@ -203,16 +202,17 @@ class BwrapLauncher(Launcher):
             gate = self.hold = ShellHold.make()
         super().start(gate)
         if getattr(gate, "before_go", None) is not None and self.proc is not None:
-            import threading
+            from krate.helper_process import QuickThread
 
             def prepare() -> None:
-                self.settle()
-                gate.prepare(self.init_pid())
+                try:
+                    self.settle()
+                    gate.prepare(self.init_pid())
+                except Exception as exc:  # a QuickThread must not raise: what failed is kept
+                    gate.setup_error = f"{type(exc).__name__}: {exc}"
 
-            self.preparing = threading.Thread(
-                target=prepare, name="krate-sandbox-setup", daemon=True
-            )
-            self.preparing.start()
+            # (not threading.Thread: its start waits until the thread runs, helper_process.py)
+            self.preparing = QuickThread(prepare).start()
 
     def _prepared(self) -> None:
         if self.preparing is not None:
