@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -190,7 +191,10 @@ class BwrapLauncher(Launcher):
         while self.init_pid() is None and self.proc is not None and self.proc.poll() is None:
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.002)
+            if self.status is None:
+                time.sleep(0.002)
+            else:  # woken by bubblewrap's status line (the sandbox's set-up waits for it)
+                select.select([self.status.fd], [], [], 0.002)
 
     def start(self, gate: Gate | None = None) -> None:
         """Behind a gate that sets the sandbox up from outside (the bridge's DNS needs its
