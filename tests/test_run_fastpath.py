@@ -209,6 +209,8 @@ def test_the_bridge_starts_the_workload_with_only_c_modules_loaded(tmp_path):
     loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert {"_socket", "_signal"} <= loaded
     assert not loaded & {"socket", "threading", "signal", "subprocess", "contextlib", "enum"}
+    # not even os (stat, posixpath, _collections_abc: ~1.5 ms; posix is its C part)
+    assert not loaded & {"os", "__future__", "posixpath", "_collections_abc"}
 
 
 def test_a_proxy_that_never_starts_is_reported_with_its_own_error(tmp_path, krate_home):
