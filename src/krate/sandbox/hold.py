@@ -9,23 +9,25 @@ a pipe only krate writes to and executes the workload only when that line is exa
 cut short exit without it. The shell's `exec` keeps its pid, process group, session,
 terminal and signal dispositions, so the workload is bubblewrap's command as before;
 the workload's argv reaches it as the shell's positional parameters ("$@"), never
-parsed as shell text. bubblewrap sets the sandbox up meanwhile: the store's opening
-and commit (~3 ms) overlap its namespaces and mounts instead of preceding them.
+parsed as shell text. bubblewrap sets the sandbox up meanwhile: the record (the
+store's import, opening and commit, 5-6 ms at a load of 1) overlaps its namespaces and
+mounts instead of preceding them (docs/startup.md, seventh round).
 
 Why a shell, and only where it changes nothing (`usable()`), else the sandbox starts on
 release as before: a Python hold (the bridge's) costs an interpreter's start (~10 ms)
 on the critical path; dash (Debian's /bin/sh) starts in well under a millisecond
-while krate writes its record. dash is required by name: it takes a command name
-starting with `-` as a name (bash's `exec` parses it as an option) and adds nothing to
-the environment (bash adds SHLVL and `_`): it keeps PWD when it names the working
-folder, and bubblewrap sets it to `--chdir`'s path either way. dash drops variables
-whose names are not shell names, resets IFS and OPTIND and overwrites PPID: a workload
-environment holding any of these keeps the old path. A shell cannot close a
-descriptor above 9 (dash cannot name one): the pipe must get one of 3-9.
+while krate writes its record. dash is required by name: it adds nothing to the
+environment (bash adds SHLVL and `_`) and keeps PWD, which bubblewrap sets to
+`--chdir`'s path either way. dash drops variables whose names are not shell names,
+resets IFS and OPTIND and overwrites PPID: a workload environment holding any of these
+keeps the old path, and so does a command name starting with `-` (a shell's `exec` may
+take it for an option). A shell cannot close a descriptor above 9 (dash cannot name
+one): the pipe must get one of 3-9.
 
 No acknowledgement pipe: krate knows whether it wrote `go`. Not written (the run
-could not be recorded, or a signal came first): the workload never ran, 125 (or
-128+N for that signal) with the reason. Written: the status is the workload's. The
+could not be recorded, the shell was killed): the workload never ran, 125 with the
+reason; a signal krate got first waits in krate (`passes_signals`) and ends the run
+128+N, interrupted, as before a sandbox exists. Written: the status is the workload's. The
 126/127 checks are made before the sandbox starts, as without the hold (runs.py);
 only a command removed in between fails inside, as the shell's 126/127.
 """
