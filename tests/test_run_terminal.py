@@ -25,6 +25,9 @@ from .terminal_support import Terminal, comm, group_states, waiting
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/bwrap"), reason="needs bubblewrap")
 
 BASH = ["bash", "--norc", "--noprofile", "-i"]
+# Behind the egress bridge (default profile), and without network: the shell hold
+# (sandbox/hold.py) is then bubblewrap's first process until the workload runs.
+NETWORKS = pytest.mark.parametrize("net", [(), ("--no-network",)], ids=["bridge", "no-network"])
 
 
 def krate_in_terminal(box, *args: str) -> Terminal:
@@ -40,12 +43,17 @@ def typed(box, *args: str) -> bytes:
     return " ".join([KRATE, *box.args(("run", *args))]).encode() + b"\n"
 
 
-def test_ctrl_c_reaches_the_job_inside_and_never_kills_the_sandbox(box, terminals):
-    term = krate_in_terminal(box, "--", *BASH)
+@NETWORKS
+def test_ctrl_c_reaches_the_job_inside_and_never_kills_the_sandbox(box, terminals, net):
+    term = krate_in_terminal(box, *net, "--", *BASH)
     terminals.append(term)
     term.send(b"tty >/dev/null && : </dev/tty && echo tty-$((40+2)); ")
     term.send(b"set -o | grep -c 'monitor.*on'\n")
     at = term.expect(rb"tty-42\r\n1\r\n")  # a terminal, and job control is on
+    term.send(b"echo held-$(tr '\\0' '\\n' </proc/1/cmdline | grep -c '^IFS= read -r go')\n")
+    # started by the hold without network (where /bin/sh is dash: sandbox/hold.py)
+    dash = os.path.basename(os.path.realpath("/bin/sh")) == "dash"
+    at = term.expect(b"held-%d\r\n" % (len(net) and dash), at)
     for i in range(5):
         term.send(b"sleep 100\n")
         wait_for(lambda: comm(term.foreground()) == "sleep", what="sleep in the foreground")
@@ -60,12 +68,13 @@ def test_ctrl_c_reaches_the_job_inside_and_never_kills_the_sandbox(box, terminal
     assert (run["status"], run["exit_code"]) == ("finished", 3), run
 
 
-def test_ctrl_z_stops_the_whole_workload_and_fg_resumes_it(box, terminals):
+@NETWORKS
+def test_ctrl_z_stops_the_whole_workload_and_fg_resumes_it(box, terminals, net):
     term = shell_in_terminal(box)
     terminals.append(term)
     term.send(b"echo up-$((1+1))\n")
     at = term.expect(rb"up-2\r\n")
-    term.send(typed(box, "--", "python3", "-q"))
+    term.send(typed(box, *net, "--", "python3", "-q"))
     at = term.expect(rb">>> ", at)
     job = term.foreground()  # krate's job: krate, bubblewrap and the workload
     assert comm(job) == "krate"
@@ -98,8 +107,9 @@ while sys.stdin.readline().strip() != "q":
 """
 
 
-def test_a_resize_reaches_a_full_screen_program(box, terminals):
-    term = krate_in_terminal(box, "--", "python3", "-c", RESIZE)
+@NETWORKS
+def test_a_resize_reaches_a_full_screen_program(box, terminals, net):
+    term = krate_in_terminal(box, *net, "--", "python3", "-c", RESIZE)
     terminals.append(term)
     at = term.expect(rb"size 80 24\r\n")
     term.resize(40, 132)
@@ -191,8 +201,9 @@ while True:
 """
 
 
-def test_three_quick_ctrl_c_are_the_emergency_exit(box, terminals):
-    term = krate_in_terminal(box, "--", "python3", "-c", IGNORES_ALL)
+@NETWORKS
+def test_three_quick_ctrl_c_are_the_emergency_exit(box, terminals, net):
+    term = krate_in_terminal(box, *net, "--", "python3", "-c", IGNORES_ALL)
     terminals.append(term)
     at = term.expect(rb"stubborn\r\n")
     # Keys a little apart, as typed: signals sent at the same instant merge into one.
@@ -210,9 +221,10 @@ def test_three_quick_ctrl_c_are_the_emergency_exit(box, terminals):
     assert run["status"] == "interrupted", run
 
 
-def test_closing_the_terminal_ends_the_run_and_leaves_nothing_behind(box, terminals):
+@NETWORKS
+def test_closing_the_terminal_ends_the_run_and_leaves_nothing_behind(box, terminals, net):
     marker = "4321.5"  # a sleep only this test starts
-    term = krate_in_terminal(box, "--", *BASH)
+    term = krate_in_terminal(box, *net, "--", *BASH)
     terminals.append(term)
     term.send(b"sleep %s & sleep %s\n" % (marker.encode(), marker.encode()))
     wait_for(lambda: comm(term.foreground()) == "sleep", what="sleep in the foreground")

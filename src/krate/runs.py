@@ -268,6 +268,8 @@ def _launch(
             if lock_down is not None:
                 lock_down()  # 5 lock down
             outcome = sandbox.wait()  # 6 wait
+            if session is not None:
+                session.stop()  # its shutdown overlaps the sandbox's clean-up
     finally:
         if session is not None:
             session.close()  # every decision recorded before run.finished counts them

@@ -11,6 +11,7 @@ Egress contributes a spec change and a gate, nothing else:
     session.gate          what holds the workload until the run is recorded (the bridge), or None
     session.release(go)   the gate: let the held workload start, or make the bridge exit
     session.unstarted(s)  after the sandbox exited: why the bridge never started the workload
+    session.stop()        once the sandbox exited: the proxy told to stop, not waited for
     session.close()       stop the proxy, record every decision, return counts
     session.check()       KrateError when the proxy never came up although the workload ran
 
@@ -377,6 +378,14 @@ class EgressSession:
             + "; run with KRATE_DEBUG=1 or report a bug",
             exit_code=EXIT_KRATE_FAILED,
         )
+
+    def stop(self) -> None:
+        """Tell the proxy to stop (the end of its stdin), without waiting: once the sandbox
+        has exited no client is left to come, and the proxy's shutdown then overlaps what
+        the run does before `close()`, which waits for it and records everything."""
+        if self.summary is None and self.recorder.ready_line is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
 
     def close(self, timeout: float = 10.0) -> Summary:
         """Stop the proxy (open connections get a short grace), record everything, clean up."""

@@ -14,11 +14,12 @@ bridge that died before it (exit 1 with a traceback, a signal) is 125, with its
 reason, and never passed off as the workload's status.
 
 Holding: behind the egress bridge the sandbox starts at once and the bridge holds
-the workload until the run is recorded. Without network the sandbox starts only
-on release. bubblewrap's own `--block-fd` is not used for that hold: it proceeds
-when the descriptor reaches end of file, which is also what a SIGKILLed krate's
-closed pipe looks like, so a killed krate could let a workload run unrecorded; the
-bridge runs the workload only on an explicit "go" byte.
+the workload until the run is recorded. Without network the shell hold does
+(sandbox/hold.py) where it leaves the workload's start unchanged; otherwise the
+sandbox starts only on release. bubblewrap's own `--block-fd` is not used for
+either: it proceeds when the descriptor reaches end of file, which is also what a
+SIGKILLed krate's closed pipe looks like, so a killed krate could let a workload run
+unrecorded; the bridge and the shell run the workload only on an explicit go-ahead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -35,12 +37,12 @@ from pathlib import Path
 from krate.errors import EXIT_KRATE_FAILED, KrateError
 from krate.sandbox import bwrap, limits, placeholders
 from krate.sandbox.backend import BRIDGE, Capabilities, Installed
+from krate.sandbox.hold import ShellHold, usable
 from krate.sandbox.supervise import Launcher, Outcome
 
 TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
-    import threading
-
+    from krate.helper_process import QuickThread
     from krate.sandbox.backend import Gate
     from krate.sandbox.cgroup import Place, RunCgroup
     from krate.sandbox.spec import SandboxSpec
@@ -122,14 +124,23 @@ class BwrapLauncher(Launcher):
             self.terminal = False
         self.spec, self.exe, self.group = spec, exe, group
         self.status: _Status | None = None
-        self.preparing: threading.Thread | None = None
+        self.preparing: QuickThread | None = None
+        self.hold: ShellHold | None = None  # the launcher's own gate, without the bridge
+        # The host's root only: an image's /bin/sh is the image's.
+        self.holdable = spec.image is None and usable(
+            spec.env, spec.argv, lambda p: bwrap.visible_inside(Path(p), spec)
+        )
 
     def command(self, fds: list[int]) -> list[str]:
         read_fd, write_fd = os.pipe()
         self.status = _Status(read_fd)
         fds.append(write_fd)
+        hold: list[str] = []
+        if self.hold is not None:
+            hold = self.hold.argv()
+            fds.extend(self.hold.take_fds())
         return bwrap.command(
-            self.spec, self.exe, status_fd=write_fd, fds=fds, terminal=self.terminal
+            self.spec, self.exe, status_fd=write_fd, fds=fds, terminal=self.terminal, hold=hold
         )
 
     def _spawn(self) -> None:
@@ -180,24 +191,32 @@ class BwrapLauncher(Launcher):
         while self.init_pid() is None and self.proc is not None and self.proc.poll() is None:
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.002)
+            if self.status is None:
+                time.sleep(0.002)
+            else:  # woken by bubblewrap's status line (the sandbox's set-up waits for it)
+                select.select([self.status.fd], [], [], 0.002)
 
     def start(self, gate: Gate | None = None) -> None:
         """Behind a gate that sets the sandbox up from outside (the bridge's DNS needs its
         low ports, egress/netns.py), that set-up runs in a thread while the run is
-        recorded: it waits for bubblewrap to name the init, then does it."""
+        recorded: it waits for bubblewrap to name the init, then does it.
+
+        Without a gate, the shell hold (sandbox/hold.py) is the gate where it can be."""
+        if gate is None and self.holdable:
+            gate = self.hold = ShellHold.make()
         super().start(gate)
         if getattr(gate, "before_go", None) is not None and self.proc is not None:
-            import threading
+            from krate.helper_process import QuickThread
 
             def prepare() -> None:
-                self.settle()
-                gate.prepare(self.init_pid())
+                try:
+                    self.settle()
+                    gate.prepare(self.init_pid())
+                except Exception as exc:  # a QuickThread must not raise: what failed is kept
+                    gate.setup_error = f"{type(exc).__name__}: {exc}"
 
-            self.preparing = threading.Thread(
-                target=prepare, name="krate-sandbox-setup", daemon=True
-            )
-            self.preparing.start()
+            # (not threading.Thread: its start waits until the thread runs, helper_process.py)
+            self.preparing = QuickThread(prepare).start()
 
     def _prepared(self) -> None:
         if self.preparing is not None:
@@ -238,6 +257,8 @@ class BwrapLauncher(Launcher):
         return outcome
 
     def close(self) -> None:
+        if self.hold is not None:
+            self.hold.close()
         if self.status is not None:
             os.close(self.status.fd)
             self.status = None

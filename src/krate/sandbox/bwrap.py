@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from krate.sandbox import seccomp as seccomp_filter
@@ -130,6 +130,7 @@ def command(
     empty: Callable[[], int] = open_empty,
     seccomp: Callable[[], int | None] = seccomp_filter.pipe_fd,
     terminal: bool = False,
+    hold: Sequence[str] = (),
 ) -> list[str]:
     """The full bwrap argv for `spec` (the workload's argv last, after `--`).
 
@@ -139,6 +140,8 @@ def command(
     are appended to `fds`; the launcher passes them to bubblewrap and closes them.
     `terminal`: keep the terminal's session (only where `terminal_defence()` says so);
     bubblewrap then ignores SIGINT and SIGQUIT, and the workload gets them back.
+    `hold`: the command that starts first and executes the rest (sandbox/hold.py), before
+    the terminal's `env`, so that it keeps ignoring them until the workload runs.
     """
     fds = [] if fds is None else fds
     args = [
@@ -176,7 +179,7 @@ def command(
     if status_fd is not None:
         args += ["--json-status-fd", str(status_fd)]
     argv = [ENV, DEFAULT_SIGNALS, "--", *workload] if terminal else workload
-    return [*args, "--", *argv]
+    return [*args, "--", *hold, *argv]
 
 
 def proc_args(empty: Callable[[], int], fds: list[int]) -> list[str]:

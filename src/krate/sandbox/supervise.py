@@ -306,7 +306,7 @@ class Launcher:
     def release(self) -> None:
         """Let the workload run (start it, for a sandbox that could not be held)."""
         if self.gate is not None:
-            self.gate.release()
+            self.gate.release(go=self.pending is None)  # a signal came first: it never runs
         else:
             self._spawn()
         if self.pending is not None:
@@ -393,7 +393,7 @@ class Launcher:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.forwarded.append(signum)
         resize = signum == getattr(signal, "SIGWINCH", -1)
-        if self.proc is None:
+        if self.proc is None or self._held():
             if not resize:
                 self.pending = self.pending or signum
             return
@@ -415,6 +415,12 @@ class Launcher:
             return
         with contextlib.suppress(OSError):
             os.killpg(init, signum)
+
+    def _held(self) -> bool:
+        """Held by a gate that cannot keep a signal for the workload (sandbox/hold.py's shell
+        would die of it): the signal waits in krate, as before a sandbox exists."""
+        gate = self.gate
+        return gate is not None and gate.holding and not getattr(gate, "passes_signals", True)
 
     def _insists(self) -> bool:
         """The emergency exit: FORCE_AFTER_SIGINTS SIGINTs within EMERGENCY_S seconds."""
