@@ -478,3 +478,39 @@ def test_the_tls_context_made_in_a_thread_since_start_is_the_one_used(tmp_path):
     http.warm((failed, []))  # the thread made nothing: made again where errors are reported
     assert http.tls_context().verify_mode == ssl.CERT_REQUIRED
     assert transport._early_tls is None  # loaded as a module, not run: nothing started early
+
+
+def test_a_pull_temp_file_is_new_private_and_never_a_planted_link(tmp_path, monkeypatch):
+    """BlobDir.temp replaces tempfile.mkstemp (not loaded by the transport any more): each
+    call creates a new, empty 0600 file of this process; a name already taken, even by a
+    symlink pointing outside, is skipped, never opened."""
+    from krate.registry import transport_blobs
+
+    root = tmp_path / "sha256"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    taken = root / f"{transport_blobs.TEMP_PREFIX}{os.getpid()}-{'00' * 6}"
+    taken.symlink_to(outside)
+    draws = iter([b"\0" * 6, b"\1" * 6])
+    monkeypatch.setattr(transport_blobs.os, "urandom", lambda n: next(draws))
+    fd, name = transport_blobs.BlobDir(str(root)).temp()
+    try:
+        info = os.fstat(fd)
+        assert name == str(root / f"{transport_blobs.TEMP_PREFIX}{os.getpid()}-{'01' * 6}")
+        assert (info.st_mode & 0o7777, info.st_size) == (0o600, 0)
+        assert os.path.samestat(info, os.lstat(name))
+        assert not outside.exists() and taken.is_symlink()
+        assert os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)
+
+
+def test_the_transport_loads_no_tempfile_module():
+    """Its start is on the path of every pull (krate waits for it): tempfile (with shutil)
+    cost some 2 ms of it and only made one temp file name."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(TRANSPORT), "--tls-later"],
+        input=b'{"op": "report"}\n', capture_output=True, check=True, env={},
+    )  # fmt: skip
+    files = json.loads(done.stdout.splitlines()[-1])["python"]["files"]
+    assert not [f for f in files if os.path.basename(f) in ("tempfile.py", "shutil.py")], files
