@@ -514,3 +514,20 @@ def test_the_transport_loads_no_tempfile_module():
     )  # fmt: skip
     files = json.loads(done.stdout.splitlines()[-1])["python"]["files"]
     assert not [f for f in files if os.path.basename(f) in ("tempfile.py", "shutil.py")], files
+
+
+def test_the_loopback_context_made_before_the_job_trusts_nothing_more_and_is_used_once():
+    """warm_loopback (a loopback registry: before the job arrives) makes the same unanchored
+    context the first HTTPS attempt would make: certificate and host name required, no CA
+    certificate loaded; a second Pool gets a new one (a job's own CA never carries over)."""
+    import ssl
+
+    from krate.registry import transport_http
+
+    transport_http.warm_loopback()
+    first = transport_http.Pool("localhost:5000", "https", {"http_fallback": True}).context
+    again = transport_http.Pool("localhost:5000", "https", {"http_fallback": True}).context
+    for context in (first, again):
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.cert_store_stats()["x509_ca"] == 0
+    assert first is not again and not transport_http._unanchored

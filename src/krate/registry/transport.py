@@ -104,6 +104,7 @@ from krate.registry.transport_http import (  # noqa: E402
     emit,
     retry,
     warm,
+    warm_loopback,
 )
 from krate.registry.transport_pull import Puller  # noqa: E402
 
@@ -455,6 +456,8 @@ def run(job: dict) -> None:
 def main() -> int:
     if _early_tls is not None:  # else made when a connection needs it (Pool)
         warm(_early_tls)  # while krate still loads keyring and its store; the job comes after
+    else:
+        warm_loopback()  # the little a loopback registry's first connection needs, before it
     try:
         job = json.loads(sys.stdin.buffer.readline())  # credentials may follow (Asker)
     except ValueError:

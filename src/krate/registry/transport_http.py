@@ -129,6 +129,7 @@ def retry(
 
 
 _warm: list[ssl.SSLContext] = []  # made while the transport waits for its job
+_unanchored: list[ssl.SSLContext] = []  # the same, for a loopback registry (warm_loopback)
 _warming: list[tuple[threading.Thread, list[ssl.SSLContext]]] = []
 
 
@@ -140,6 +141,16 @@ def warm(early: tuple[threading.Thread, list[ssl.SSLContext]] | None = None) -> 
         _warm.append(ssl.create_default_context())
     else:
         _warming.append(early)
+
+
+def warm_loopback() -> None:
+    """For a loopback registry (krate's `--tls-later` hint), what its first connection would
+    make after the job arrived, made before: the unanchored context (OpenSSL's first context
+    costs about 1.5 ms) and the `idna` codec, which getaddrinfo and the TLS server name load
+    on first use (about 2 ms with stringprep). No CA certificates and no connection."""
+    import encodings.idna  # noqa: F401
+
+    _unanchored.append(unanchored_context())
 
 
 def tls_context() -> ssl.SSLContext:
@@ -156,7 +167,10 @@ def unanchored_context() -> ssl.SSLContext:
     of CPU it spends reading them): the same checks (certificate and host name required,
     the same flags), no trust anchor yet. For the first HTTPS attempt at a loopback
     registry, which mostly answers in plain HTTP: a handshake it fails can only fail
-    (`Pool.send` then loads the anchors and tries once more); it never trusts more."""
+    (`Pool.send` then loads the anchors and tries once more); it never trusts more.
+    The one warm_loopback made is used once (a job may add its own CA to it)."""
+    if _unanchored:
+        return _unanchored.pop()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
