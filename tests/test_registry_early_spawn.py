@@ -32,7 +32,14 @@ SHOW = (
 )
 
 
-def test_the_child_gets_its_pipes_and_no_other_descriptor_or_variable(tmp_path, monkeypatch):
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "unlisted"])
+def test_the_child_gets_its_pipes_and_no_other_descriptor_or_variable(
+    tmp_path, monkeypatch, listed
+):
+    """With krate's descriptors listed (/proc/self/fd, /dev/fd) the child closes those an
+    exec would pass on; without a listing, every number above 2."""
+    if not listed:
+        monkeypatch.setattr(early, "_inheritable", lambda: None)
     leaked = os.open(tmp_path, os.O_RDONLY)  # inheritable: Popen(close_fds) closed it too
     os.set_inheritable(leaked, True)
     monkeypatch.setenv("KRATE_SECRETISH", "must-not-pass")

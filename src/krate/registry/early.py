@@ -74,9 +74,8 @@ def spawn(argv: list[str], env: dict[str, str]) -> Spawned:
     """Run `argv` (its first word a path) with `env` only, its stdin, stdout and stderr pipes
     to this process and no other descriptor of it; an exec that fails raises its OSError."""
     fds = [*os.pipe(), *os.pipe(), *os.pipe()]  # close-on-exec, as Python makes them
-    # Linux closes any range in one close_range call; elsewhere each number is a call
-    top = os.sysconf("SC_OPEN_MAX") if sys.platform == "darwin" else 1 << 20
     report_r, report_w = os.pipe()
+    passed = _inheritable()
     try:
         pid = os.fork()
     except BaseException:
@@ -90,8 +89,14 @@ def spawn(argv: list[str], env: dict[str, str]) -> Spawned:
                     os.set_inheritable(target, True)
                 else:
                     os.dup2(source, target)
-            os.closerange(3, report_w)
-            os.closerange(report_w + 1, max(top, report_w + 1))
+            if passed is None:  # not listed: every number but the report's
+                os.closerange(3, report_w)
+                os.closerange(report_w + 1, os.sysconf("SC_OPEN_MAX"))
+            for fd in passed or ():
+                try:  # noqa: SIM105
+                    os.close(fd)
+                except OSError:
+                    pass
             os.execve(argv[0], argv, env)
         except OSError as exc:
             os.write(report_w, str(exc.errno or 0).encode())
@@ -113,6 +118,27 @@ def spawn(argv: list[str], env: dict[str, str]) -> Spawned:
         errno = int(failed) if failed.isdigit() else 0
         raise OSError(errno, os.strerror(errno), argv[0])
     return Spawned(argv, pid, fds[1], fds[2], fds[4])
+
+
+def _inheritable() -> list[int] | None:
+    """krate's descriptors above 2 that an exec would pass on (not close-on-exec: Python
+    opens its own so, some come from krate's parent), or None when they cannot be listed.
+    Listed before the fork: the child then closes just these (Popen lists them too)."""
+    for where in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(where)
+        except OSError:
+            continue
+        found = []
+        for name in names:
+            fd = int(name)
+            try:
+                if fd > 2 and os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError:  # the listing's own descriptor, closed by now
+                continue
+        return found
+    return None
 
 
 class Spawned:
