@@ -14,6 +14,19 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 
+def how_it_ended(status: int) -> str:
+    """`exited N`, or `was killed by SIGX` for a shell-style status of 128+N: the words for
+    a process that stood before the workload (the shell hold, the egress bridge)."""
+    if status <= 128:
+        return f"exited {status}"
+    import signal
+
+    try:
+        return f"was killed by {signal.Signals(status - 128).name}"
+    except ValueError:
+        return f"was killed by signal {status - 128}"
+
+
 class KrateError(Exception):
     """A problem the user can act on; `str()` is the whole message."""
 

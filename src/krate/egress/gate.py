@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Callable
 
-from krate.errors import EXIT_KRATE_FAILED
+from krate.errors import EXIT_KRATE_FAILED, how_it_ended
 
 
 class BridgeGate:
@@ -86,16 +86,8 @@ class BridgeGate:
         said = lines[0].removeprefix("krate-bridge: ")[:300]
         if said:
             reason = f"the egress bridge stopped before the workload started: {said}"
-        elif status > 128:
-            import signal
-
-            try:
-                name = signal.Signals(status - 128).name
-            except ValueError:
-                name = f"signal {status - 128}"
-            reason = f"the egress bridge was killed by {name} before the workload started"
         else:
-            reason = f"the egress bridge exited {status} before the workload started"
+            reason = f"the egress bridge {how_it_ended(status)} before the workload started"
         return (status if said and status in (126, 127) else EXIT_KRATE_FAILED), reason
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ import contextlib
 import os
 import re
 
-from krate.errors import EXIT_KRATE_FAILED
+from krate.errors import EXIT_KRATE_FAILED, how_it_ended
 
 TYPE_CHECKING = False  # not `from typing import ...`: this module is on the run path
 if TYPE_CHECKING:
@@ -125,16 +125,7 @@ class ShellHold:
         """None once `go` was written (the status is the workload's), else why it never ran."""
         if self.went:
             return None
-        if status > 128:
-            import signal
-
-            try:
-                name = signal.Signals(status - 128).name
-            except ValueError:
-                name = f"signal {status - 128}"
-            how = f"was killed by {name}"
-        else:
-            how = f"exited {status}"
+        how = how_it_ended(status)
         return EXIT_KRATE_FAILED, f"the sandbox's hold {how} before the workload started"
 
     def close(self) -> None:
