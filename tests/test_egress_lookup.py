@@ -78,9 +78,9 @@ def test_a_slow_resolver_still_times_out_and_others_still_resolve(dialer, resolv
     assert len({id(t) for t in seen}) == 2
     go.set()
     deadline = time.monotonic() + 5
-    while len(dialer.idle) < 2 and time.monotonic() < deadline:
+    while len(dialer.workers.idle) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(dialer.idle) == 2  # both kept, and the next lookups use them
+    assert len(dialer.workers.idle) == 2  # both kept, and the next lookups use them
     for _ in range(5):
         dialer.lookup("a.example", 443)
     assert len({id(t) for t in seen}) == 2
@@ -118,4 +118,4 @@ def test_a_lookup_failure_is_a_refusal(dialer, monkeypatch):
     for _ in range(3):  # the thread survives a failure and answers the next one
         with pytest.raises(Refused, match="cannot resolve a.example"):
             dialer.lookup("a.example", 443)
-    assert len(dialer.idle) == 1
+    assert len(dialer.workers.idle) == 1

@@ -111,7 +111,7 @@ def test_each_helper_reports_only_the_standard_library_and_its_own_files(planted
     assert proxy["given_by_krate"] == [
         "krate", "krate.canonical", "krate.egress", "krate.egress.dial", "krate.egress.handler",
         "krate.egress.listener", "krate.egress.names", "krate.egress.parsers", "krate.egress.relay",
-        "krate.egress.wire",
+        "krate.egress.wire", "krate.egress.workers",
         "krate.errors", "krate.hostport", "krate.policy", "krate.policy.decide",
         "krate.policy.hosts", "krate.policy.model", "krate.policy.paths", "krate.records",
     ]  # fmt: skip

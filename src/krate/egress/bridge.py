@@ -83,13 +83,16 @@ def dial(path: str, wait: float = PROXY_WAIT_S):
 
 
 def serve(listener, path: str, target: str | None) -> None:
+    """Accept and hand over, one client after the other: a hand-over is a connect and a
+    send on a Unix socket, shorter than starting a thread for it (the clients meanwhile
+    wait in the listen backlog, as they would for the proxy)."""
     while True:
         try:
             fd, _address = listener._accept()
         except OSError:
             return
         client = _socket.socket(listener.family, STREAM, 0, fd)
-        _thread.start_new_thread(hand_over, (client, path, target))
+        hand_over(client, path, target)
 
 
 def hand_over(client, path: str, target: str | None, kind: str = "F") -> None:

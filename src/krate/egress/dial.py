@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from krate.egress.workers import Workers
 from krate.policy.decide import NetRule, net_decider, private_rule
 from krate.policy.hosts import HostPattern, allow_hint, host_text, normalize_subject
 from krate.records import NamedTuple
@@ -134,12 +135,10 @@ class Dialer:
         # Name lookups running at once (each in a thread, which a slow resolver keeps
         # past the connect timeout): bounded, as asyncio's executor bounded them.
         self.lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
-        # The lookup threads, kept once started: a new thread per connection cost about
-        # 0.1 ms of CPU, an eighth of what the proxy spends on one (bench/bench_pkg.py).
-        # At most MAX_LOOKUPS exist: one starts only while none is idle, and every busy
-        # one holds a slot of `lookups`.
-        self.idle: list[tuple] = []  # per lookup thread waiting: (its wake-up lock, its job box)
-        self.idle_lock = threading.Lock()
+        # The lookup threads, kept once started (workers.py). At most MAX_LOOKUPS exist:
+        # one starts only while none is idle, and every busy one holds a slot of `lookups`,
+        # freed once it is idle again.
+        self.workers = Workers()
 
     def decide(self, host: str, port: int) -> Verdict:
         d = self._decide(host, port)
@@ -200,43 +199,31 @@ class Dialer:
             self.check_stop()
             if time.monotonic() >= deadline:
                 raise Refused("unreachable", f"resolving {host} timed out")
-        job = (host, port, answer, done)
-        with self.idle_lock:
-            waiting = self.idle.pop() if self.idle else None
-        if waiting is not None:
-            wake, box = waiting
-            box[0] = job
-            wake.release()
-        else:  # its first job is given directly: nothing is left waiting if it cannot start
-            try:
-                threading.Thread(target=self.look, args=(job,), daemon=True).start()
-            except RuntimeError:
-                self.lookups.release()
-                raise Refused("unreachable", f"cannot resolve {host} now") from None
-        while not done.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
-            self.check_stop()
-            if time.monotonic() >= deadline:
-                raise Refused("unreachable", f"resolving {host} timed out")
-        if isinstance(answer[0], OSError):
-            raise Refused("unreachable", f"cannot resolve {host}") from answer[0]
-        return answer[0]
 
-    def look(self, job: tuple) -> None:
-        """A lookup thread: answer `job`, then wait for the next one, for good."""
-        wake, box = threading.Lock(), [job]
-        wake.acquire()
-        while True:
-            host, port, answer, done = box[0]
+        def look() -> None:
             try:
                 answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
             except OSError as exc:
                 answer.append(exc)
-            finally:
-                with self.idle_lock:  # idle before its slot is free: no extra thread starts
-                    self.idle.append((wake, box))
-                self.lookups.release()
-                done.release()
-            wake.acquire()  # released with the next job in `box`
+
+        def after() -> None:
+            self.lookups.release()
+            done.release()
+
+        try:  # its first job is given directly: nothing is left waiting if it cannot start
+            self.workers.submit(look, after)
+        except RuntimeError:
+            self.lookups.release()
+            raise Refused("unreachable", f"cannot resolve {host} now") from None
+        while not done.acquire(timeout=min(STEP, max(deadline - time.monotonic(), 0))):
+            self.check_stop()
+            if time.monotonic() >= deadline:
+                raise Refused("unreachable", f"resolving {host} timed out")
+        if not answer:  # the lookup failed otherwise (reported on the proxy's stderr)
+            raise Refused("unreachable", f"cannot resolve {host}")
+        if isinstance(answer[0], OSError):
+            raise Refused("unreachable", f"cannot resolve {host}") from answer[0]
+        return answer[0]
 
     def check_stop(self) -> None:
         if self.stopping.is_set():

@@ -21,6 +21,7 @@ from krate.egress.dial import Dialer, Refused, Stopped, Upstream
 from krate.egress.parsers import Refusal, Target
 from krate.egress.relay import Relay
 from krate.egress.wire import Config, Record
+from krate.egress.workers import Workers
 
 READ_CHUNK = 64 * 1024
 # Connections open at once (each has its thread, even before its request is read), as a
@@ -42,10 +43,11 @@ class Proxy:
         self.live: dict[int, list[socket.socket]] = {}  # per connection: its sockets
         self.stopping = dialer.stopping
         threading.stack_size(STACK_SIZE)
+        self.workers = Workers()  # kept once started: see workers.py
 
     def start(self, serve: Callable, conn: socket.socket) -> None:
-        """Serve `conn` with `serve(conn, None)` in a new daemon thread; or, with too many
-        open already, close it unread and record that."""
+        """Serve `conn` with `serve(conn, None)` in a thread of its own (a kept one, or a new
+        daemon thread); or, with too many open already, close it unread and record that."""
         limit = OPEN_PER_CAP * self.config.max_connections
         with self.lock:
             full = self.threads >= limit
@@ -58,15 +60,9 @@ class Proxy:
             self.emit(record.line())
             return
         try:
-            threading.Thread(target=self.run, args=(serve, conn), daemon=True).start()
+            self.workers.submit(lambda: serve(conn, None), self.done)
         except RuntimeError:  # no thread to be had: the client is dropped
             conn.close()
-            self.done()
-
-    def run(self, serve: Callable, conn: socket.socket) -> None:
-        try:
-            serve(conn, None)
-        finally:
             self.done()
 
     def done(self) -> None:

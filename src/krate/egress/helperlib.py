@@ -38,6 +38,7 @@ PARTS = (
     "krate/egress/names.py",
     "krate/egress/parsers.py",
     "krate/egress/relay.py",
+    "krate/egress/workers.py",
     "krate/egress/wire.py",
 )
 MODULES = (
