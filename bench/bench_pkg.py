@@ -1,15 +1,32 @@
 """Benchmark `krate run -- pip install` and `krate run -- npm install` against the bare tools.
 
-    .venv/bin/python bench/bench_pkg.py [--runs 5] [--check]
+    .venv/bin/python bench/bench_pkg.py [--runs 5] [--check] [--set real|synthetic]
 
-Mirrors on loopback, no internet (tests/pkgmirror_support.py): a PEP 503 simple index
-with 10 pure-Python wheels, and an npm registry of 20 packages (packuments and tarballs
-made by `npm pack`), each a `ThreadingHTTPServer` in this process, with a listen backlog
-of 128 (with the default 5, bare npm's burst of connections lost SYNs and waited a
-second for their resend, which made the bare arm of the npm rows 0.7 s slower at random).
+Two package sets. `--set real` (the default) is the install issue 18's bar describes, a
+user's `pip install -r requirements.txt` or `npm install` of real packages: pip installs 10
+pinned wheels from PyPI by name (requests and its four dependencies certifi,
+charset-normalizer, idna, urllib3; python-dateutil with six and tzdata; packaging; attrs;
+PIP_REAL below), resolving every dependency from the mirror, with bytecode compiled as a
+user gets it; npm installs a project of 20 pinned popular packages without dependencies of
+their own (lodash, semver, uuid, dayjs, chalk ...; NPM_REAL). They are downloaded once
+from pypi.org (by PYTHON's own pip, which picks the wheel that interpreter installs, e.g.
+charset-normalizer's manylinux one) and registry.npmjs.org into
+`platformdirs.user_cache_path("krate-bench")/pkg` (~/.cache/krate-bench/pkg on Linux),
+checked against the sha256 PyPI publishes and npm's `dist.integrity` (sha512), and reused
+after only while they still match. Offline with an empty cache the bench says what it
+could not fetch and exits 2. `--set synthetic` needs no registry: 10 empty wheels and 20
+empty npm packages made on the spot, so the install itself takes almost nothing and the
+ratio is mostly krate's fixed start-up: the worst case.
+
+Mirrors on loopback, no internet while measuring (tests/pkgmirror_support.py): a PEP 503
+simple index of the wheels and an npm registry of the tarballs (packuments made from each
+tarball's package.json, `dist.tarball` pointing at the mirror), each a `ThreadingHTTPServer`
+in this process, with a listen backlog of 128 (with the default 5, bare npm's burst of
+connections lost SYNs and waited a second for their resend, which made the bare arm of the
+npm rows 0.7 s slower at random).
 Four comparisons, interleaved, medians, ratio krate / bare:
 
-1. pip install of the 10 wheels, cold: no cache on either side (the user's ~/.cache/pip
+1. pip install of the 10 packages, cold: no cache on either side (the user's ~/.cache/pip
    and krate's cache of the project emptied before every run of either arm; both
    folders exist, so krate mounts its cache at the usual path).
 2. npm install of a 20-dependency project, cold likewise (~/.npm; node_modules and
@@ -45,14 +62,18 @@ milliseconds and changes nothing else. Without bubblewrap (macOS) both arms use
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,13 +83,145 @@ sys.path.insert(0, str(HERE.parent))
 from tests.pkgmirror_support import (  # noqa: E402  (the repository root, added above)
     Server,
     free_port,
+    index_from_wheels,
     make_npm_registry,
     make_simple_index,
+    registry_from_tarballs,
 )
 
 KRATE = shutil.which("krate", path=str(Path(sys.executable).parent)) or "krate"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 GOAL = 1.15
+
+# The real set: every dependency of every pin is pinned here too (python-dateutil 4 needs
+# six and tzdata; requests its four), so each tool resolves entirely from the mirror.
+PIP_REAL = (
+    "requests==2.34.2", "certifi==2026.10.19.post1", "charset-normalizer==3.5.3",
+    "idna==3.20", "urllib3==2.8.0", "python-dateutil==4.0.0", "six==1.17.0",
+    "tzdata==2026.6", "packaging==26.4", "attrs==26.1.0",
+)  # fmt: skip
+NPM_REAL = (  # none has dependencies of its own (`npm view PKG@VER dependencies`)
+    "lodash@4.18.1", "ms@2.1.3", "commander@14.0.3", "semver@7.8.6", "uuid@14.0.3",
+    "dayjs@1.11.23", "minimist@1.2.8", "clsx@2.1.1", "classnames@2.5.1", "nanoid@5.1.12",
+    "picocolors@1.1.1", "kleur@4.1.5", "escape-string-regexp@5.0.0", "fast-deep-equal@3.1.3",
+    "deepmerge@4.3.1", "is-number@7.0.0", "balanced-match@5.0.0", "ansi-regex@6.6.0",
+    "chalk@5.6.2", "dotenv@18.0.10",
+)  # fmt: skip
+PYPI = "https://pypi.org/simple/"
+NPMJS = "https://registry.npmjs.org/"
+
+
+class Unfetchable(Exception):
+    """A file of the real set could not be fetched or did not match its registry's digest."""
+
+
+def _get(url: str, accept: str = "application/json") -> bytes:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+    except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts are OSErrors
+        raise Unfetchable(f"{url} ({getattr(e, 'reason', e)})") from None
+
+
+def _get_json(url: str, accept: str = "application/json") -> dict:
+    try:
+        return json.loads(_get(url, accept))
+    except ValueError:
+        raise Unfetchable(f"{url} (not JSON)") from None
+
+
+def _cache_root() -> Path:
+    import platformdirs  # krate's own dependency; only the real set needs it
+
+    return platformdirs.user_cache_path("krate-bench") / "pkg"
+
+
+class _Cache:
+    """A folder of verified files and `digests.json` ({pin: [file, digest]}): a file is
+    reused only while it still has the digest its registry published."""
+
+    def __init__(self, folder: Path, algorithm: str) -> None:
+        self.folder, self.algorithm = folder, algorithm
+        self.index = folder / "digests.json"
+        self.known = json.loads(self.index.read_text()) if self.index.is_file() else {}
+
+    def digest(self, data: bytes) -> str:
+        if self.algorithm == "sha512":  # npm's `integrity`
+            return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        return hashlib.sha256(data).hexdigest()
+
+    def get(self, pin: str) -> Path | None:
+        name, digest = self.known.get(pin, ("", ""))
+        path = self.folder / name
+        ok = name and path.is_file() and self.digest(path.read_bytes()) == digest
+        return path if ok else None
+
+    def put(self, pin: str, name: str, data: bytes, published: str) -> Path:
+        if self.digest(data) != published:
+            raise Unfetchable(f"{name}: its {self.algorithm} is not the one the registry publishes")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / name).write_bytes(data)
+        self.known[pin] = [name, published]
+        self.index.write_text(json.dumps(self.known, indent=1, sort_keys=True))
+        return self.folder / name
+
+
+def real_wheels(root: Path) -> list[Path]:
+    """PIP_REAL's wheels for PYTHON, from the cache or downloaded once from PyPI by PYTHON's
+    own pip (which picks the wheel its interpreter installs), checked against PyPI's sha256."""
+    code = "import sys, sysconfig; print(sys.implementation.cache_tag, sysconfig.get_platform())"
+    tag = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True)
+    cache = _Cache(root / f"pip-{'-'.join(tag.stdout.split())}", "sha256")
+    missing = [pin for pin in PIP_REAL if cache.get(pin) is None]
+    if missing:
+        published = {}  # filename -> sha256, from PyPI's JSON simple pages
+        for pin in missing:
+            url = f"{PYPI}{pin.partition('==')[0]}/"
+            files = _get_json(url, "application/vnd.pypi.simple.v1+json").get("files", [])
+            published.update({f["filename"]: f.get("hashes", {}).get("sha256", "") for f in files})
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [
+                PYTHON, "-m", "pip", "download", "--isolated", "--quiet", "--no-deps",
+                "--only-binary=:all:", "--retries", "1", "--timeout", "20",
+                "--index-url", PYPI, "--dest", tmp, *missing,
+            ]  # fmt: skip
+            env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}  # not this machine's indexes
+            done = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+                raise Unfetchable(f"pip download from {PYPI} failed ({last})")
+            for wheel in Path(tmp).glob("*.whl"):
+                name, version = wheel.name.split("-")[:2]
+                for pin in (p for p in missing if _same(p, name, version)):
+                    cache.put(pin, wheel.name, wheel.read_bytes(), published.get(wheel.name, ""))
+    return [cache.get(pin) or _lost(pin) for pin in PIP_REAL]
+
+
+def _same(pin: str, name: str, version: str) -> bool:
+    """Whether a wheel's file name parts (`charset_normalizer`, `3.5.3`) are the pin's."""
+    want, _, want_version = pin.partition("==")
+    return re.sub(r"[-_.]+", "_", want).lower() == name.lower() and want_version == version
+
+
+def _lost(pin: str) -> Path:
+    raise Unfetchable(f"{pin}: not in the download")
+
+
+def real_tarballs(root: Path) -> list[Path]:
+    """NPM_REAL's tarballs, from the cache or downloaded once from the npm registry,
+    checked against the registry's `dist.integrity` (sha512)."""
+    cache = _Cache(root / "npm", "sha512")
+    for pin in NPM_REAL:
+        if cache.get(pin) is None:
+            name, _, version = pin.rpartition("@")
+            url = f"{NPMJS}{name}/{version}"
+            dist = _get_json(url).get("dist", {})
+            if "tarball" not in dist:
+                raise Unfetchable(f"{url} (no dist.tarball)")
+            filename = dist["tarball"].rsplit("/", 1)[-1]
+            cache.put(pin, filename, _get(dist["tarball"], "*/*"), dist.get("integrity", ""))
+    return [cache.get(pin) or _lost(pin) for pin in NPM_REAL]
 
 
 def _clear(*paths: Path) -> None:
@@ -95,7 +248,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path) -> float:
 
 
 class Setup:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, real: tuple[list[Path], list[Path]] | None) -> None:
         self.base = base
         self.home = base / "home"
         self.ws = self.home / "project"
@@ -103,8 +256,12 @@ class Setup:
         self.ws.mkdir(parents=True)
         for cache in (".npm", ".cache/pip"):  # as on a machine that has used npm and pip
             (self.home / cache).mkdir(parents=True)
-        wheels = [f"krate-bench-py{i:02d}" for i in range(10)]
-        npms = [f"krate-bench-js{i:02d}" for i in range(20)]
+        if real:
+            wheels = [pin.partition("==")[0] for pin in PIP_REAL]
+            npms = {n: v for n, _, v in (pin.rpartition("@") for pin in NPM_REAL)}
+        else:
+            wheels = [f"krate-bench-py{i:02d}" for i in range(10)]
+            npms = {f"krate-bench-js{i:02d}": "1.0.0" for i in range(20)}
         self.wrap: list[str] = []
         self.names = {"py": "127.0.0.1", "npm": "127.0.0.1"}
         bwrap = shutil.which("bwrap")
@@ -117,14 +274,19 @@ class Setup:
             hosts.chmod(0o644)
             self.wrap = [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(hosts), "/etc/hosts"]
             self.names = {"py": "pypi.corp.example", "npm": "npm.corp.example"}
-        make_simple_index(base / "py", wheels)
         port = free_port()
-        make_npm_registry(base / "npm", npms, f"http://{self.names['npm']}:{port}")
+        npm_base = f"http://{self.names['npm']}:{port}"
+        if real:
+            index_from_wheels(base / "py", real[0])
+            registry_from_tarballs(base / "npm", real[1], npm_base)
+        else:
+            make_simple_index(base / "py", wheels)
+            make_npm_registry(base / "npm", list(npms), npm_base)
         self.py = Server(base / "py")
         self.npm = Server(base / "npm", npm=True, port=port)
         py_url = f"http://{self.names['py']}:{self.py.port}"
         npm_url = f"http://{self.names['npm']}:{self.npm.port}"
-        deps = ", ".join(f'"{n}": "1.0.0"' for n in npms)
+        deps = ", ".join(f'"{n}": "{v}"' for n, v in npms.items())
         (self.ws / "package.json").write_text(
             f'{{"name": "bench", "version": "1.0.0", "private": true, "dependencies": {{{deps}}}}}'
         )
@@ -217,15 +379,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="measured rounds per comparison")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument(
+        "--set",
+        choices=("real", "synthetic"),
+        default="real",
+        help="real: pinned PyPI/npm packages (fetched once, cached); synthetic: empty ones",
+    )
     args = parser.parse_args()
     for tool in ("npm", PYTHON):
         if shutil.which(tool) is None:
             print(f"bench_pkg: {tool} not found; skipped")
             return 0
+    real = None
+    if args.set == "real":
+        root = _cache_root()
+        try:
+            real = (real_wheels(root), real_tarballs(root))
+        except Unfetchable as e:
+            print(
+                f"bench_pkg: could not fetch the real set into {root}: {e}; "
+                "`--set synthetic` runs without the registries",
+                file=sys.stderr,
+            )
+            return 2
     # Under /var/tmp: the sandbox's /tmp is private, so a workspace there would be hidden.
     base = Path(tempfile.mkdtemp(prefix="krate-bench-pkg-", dir="/var/tmp"))
     os.chmod(base, 0o755)
-    setup = Setup(base)
+    setup = Setup(base, real)
     try:
         results = compare(setup, args.runs)
     finally:
@@ -235,6 +415,11 @@ def main() -> int:
     *rows, fixed = results
     extra = fixed.krate - fixed.bare  # krate's fixed cost, paid by every row
     head = f"{'comparison':<28} {'bare s':>8} {'krate s':>8} {'ratio':>6} {'net':>5} {'conns':>5}"
+    if real:
+        what = f"real set: pip {len(PIP_REAL)} wheels from PyPI, npm {len(NPM_REAL)} packages"
+    else:
+        what = "synthetic set: 10 empty wheels, 20 empty npm packages (the worst case)"
+    print(f"bench_pkg, {what}, {args.runs} runs, medians")
     print(f"{head}  goal")
     for row in rows:
         ratio, net = row.krate / row.bare, (row.krate - extra) / row.bare

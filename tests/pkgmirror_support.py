@@ -2,7 +2,9 @@
 bench/bench_pkg.py: real `pip install` and `npm install`, no internet.
 
 Wheels are written with zipfile (pure-Python, `py3-none-any`, a RECORD with hashes);
-npm tarballs come from one `npm pack` of generated packages. Each server is a
+npm tarballs come from one `npm pack` of generated packages. `index_from_wheels` and
+`registry_from_tarballs` serve given files instead (the bench's real packages): the index
+pages and packuments are made from each file's own metadata. Each server is a
 standard-library `ThreadingHTTPServer` in a thread of the caller (tests and benches run
 unlocked), serving files only from its folder.
 """
@@ -11,9 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import http.server
 import json
+import re
+import shutil
 import subprocess
+import tarfile
 import threading
 import zipfile
 from functools import partial
@@ -25,12 +31,17 @@ def _b64(digest: bytes) -> str:
 
 
 def make_wheel(
-    folder: Path, name: str, version: str = "1.0", requires: tuple[str, ...] = ()
+    folder: Path,
+    name: str,
+    version: str = "1.0",
+    requires: tuple[str, ...] = (),
+    requires_python: str = "",
 ) -> Path:
     """A pure-Python wheel `name-version-py3-none-any.whl` in `folder`."""
     module = name.replace("-", "_")
     info = f"{module}-{version}.dist-info"
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    meta += f"Requires-Python: {requires_python}\n" if requires_python else ""
     meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {
         f"{module}/__init__.py": f"VALUE = {name!r}\n",
@@ -101,6 +112,82 @@ def make_npm_registry(root: Path, names: list[str], url: str) -> Path:
         }
         packument = {"name": name, "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}
         (root / f"{name}.json").write_text(json.dumps(packument))
+    return root
+
+
+def _project(name: str) -> str:
+    """PEP 503's normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requires_python(wheel: Path) -> str:
+    """The wheel's `Requires-Python` (its METADATA), or ""."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(
+            n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
+        )
+        for line in z.read(meta).decode("utf-8", "replace").splitlines():
+            if not line:
+                break  # the headers end at the first empty line
+            if line.lower().startswith("requires-python:"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def index_from_wheels(root: Path, wheels: list[Path]) -> Path:
+    """A PEP 503 simple index under `root`/simple serving copies of `wheels` (any tags, any
+    number of versions per project), with sha256 and requires-python; returns root."""
+    packages = root / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    links: dict[str, list[str]] = {}
+    for wheel in wheels:
+        shutil.copyfile(wheel, packages / wheel.name)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        attrs = (
+            f' data-requires-python="{html.escape(rp)}"' if (rp := _requires_python(wheel)) else ""
+        )
+        link = f'<a href="../../packages/{wheel.name}#sha256={digest}"{attrs}>{wheel.name}</a>'
+        links.setdefault(_project(wheel.name.split("-", 1)[0]), []).append(link)
+    for project, anchors in links.items():
+        page = root / "simple" / project
+        page.mkdir(parents=True, exist_ok=True)
+        body = "<br>\n".join(anchors)
+        (page / "index.html").write_text(f"<html><body>\n{body}\n</body></html>\n")
+    return root
+
+
+def _package_json(tgz: Path) -> dict:
+    """package.json at the top folder of an npm tarball (usually `package/`, not always)."""
+    with tarfile.open(tgz, "r:gz") as tar:
+        for member in tar:
+            top = member.name.removeprefix("./").count("/") == 1
+            if member.isfile() and top and member.name.endswith("/package.json"):
+                return json.load(tar.extractfile(member))
+    raise ValueError(f"{tgz.name}: no package.json")
+
+
+def registry_from_tarballs(root: Path, tarballs: list[Path], url: str) -> Path:
+    """Packuments (`root/<name>.json`) and tarballs (`root/tarballs/`) serving copies of
+    `tarballs`: each version is its package.json (dependencies, bin, engines ...) with a
+    `dist` of the copy's URL under `url`, shasum and integrity; `latest` is the last given
+    version of each name. Returns root."""
+    (root / "tarballs").mkdir(parents=True, exist_ok=True)
+    packuments: dict[str, dict] = {}
+    for tgz in tarballs:
+        meta = _package_json(tgz)
+        name, version = meta["name"], meta["version"]
+        data = tgz.read_bytes()
+        (root / "tarballs" / tgz.name).write_bytes(data)
+        meta["dist"] = {
+            "tarball": f"{url}/{name}/-/{tgz.name}",
+            "shasum": hashlib.sha1(data).hexdigest(),
+            "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+        }
+        packument = packuments.setdefault(name, {"name": name, "dist-tags": {}, "versions": {}})
+        packument["versions"][version] = meta
+        packument["dist-tags"]["latest"] = version
+    for name, packument in packuments.items():
+        (root / (name.replace("/", "%2f") + ".json")).write_text(json.dumps(packument))
     return root
 
 
