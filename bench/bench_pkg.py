@@ -4,7 +4,7 @@
 
 Two package sets. `--set real` (the default) is the install issue 18's bar describes, a
 user's `pip install -r requirements.txt` or `npm install` of real packages: pip installs 10
-pinned wheels from PyPI by name (requests and its four dependencies certifi,
+pinned wheels from PyPI (requests and its four dependencies certifi,
 charset-normalizer, idna, urllib3; python-dateutil with six and tzdata; packaging; attrs;
 PIP_REAL below), resolving every dependency from the mirror, with bytecode compiled as a
 user gets it; npm installs a project of 20 pinned popular packages without dependencies of
@@ -26,9 +26,11 @@ connections lost SYNs and waited a second for their resend, which made the bare 
 npm rows 0.7 s slower at random).
 Four comparisons, interleaved, medians, ratio krate / bare:
 
-1. pip install of the 10 packages, cold: no cache on either side (the user's ~/.cache/pip
-   and krate's cache of the project emptied before every run of either arm; both
-   folders exist, so krate mounts its cache at the usual path).
+1. `.venv/bin/python -m pip install -r requirements.txt` of the 10 packages into the
+   project's own virtual environment (copied fresh from one made once, before every run of
+   either arm), cold: no cache on either side (the user's ~/.cache/pip and krate's cache of
+   the project emptied before every run of either arm; both folders exist, so krate mounts
+   its cache at the usual path).
 2. npm install of a 20-dependency project, cold likewise (~/.npm; node_modules and
    package-lock.json removed before every run of either arm).
 3. and 4. the same with warm caches: the user's for bare, krate's own for krate (both
@@ -48,7 +50,14 @@ proxy, sandbox, records), whose difference is subtracted from the row's krate me
 The goal is judged on the plain ratio, never on `net`.
 
 pip is run with `--isolated` and `PIP_CONFIG_FILE=/dev/null` in both arms: this machine's
-global pip configuration points at file:// indexes.
+global pip configuration points at file:// indexes. Every measured run starts after
+`sync`, so that no arm pays for writing out the files of the one before.
+
+Not `pip install --target DIR`, which an earlier version of this bench used: pip builds
+such an install in a temporary folder and then moves it into DIR, and in any sandbox the
+workspace is a mount of its own, so the move cannot be a rename and becomes a copy of
+every file (about 0.3 s more for the real set here; bare pip with TMPDIR on another file
+system pays the same). docs/packages.md says so, and how to avoid it.
 
 The mirrors are reached by name, as a corporate mirror is: `pypi.corp.example` and
 `npm.corp.example` resolve to 127.0.0.1, and the krate arm allows them with
@@ -239,6 +248,9 @@ def _empty(folder: Path) -> None:
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    # The last run's files written out first: their write-back would otherwise slow
+    # whichever arm came next.
+    os.sync()
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True)
     elapsed = time.perf_counter() - start
@@ -299,15 +311,28 @@ class Setup:
             "PIP_ROOT_USER_ACTION": "ignore",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }
+        # A project's own virtual environment, as a user installs into: made once here (with
+        # pip, by ensurepip), copied fresh into the workspace before every pip run of either
+        # arm (`fresh_venv`), and never timed.
+        self.venv_template = base / "venv-template"
+        make = [PYTHON, "-m", "venv", str(self.venv_template)]
+        subprocess.run(make, check=True, stdout=subprocess.DEVNULL)
+        pins = PIP_REAL if real else wheels
+        (self.ws / "requirements.txt").write_text("".join(f"{pin}\n" for pin in pins))
         self.pip = [
-            PYTHON, "-m", "pip", "install", "--isolated", "--quiet", "--no-input",
+            ".venv/bin/python", "-m", "pip", "install", "--isolated", "--quiet", "--no-input",
             "--trusted-host", self.names["py"], "--index-url", f"{py_url}/simple/",
-            "--target", "pylib", *wheels,
+            "-r", "requirements.txt",
         ]  # fmt: skip
         self.npm_argv = [
             "npm", "install", "--registry", f"{npm_url}/", "--no-audit", "--no-fund",
             "--no-update-notifier", "--loglevel", "error",
         ]  # fmt: skip
+
+    def fresh_venv(self) -> None:
+        venv = self.ws / ".venv"
+        _clear(venv)
+        shutil.copytree(self.venv_template, venv, symlinks=True)
 
     def bare(self, argv: list[str]) -> list[str]:
         return [*self.wrap, *argv]
@@ -343,7 +368,7 @@ class Row(NamedTuple):
 def compare(setup: Setup, runs: int) -> list[Row]:
     """The four comparisons, then the fixed cost (`true`)."""
     ws, home = setup.ws, setup.home
-    outputs = (ws / "pylib", ws / "node_modules", ws / "package-lock.json")
+    outputs = (ws / "node_modules", ws / "package-lock.json")
     arms = {
         "pip": (setup.pip, setup.py.port, home / ".cache" / "pip", "pip", setup.names["py"]),
         "npm": (setup.npm_argv, setup.npm.port, home / ".npm", "npm", setup.names["npm"]),
@@ -359,6 +384,8 @@ def compare(setup: Setup, runs: int) -> list[Row]:
                 state = "warm" if warm else "cold"
                 for arm in ("bare", "krate"):
                     _clear(*outputs)
+                    if name == "pip":
+                        setup.fresh_venv()
                     if not warm:
                         for cache in (user_cache, *setup.krate_cache(tool)):
                             _empty(cache)
