@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -97,3 +98,26 @@ def test_the_proxy_serves_connection_after_connection_in_one_thread(tmp_path):
         b.close()
     assert len(seen) == 5 and len(set(seen)) == 1
     assert proxy.threads == 0
+
+
+def test_a_burst_leaves_only_the_kept_threads_behind():
+    """100 jobs at once: 100 threads while they run, then only `keep` of them wait; the
+    others end, and the kept ones still take the next jobs."""
+    workers = Workers(keep=4)
+    release = threading.Event()
+    finished = threading.Semaphore(0)
+    before = threading.active_count()
+    for _ in range(100):
+        workers.submit(lambda: release.wait(5), finished.release)
+    assert threading.active_count() >= before + 100
+    release.set()
+    for _ in range(100):
+        assert finished.acquire(timeout=5)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before + 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before + 4
+    assert len(workers.idle) == 4
+    done = threading.Event()
+    workers.submit(lambda: None, done.set)
+    assert done.wait(5) and threading.active_count() == before + 4

@@ -21,12 +21,20 @@ from collections.abc import Callable
 Job = Callable[[], object]
 
 
-class Workers:
-    """Runs each job at once: in a thread that is waiting for work, or in a new one."""
+KEEP = 64  # threads kept waiting at most; one finishing beyond that ends
 
-    def __init__(self) -> None:
+
+class Workers:
+    """Runs each job at once: in a thread that is waiting for work, or in a new one.
+
+    At most `keep` threads wait: a burst of connections (up to the proxy's cap of open
+    ones) must not hold as many threads, counted against the user's process limit, for
+    the rest of the run."""
+
+    def __init__(self, keep: int = KEEP) -> None:
         self.idle: list[tuple[threading.Lock, list]] = []  # (its wake-up lock, its job box)
         self.lock = threading.Lock()
+        self.keep = keep
 
     def submit(self, job: Job, after: Job | None = None) -> None:
         """Run `job()`, then `after()` once the thread is counted idle again (a caller's
@@ -53,10 +61,14 @@ class Workers:
             except BaseException:  # as a thread's own would be reported; this one lives on
                 sys.excepthook(*sys.exc_info())
             with self.lock:
-                self.idle.append((wake, box))
+                kept = len(self.idle) < self.keep
+                if kept:
+                    self.idle.append((wake, box))
             if after is not None:
                 try:
                     after()
                 except BaseException:
                     sys.excepthook(*sys.exc_info())
+            if not kept:
+                return
             wake.acquire()  # released by submit() with the next job in `box`
