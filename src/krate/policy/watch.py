@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from krate.policy.load import PROJECT_FILE
 from krate.records import NamedTuple
 
-# About half a second of walking; past it the check says it stopped.
+# About 1.5 s of walking (1.5 µs an entry on a 2-CPU machine); past it the check says it stopped.
 MAX_ENTRIES = 1_000_000
 
 
