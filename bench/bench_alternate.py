@@ -7,7 +7,9 @@ on this interpreter, in the same fresh workspace and KRATE_HOME, the order swapp
 round so that neither side always runs second. CPU is user + system of the command and
 its children (the sandbox, the proxy, the bridge). `--as-root` is added after `run` or
 `build` when running as root. Both trees are byte-compiled first, as an install does.
-How docs/startup.md's rounds compare an old commit with the new code:
+`--fill DIR` copies DIR into the workspace first, for what grows with the workspace (the
+krate.toml watch after the run walks it). How docs/startup.md's rounds compare an old
+commit with the new code:
 `git archive OLD src | tar -x -C /tmp/old`, then this with /tmp/old/src and ./src.
 """
 
@@ -38,6 +40,9 @@ def main() -> int:
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument(
+        "--fill", metavar="DIR", help="copy DIR into the workspace first (e.g. a node_modules)"
+    )
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -48,6 +53,8 @@ def main() -> int:
     try:
         ws = base / "ws"
         ws.mkdir()
+        if args.fill:
+            shutil.copytree(args.fill, ws / Path(args.fill).name, symlinks=True)
         env = dict(os.environ, KRATE_HOME=str(base / "home"))
         sides = {}
         for name, src in (("old", args.old), ("new", args.new)):

@@ -221,6 +221,8 @@ def test_written_since_uses_ctime_which_a_workload_cannot_set_back(tmp_path):
     old = write(tmp_path / "old" / "krate.toml", "")
     untouched = write(tmp_path / "untouched" / "krate.toml", "")
     since = watch.clock()
+    while since <= untouched.stat().st_ctime_ns:  # a later tick of the coarse clock
+        since = watch.clock()
     write(old, "# edited\n")
     os.utime(old, (0, 0))  # mtime back to 1970: ctime still says "now"
     nested = write(tmp_path / "a" / "krate.toml" / "krate.toml", "")  # inside a folder of that name

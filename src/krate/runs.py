@@ -143,6 +143,7 @@ def execute(
     spec = prepared.spec
     started_at = time.monotonic()
     record = _RunRecord(paths, run_id, policy, request, backend.name, prepared)
+    watcher = watch.Watch(spec.writable, since)  # lists ahead once the workload runs
     try:
         if prepared.refusal is not None:
             record.finish("refused", EXIT_KRATE_FAILED, str(prepared.refusal), 0.0)
@@ -152,7 +153,7 @@ def execute(
                 raise egress_failed
             _check_command(spec, backend, policy)
             hints = _path_hints(spec, backend, policy)
-            outcome = _launch(backend, policy, record, request.lock_down, session)
+            outcome = _launch(backend, policy, record, request.lock_down, session, watcher)
         except KrateError as exc:
             elapsed = time.monotonic() - started_at
             _krate_failed(exc)  # e.g. the egress journal's folder cannot be made
@@ -168,7 +169,7 @@ def execute(
             reason = f"krate stopped: {type(exc).__name__}"
             record.finish("failed", EXIT_KRATE_FAILED, reason, elapsed)
             raise
-        written = watch.written_since(spec.writable, since)
+        written = watcher.finish()
         record.finish(
             outcome.status,
             outcome.exit_code,
@@ -179,6 +180,7 @@ def execute(
         )
         denials = record.network_denials() if policy.net_rules else ()
     finally:
+        watcher.stop()  # listing ahead ends with the run, however it ended
         if session is not None:
             session.close()  # done in _launch, unless the run never got there
         record.close()
@@ -244,6 +246,7 @@ def _launch(
     record: _RunRecord,
     lock_down: Callable[[], None] | None,
     session: EgressSession | None,
+    watcher: watch.Watch | None = None,
 ) -> supervise.Outcome:
     """The launch sequence (module docstring), steps 1 to 6; the caller records the end.
 
@@ -267,6 +270,8 @@ def _launch(
             sandbox.release()  # 4 release
             if lock_down is not None:
                 lock_down()  # 5 lock down
+            if watcher is not None:
+                watcher.start()  # the writable folders listed while the workload runs
             outcome = sandbox.wait()  # 6 wait
             if session is not None:
                 session.stop()  # its shutdown overlaps the sandbox's clean-up
