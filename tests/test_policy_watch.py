@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,24 @@ def test_a_folder_listed_through_a_swapped_parent_is_not_trusted(tmp_path):
     os.rename(ws / "x2", ws / "x")
     changed.write_text('[network]\nallow = ["*"]\n')  # changed in place: no folder changes
     assert w.finish().paths == [str(changed)] == reference(ws, since)
+
+
+def test_a_folder_swapped_for_a_fifo_or_a_link_is_skipped_without_waiting(tree, tmp_path):
+    """The thread opens each folder it found as a folder only: a FIFO put in its place
+    (whose open would block until a writer came) or a link to one is refused at once."""
+    ws, _outside, since = tree
+    w = watch.Watch([ws], since)
+    step(w, 1)  # ws listed; its folders pending
+    shutil.rmtree(ws / "a")
+    os.mkfifo(ws / "a")
+    shutil.rmtree(ws / "e")
+    os.mkfifo(tmp_path / "fifo")
+    (ws / "e").symlink_to(tmp_path / "fifo")
+    planted = write(ws / "node_modules/y/krate.toml")
+    started = time.monotonic()
+    step(w, None)
+    assert time.monotonic() - started < 5
+    assert w.finish().paths == [str(planted)] == reference(ws, since)
 
 
 def test_a_listing_cut_short_is_finished_after_the_run(tree):
